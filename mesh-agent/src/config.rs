@@ -1,0 +1,294 @@
+//! The static configuration of standalone mode (`apiary daemon
+//! --static-config FILE`): this node, its peers, and the services with their
+//! backends. Parsing is strict (unknown fields are errors) and validation
+//! runs to completion before anything is applied, so a rejected file never
+//! half-changes the data plane.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::dataplane::desired::{Desired, DesiredBackend, DesiredService, Frontend, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {field}: {message}")]
+    Syntax { path: PathBuf, field: String, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: PathBuf, field: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Name of this node; must be one of `nodes`.
+    pub node: String,
+    /// Underlay interface; default: the one holding this node's address.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Links whose name starts with this are task veths (host side).
+    #[serde(default = "default_task_prefix")]
+    pub task_interface_prefix: String,
+    #[serde(default = "default_encap_port")]
+    pub encap_port: u16,
+    /// Path MTU between nodes; default: the underlay interface's MTU.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// Range service VIPs must come from.
+    #[serde(default)]
+    pub vip_range: Option<Ipv4Net>,
+    #[serde(default)]
+    pub conntrack: Conntrack,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+fn default_task_prefix() -> String {
+    "apt".into()
+}
+
+fn default_encap_port() -> u16 {
+    mesh_common::DEFAULT_ENCAP_PORT
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conntrack {
+    #[serde(default = "default_tcp_timeout")]
+    pub tcp_timeout_s: u32,
+    #[serde(default = "default_udp_timeout")]
+    pub udp_timeout_s: u32,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack { tcp_timeout_s: default_tcp_timeout(), udp_timeout_s: default_udp_timeout() }
+    }
+}
+
+fn default_tcp_timeout() -> u32 {
+    7200
+}
+
+fn default_udp_timeout() -> u32 {
+    120
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub task_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    #[serde(default)]
+    pub vip: Option<Ipv4Addr>,
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Port published on every node (routing mesh); absent: VIP only.
+    #[serde(default)]
+    pub published: Option<u16>,
+    pub target: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub state: BackendStateSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendStateSpec {
+    #[default]
+    Active,
+    Draining,
+}
+
+/// Reads, parses and validates `path`.
+pub fn load(path: &Path) -> Result<StaticConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<StaticConfig, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let cfg: StaticConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "(top level)".to_string(),
+            p => p,
+        };
+        ConfigError::Syntax { path: path.into(), field, message: e.into_inner().to_string() }
+    })?;
+    cfg.validate(path)?;
+    Ok(cfg)
+}
+
+impl StaticConfig {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: String, message: String| ConfigError::Invalid { path: path.into(), field, message };
+        let mut node_names = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty() {
+                return Err(bad(format!("nodes[{i}].name"), "must not be empty".into()));
+            }
+            if let Some(j) = node_names.insert(n.name.as_str(), i) {
+                return Err(bad(format!("nodes[{i}].name"), format!("node `{}` is already defined at nodes[{j}]", n.name)));
+            }
+            if n.task_subnet.contains(&n.address) {
+                return Err(bad(format!("nodes[{i}].task_subnet"), format!("{} contains the node's own address {}", n.task_subnet, n.address)));
+            }
+            for (j, m) in self.nodes.iter().enumerate().take(i) {
+                if m.address == n.address {
+                    return Err(bad(format!("nodes[{i}].address"), format!("{} is also the address of node `{}` (nodes[{j}])", n.address, m.name)));
+                }
+                if m.task_subnet.contains(&n.task_subnet.network()) || n.task_subnet.contains(&m.task_subnet.network()) {
+                    return Err(bad(format!("nodes[{i}].task_subnet"), format!("{} overlaps {} of node `{}` (nodes[{j}])", n.task_subnet, m.task_subnet, m.name)));
+                }
+            }
+        }
+        if !node_names.contains_key(self.node.as_str()) {
+            return Err(bad("node".into(), format!("`{}` is not one of the names under `nodes`", self.node)));
+        }
+        if self.encap_port == 0 {
+            return Err(bad("encap_port".into(), "must be a port number from 1 to 65535".into()));
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < 576 {
+                return Err(bad("mtu".into(), format!("{mtu} is below the IPv4 minimum of 576")));
+            }
+        }
+        let mut names = HashMap::new();
+        let mut published: HashMap<(u16, Protocol), String> = HashMap::new();
+        let mut vips: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            if s.name.is_empty() {
+                return Err(bad(format!("{at}.name"), "must not be empty".into()));
+            }
+            if let Some(j) = names.insert(s.name.as_str(), i) {
+                return Err(bad(format!("{at}.name"), format!("service `{}` is already defined at services[{j}]", s.name)));
+            }
+            if let Some(vip) = s.vip {
+                let Some(range) = self.vip_range else {
+                    return Err(bad(format!("{at}.vip"), "a VIP needs `vip_range` to be set".into()));
+                };
+                if !range.contains(&vip) {
+                    return Err(bad(format!("{at}.vip"), format!("{vip} is outside vip_range {range}")));
+                }
+                if let Some(j) = vips.insert(vip, i) {
+                    return Err(bad(format!("{at}.vip"), format!("{vip} is already the VIP of services[{j}]")));
+                }
+            }
+            if s.ports.is_empty() {
+                return Err(bad(format!("{at}.ports"), "a service needs at least one port".into()));
+            }
+            let mut targets = HashMap::new();
+            for (k, p) in s.ports.iter().enumerate() {
+                let pat = format!("{at}.ports[{k}]");
+                if p.target == 0 {
+                    return Err(bad(format!("{pat}.target"), "must be a port number from 1 to 65535".into()));
+                }
+                if targets.insert((p.target, p.protocol), k).is_some() {
+                    return Err(bad(format!("{pat}.target"), format!("{}/{} is listed twice", p.target, p.protocol)));
+                }
+                match p.published {
+                    Some(0) => return Err(bad(format!("{pat}.published"), "must be a port number from 1 to 65535".into())),
+                    Some(port) => {
+                        if port == self.encap_port && p.protocol == Protocol::Udp {
+                            return Err(bad(format!("{pat}.published"), format!("{port}/udp is the encapsulation port (encap_port)")));
+                        }
+                        if let Some(other) = published.insert((port, p.protocol), pat.clone()) {
+                            return Err(bad(format!("{pat}.published"), format!("port {port}/{} is already published by {other}", p.protocol)));
+                        }
+                    }
+                    None if s.vip.is_none() => {
+                        return Err(bad(pat, "neither `published` nor a service `vip`: nothing would reach this port".into()));
+                    }
+                    None => {}
+                }
+            }
+            let mut seen = HashMap::new();
+            for (k, b) in s.backends.iter().enumerate() {
+                let bat = format!("{at}.backends[{k}].address");
+                if self.node_of(b.address).is_none() {
+                    return Err(bad(bat, format!("{} is not inside any node's task_subnet", b.address)));
+                }
+                if let Some(j) = seen.insert(b.address, k) {
+                    return Err(bad(bat, format!("{} is already listed at backends[{j}]", b.address)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn this_node(&self) -> &NodeSpec {
+        self.nodes.iter().find(|n| n.name == self.node).expect("validated: node is listed")
+    }
+
+    fn node_of(&self, addr: Ipv4Addr) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.task_subnet.contains(&addr))
+    }
+
+    /// The data plane this configuration asks for, on this node.
+    pub fn desired(&self, mtu: u16) -> Desired {
+        let me = self.this_node();
+        let mut services = BTreeMap::new();
+        for s in &self.services {
+            for p in &s.ports {
+                let mut frontends = Vec::new();
+                if let Some(port) = p.published {
+                    frontends.push(Frontend { addr: me.address, port, proto: p.protocol, vip: false });
+                }
+                if let Some(vip) = s.vip {
+                    frontends.push(Frontend { addr: vip, port: p.target, proto: p.protocol, vip: true });
+                }
+                let backends = s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let node = self.node_of(b.address).expect("validated: backend in a subnet");
+                        DesiredBackend {
+                            addr: b.address,
+                            port: p.target,
+                            draining: b.state == BackendStateSpec::Draining,
+                            node_addr: (node.name != me.name).then_some(node.address),
+                        }
+                    })
+                    .collect();
+                let name = if s.ports.len() == 1 { s.name.clone() } else { format!("{}:{}/{}", s.name, p.target, p.protocol) };
+                services.insert(name.clone(), DesiredService { name, frontends, backends });
+            }
+        }
+        Desired {
+            node_addr: me.address,
+            encap_port: self.encap_port,
+            mtu: self.mtu.unwrap_or(mtu),
+            tcp_timeout_s: self.conntrack.tcp_timeout_s,
+            udp_timeout_s: self.conntrack.udp_timeout_s,
+            services,
+        }
+    }
+}

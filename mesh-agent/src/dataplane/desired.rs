@@ -1,0 +1,79 @@
+//! The declarative input of the data plane: what the static config (now) or
+//! the control plane (later) wants programmed on this node.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => mesh_common::PROTO_TCP,
+            Protocol::Udp => mesh_common::PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            mesh_common::PROTO_TCP => Some(Protocol::Tcp),
+            mesh_common::PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where a service is reached: a published port on this node's address or
+/// a VIP and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub vip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredBackend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub draining: bool,
+    /// Node running the backend; `None` when it is this node.
+    pub node_addr: Option<Ipv4Addr>,
+}
+
+/// One balanced set: frontends sharing one backend list (and Maglev table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredService {
+    pub name: String,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<DesiredBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub node_addr: Ipv4Addr,
+    pub encap_port: u16,
+    pub mtu: u16,
+    pub tcp_timeout_s: u32,
+    pub udp_timeout_s: u32,
+    pub services: BTreeMap<String, DesiredService>,
+}

@@ -1,0 +1,312 @@
+//! Applying a desired state to the maps as a diff: only entries that change
+//! are written; a service's new Maglev table is written into its idle half
+//! and switched in with one update per frontend.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::maps::PerCpuValues;
+use mesh_common::*;
+
+use super::desired::{Desired, DesiredBackend, DesiredService};
+use super::maglev;
+use super::maps::Maps;
+use super::programmed::{backend_key, frontend_key, BackendKey, Programmed, ProgrammedService};
+use super::DataplaneError;
+
+/// What an apply changed, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub services_added: usize,
+    pub services_changed: usize,
+    pub services_removed: usize,
+    pub tables_rebuilt: usize,
+    pub backends_written: usize,
+    pub backends_removed: usize,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        *self == ApplyReport::default()
+    }
+}
+
+fn backend_value(d: &DesiredBackend) -> Backend {
+    Backend {
+        addr: [u32::from(d.addr).to_be(), 0, 0, 0],
+        node_addr: [d.node_addr.map(|a| u32::from(a).to_be()).unwrap_or(0), 0, 0, 0],
+        port: d.port.to_be(),
+        family: FAMILY_V4,
+        state: if d.draining { BACKEND_DRAINING } else { BACKEND_ACTIVE },
+        flags: if d.node_addr.is_none() { BACKEND_F_LOCAL } else { 0 },
+    }
+}
+
+fn zero_counters(maps: &mut Maps, svc: Option<u32>, backend: Option<u32>) -> Result<(), DataplaneError> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+    let zeros = || PerCpuValues::try_from(vec![Counters::default(); n]).map_err(DataplaneError::Io);
+    if let Some(id) = svc {
+        maps.svc_stats.set(id, zeros()?, 0).map_err(|e| DataplaneError::map(MAP_SVC_STATS, e))?;
+    }
+    if let Some(id) = backend {
+        maps.backend_stats.set(id, zeros()?, 0).map_err(|e| DataplaneError::map(MAP_BACKEND_STATS, e))?;
+    }
+    Ok(())
+}
+
+/// Applies `want` over what `have` says is programmed.
+pub fn apply(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<ApplyReport, DataplaneError> {
+    let mut report = ApplyReport::default();
+    write_node(maps, have, want)?;
+
+    // Backends first, so every table written below names existing entries.
+    let mut wanted_backends: HashMap<BackendKey, Backend> = HashMap::new();
+    for s in want.services.values() {
+        for b in &s.backends {
+            let v = backend_value(b);
+            // The same task listed by two services: active wins over draining.
+            wanted_backends
+                .entry(backend_key(&v))
+                .and_modify(|old| {
+                    if v.state == BACKEND_ACTIVE {
+                        *old = v
+                    }
+                })
+                .or_insert(v);
+        }
+    }
+    for (key, value) in &wanted_backends {
+        write_backend(maps, have, *key, *value, &mut report)?;
+    }
+
+    for s in want.services.values() {
+        upsert_service(maps, have, s, &mut report)?;
+    }
+    let gone: Vec<String> = have.services.keys().filter(|n| !want.services.contains_key(*n)).cloned().collect();
+    for name in gone {
+        remove_service(maps, have, &name)?;
+        report.services_removed += 1;
+    }
+
+    let unused: Vec<BackendKey> = have.backends.keys().filter(|k| !wanted_backends.contains_key(k)).copied().collect();
+    for key in unused {
+        remove_backend(maps, have, key)?;
+        report.backends_removed += 1;
+    }
+    Ok(report)
+}
+
+fn write_node(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<(), DataplaneError> {
+    let node = NodeConfig {
+        node_addr: u32::from(want.node_addr).to_be(),
+        encap_port: want.encap_port.to_be(),
+        underlay_mtu: want.mtu,
+        ct_tcp_timeout_s: want.tcp_timeout_s,
+        ct_udp_timeout_s: want.udp_timeout_s,
+        ready: 1,
+    };
+    if have.node != Some(node) {
+        maps.config.set(0, node, 0).map_err(|e| DataplaneError::map(MAP_CONFIG, e))?;
+        have.node = Some(node);
+    }
+    Ok(())
+}
+
+fn write_backend(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    key: BackendKey,
+    value: Backend,
+    report: &mut ApplyReport,
+) -> Result<(), DataplaneError> {
+    let id = match have.backends.get(&key) {
+        Some((_, old)) if *old == value => return Ok(()),
+        Some((id, _)) => *id,
+        None => {
+            let id = have.alloc_backend_id()?;
+            zero_counters(maps, None, Some(id))?;
+            id
+        }
+    };
+    maps.backends.set(id, value, 0).map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+    have.backends.insert(key, (id, value));
+    report.backends_written += 1;
+    Ok(())
+}
+
+fn remove_backend(maps: &mut Maps, have: &mut Programmed, key: BackendKey) -> Result<(), DataplaneError> {
+    if let Some((id, _)) = have.backends.remove(&key) {
+        maps.backends.set(id, Backend::default(), 0).map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+        have.free_backend_id(id);
+    }
+    Ok(())
+}
+
+/// Adds or updates one service; touches nothing else.
+pub fn upsert_service(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    want: &DesiredService,
+    report: &mut ApplyReport,
+) -> Result<(), DataplaneError> {
+    let order: Vec<BackendKey> = want.backends.iter().map(|b| (b.addr, b.port)).collect();
+    let mut active: Vec<BackendKey> = want
+        .backends
+        .iter()
+        .filter(|b| !b.draining && have.backends.get(&(b.addr, b.port)).is_some_and(|(_, v)| v.state == BACKEND_ACTIVE))
+        .map(|b| (b.addr, b.port))
+        .collect();
+    active.sort();
+
+    let (mut svc, is_new) = match have.services.remove(&want.name) {
+        Some(s) => (s, false),
+        None => match adopt_by_frontend(have, want) {
+            Some(s) => (s, false),
+            None => {
+                let svc_id = have.alloc_svc_id()?;
+                if svc_id >= maps.max_services() {
+                    have.free_svc_id(svc_id);
+                    return Err(DataplaneError::TooManyServices);
+                }
+                zero_counters(maps, Some(svc_id), None)?;
+                let s = ProgrammedService {
+                    svc_id,
+                    half: 1,
+                    frontends: Default::default(),
+                    backends: Vec::new(),
+                    active: Vec::new(),
+                };
+                (s, true)
+            }
+        },
+    };
+
+    let mut changed = false;
+    let table_stale = is_new || svc.active != active;
+    if table_stale {
+        let half = svc.half ^ 1;
+        let ids: Vec<(String, u32)> = active
+            .iter()
+            .map(|k| (format!("{}:{}", k.0, k.1), have.backends[k].0))
+            .collect();
+        let mut table = vec![0u32; MAGLEV_M as usize];
+        maglev::populate(&ids, &mut table);
+        maps.maglev.write(svc.svc_id, half, &table);
+        svc.half = half;
+        svc.active = active;
+        report.tables_rebuilt += 1;
+        changed = true;
+    }
+
+    let empty = if svc.active.is_empty() { SVC_F_EMPTY } else { 0 };
+    let wanted_frontends: HashSet<_> = want.frontends.iter().copied().collect();
+    for f in &want.frontends {
+        let value = Lb4Service {
+            svc_id: svc.svc_id,
+            backend_id: 0,
+            count: order.len() as u16,
+            flags: (if f.vip { SVC_F_VIP } else { SVC_F_PUBLISHED }) | empty,
+            maglev_half: svc.half,
+        };
+        let old_count = svc.frontends.get(f).map(|v| v.count).unwrap_or(0);
+        if svc.frontends.get(f) != Some(&value) {
+            maps.services.insert(frontend_key(f, 0), value, 0).map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
+            svc.frontends.insert(*f, value);
+            changed = true;
+        }
+        if svc.backends != order || old_count != value.count {
+            write_slots(maps, have, f, svc.svc_id, &order, old_count)?;
+        }
+    }
+    let dropped: Vec<_> = svc.frontends.keys().filter(|f| !wanted_frontends.contains(f)).copied().collect();
+    for f in dropped {
+        let count = svc.frontends.remove(&f).map(|v| v.count).unwrap_or(0);
+        delete_frontend(maps, &f, count)?;
+        changed = true;
+    }
+    if svc.backends != order {
+        svc.backends = order;
+        changed = true;
+    }
+    if is_new {
+        report.services_added += 1;
+    } else if changed {
+        report.services_changed += 1;
+    }
+    have.services.insert(want.name.clone(), svc);
+    Ok(())
+}
+
+/// A service the names file did not know, recognised by a frontend.
+fn adopt_by_frontend(have: &mut Programmed, want: &DesiredService) -> Option<ProgrammedService> {
+    let name = have
+        .services
+        .iter()
+        .find(|(_, s)| want.frontends.iter().any(|f| s.frontends.contains_key(f)))
+        .map(|(n, _)| n.clone())?;
+    have.services.remove(&name)
+}
+
+fn write_slots(
+    maps: &mut Maps,
+    have: &Programmed,
+    f: &super::desired::Frontend,
+    svc_id: u32,
+    order: &[BackendKey],
+    old_count: u16,
+) -> Result<(), DataplaneError> {
+    for (i, key) in order.iter().enumerate() {
+        let v = Lb4Service { svc_id, backend_id: have.backends[key].0, ..Default::default() };
+        maps.services
+            .insert(frontend_key(f, i as u16 + 1), v, 0)
+            .map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
+    }
+    for slot in order.len() as u16 + 1..=old_count {
+        let _ = maps.services.remove(&frontend_key(f, slot));
+    }
+    Ok(())
+}
+
+fn delete_frontend(maps: &mut Maps, f: &super::desired::Frontend, count: u16) -> Result<(), DataplaneError> {
+    // The frontend goes first so no new flow is balanced onto a half-removed entry.
+    match maps.services.remove(&frontend_key(f, 0)) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Err(e) => return Err(DataplaneError::map(MAP_LB4_SERVICES, e)),
+    }
+    for slot in 1..=count {
+        let _ = maps.services.remove(&frontend_key(f, slot));
+    }
+    Ok(())
+}
+
+pub fn remove_service(maps: &mut Maps, have: &mut Programmed, name: &str) -> Result<(), DataplaneError> {
+    if let Some(svc) = have.services.remove(name) {
+        for (f, v) in &svc.frontends {
+            delete_frontend(maps, f, v.count)?;
+        }
+        have.free_svc_id(svc.svc_id);
+    }
+    Ok(())
+}
+
+/// Adds or changes one service and the backends only it uses.
+pub fn upsert_one(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    want: &DesiredService,
+    report: &mut ApplyReport,
+) -> Result<(), DataplaneError> {
+    let before: Vec<BackendKey> = have.services.get(&want.name).map(|s| s.backends.clone()).unwrap_or_default();
+    for b in &want.backends {
+        let v = backend_value(b);
+        write_backend(maps, have, backend_key(&v), v, report)?;
+    }
+    upsert_service(maps, have, want, report)?;
+    for key in before {
+        let used = have.services.values().any(|s| s.backends.contains(&key));
+        if !used {
+            remove_backend(maps, have, key)?;
+            report.backends_removed += 1;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The Apiary node agent: the data plane manager (BPF programs and maps),
+//! standalone static configuration, and small tools. The `apiary` binary
+//! (`src/main.rs`) is the command-line front of this library.
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod netdev;
+pub mod tool;

@@ -1,0 +1,153 @@
+//! `apiary`: the one binary of an Apiary node.
+//!
+//! ```text
+//! apiary daemon --static-config mesh.yaml --data-dir /var/lib/apiary
+//! apiary lb ls
+//! apiary lb stats
+//! apiary config check mesh.yaml
+//! apiary tool whoami --listen 0.0.0.0:80
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use mesh_agent::dataplane::{maps::Maps, read_names, view};
+use mesh_agent::{config, daemon, tool};
+
+#[derive(Parser)]
+#[command(name = "apiary", version, about = "Apiary: Swarm-style orchestration with an in-kernel routing mesh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node daemon.
+    Daemon {
+        /// Standalone mode: services and backends from this YAML file (re-read on SIGHUP).
+        #[arg(long)]
+        static_config: PathBuf,
+        /// The daemon's own files [default: /var/lib/apiary].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// bpffs directory for this daemon's maps [default: /sys/fs/bpf/apiary/<node>].
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+        /// Service slots to reserve (Maglev tables); fixed once maps are pinned.
+        #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_SERVICES)]
+        max_services: u32,
+    },
+    /// Inspect the routing mesh's BPF maps.
+    Lb {
+        #[command(subcommand)]
+        cmd: LbCmd,
+    },
+    /// Work with static config files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Small helpers.
+    Tool {
+        #[command(subcommand)]
+        cmd: ToolCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct MapsArgs {
+    /// bpffs directory of the daemon's maps.
+    #[arg(long, default_value = "/sys/fs/bpf/apiary/default")]
+    pin_path: PathBuf,
+    /// The daemon's data directory (for service names).
+    #[arg(long, default_value = "/var/lib/apiary")]
+    data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum LbCmd {
+    /// Frontends (published ports, VIPs) and their backends.
+    Ls(MapsArgs),
+    /// Counters: global (with drop reasons), per service, per backend.
+    Stats(MapsArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Parse and validate a static config; print the first problem.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ToolCmd {
+    /// HTTP (and UDP echo) server answering with its name and the client address it saw.
+    Whoami {
+        #[arg(long, default_value = "0.0.0.0:80")]
+        listen: SocketAddr,
+        /// Name to answer with [default: the host name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("APIARY_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Daemon { static_config, data_dir, pin_path, max_services } => {
+            daemon::run(daemon::DaemonArgs { static_config, data_dir, pin_path, max_services })
+        }
+        Cmd::Lb { cmd: LbCmd::Ls(a) } => {
+            let maps = Maps::open_pinned(&a.pin_path)?;
+            let rows = view::list(&maps, &read_names(&a.data_dir))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", view::render_list(&rows));
+            }
+            Ok(())
+        }
+        Cmd::Lb { cmd: LbCmd::Stats(a) } => {
+            let maps = Maps::open_pinned(&a.pin_path)?;
+            let stats = view::stats(&maps, &read_names(&a.data_dir))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", view::render_stats(&stats));
+            }
+            Ok(())
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            let cfg = config::load(&file)?;
+            println!("{}: ok ({} nodes, {} services)", file.display(), cfg.nodes.len(), cfg.services.len());
+            Ok(())
+        }
+        Cmd::Tool { cmd: ToolCmd::Whoami { listen, name } } => {
+            let name = match name {
+                Some(n) => n,
+                None => nix::unistd::gethostname().context("reading the host name")?.to_string_lossy().into_owned(),
+            };
+            tool::whoami::run(listen, name)
+        }
+    }
+}

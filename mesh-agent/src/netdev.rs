@@ -1,0 +1,38 @@
+//! Facts about this network namespace's links, asked of the kernel
+//! directly: /sys/class/net shows the namespace of whoever mounted sysfs,
+//! which is not ours when the daemon was started with `nsenter --net`.
+
+use std::io;
+
+/// Names of all links in the current network namespace.
+pub fn link_names() -> io::Result<Vec<String>> {
+    let list = nix::net::if_::if_nameindex().map_err(io::Error::from)?;
+    Ok(list.iter().map(|i| i.name().to_string_lossy().into_owned()).collect())
+}
+
+/// MTU of `iface`.
+pub fn mtu(iface: &str) -> io::Result<u16> {
+    if iface.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name `{iface}` is too long")));
+    }
+    // SAFETY: plain socket call; the fd is checked and closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the name and writes ifru_mtu of `req`.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(io::Error::new(err.kind(), format!("reading the MTU of interface `{iface}`: {err}")));
+    }
+    // SAFETY: the ioctl filled the mtu member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u16)
+}

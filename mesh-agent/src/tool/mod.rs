@@ -1,0 +1,3 @@
+//! `apiary tool …`: small helpers shipped in the one binary.
+
+pub mod whoami;

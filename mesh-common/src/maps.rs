@@ -1,0 +1,208 @@
+//! Map names, keys and values.
+
+/// Frontends (published ports on node addresses, and service VIPs).
+/// Hash: [`Lb4Key`] → [`Lb4Service`]. Slot 0 is the frontend itself; slots
+/// 1..=count list the service's backends (for operators and re-adoption).
+pub const MAP_LB4_SERVICES: &str = "apiary_lb4_services";
+/// Backends by id. Array: u32 → [`Backend`]; `state == BACKEND_UNUSED` is a free id.
+pub const MAP_LB_BACKENDS: &str = "apiary_lb_backends";
+/// Maglev tables. Array (mmapable): index
+/// `(svc_id * MAGLEV_HALVES + half) * MAGLEV_M + row` → backend id.
+pub const MAP_LB_MAGLEV: &str = "apiary_lb_maglev";
+/// Connection tracking. LRU hash: [`Ct4Key`] → [`CtEntry`].
+pub const MAP_CT4: &str = "apiary_ct4";
+/// Node settings the programs need. Array with one [`NodeConfig`].
+pub const MAP_CONFIG: &str = "apiary_config";
+/// Global counters and drop reasons. Per-CPU array: [`crate::stats`] index → u64.
+pub const MAP_STATS: &str = "apiary_stats";
+/// Per-service counters. Per-CPU array: svc_id → [`Counters`].
+pub const MAP_SVC_STATS: &str = "apiary_lb_svc_stats";
+/// Per-backend counters. Per-CPU array: backend id → [`Counters`].
+pub const MAP_BACKEND_STATS: &str = "apiary_lb_backend_stats";
+
+/// Every map the object defines, in the order operators see them.
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_LB4_SERVICES,
+    MAP_LB_BACKENDS,
+    MAP_LB_MAGLEV,
+    MAP_CT4,
+    MAP_CONFIG,
+    MAP_STATS,
+    MAP_SVC_STATS,
+    MAP_BACKEND_STATS,
+];
+
+/// Program attached at TC ingress of the node's underlay interface.
+pub const PROG_HOST_INGRESS: &str = "apiary_host_ingress";
+/// Program attached at TC ingress of the host side of every task veth
+/// (packets leaving a task).
+pub const PROG_TASK_INGRESS: &str = "apiary_task_ingress";
+
+/// Default sizes; the agent may raise them at load time.
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
+pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
+/// Entries of the frontend hash: frontends plus their backend slots.
+pub const DEFAULT_LB4_ENTRIES: u32 = 65536;
+
+/// Frontend key. `slot == 0` is the frontend; see [`MAP_LB4_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Key {
+    /// Frontend address, network order.
+    pub addr: u32,
+    /// Frontend port, network order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub _pad0: u8,
+    /// 0 for the frontend, 1..=count for its backend list.
+    pub slot: u16,
+    pub _pad1: u16,
+}
+
+/// Frontend value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4Service {
+    /// Index of the service's Maglev tables and counters.
+    pub svc_id: u32,
+    /// Backend id for `slot > 0`; 0 in the frontend entry.
+    pub backend_id: u32,
+    /// Frontend entry: number of backend slots (any state).
+    pub count: u16,
+    /// `SVC_F_*`.
+    pub flags: u16,
+    /// Which of the service's two Maglev tables is live (0 or 1).
+    pub maglev_half: u32,
+}
+
+/// The frontend is a port published on a node address (routing mesh).
+pub const SVC_F_PUBLISHED: u16 = 1 << 0;
+/// The frontend is a service VIP (east-west).
+pub const SVC_F_VIP: u16 = 1 << 1;
+/// The service has no active backend: new flows are dropped and counted.
+pub const SVC_F_EMPTY: u16 = 1 << 2;
+
+/// A backend: a task's address and target port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Address, network order; IPv4 uses `addr[0]`.
+    pub addr: [u32; 4],
+    /// Underlay (or overlay) address of the node running it, network order;
+    /// unused when `flags & BACKEND_F_LOCAL`.
+    pub node_addr: [u32; 4],
+    /// Target port, network order.
+    pub port: u16,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+    /// `BACKEND_*` state.
+    pub state: u8,
+    /// `BACKEND_F_*`.
+    pub flags: u32,
+}
+
+pub const BACKEND_UNUSED: u8 = 0;
+/// Takes new flows.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Takes no new flows; flows it already has continue.
+pub const BACKEND_DRAINING: u8 = 2;
+
+/// The backend runs on this node: deliver without encapsulation.
+pub const BACKEND_F_LOCAL: u32 = 1 << 0;
+
+/// Connection-tracking key: a flow as seen at the point of lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct4Key {
+    /// Network order.
+    pub saddr: u32,
+    /// Network order.
+    pub daddr: u32,
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// client → frontend, at the ingress node: value names the backend.
+pub const CT_DIR_FORWARD: u8 = 1;
+/// backend → client, at the ingress node: value holds the frontend to
+/// restore as source.
+pub const CT_DIR_REVNAT: u8 = 2;
+/// client → backend, at the backend's node when the flow arrived
+/// encapsulated: value holds the ingress node that replies go back to.
+pub const CT_DIR_TUNNEL: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Forward: chosen backend.
+    pub backend_id: u32,
+    pub svc_id: u32,
+    /// Rev-NAT: frontend address; tunnel: ingress node address (network order).
+    pub nat_addr: u32,
+    /// Rev-NAT: frontend port (network order).
+    pub nat_port: u16,
+    /// `CT_F_*`.
+    pub flags: u16,
+    /// `bpf_ktime_get_ns` of the last refresh.
+    pub last_seen_ns: u64,
+}
+
+/// The flow saw a FIN or RST: a new SYN on its tuple is a new flow.
+pub const CT_F_CLOSING: u16 = 1 << 0;
+
+/// Node settings, one entry in [`MAP_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's underlay address (outer source of encapsulation), network order.
+    pub node_addr: u32,
+    /// Encapsulation UDP port, network order.
+    pub encap_port: u16,
+    /// MTU of the path to other nodes; larger encapsulated packets are
+    /// dropped and counted rather than lost silently on the wire.
+    pub underlay_mtu: u16,
+    /// Idle time after which a TCP flow's entry is treated as new.
+    pub ct_tcp_timeout_s: u32,
+    /// Idle time after which a UDP flow's entry is treated as new.
+    pub ct_udp_timeout_s: u32,
+    /// Non-zero once the agent has written the configuration.
+    pub ready: u32,
+}
+
+/// Per-service and per-backend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows assigned.
+    pub flows: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), made only of integers, with explicit
+    // padding fields, so any bit pattern is valid and there is no implicit
+    // padding for the kernel to leave uninitialised.
+    unsafe impl aya::Pod for super::Lb4Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Lb4Service {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ct4Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NodeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counters {}
+}

@@ -1,0 +1,50 @@
+//! Slots of the global counter map ([`crate::MAP_STATS`]).
+//!
+//! Every packet a program does not pass on untouched ends in exactly one of
+//! these: nothing is dropped without a count.
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident = $idx:expr, $label:expr, $drop:expr;)*) => {
+        $($(#[$doc])* pub const $name: u32 = $idx;)*
+        /// (slot, label, is a drop reason) for every counter.
+        pub const STAT_TABLE: &[(u32, &str, bool)] = &[$(($idx, $label, $drop)),*];
+    };
+}
+
+counters! {
+    /// New flow balanced to a backend (published port or VIP).
+    STAT_LB_NEW_FLOW = 0, "lb_new_flow", false;
+    /// Packet of a tracked flow forwarded to its backend.
+    STAT_LB_FORWARD = 1, "lb_forward", false;
+    /// Reply rewritten back to the frontend address.
+    STAT_REVNAT = 2, "revnat", false;
+    /// Packet encapsulated towards another node.
+    STAT_ENCAP = 3, "encap", false;
+    /// Encapsulated packet received and opened.
+    STAT_DECAP = 4, "decap", false;
+    /// Tracked flow moved off a backend that is gone.
+    STAT_LB_RESELECT = 5, "lb_reselect", false;
+    /// Service has no active backend.
+    STAT_DROP_NO_BACKEND = 6, "drop_no_backend", true;
+    /// Headers too short or malformed for the protocol.
+    STAT_DROP_MALFORMED = 7, "drop_malformed", true;
+    /// Maglev row or backend entry missing (agent mid-update or bug).
+    STAT_DROP_MAGLEV = 8, "drop_maglev_lookup", true;
+    /// No route for the rewritten packet.
+    STAT_DROP_FIB = 9, "drop_fib_lookup", true;
+    /// A packet rewrite helper failed.
+    STAT_DROP_REWRITE = 10, "drop_rewrite", true;
+    /// Encapsulated packet would exceed the egress MTU.
+    STAT_DROP_TOO_BIG = 11, "drop_too_big", true;
+    /// Agent has not written the node configuration yet: passed untouched.
+    STAT_NO_CONFIG = 12, "passed_no_config", false;
+    /// Encapsulated packet whose inner packet is not IPv4.
+    STAT_DROP_DECAP = 13, "drop_decap", true;
+    /// Non-first IPv4 fragment: no ports, left to the stack.
+    STAT_FRAGMENT = 14, "fragment_passed", false;
+    /// A connection-tracking insert failed; the packet still went on.
+    STAT_CT_INSERT_FAILED = 15, "ct_insert_failed", false;
+}
+
+/// Number of slots in [`crate::MAP_STATS`].
+pub const STAT_MAX: u32 = 16;

@@ -1,0 +1,134 @@
+//! Connection-tracking entries: forward (ingress node), rev-NAT (ingress
+//! node) and tunnel (backend's node).
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use mesh_common::*;
+
+use crate::{hdr::Packet, maps::count, maps::CT4};
+
+/// Refresh an entry's clock at most this often (saves a write per packet).
+const TOUCH_EVERY_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn forward_key(p: &Packet) -> Ct4Key {
+    Ct4Key {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    }
+}
+
+/// Key of the flow a reply `p` belongs to, as seen from the replier.
+#[inline(always)]
+fn reply_key(p: &Packet, dir: u8) -> Ct4Key {
+    Ct4Key {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        dir,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+pub fn lookup(k: &Ct4Key) -> Option<*mut CtEntry> {
+    CT4.get_ptr_mut(k)
+}
+
+#[inline(always)]
+pub fn touch(e: *mut CtEntry, seen: &CtEntry, now: u64, closing: bool) {
+    if closing && seen.flags & CT_F_CLOSING == 0 {
+        // SAFETY: `e` points at a live LRU element owned by the map.
+        unsafe { (*e).flags |= CT_F_CLOSING };
+    }
+    if now.wrapping_sub(seen.last_seen_ns) > TOUCH_EVERY_NS {
+        // SAFETY: as above.
+        unsafe { (*e).last_seen_ns = now };
+    }
+}
+
+/// Records a new flow: forward entry and the rev-NAT entry for its replies.
+#[inline(always)]
+pub fn open(p: &Packet, fkey: &Ct4Key, svc_id: u32, backend_id: u32, be: &Backend, now: u64) {
+    let fwd = CtEntry {
+        backend_id,
+        svc_id,
+        nat_addr: 0,
+        nat_port: 0,
+        flags: 0,
+        last_seen_ns: now,
+    };
+    let rkey = Ct4Key {
+        saddr: be.addr[0],
+        daddr: p.saddr,
+        sport: be.port,
+        dport: p.sport,
+        proto: p.proto,
+        dir: CT_DIR_REVNAT,
+        _pad: 0,
+    };
+    let rev = CtEntry {
+        backend_id,
+        svc_id,
+        nat_addr: p.daddr,
+        nat_port: p.dport,
+        flags: 0,
+        last_seen_ns: now,
+    };
+    if CT4.insert(fkey, &fwd, 0).is_err() || CT4.insert(&rkey, &rev, 0).is_err() {
+        count(STAT_CT_INSERT_FAILED);
+    }
+}
+
+/// The frontend to restore as the source of reply `p`, if it is one.
+#[inline(always)]
+pub fn revnat(p: &Packet) -> Option<CtEntry> {
+    let e = CT4.get_ptr(&reply_key(p, CT_DIR_REVNAT))?;
+    // SAFETY: copied out of a live LRU element.
+    Some(unsafe { *e })
+}
+
+/// Remembers that flow `p` (client → local backend) entered at `node`.
+#[inline(always)]
+pub fn note_tunnel(p: &Packet, node: u32) -> Result<(), u32> {
+    let k = reply_key(p, CT_DIR_TUNNEL);
+    if let Some(e) = CT4.get_ptr(&k) {
+        // SAFETY: read of a live LRU element.
+        if unsafe { (*e).nat_addr } == node {
+            return Ok(());
+        }
+    }
+    let v = CtEntry {
+        nat_addr: node,
+        // SAFETY: reading the monotonic clock has no preconditions.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        ..Default::default()
+    };
+    if CT4.insert(&k, &v, 0).is_err() {
+        count(STAT_CT_INSERT_FAILED);
+    }
+    Ok(())
+}
+
+/// The ingress node a reply `p` from a local backend must go back to.
+#[inline(always)]
+pub fn tunnel_peer(p: &Packet) -> Option<u32> {
+    let k = Ct4Key {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        dir: CT_DIR_TUNNEL,
+        _pad: 0,
+    };
+    let e = CT4.get_ptr(&k)?;
+    // SAFETY: read of a live LRU element.
+    Some(unsafe { (*e).nat_addr })
+}

@@ -1,0 +1,103 @@
+//! Apiary's node-to-node encapsulation: outer IPv4 + UDP around the
+//! untouched inner packet. It carries flows whose inner source (the client)
+//! is not a cluster address, so they pass WireGuard's allowed-ips check and
+//! the receiving node learns which node to send replies back to.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+    },
+    programs::TcContext,
+};
+use mesh_common::*;
+
+use crate::{
+    hdr::{Ipv4Hdr, Packet, ETH_LEN},
+    lb::flow_hash,
+    maps::count,
+    route, Verdict,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Outer {
+    ip: Ipv4Hdr,
+    sport: u16,
+    dport: u16,
+    len: u16,
+    check: u16,
+}
+
+#[inline(always)]
+fn ip_checksum(h: &Ipv4Hdr) -> u16 {
+    // SAFETY: Ipv4Hdr is 20 bytes of plain integers.
+    let words: [u16; 10] = unsafe { core::mem::transmute(*h) };
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 10 {
+        sum += words[i] as u32;
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Wraps `p` for `node` and sends it there.
+#[inline(always)]
+pub fn send(ctx: &TcContext, p: &Packet, cfg: &NodeConfig, node: u32) -> Verdict {
+    let outer_len = p.ip_len as u32 + ENCAP_OVERHEAD as u32;
+    if !route::is_gso(ctx) && outer_len > cfg.underlay_mtu as u32 {
+        return Err(STAT_DROP_TOO_BIG);
+    }
+    let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
+    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| STAT_DROP_REWRITE)?;
+    // Source port from the inner flow, so receivers can spread flows.
+    let sport = ((flow_hash(p) & 0x3fff) | 0xc000) as u16;
+    let mut h = Outer {
+        ip: Ipv4Hdr {
+            vihl: 0x45,
+            tos: 0,
+            tot_len: (outer_len as u16).to_be(),
+            id: 0,
+            frag_off: 0x4000u16.to_be(),
+            ttl: 64,
+            proto: PROTO_UDP,
+            check: 0,
+            saddr: cfg.node_addr,
+            daddr: node,
+        },
+        sport: sport.to_be(),
+        dport: cfg.encap_port,
+        len: ((p.ip_len as u32 + 8) as u16).to_be(),
+        check: 0,
+    };
+    h.ip.check = ip_checksum(&h.ip);
+    ctx.store(ETH_LEN, &h, 0).map_err(|_| STAT_DROP_REWRITE)?;
+    count(STAT_ENCAP);
+    route::redirect(
+        ctx,
+        cfg.node_addr,
+        node,
+        PROTO_UDP,
+        h.sport,
+        h.dport,
+        outer_len as u16,
+    )
+}
+
+/// Strips the outer headers of `p` (addressed to our encap port) and
+/// returns the sending node's address.
+#[inline(always)]
+pub fn decap(ctx: &TcContext, p: &Packet) -> Result<u32, u32> {
+    if p.l4_off != ETH_LEN + 20 || (p.ip_len as u32) < 20 + 8 + 20 {
+        return Err(STAT_DROP_DECAP);
+    }
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+    ctx.adjust_room(-(ENCAP_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| STAT_DROP_DECAP)?;
+    count(STAT_DECAP);
+    Ok(p.saddr)
+}

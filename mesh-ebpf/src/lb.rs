@@ -1,0 +1,112 @@
+//! Frontend lookup, Maglev backend choice and the forward half of
+//! connection tracking.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use mesh_common::*;
+
+use crate::{
+    ct, encap,
+    hdr::Packet,
+    maps::{count, count_flow, LB4_SERVICES, LB_BACKENDS, LB_MAGLEV},
+    nat, route,
+};
+
+/// Flow hash over the client's view of the tuple (murmur3 finaliser mix).
+#[inline(always)]
+pub fn flow_hash(p: &Packet) -> u32 {
+    let mut h: u32 = 0x9747_b28c;
+    let words = [
+        p.saddr,
+        p.daddr,
+        ((p.sport as u32) << 16) | p.dport as u32,
+        p.proto as u32,
+    ];
+    let mut i = 0;
+    while i < 4 {
+        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn maglev_pick(svc: &Lb4Service, p: &Packet) -> Result<(u32, Backend), u32> {
+    if svc.flags & SVC_F_EMPTY != 0 {
+        return Err(STAT_DROP_NO_BACKEND);
+    }
+    let row = flow_hash(p) % MAGLEV_M;
+    let idx = (svc.svc_id * MAGLEV_HALVES + (svc.maglev_half & 1)) * MAGLEV_M + row;
+    let id = *LB_MAGLEV.get(idx).ok_or(STAT_DROP_MAGLEV)?;
+    let be = *LB_BACKENDS.get(id).ok_or(STAT_DROP_MAGLEV)?;
+    if be.state == BACKEND_UNUSED {
+        return Err(STAT_DROP_MAGLEV);
+    }
+    Ok((id, be))
+}
+
+/// Balances `p` if it is addressed to a frontend: `Ok(None)` if it is not.
+#[inline(always)]
+pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i32>, u32> {
+    let key = Lb4Key {
+        addr: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        ..Default::default()
+    };
+    // SAFETY: the value is copied out at once; a concurrent update replaces
+    // the element (preallocated hash: at worst a stale copy, never a torn
+    // read of another key, since the agent never deletes a frontend it
+    // might still rewrite).
+    let Some(svc) = (unsafe { LB4_SERVICES.get(&key) }) else {
+        return Ok(None);
+    };
+    let svc = *svc;
+    // SAFETY: reading the monotonic clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fkey = ct::forward_key(p);
+    let timeout_s = if p.proto == PROTO_TCP { cfg.ct_tcp_timeout_s } else { cfg.ct_udp_timeout_s };
+
+    let mut chosen: Option<(u32, Backend)> = None;
+    if let Some(e) = ct::lookup(&fkey) {
+        // SAFETY: `e` points at a live LRU element; fields are plain integers.
+        let entry = unsafe { *e };
+        let fresh = now.wrapping_sub(entry.last_seen_ns) < (timeout_s as u64) * 1_000_000_000;
+        if let Some(be) = LB_BACKENDS.get(entry.backend_id) {
+            let reopen = p.is_syn() && (entry.flags & CT_F_CLOSING != 0 || be.state != BACKEND_ACTIVE);
+            if be.state != BACKEND_UNUSED && fresh && !reopen && entry.svc_id == svc.svc_id {
+                chosen = Some((entry.backend_id, *be));
+                ct::touch(e, &entry, now, p.is_closing());
+            } else if be.state == BACKEND_UNUSED {
+                count(STAT_LB_RESELECT);
+            }
+        }
+    }
+    let new_flow = chosen.is_none();
+    let (id, be) = match chosen {
+        Some(c) => c,
+        None => {
+            let (id, be) = maglev_pick(&svc, p)?;
+            ct::open(p, &fkey, svc.svc_id, id, &be, now);
+            (id, be)
+        }
+    };
+    count(if new_flow { STAT_LB_NEW_FLOW } else { STAT_LB_FORWARD });
+    count_flow(svc.svc_id, id, p.ip_len as u32, new_flow);
+
+    nat::rewrite_dst(ctx, p, be.addr[0], be.port)?;
+    let mut out = *p;
+    out.daddr = be.addr[0];
+    out.dport = be.port;
+    if be.flags & BACKEND_F_LOCAL != 0 {
+        route::forward(ctx, &out).map(Some)
+    } else {
+        encap::send(ctx, &out, cfg, be.node_addr[0]).map(Some)
+    }
+}

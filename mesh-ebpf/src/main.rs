@@ -1,0 +1,118 @@
+//! Apiary's routing mesh, in the kernel.
+//!
+//! Two TC programs share one set of pinned maps:
+//! - [`apiary_host_ingress`] on a node's underlay interface: balances new
+//!   flows to published ports, opens encapsulated packets from other nodes,
+//!   and restores the frontend address on replies;
+//! - [`apiary_task_ingress`] on the host side of every task veth: balances a
+//!   task's connections to service VIPs, restores the frontend on a local
+//!   backend's replies, and sends replies of flows that entered at another
+//!   node back there, encapsulated.
+//!
+//! Every packet a program does not pass on untouched is counted in
+//! `apiary_stats`; every drop has a reason.
+#![no_std]
+#![no_main]
+
+mod ct;
+mod encap;
+mod hdr;
+mod lb;
+mod maps;
+mod nat;
+mod route;
+
+use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use mesh_common::*;
+
+use crate::hdr::Packet;
+use crate::maps::count;
+
+/// A verdict or the counter slot of the reason a packet is dropped.
+pub(crate) type Verdict = Result<i32, u32>;
+
+#[inline(always)]
+fn finish(v: Verdict) -> i32 {
+    match v {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[classifier]
+pub fn apiary_host_ingress(ctx: TcContext) -> i32 {
+    finish(host_ingress(&ctx))
+}
+
+#[classifier]
+pub fn apiary_task_ingress(ctx: TcContext) -> i32 {
+    finish(task_ingress(&ctx))
+}
+
+#[inline(always)]
+fn host_ingress(ctx: &TcContext) -> Verdict {
+    let Some(cfg) = maps::config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(mut pkt) = Packet::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if pkt.proto == PROTO_UDP && pkt.daddr == cfg.node_addr && pkt.dport == cfg.encap_port {
+        let ingress_node = encap::decap(ctx, &pkt)?;
+        let Some(inner) = Packet::parse(ctx)? else {
+            return Err(STAT_DROP_DECAP);
+        };
+        pkt = inner;
+        // A reply from a backend on another node to a flow that entered here.
+        if let Some(action) = nat::reply(ctx, &pkt)? {
+            return Ok(action);
+        }
+        // A new or tracked flow that entered at `ingress_node`, for a task here.
+        ct::note_tunnel(&pkt, ingress_node)?;
+        return route::forward(ctx, &pkt);
+    }
+    if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
+        return Ok(action);
+    }
+    // Replies of east-west flows from backends on other nodes arrive plain.
+    if let Some(action) = nat::reply(ctx, &pkt)? {
+        return Ok(action);
+    }
+    Ok(TC_ACT_OK)
+}
+
+#[inline(always)]
+fn task_ingress(ctx: &TcContext) -> Verdict {
+    let Some(cfg) = maps::config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(pkt) = Packet::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    // A local backend answering a flow that entered at this node.
+    if let Some(action) = nat::reply(ctx, &pkt)? {
+        return Ok(action);
+    }
+    // A local backend answering a flow that entered at another node.
+    if let Some(node) = ct::tunnel_peer(&pkt) {
+        return encap::send(ctx, &pkt, &cfg, node);
+    }
+    // A task connecting to a service VIP.
+    if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
+        return Ok(action);
+    }
+    Ok(TC_ACT_OK)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

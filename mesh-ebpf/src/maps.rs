@@ -1,0 +1,73 @@
+//! The pinned maps and small accessors.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use mesh_common::*;
+
+#[map(name = "apiary_lb4_services")]
+pub static LB4_SERVICES: HashMap<Lb4Key, Lb4Service> = HashMap::pinned(DEFAULT_LB4_ENTRIES, 0);
+
+#[map(name = "apiary_lb_backends")]
+pub static LB_BACKENDS: Array<Backend> = Array::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "apiary_lb_maglev")]
+pub static LB_MAGLEV: Array<u32> = Array::pinned(
+    DEFAULT_MAX_SERVICES * MAGLEV_HALVES * MAGLEV_M,
+    BPF_F_MMAPABLE,
+);
+
+#[map(name = "apiary_ct4")]
+pub static CT4: LruHashMap<Ct4Key, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+#[map(name = "apiary_config")]
+pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map(name = "apiary_stats")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_MAX, 0);
+
+#[map(name = "apiary_lb_svc_stats")]
+pub static SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "apiary_lb_backend_stats")]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; this program is the only writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<NodeConfig> {
+    let cfg = CONFIG.get(0)?;
+    if cfg.ready == 0 {
+        count(STAT_NO_CONFIG);
+        return None;
+    }
+    Some(*cfg)
+}
+
+#[inline(always)]
+fn add(counters: Option<*mut Counters>, bytes: u32, new_flow: bool) {
+    if let Some(c) = counters {
+        // SAFETY: per-CPU slot; this program is the only writer on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+            if new_flow {
+                (*c).flows += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_flow(svc_id: u32, backend_id: u32, bytes: u32, new_flow: bool) {
+    add(SVC_STATS.get_ptr_mut(svc_id), bytes, new_flow);
+    add(BACKEND_STATS.get_ptr_mut(backend_id), bytes, new_flow);
+}

@@ -1,0 +1,84 @@
+//! Sending a rewritten packet on: a FIB lookup picks the interface and next
+//! hop, then the kernel fills in the neighbour and transmits. This bypasses
+//! the stack's forwarding path, which would drop our packets as martians
+//! (their source can be this node's own address).
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, bpf_redir_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    programs::TcContext,
+    EbpfContext,
+};
+use mesh_common::*;
+
+use crate::{hdr::Packet, Verdict};
+
+const AF_INET: u8 = 2;
+const BPF_FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 6;
+
+#[inline(always)]
+pub fn forward(ctx: &TcContext, p: &Packet) -> Verdict {
+    redirect(ctx, p.saddr, p.daddr, p.proto, p.sport, p.dport, p.ip_len)
+}
+
+/// True when the skb is a GSO super-packet (segmented later, so its length
+/// is not what goes on the wire).
+#[inline(always)]
+pub fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: TC programs may read `gso_size` from their context.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
+
+#[inline(always)]
+pub fn redirect(
+    ctx: &TcContext,
+    saddr: u32,
+    daddr: u32,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    ip_len: u16,
+) -> Verdict {
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    fib.sport = sport;
+    fib.dport = dport;
+    fib.__bindgen_anon_1.tot_len = if is_gso(ctx) { 0 } else { ip_len };
+    // SAFETY: TC programs may read `ifindex` from their context.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.__bindgen_anon_3.ipv4_src = saddr;
+    fib.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: `fib` is a properly sized lookup struct on our stack.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(STAT_DROP_TOO_BIG),
+        _ => return Err(STAT_DROP_FIB),
+    }
+    // SAFETY: zeroed plain C struct, then filled.
+    let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    nh.nh_family = AF_INET as u32;
+    // SAFETY: the lookup wrote the next hop (gateway or destination) here.
+    nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    // SAFETY: `nh` is a properly sized struct on our stack.
+    let action = unsafe {
+        bpf_redirect_neigh(
+            fib.ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
+    Ok(action as i32)
+}

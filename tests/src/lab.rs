@@ -1,0 +1,463 @@
+//! The lab itself: hosts, client, tasks and daemons.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::net::{ip, Ns};
+
+/// All lab namespaces, interfaces and pin directories start with this.
+pub const PREFIX: &str = "apy";
+/// Where labs record who owns them (for [`sweep`]).
+const OWNERS: &str = "/run/apiary-lab";
+const BPFFS: &str = "/sys/fs/bpf/apiary";
+
+/// Prefix of host-side task veths (the agent's default `task_interface_prefix`).
+pub const TASK_PREFIX: &str = "apt";
+/// MTU of the underlay links.
+pub const UNDERLAY_MTU: u32 = 1500;
+/// Task links leave room for Apiary's encapsulation between nodes.
+pub const TASK_MTU: u32 = UNDERLAY_MTU - 28;
+
+pub fn host_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, i as u8 + 1)
+}
+
+pub fn client_addr() -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, 100)
+}
+
+pub fn task_subnet(i: usize) -> String {
+    format!("10.201.{}.0/24", i + 1)
+}
+
+fn task_gateway(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 201, i as u8 + 1, 1)
+}
+
+/// The `apiary` binary next to the running test or xtask binary, or `$APIARY_BIN`.
+pub fn apiary_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("APIARY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("apiary")
+}
+
+#[derive(Debug)]
+pub struct Host {
+    pub index: usize,
+    pub name: String,
+    pub ns: Ns,
+    pub addr: Ipv4Addr,
+    pub task_subnet: String,
+    tasks: usize,
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub name: String,
+    pub ns: Ns,
+    pub addr: Ipv4Addr,
+    pub host: usize,
+    pub host_veth: String,
+}
+
+/// A running `apiary daemon` in a host namespace.
+#[derive(Debug)]
+pub struct Daemon {
+    pub host: usize,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub data_dir: PathBuf,
+    pub pin_path: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub dir: PathBuf,
+    pub fabric: Ns,
+    pub client: Ns,
+    pub hosts: Vec<Host>,
+    pub tasks: Vec<Task>,
+    pub daemons: Vec<Daemon>,
+    children: Vec<Child>,
+    /// Leave everything in place on drop (`cargo xtask lab up`).
+    pub keep: bool,
+}
+
+fn unique_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mix = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ nanos as u64;
+    format!("{PREFIX}{:05x}", mix & 0xf_ffff)
+}
+
+impl Lab {
+    /// Creates `n` hosts and a client on a fresh bridge.
+    pub fn up(n: usize) -> anyhow::Result<Lab> {
+        Self::up_with_id(n, &unique_id())
+    }
+
+    pub fn up_with_id(n: usize, id: &str) -> anyhow::Result<Lab> {
+        if !(1..=9).contains(&n) {
+            bail!("a lab has 1 to 9 hosts, not {n}");
+        }
+        sweep_dead();
+        let dir = std::env::temp_dir().join(format!("apiary-lab-{id}"));
+        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(OWNERS)?;
+        fs::write(Path::new(OWNERS).join(id), std::process::id().to_string())?;
+        let fabric = Ns::create(&format!("{id}-fab"))?;
+        let mut lab = Lab {
+            id: id.to_string(),
+            dir,
+            client: Ns { name: format!("{id}-cl") },
+            fabric,
+            hosts: Vec::new(),
+            tasks: Vec::new(),
+            daemons: Vec::new(),
+            children: Vec::new(),
+            keep: false,
+        };
+        lab.fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lab.fabric.ip(&["link", "set", "br0", "up"])?;
+        Ns::create(&lab.client.name)?;
+        lab.plug(&lab.client.clone(), "cl", client_addr())?;
+        for i in 0..n {
+            let ns = Ns::create(&format!("{id}-h{}", i + 1))?;
+            lab.plug(&ns, &format!("h{}", i + 1), host_addr(i))?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            lab.hosts.push(Host {
+                index: i,
+                name: format!("h{}", i + 1),
+                ns,
+                addr: host_addr(i),
+                task_subnet: task_subnet(i),
+                tasks: 0,
+            });
+        }
+        Ok(lab)
+    }
+
+    /// Connects `ns` to the bridge as `eth0` with `addr`/24.
+    fn plug(&self, ns: &Ns, port: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let tmp = format!("{}{port}", self.id);
+        ip(&["link", "add", &tmp, "mtu", &UNDERLAY_MTU.to_string(), "type", "veth", "peer", "name", &format!("{tmp}x"), "mtu", &UNDERLAY_MTU.to_string()])?;
+        ip(&["link", "set", &tmp, "netns", &self.fabric.name])?;
+        ip(&["link", "set", &format!("{tmp}x"), "netns", &ns.name])?;
+        self.fabric.ip(&["link", "set", &tmp, "name", port])?;
+        self.fabric.ip(&["link", "set", port, "master", "br0", "up"])?;
+        ns.ip(&["link", "set", &format!("{tmp}x"), "name", "eth0"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// A task namespace on host `h`: `eth0` with the next address of the
+    /// host's task subnet, default route via the host; host side `apt…`.
+    pub fn add_task(&mut self, h: usize, name: &str) -> anyhow::Result<usize> {
+        let host = &mut self.hosts[h];
+        host.tasks += 1;
+        let k = host.tasks;
+        let addr = Ipv4Addr::new(10, 201, h as u8 + 1, k as u8 + 1);
+        let gw = task_gateway(h);
+        let ns = Ns::create(&format!("{}-{}t{k}", self.id, host.name))?;
+        let veth = format!("{TASK_PREFIX}{k}");
+        let mtu = TASK_MTU.to_string();
+        host.ns.ip(&["link", "add", &veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &ns.name])?;
+        host.ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", &veth])?;
+        host.ns.ip(&["link", "set", &veth, "up"])?;
+        host.ns.ip(&["route", "add", &format!("{addr}/32"), "dev", &veth])?;
+        ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", &format!("{gw}/32"), "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", &gw.to_string(), "dev", "eth0"])?;
+        self.tasks.push(Task { name: name.to_string(), ns, addr, host: h, host_veth: veth });
+        Ok(self.tasks.len() - 1)
+    }
+
+    /// Starts a process in a task namespace; it is killed with the lab.
+    pub fn spawn_in(&mut self, ns: &Ns, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{}-{}.log", ns.name, self.children.len())))?;
+        let child = ns
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", ns.name))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Runs `apiary tool whoami` on port `port` of task `t`, named after it,
+    /// and waits until it answers.
+    pub fn whoami(&mut self, t: usize, port: u16) -> anyhow::Result<()> {
+        let ns = self.tasks[t].ns.clone();
+        let name = self.tasks[t].name.clone();
+        let bin = apiary_bin();
+        let listen = format!("0.0.0.0:{port}");
+        self.spawn_in(&ns, bin.to_str().expect("utf-8 path"), &["tool", "whoami", "--listen", &listen, "--name", &name])?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = ns.run_in(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("whoami in {} did not start", name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The static config for host `h` with `services` (YAML list items,
+    /// already indented by two spaces).
+    pub fn static_config(&self, h: usize, services: &str) -> String {
+        let mut s = format!("node: {}\nvip_range: 10.96.0.0/16\nnodes:\n", self.hosts[h].name);
+        for host in &self.hosts {
+            s += &format!("  - name: {}\n    address: {}\n    task_subnet: {}\n", host.name, host.addr, host.task_subnet);
+        }
+        if services.trim().is_empty() {
+            s += "services: []\n";
+        } else {
+            s += "services:\n";
+            s += services;
+        }
+        s
+    }
+
+    /// Starts `apiary daemon` on host `h` with `config` and waits until it
+    /// has programmed the data plane.
+    pub fn start_daemon(&mut self, h: usize, config: &str) -> anyhow::Result<usize> {
+        let host = &self.hosts[h];
+        let base = self.dir.join(&host.name);
+        fs::create_dir_all(&base)?;
+        let d = Daemon {
+            host: h,
+            config: base.join("mesh.yaml"),
+            log: base.join("daemon.log"),
+            data_dir: base.join("data"),
+            pin_path: Path::new(BPFFS).join(&host.ns.name),
+            child: None,
+        };
+        fs::write(&d.config, config)?;
+        self.daemons.push(d);
+        let i = self.daemons.len() - 1;
+        self.restart_daemon(i)?;
+        Ok(i)
+    }
+
+    /// (Re)starts daemon `i` (after [`Daemon::kill9`], say) and waits until ready.
+    pub fn restart_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+        let ns = self.hosts[self.daemons[i].host].ns.clone();
+        let d = &mut self.daemons[i];
+        let start = fs::read_to_string(&d.log).map(|s| s.len()).unwrap_or(0);
+        let log = fs::OpenOptions::new().create(true).append(true).open(&d.log)?;
+        let bin = apiary_bin();
+        let child = ns
+            .command(bin.to_str().expect("utf-8 path"))
+            .arg("daemon")
+            .arg("--static-config")
+            .arg(&d.config)
+            .arg("--data-dir")
+            .arg(&d.data_dir)
+            .arg("--pin-path")
+            .arg(&d.pin_path)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting apiary daemon")?;
+        d.child = Some(child);
+        d.wait_log(start, " ready", Duration::from_secs(20))
+    }
+
+    pub fn daemon(&mut self, i: usize) -> &mut Daemon {
+        &mut self.daemons[i]
+    }
+
+    /// Tears everything down; keeps going after errors and reports them all.
+    pub fn down(&mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for d in &mut self.daemons {
+            d.kill9();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for t in &self.tasks {
+            if let Err(e) = t.ns.delete() {
+                errors.push(e.to_string());
+            }
+        }
+        for h in &self.hosts {
+            if let Err(e) = h.ns.delete() {
+                errors.push(e.to_string());
+            }
+        }
+        for ns in [&self.client, &self.fabric] {
+            if let Err(e) = ns.delete() {
+                errors.push(e.to_string());
+            }
+        }
+        for d in &self.daemons {
+            if d.pin_path.exists() {
+                if let Err(e) = fs::remove_dir_all(&d.pin_path) {
+                    errors.push(format!("removing {}: {e}", d.pin_path.display()));
+                }
+            }
+        }
+        let _ = fs::remove_file(Path::new(OWNERS).join(&self.id));
+        if std::env::var_os("APIARY_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        self.tasks.clear();
+        self.hosts.clear();
+        self.daemons.clear();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("tearing down lab {}: {}", self.id, errors.join("; "))
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep || std::env::var_os("APIARY_KEEP_LAB").is_some() {
+            eprintln!("keeping lab {} (cargo xtask lab down removes it)", self.id);
+            return;
+        }
+        if std::thread::panicking() {
+            // Keep the daemon logs of a failed test where a reader finds them.
+            for d in &self.daemons {
+                if let Ok(log) = fs::read_to_string(&d.log) {
+                    eprintln!("--- daemon log of host {} ({}) ---\n{log}", d.host + 1, d.log.display());
+                }
+            }
+        }
+        if let Err(e) = self.down() {
+            eprintln!("{e}");
+        }
+    }
+}
+
+impl Daemon {
+    /// `kill -9`: no clean-up runs, as after a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Writes a new config and sends SIGHUP; waits for the daemon to log
+    /// the outcome and returns that log line.
+    pub fn reload(&mut self, config: &str) -> anyhow::Result<String> {
+        fs::write(&self.config, config)?;
+        let start = fs::read_to_string(&self.log).map(|s| s.len()).unwrap_or(0);
+        let pid = self.pid().context("daemon not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = fs::read_to_string(&self.log)?;
+            if let Some(line) = log[start..].lines().find(|l| l.contains("reloaded") || l.contains("reload rejected") || l.contains("reload failed")) {
+                return Ok(line.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not log a reload outcome; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_log(&mut self, from: usize, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            if log.get(from..).is_some_and(|l| l.contains(needle)) {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    self.child = None;
+                    bail!("daemon exited ({status}) before it was ready; log:\n{}", log.get(from..).unwrap_or(""));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("daemon not ready after {timeout:?}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `apiary lb ls --json` (or `lb stats`) for this daemon.
+    pub fn lb(&self, what: &str) -> anyhow::Result<serde_json::Value> {
+        let out = crate::net::sh(
+            Command::new(apiary_bin())
+                .args(["lb", what, "--json", "--pin-path"])
+                .arg(&self.pin_path)
+                .arg("--data-dir")
+                .arg(&self.data_dir),
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+}
+
+/// Removes labs whose owning process is gone (a crashed or killed run).
+fn sweep_dead() {
+    let Ok(entries) = fs::read_dir(OWNERS) else { return };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let pid: i32 = fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = sweep(Some(&id));
+        }
+    }
+}
+
+/// Deletes lab namespaces and pin directories: of lab `id`, or of every lab.
+pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
+    let prefix = id.unwrap_or(PREFIX);
+    let mut n = 0;
+    let list = ip(&["netns", "list"])?;
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(prefix) {
+            Ns { name: name.to_string() }.delete()?;
+            n += 1;
+        }
+    }
+    if let Ok(entries) = fs::read_dir(BPFFS) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                fs::remove_dir_all(e.path())?;
+            }
+        }
+    }
+    if let Some(id) = id {
+        let _ = fs::remove_file(Path::new(OWNERS).join(id));
+    } else {
+        let _ = fs::remove_dir_all(OWNERS);
+    }
+    Ok(n)
+}

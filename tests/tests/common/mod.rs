@@ -1,0 +1,162 @@
+//! Helpers shared by the integration tests: lab set-ups and clients.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use apiary_tests::{Lab, Ns};
+
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a whoami backend answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub name: String,
+    pub client: SocketAddr,
+}
+
+pub fn parse(body: &str) -> Option<Answer> {
+    let mut name = None;
+    let mut client = None;
+    for line in body.lines() {
+        if let Some(v) = line.strip_prefix("name=") {
+            name = Some(v.to_string());
+        }
+        if let Some(v) = line.strip_prefix("client=") {
+            client = v.parse().ok();
+        }
+    }
+    Some(Answer { name: name?, client: client? })
+}
+
+/// One HTTP/1.0 request on a new connection (optionally from a fixed local port).
+pub fn http_once(to: SocketAddr, from_port: Option<u16>) -> std::io::Result<Answer> {
+    let mut s = match from_port {
+        None => TcpStream::connect_timeout(&to, TIMEOUT)?,
+        Some(port) => {
+            let sock = socket2_tcp(port)?;
+            sock.connect_timeout(&to.into(), TIMEOUT)?;
+            sock.into()
+        }
+    };
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("");
+    parse(body).ok_or_else(|| std::io::Error::other(format!("bad answer: {buf:?}")))
+}
+
+fn socket2_tcp(port: u16) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    Ok(s)
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct KeepAlive {
+    s: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(to: SocketAddr) -> std::io::Result<Self> {
+        let s = TcpStream::connect_timeout(&to, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        Ok(KeepAlive { s })
+    }
+
+    pub fn get(&mut self) -> std::io::Result<Answer> {
+        self.s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = self.s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::other("connection closed"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return parse(&body[..len]).ok_or_else(|| std::io::Error::other("bad answer"));
+                }
+            }
+        }
+    }
+}
+
+pub fn udp_once(to: SocketAddr) -> std::io::Result<Answer> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.send_to(b"hello", to)?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf)?;
+    parse(&String::from_utf8_lossy(&buf[..n])).ok_or_else(|| std::io::Error::other("bad answer"))
+}
+
+pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+/// Counts answers by backend name.
+pub fn spread(answers: &[Answer]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in answers {
+        *m.entry(a.name.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// YAML for one service publishing `published`→`target` with the given
+/// backends (`(address, state)`).
+pub fn service_yaml(name: &str, vip: Option<&str>, published: Option<u16>, target: u16, proto: &str, backends: &[(Ipv4Addr, &str)]) -> String {
+    let mut s = format!("  - name: {name}\n");
+    if let Some(v) = vip {
+        s += &format!("    vip: {v}\n");
+    }
+    s += "    ports:\n";
+    match published {
+        Some(p) => s += &format!("      - published: {p}\n        target: {target}\n        protocol: {proto}\n"),
+        None => s += &format!("      - target: {target}\n        protocol: {proto}\n"),
+    }
+    s += "    backends:\n";
+    if backends.is_empty() {
+        s = s.replace("    backends:\n", "    backends: []\n");
+    }
+    for (a, st) in backends {
+        s += &format!("      - address: {a}\n        state: {st}\n");
+    }
+    s
+}
+
+/// A lab of `hosts` hosts with a whoami task on each host listed in
+/// `backend_hosts`, named `web<i>`; returns the lab and the task indices.
+pub fn lab_with_backends(hosts: usize, backend_hosts: &[usize]) -> (Lab, Vec<usize>) {
+    let mut lab = Lab::up(hosts).expect("lab up");
+    let mut tasks = Vec::new();
+    for (i, h) in backend_hosts.iter().enumerate() {
+        let t = lab.add_task(*h, &format!("web{}", i + 1)).expect("task");
+        lab.whoami(t, 80).expect("whoami");
+        tasks.push(t);
+    }
+    (lab, tasks)
+}
+
+/// Starts a daemon on every host with the same services.
+pub fn start_all(lab: &mut Lab, services: &str) {
+    for h in 0..lab.hosts.len() {
+        let cfg = lab.static_config(h, services);
+        lab.start_daemon(h, &cfg).expect("daemon");
+    }
+}
+
+pub fn client(lab: &Lab) -> Ns {
+    lab.client.clone()
+}

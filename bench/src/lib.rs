@@ -1,1 +1,26 @@
-fn main() {}
+//! Benchmarks that measure Apiary and its baselines in the same run and
+//! report ratios (see `BENCH.md` of the project notes and `bench/RESULTS.md`).
+
+/// Median and spread (max − min) of a set of measurements.
+pub fn median_spread(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] };
+    (median, v[v.len() - 1] - v[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_sets() {
+        assert_eq!(median_spread(&[3.0, 1.0, 2.0]), (2.0, 2.0));
+        assert_eq!(median_spread(&[4.0, 1.0, 2.0, 3.0]), (2.5, 3.0));
+        assert_eq!(median_spread(&[]), (0.0, 0.0));
+    }
+}

@@ -16,11 +16,22 @@ use crate::dataplane::desired::{Desired, DesiredBackend, DesiredService, Fronten
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {field}: {message}")]
-    Syntax { path: PathBuf, field: String, message: String },
+    Syntax {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
     #[error("{path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,7 +79,10 @@ pub struct Conntrack {
 
 impl Default for Conntrack {
     fn default() -> Self {
-        Conntrack { tcp_timeout_s: default_tcp_timeout(), udp_timeout_s: default_udp_timeout() }
+        Conntrack {
+            tcp_timeout_s: default_tcp_timeout(),
+            udp_timeout_s: default_udp_timeout(),
+        }
     }
 }
 
@@ -128,8 +142,10 @@ pub enum BackendStateSpec {
 
 /// Reads, parses and validates `path`.
 pub fn load(path: &Path) -> Result<StaticConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -140,7 +156,11 @@ pub fn parse(path: &Path, text: &str) -> Result<StaticConfig, ConfigError> {
             p if p == "." => "(top level)".to_string(),
             p => p,
         };
-        ConfigError::Syntax { path: path.into(), field, message: e.into_inner().to_string() }
+        ConfigError::Syntax {
+            path: path.into(),
+            field,
+            message: e.into_inner().to_string(),
+        }
     })?;
     cfg.validate(path)?;
     Ok(cfg)
@@ -148,36 +168,72 @@ pub fn parse(path: &Path, text: &str) -> Result<StaticConfig, ConfigError> {
 
 impl StaticConfig {
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: String, message: String| ConfigError::Invalid { path: path.into(), field, message };
+        let bad = |field: String, message: String| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            message,
+        };
         let mut node_names = HashMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if n.name.is_empty() {
                 return Err(bad(format!("nodes[{i}].name"), "must not be empty".into()));
             }
             if let Some(j) = node_names.insert(n.name.as_str(), i) {
-                return Err(bad(format!("nodes[{i}].name"), format!("node `{}` is already defined at nodes[{j}]", n.name)));
+                return Err(bad(
+                    format!("nodes[{i}].name"),
+                    format!("node `{}` is already defined at nodes[{j}]", n.name),
+                ));
             }
             if n.task_subnet.contains(&n.address) {
-                return Err(bad(format!("nodes[{i}].task_subnet"), format!("{} contains the node's own address {}", n.task_subnet, n.address)));
+                return Err(bad(
+                    format!("nodes[{i}].task_subnet"),
+                    format!(
+                        "{} contains the node's own address {}",
+                        n.task_subnet, n.address
+                    ),
+                ));
             }
             for (j, m) in self.nodes.iter().enumerate().take(i) {
                 if m.address == n.address {
-                    return Err(bad(format!("nodes[{i}].address"), format!("{} is also the address of node `{}` (nodes[{j}])", n.address, m.name)));
+                    return Err(bad(
+                        format!("nodes[{i}].address"),
+                        format!(
+                            "{} is also the address of node `{}` (nodes[{j}])",
+                            n.address, m.name
+                        ),
+                    ));
                 }
-                if m.task_subnet.contains(&n.task_subnet.network()) || n.task_subnet.contains(&m.task_subnet.network()) {
-                    return Err(bad(format!("nodes[{i}].task_subnet"), format!("{} overlaps {} of node `{}` (nodes[{j}])", n.task_subnet, m.task_subnet, m.name)));
+                if m.task_subnet.contains(&n.task_subnet.network())
+                    || n.task_subnet.contains(&m.task_subnet.network())
+                {
+                    return Err(bad(
+                        format!("nodes[{i}].task_subnet"),
+                        format!(
+                            "{} overlaps {} of node `{}` (nodes[{j}])",
+                            n.task_subnet, m.task_subnet, m.name
+                        ),
+                    ));
                 }
             }
         }
         if !node_names.contains_key(self.node.as_str()) {
-            return Err(bad("node".into(), format!("`{}` is not one of the names under `nodes`", self.node)));
+            return Err(bad(
+                "node".into(),
+                format!("`{}` is not one of the names under `nodes`", self.node),
+            ));
         }
         if self.encap_port == 0 {
-            return Err(bad("encap_port".into(), "must be a port number from 1 to 65535".into()));
+            return Err(bad(
+                "encap_port".into(),
+                "must be a port number from 1 to 65535".into(),
+            ));
         }
         if let Some(mtu) = self.mtu {
             if mtu < 576 {
-                return Err(bad("mtu".into(), format!("{mtu} is below the IPv4 minimum of 576")));
+                return Err(bad(
+                    "mtu".into(),
+                    format!("{mtu} is below the IPv4 minimum of 576"),
+                ));
             }
         }
         let mut names = HashMap::new();
@@ -189,39 +245,74 @@ impl StaticConfig {
                 return Err(bad(format!("{at}.name"), "must not be empty".into()));
             }
             if let Some(j) = names.insert(s.name.as_str(), i) {
-                return Err(bad(format!("{at}.name"), format!("service `{}` is already defined at services[{j}]", s.name)));
+                return Err(bad(
+                    format!("{at}.name"),
+                    format!("service `{}` is already defined at services[{j}]", s.name),
+                ));
             }
             if let Some(vip) = s.vip {
                 let Some(range) = self.vip_range else {
-                    return Err(bad(format!("{at}.vip"), "a VIP needs `vip_range` to be set".into()));
+                    return Err(bad(
+                        format!("{at}.vip"),
+                        "a VIP needs `vip_range` to be set".into(),
+                    ));
                 };
                 if !range.contains(&vip) {
-                    return Err(bad(format!("{at}.vip"), format!("{vip} is outside vip_range {range}")));
+                    return Err(bad(
+                        format!("{at}.vip"),
+                        format!("{vip} is outside vip_range {range}"),
+                    ));
                 }
                 if let Some(j) = vips.insert(vip, i) {
-                    return Err(bad(format!("{at}.vip"), format!("{vip} is already the VIP of services[{j}]")));
+                    return Err(bad(
+                        format!("{at}.vip"),
+                        format!("{vip} is already the VIP of services[{j}]"),
+                    ));
                 }
             }
             if s.ports.is_empty() {
-                return Err(bad(format!("{at}.ports"), "a service needs at least one port".into()));
+                return Err(bad(
+                    format!("{at}.ports"),
+                    "a service needs at least one port".into(),
+                ));
             }
             let mut targets = HashMap::new();
             for (k, p) in s.ports.iter().enumerate() {
                 let pat = format!("{at}.ports[{k}]");
                 if p.target == 0 {
-                    return Err(bad(format!("{pat}.target"), "must be a port number from 1 to 65535".into()));
+                    return Err(bad(
+                        format!("{pat}.target"),
+                        "must be a port number from 1 to 65535".into(),
+                    ));
                 }
                 if targets.insert((p.target, p.protocol), k).is_some() {
-                    return Err(bad(format!("{pat}.target"), format!("{}/{} is listed twice", p.target, p.protocol)));
+                    return Err(bad(
+                        format!("{pat}.target"),
+                        format!("{}/{} is listed twice", p.target, p.protocol),
+                    ));
                 }
                 match p.published {
-                    Some(0) => return Err(bad(format!("{pat}.published"), "must be a port number from 1 to 65535".into())),
+                    Some(0) => {
+                        return Err(bad(
+                            format!("{pat}.published"),
+                            "must be a port number from 1 to 65535".into(),
+                        ))
+                    }
                     Some(port) => {
                         if port == self.encap_port && p.protocol == Protocol::Udp {
-                            return Err(bad(format!("{pat}.published"), format!("{port}/udp is the encapsulation port (encap_port)")));
+                            return Err(bad(
+                                format!("{pat}.published"),
+                                format!("{port}/udp is the encapsulation port (encap_port)"),
+                            ));
                         }
                         if let Some(other) = published.insert((port, p.protocol), pat.clone()) {
-                            return Err(bad(format!("{pat}.published"), format!("port {port}/{} is already published by {other}", p.protocol)));
+                            return Err(bad(
+                                format!("{pat}.published"),
+                                format!(
+                                    "port {port}/{} is already published by {other}",
+                                    p.protocol
+                                ),
+                            ));
                         }
                     }
                     None if s.vip.is_none() => {
@@ -234,10 +325,16 @@ impl StaticConfig {
             for (k, b) in s.backends.iter().enumerate() {
                 let bat = format!("{at}.backends[{k}].address");
                 if self.node_of(b.address).is_none() {
-                    return Err(bad(bat, format!("{} is not inside any node's task_subnet", b.address)));
+                    return Err(bad(
+                        bat,
+                        format!("{} is not inside any node's task_subnet", b.address),
+                    ));
                 }
                 if let Some(j) = seen.insert(b.address, k) {
-                    return Err(bad(bat, format!("{} is already listed at backends[{j}]", b.address)));
+                    return Err(bad(
+                        bat,
+                        format!("{} is already listed at backends[{j}]", b.address),
+                    ));
                 }
             }
         }
@@ -245,7 +342,10 @@ impl StaticConfig {
     }
 
     pub fn this_node(&self) -> &NodeSpec {
-        self.nodes.iter().find(|n| n.name == self.node).expect("validated: node is listed")
+        self.nodes
+            .iter()
+            .find(|n| n.name == self.node)
+            .expect("validated: node is listed")
     }
 
     fn node_of(&self, addr: Ipv4Addr) -> Option<&NodeSpec> {
@@ -260,16 +360,28 @@ impl StaticConfig {
             for p in &s.ports {
                 let mut frontends = Vec::new();
                 if let Some(port) = p.published {
-                    frontends.push(Frontend { addr: me.address, port, proto: p.protocol, vip: false });
+                    frontends.push(Frontend {
+                        addr: me.address,
+                        port,
+                        proto: p.protocol,
+                        vip: false,
+                    });
                 }
                 if let Some(vip) = s.vip {
-                    frontends.push(Frontend { addr: vip, port: p.target, proto: p.protocol, vip: true });
+                    frontends.push(Frontend {
+                        addr: vip,
+                        port: p.target,
+                        proto: p.protocol,
+                        vip: true,
+                    });
                 }
                 let backends = s
                     .backends
                     .iter()
                     .map(|b| {
-                        let node = self.node_of(b.address).expect("validated: backend in a subnet");
+                        let node = self
+                            .node_of(b.address)
+                            .expect("validated: backend in a subnet");
                         DesiredBackend {
                             addr: b.address,
                             port: p.target,
@@ -278,8 +390,19 @@ impl StaticConfig {
                         }
                     })
                     .collect();
-                let name = if s.ports.len() == 1 { s.name.clone() } else { format!("{}:{}/{}", s.name, p.target, p.protocol) };
-                services.insert(name.clone(), DesiredService { name, frontends, backends });
+                let name = if s.ports.len() == 1 {
+                    s.name.clone()
+                } else {
+                    format!("{}:{}/{}", s.name, p.target, p.protocol)
+                };
+                services.insert(
+                    name.clone(),
+                    DesiredService {
+                        name,
+                        frontends,
+                        backends,
+                    },
+                );
             }
         }
         Desired {

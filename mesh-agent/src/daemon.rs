@@ -37,8 +37,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mtu = crate::netdev::mtu(&iface)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let opts = Options {
-        pin_path: args.pin_path.unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/apiary").join(&cfg.node)),
-        data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),
+        pin_path: args
+            .pin_path
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/apiary").join(&cfg.node)),
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),
         max_services: args.max_services,
         host_iface: iface.clone(),
         task_prefix: cfg.task_interface_prefix.clone(),
@@ -48,14 +52,19 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if dp.adopted {
         tracing::info!("re-adopted pinned maps and attached programs of an earlier agent");
     }
-    let report = dp.apply(&cfg.desired(mtu)).context("programming the data plane")?;
+    let report = dp
+        .apply(&cfg.desired(mtu))
+        .context("programming the data plane")?;
     tracing::info!(?report, "ready");
 
     loop {
-        let mut ts = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        let ts = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
         // SAFETY: `set` is a valid signal set and `ts` a valid timeout;
         // a null siginfo pointer is allowed.
-        let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &mut ts) };
+        let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
         match sig {
             libc::SIGHUP => reload(&mut dp, &args.static_config, mtu),
             libc::SIGTERM | libc::SIGINT => {

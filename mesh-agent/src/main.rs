@@ -19,7 +19,11 @@ use mesh_agent::dataplane::{maps::Maps, read_names, view};
 use mesh_agent::{config, daemon, tool};
 
 #[derive(Parser)]
-#[command(name = "apiary", version, about = "Apiary: Swarm-style orchestration with an in-kernel routing mesh")]
+#[command(
+    name = "apiary",
+    version,
+    about = "Apiary: Swarm-style orchestration with an in-kernel routing mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -101,7 +105,10 @@ enum ToolCmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("APIARY_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("APIARY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,9 +121,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Daemon { static_config, data_dir, pin_path, max_services } => {
-            daemon::run(daemon::DaemonArgs { static_config, data_dir, pin_path, max_services })
-        }
+        Cmd::Daemon {
+            static_config,
+            data_dir,
+            pin_path,
+            max_services,
+        } => daemon::run(daemon::DaemonArgs {
+            static_config,
+            data_dir,
+            pin_path,
+            max_services,
+        }),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&a.pin_path)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;
@@ -127,7 +142,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Lb { cmd: LbCmd::Stats(a) } => {
+        Cmd::Lb {
+            cmd: LbCmd::Stats(a),
+        } => {
             let maps = Maps::open_pinned(&a.pin_path)?;
             let stats = view::stats(&maps, &read_names(&a.data_dir))?;
             if a.json {
@@ -137,15 +154,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => {
             let cfg = config::load(&file)?;
-            println!("{}: ok ({} nodes, {} services)", file.display(), cfg.nodes.len(), cfg.services.len());
+            println!(
+                "{}: ok ({} nodes, {} services)",
+                file.display(),
+                cfg.nodes.len(),
+                cfg.services.len()
+            );
             Ok(())
         }
-        Cmd::Tool { cmd: ToolCmd::Whoami { listen, name } } => {
+        Cmd::Tool {
+            cmd: ToolCmd::Whoami { listen, name },
+        } => {
             let name = match name {
                 Some(n) => n,
-                None => nix::unistd::gethostname().context("reading the host name")?.to_string_lossy().into_owned(),
+                None => nix::unistd::gethostname()
+                    .context("reading the host name")?
+                    .to_string_lossy()
+                    .into_owned(),
             };
             tool::whoami::run(listen, name)
         }

@@ -7,13 +7,19 @@ use std::io;
 /// Names of all links in the current network namespace.
 pub fn link_names() -> io::Result<Vec<String>> {
     let list = nix::net::if_::if_nameindex().map_err(io::Error::from)?;
-    Ok(list.iter().map(|i| i.name().to_string_lossy().into_owned()).collect())
+    Ok(list
+        .iter()
+        .map(|i| i.name().to_string_lossy().into_owned())
+        .collect())
 }
 
 /// MTU of `iface`.
 pub fn mtu(iface: &str) -> io::Result<u16> {
     if iface.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name `{iface}` is too long")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name `{iface}` is too long"),
+        ));
     }
     // SAFETY: plain socket call; the fd is checked and closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -31,7 +37,10 @@ pub fn mtu(iface: &str) -> io::Result<u16> {
     // SAFETY: closing the fd we opened.
     unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(io::Error::new(err.kind(), format!("reading the MTU of interface `{iface}`: {err}")));
+        return Err(io::Error::new(
+            err.kind(),
+            format!("reading the MTU of interface `{iface}`: {err}"),
+        ));
     }
     // SAFETY: the ioctl filled the mtu member of the union.
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u16)

@@ -51,7 +51,8 @@ pub fn send(ctx: &TcContext, p: &Packet, cfg: &NodeConfig, node: u32) -> Verdict
     if !route::is_gso(ctx) && outer_len > cfg.underlay_mtu as u32 {
         return Err(STAT_DROP_TOO_BIG);
     }
-    let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
+    let flags =
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
         .map_err(|_| STAT_DROP_REWRITE)?;
     // Source port from the inner flow, so receivers can spread flows.

@@ -73,7 +73,8 @@ impl Packet {
         let l4_off = ETH_LEN + ihl;
         let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| STAT_DROP_MALFORMED)?;
         let tcp_flags = if ip.proto == PROTO_TCP {
-            ctx.load::<u8>(l4_off + 13).map_err(|_| STAT_DROP_MALFORMED)?
+            ctx.load::<u8>(l4_off + 13)
+                .map_err(|_| STAT_DROP_MALFORMED)?
         } else {
             0
         };

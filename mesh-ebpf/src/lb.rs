@@ -71,7 +71,11 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = ct::forward_key(p);
-    let timeout_s = if p.proto == PROTO_TCP { cfg.ct_tcp_timeout_s } else { cfg.ct_udp_timeout_s };
+    let timeout_s = if p.proto == PROTO_TCP {
+        cfg.ct_tcp_timeout_s
+    } else {
+        cfg.ct_udp_timeout_s
+    };
 
     let mut chosen: Option<(u32, Backend)> = None;
     if let Some(e) = ct::lookup(&fkey) {
@@ -79,7 +83,8 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
         let entry = unsafe { *e };
         let fresh = now.wrapping_sub(entry.last_seen_ns) < (timeout_s as u64) * 1_000_000_000;
         if let Some(be) = LB_BACKENDS.get(entry.backend_id) {
-            let reopen = p.is_syn() && (entry.flags & CT_F_CLOSING != 0 || be.state != BACKEND_ACTIVE);
+            let reopen =
+                p.is_syn() && (entry.flags & CT_F_CLOSING != 0 || be.state != BACKEND_ACTIVE);
             if be.state != BACKEND_UNUSED && fresh && !reopen && entry.svc_id == svc.svc_id {
                 chosen = Some((entry.backend_id, *be));
                 ct::touch(e, &entry, now, p.is_closing());
@@ -97,7 +102,11 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
             (id, be)
         }
     };
-    count(if new_flow { STAT_LB_NEW_FLOW } else { STAT_LB_FORWARD });
+    count(if new_flow {
+        STAT_LB_NEW_FLOW
+    } else {
+        STAT_LB_FORWARD
+    });
     count_flow(svc.svc_id, id, p.ip_len as u32, new_flow);
 
     nat::rewrite_dst(ctx, p, be.addr[0], be.port)?;

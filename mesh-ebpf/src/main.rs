@@ -22,7 +22,9 @@ mod maps;
 mod nat;
 mod route;
 
-use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext,
+};
 use mesh_common::*;
 
 use crate::hdr::Packet;

@@ -44,15 +44,24 @@ fn rewrite(
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
         .map_err(|_| STAT_DROP_REWRITE)?;
-    ctx.store(addr_off, &new_addr, 0).map_err(|_| STAT_DROP_REWRITE)?;
-    ctx.store(port_off, &new_port, 0).map_err(|_| STAT_DROP_REWRITE)?;
+    ctx.store(addr_off, &new_addr, 0)
+        .map_err(|_| STAT_DROP_REWRITE)?;
+    ctx.store(port_off, &new_port, 0)
+        .map_err(|_| STAT_DROP_REWRITE)?;
     Ok(())
 }
 
 /// DNAT: the packet now goes to `addr:port` (network order).
 #[inline(always)]
 pub fn rewrite_dst(ctx: &TcContext, p: &Packet, addr: u32, port: u16) -> Result<(), u32> {
-    rewrite(ctx, p, IP_DADDR_OFF, p.l4_off + 2, (p.daddr, addr), (p.dport, port))
+    rewrite(
+        ctx,
+        p,
+        IP_DADDR_OFF,
+        p.l4_off + 2,
+        (p.daddr, addr),
+        (p.dport, port),
+    )
 }
 
 /// Rev-NAT: if `p` answers a balanced flow, restore the frontend as its
@@ -62,7 +71,14 @@ pub fn reply(ctx: &TcContext, p: &Packet) -> Result<Option<i32>, u32> {
     let Some(e) = ct::revnat(p) else {
         return Ok(None);
     };
-    rewrite(ctx, p, IP_SADDR_OFF, p.l4_off, (p.saddr, e.nat_addr), (p.sport, e.nat_port))?;
+    rewrite(
+        ctx,
+        p,
+        IP_SADDR_OFF,
+        p.l4_off,
+        (p.saddr, e.nat_addr),
+        (p.sport, e.nat_port),
+    )?;
     count(STAT_REVNAT);
     count_flow(e.svc_id, e.backend_id, p.ip_len as u32, false);
     let mut out = *p;

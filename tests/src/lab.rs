@@ -93,10 +93,14 @@ pub struct Lab {
     children: Vec<Child>,
     /// Leave everything in place on drop (`cargo xtask lab up`).
     pub keep: bool,
+    down: bool,
 }
 
 fn unique_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let mix = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ nanos as u64;
     format!("{PREFIX}{:05x}", mix & 0xf_ffff)
 }
@@ -120,13 +124,16 @@ impl Lab {
         let mut lab = Lab {
             id: id.to_string(),
             dir,
-            client: Ns { name: format!("{id}-cl") },
+            client: Ns {
+                name: format!("{id}-cl"),
+            },
             fabric,
             hosts: Vec::new(),
             tasks: Vec::new(),
             daemons: Vec::new(),
             children: Vec::new(),
             keep: false,
+            down: false,
         };
         lab.fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
         lab.fabric.ip(&["link", "set", "br0", "up"])?;
@@ -151,11 +158,25 @@ impl Lab {
     /// Connects `ns` to the bridge as `eth0` with `addr`/24.
     fn plug(&self, ns: &Ns, port: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
         let tmp = format!("{}{port}", self.id);
-        ip(&["link", "add", &tmp, "mtu", &UNDERLAY_MTU.to_string(), "type", "veth", "peer", "name", &format!("{tmp}x"), "mtu", &UNDERLAY_MTU.to_string()])?;
+        ip(&[
+            "link",
+            "add",
+            &tmp,
+            "mtu",
+            &UNDERLAY_MTU.to_string(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{tmp}x"),
+            "mtu",
+            &UNDERLAY_MTU.to_string(),
+        ])?;
         ip(&["link", "set", &tmp, "netns", &self.fabric.name])?;
         ip(&["link", "set", &format!("{tmp}x"), "netns", &ns.name])?;
         self.fabric.ip(&["link", "set", &tmp, "name", port])?;
-        self.fabric.ip(&["link", "set", port, "master", "br0", "up"])?;
+        self.fabric
+            .ip(&["link", "set", port, "master", "br0", "up"])?;
         ns.ip(&["link", "set", &format!("{tmp}x"), "name", "eth0"])?;
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
@@ -173,21 +194,52 @@ impl Lab {
         let ns = Ns::create(&format!("{}-{}t{k}", self.id, host.name))?;
         let veth = format!("{TASK_PREFIX}{k}");
         let mtu = TASK_MTU.to_string();
-        host.ns.ip(&["link", "add", &veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &ns.name])?;
-        host.ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", &veth])?;
+        host.ns.ip(&[
+            "link", "add", &veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
+            "netns", &ns.name,
+        ])?;
+        host.ns
+            .ip(&["addr", "add", &format!("{gw}/32"), "dev", &veth])?;
         host.ns.ip(&["link", "set", &veth, "up"])?;
-        host.ns.ip(&["route", "add", &format!("{addr}/32"), "dev", &veth])?;
+        host.ns
+            .ip(&["route", "add", &format!("{addr}/32"), "dev", &veth])?;
         ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", &format!("{gw}/32"), "dev", "eth0", "scope", "link"])?;
-        ns.ip(&["route", "add", "default", "via", &gw.to_string(), "dev", "eth0"])?;
-        self.tasks.push(Task { name: name.to_string(), ns, addr, host: h, host_veth: veth });
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("{gw}/32"),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        self.tasks.push(Task {
+            name: name.to_string(),
+            ns,
+            addr,
+            host: h,
+            host_veth: veth,
+        });
         Ok(self.tasks.len() - 1)
     }
 
     /// Starts a process in a task namespace; it is killed with the lab.
     pub fn spawn_in(&mut self, ns: &Ns, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let log = fs::File::create(self.dir.join(format!("{}-{}.log", ns.name, self.children.len())))?;
+        let log = fs::File::create(self.dir.join(format!(
+            "{}-{}.log",
+            ns.name,
+            self.children.len()
+        )))?;
         let child = ns
             .command(program)
             .args(args)
@@ -207,11 +259,17 @@ impl Lab {
         let name = self.tasks[t].name.clone();
         let bin = apiary_bin();
         let listen = format!("0.0.0.0:{port}");
-        self.spawn_in(&ns, bin.to_str().expect("utf-8 path"), &["tool", "whoami", "--listen", &listen, "--name", &name])?;
+        self.spawn_in(
+            &ns,
+            bin.to_str().expect("utf-8 path"),
+            &["tool", "whoami", "--listen", &listen, "--name", &name],
+        )?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let up = ns.run_in(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+            let up = ns.run_in(move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
             if up {
                 return Ok(());
             }
@@ -225,9 +283,15 @@ impl Lab {
     /// The static config for host `h` with `services` (YAML list items,
     /// already indented by two spaces).
     pub fn static_config(&self, h: usize, services: &str) -> String {
-        let mut s = format!("node: {}\nvip_range: 10.96.0.0/16\nnodes:\n", self.hosts[h].name);
+        let mut s = format!(
+            "node: {}\nvip_range: 10.96.0.0/16\nnodes:\n",
+            self.hosts[h].name
+        );
         for host in &self.hosts {
-            s += &format!("  - name: {}\n    address: {}\n    task_subnet: {}\n", host.name, host.addr, host.task_subnet);
+            s += &format!(
+                "  - name: {}\n    address: {}\n    task_subnet: {}\n",
+                host.name, host.addr, host.task_subnet
+            );
         }
         if services.trim().is_empty() {
             s += "services: []\n";
@@ -264,7 +328,10 @@ impl Lab {
         let ns = self.hosts[self.daemons[i].host].ns.clone();
         let d = &mut self.daemons[i];
         let start = fs::read_to_string(&d.log).map(|s| s.len()).unwrap_or(0);
-        let log = fs::OpenOptions::new().create(true).append(true).open(&d.log)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&d.log)?;
         let bin = apiary_bin();
         let child = ns
             .command(bin.to_str().expect("utf-8 path"))
@@ -290,7 +357,17 @@ impl Lab {
     }
 
     /// Tears everything down; keeps going after errors and reports them all.
+    /// Leaves the lab running after this process ends (`cargo xtask lab up`).
+    pub fn keep(&mut self) -> anyhow::Result<()> {
+        self.keep = true;
+        fs::write(Path::new(OWNERS).join(&self.id), "kept")?;
+        Ok(())
+    }
+
     pub fn down(&mut self) -> anyhow::Result<()> {
+        if std::mem::replace(&mut self.down, true) {
+            return Ok(());
+        }
         let mut errors = Vec::new();
         for d in &mut self.daemons {
             d.kill9();
@@ -338,6 +415,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.down {
+            return;
+        }
         if self.keep || std::env::var_os("APIARY_KEEP_LAB").is_some() {
             eprintln!("keeping lab {} (cargo xtask lab down removes it)", self.id);
             return;
@@ -346,7 +426,11 @@ impl Drop for Lab {
             // Keep the daemon logs of a failed test where a reader finds them.
             for d in &self.daemons {
                 if let Ok(log) = fs::read_to_string(&d.log) {
-                    eprintln!("--- daemon log of host {} ({}) ---\n{log}", d.host + 1, d.log.display());
+                    eprintln!(
+                        "--- daemon log of host {} ({}) ---\n{log}",
+                        d.host + 1,
+                        d.log.display()
+                    );
                 }
             }
         }
@@ -375,11 +459,18 @@ impl Daemon {
         fs::write(&self.config, config)?;
         let start = fs::read_to_string(&self.log).map(|s| s.len()).unwrap_or(0);
         let pid = self.pid().context("daemon not running")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = fs::read_to_string(&self.log)?;
-            if let Some(line) = log[start..].lines().find(|l| l.contains("reloaded") || l.contains("reload rejected") || l.contains("reload failed")) {
+            if let Some(line) = log[start..].lines().find(|l| {
+                l.contains("reloaded")
+                    || l.contains("reload rejected")
+                    || l.contains("reload failed")
+            }) {
                 return Ok(line.to_string());
             }
             if Instant::now() > deadline {
@@ -399,7 +490,10 @@ impl Daemon {
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
                     self.child = None;
-                    bail!("daemon exited ({status}) before it was ready; log:\n{}", log.get(from..).unwrap_or(""));
+                    bail!(
+                        "daemon exited ({status}) before it was ready; log:\n{}",
+                        log.get(from..).unwrap_or("")
+                    );
                 }
             }
             if Instant::now() > deadline {
@@ -424,11 +518,19 @@ impl Daemon {
 
 /// Removes labs whose owning process is gone (a crashed or killed run).
 fn sweep_dead() {
-    let Ok(entries) = fs::read_dir(OWNERS) else { return };
+    let Ok(entries) = fs::read_dir(OWNERS) else {
+        return;
+    };
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
-        let pid: i32 = fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let pid: i32 = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         let alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+        if fs::read_to_string(e.path()).is_ok_and(|s| s.trim() == "kept") {
+            continue;
+        }
         if !alive {
             let _ = sweep(Some(&id));
         }
@@ -443,7 +545,10 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.starts_with(prefix) {
-            Ns { name: name.to_string() }.delete()?;
+            Ns {
+                name: name.to_string(),
+            }
+            .delete()?;
             n += 1;
         }
     }

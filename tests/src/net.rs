@@ -14,9 +14,16 @@ pub struct Ns {
 
 /// Runs a command and fails with its stderr if it fails.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<String> {
-    let out: Output = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    let out: Output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -29,7 +36,9 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
 impl Ns {
     pub fn create(name: &str) -> anyhow::Result<Ns> {
         ip(&["netns", "add", name])?;
-        let ns = Ns { name: name.to_string() };
+        let ns = Ns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -43,7 +52,9 @@ impl Ns {
     /// namespace, and so the global bpffs, stay shared).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -54,12 +65,16 @@ impl Ns {
 
     /// Sets a sysctl of this namespace (`net.ipv4.ip_forward=1` style).
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+        self.run("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// opens live there. For clients that make many connections.
-    pub fn run_in<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> anyhow::Result<R> {
+    pub fn run_in<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> anyhow::Result<R> {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
         let handle = std::thread::spawn(move || -> anyhow::Result<R> {
@@ -75,8 +90,14 @@ impl Ns {
     pub fn delete(&self) -> anyhow::Result<()> {
         // Processes still inside keep the namespace alive: end them first.
         if let Ok(pids) = ip(&["netns", "pids", &self.name]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         ip(&["netns", "delete", &self.name]).map(|_| ())

@@ -1,1 +1,67 @@
+//! `cargo xtask …`: the project's tasks.
+//!
+//! ```text
+//! cargo xtask build-ebpf [--check]   build the BPF object (or check the committed one)
+//! cargo xtask test                   every test (what CI runs)
+//! cargo xtask demo [--keep]          the routing mesh in a 3-host lab
+//! cargo xtask lab up --hosts N       a lab to play in; cargo xtask lab down removes it
+//! ```
 
+mod build_ebpf;
+mod demo;
+mod lab;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build mesh-ebpf and refresh the committed object (installs the BPF toolchain when root).
+    BuildEbpf {
+        /// Fail if the committed object differs from a fresh build.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run every test (installs what they need when root).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Show the in-kernel routing mesh in a 3-host lab.
+    Demo {
+        /// Leave the lab running and print how to poke at it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// A local lab of namespace hosts.
+    Lab {
+        #[command(subcommand)]
+        cmd: lab::LabCmd,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::BuildEbpf { check } => build_ebpf::run(check),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Lab { cmd } => lab::run(cmd),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

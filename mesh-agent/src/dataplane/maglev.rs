@@ -61,7 +61,9 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<(String, u32)> {
-        (0..n).map(|i| (format!("10.0.0.{i}:80"), i as u32 + 1)).collect()
+        (0..n)
+            .map(|i| (format!("10.0.0.{i}:80"), i as u32 + 1))
+            .collect()
     }
 
     fn table(b: &[(String, u32)]) -> Vec<u32> {
@@ -75,7 +77,10 @@ mod tests {
         let t = table(&names(3));
         for id in 1..=3 {
             let share = t.iter().filter(|&&x| x == id).count() as f64 / MAGLEV_M as f64;
-            assert!((share - 1.0 / 3.0).abs() < 0.02, "backend {id} owns {share}");
+            assert!(
+                (share - 1.0 / 3.0).abs() < 0.02,
+                "backend {id} owns {share}"
+            );
         }
     }
 

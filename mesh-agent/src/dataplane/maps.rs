@@ -21,12 +21,18 @@ pub struct Maps {
 
 fn open(dir: &Path, name: &str) -> Result<Map, DataplaneError> {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::OpenMap { path: path.clone(), source })?;
+    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::OpenMap {
+        path: path.clone(),
+        source,
+    })?;
     Map::from_map_data(data).map_err(|source| DataplaneError::OpenMap { path, source })
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T, DataplaneError> {
-    T::try_from(open(dir, name)?).map_err(|source| DataplaneError::OpenMap { path: dir.join(name), source })
+    T::try_from(open(dir, name)?).map_err(|source| DataplaneError::OpenMap {
+        path: dir.join(name),
+        source,
+    })
 }
 
 impl Maps {
@@ -67,8 +73,14 @@ unsafe impl Send for MaglevTables {}
 impl MaglevTables {
     fn open(dir: &Path) -> Result<Self, DataplaneError> {
         let path: PathBuf = dir.join(MAP_LB_MAGLEV);
-        let map = MapData::from_pin(&path).map_err(|source| DataplaneError::OpenMap { path: path.clone(), source })?;
-        let info = map.info().map_err(|source| DataplaneError::OpenMap { path: path.clone(), source })?;
+        let map = MapData::from_pin(&path).map_err(|source| DataplaneError::OpenMap {
+            path: path.clone(),
+            source,
+        })?;
+        let info = map.info().map_err(|source| DataplaneError::OpenMap {
+            path: path.clone(),
+            source,
+        })?;
         let rows = info.max_entries();
         let page = 4096usize;
         let len_bytes = (rows as usize * 8).div_ceil(page) * page;
@@ -77,12 +89,27 @@ impl MaglevTables {
         // length covers its value area rounded up to a page, as the kernel
         // requires. The result is checked before use.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len_bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap { path, source: std::io::Error::last_os_error() });
+            return Err(DataplaneError::Mmap {
+                path,
+                source: std::io::Error::last_os_error(),
+            });
         }
-        Ok(MaglevTables { ptr: ptr.cast(), rows, len_bytes, _map: map })
+        Ok(MaglevTables {
+            ptr: ptr.cast(),
+            rows,
+            len_bytes,
+            _map: map,
+        })
     }
 
     pub fn rows(&self) -> u32 {
@@ -92,7 +119,10 @@ impl MaglevTables {
     fn range(&self, svc_id: u32, half: u32) -> std::ops::Range<usize> {
         let start = ((svc_id * MAGLEV_HALVES + half) * MAGLEV_M) as usize;
         let r = start..start + MAGLEV_M as usize;
-        assert!(r.end <= self.rows as usize, "Maglev table {svc_id}/{half} beyond the map");
+        assert!(
+            r.end <= self.rows as usize,
+            "Maglev table {svc_id}/{half} beyond the map"
+        );
         r
     }
 
@@ -104,7 +134,9 @@ impl MaglevTables {
 
     pub fn read(&self, svc_id: u32, half: u32) -> Vec<u32> {
         // SAFETY: `range` keeps indices inside the mapping; slots are aligned u64s.
-        self.range(svc_id, half).map(|i| unsafe { self.slots().add(i).read_volatile() } as u32).collect()
+        self.range(svc_id, half)
+            .map(|i| unsafe { self.slots().add(i).read_volatile() } as u32)
+            .collect()
     }
 
     pub fn write(&mut self, svc_id: u32, half: u32, rows: &[u32]) {

@@ -38,15 +38,31 @@ pub enum DataplaneError {
     #[error("loading the BPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("attaching {program} to interface {iface}: {source}")]
-    Attach { program: &'static str, iface: String, source: ProgramError },
+    Attach {
+        program: &'static str,
+        iface: String,
+        source: ProgramError,
+    },
     #[error("opening pinned map {path}: {source} (is an agent's data plane pinned there? see --pin-path)")]
-    OpenMap { path: PathBuf, source: aya::maps::MapError },
+    OpenMap {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
     #[error("mapping {path} into memory: {source}")]
-    Mmap { path: PathBuf, source: std::io::Error },
+    Mmap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("updating map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("no free service slot: raise --max-services (needs a fresh --pin-path)")]
     TooManyServices,
     #[error("no free backend id: the backend table is full")]
@@ -98,7 +114,9 @@ impl Dataplane {
             .map_max_entries(MAP_SVC_STATS, opts.max_services)
             .load(OBJECT)?;
         for name in [PROG_HOST_INGRESS, PROG_TASK_INGRESS] {
-            program(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
         }
         attach(&mut ebpf, PROG_HOST_INGRESS, &opts.host_iface)?;
         let maps = Maps::open_pinned(&opts.pin_path)?;
@@ -107,7 +125,14 @@ impl Dataplane {
         } else {
             Programmed::empty(maps.max_services(), maps.backends.len())
         };
-        let mut dp = Dataplane { opts, maps, programmed, ebpf, task_links: HashSet::new(), adopted };
+        let mut dp = Dataplane {
+            opts,
+            maps,
+            programmed,
+            ebpf,
+            task_links: HashSet::new(),
+            adopted,
+        };
         dp.scan_task_links()?;
         Ok(dp)
     }
@@ -122,7 +147,11 @@ impl Dataplane {
 
     /// Adds or changes one service (and its backends) without looking at
     /// any other: the cost does not grow with the number of services.
-    pub fn upsert_service(&mut self, want: &Desired, name: &str) -> Result<ApplyReport, DataplaneError> {
+    pub fn upsert_service(
+        &mut self,
+        want: &Desired,
+        name: &str,
+    ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
         if let Some(s) = want.services.get(name) {
             sync::upsert_one(&mut self.maps, &mut self.programmed, s, &mut report)?;
@@ -158,28 +187,46 @@ impl Dataplane {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DataplaneError> {
-    let missing = || DataplaneError::Program { name, source: ProgramError::UnexpectedProgramType };
-    ebpf.program_mut(name).ok_or_else(missing)?.try_into().map_err(|source| DataplaneError::Program { name, source })
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    let missing = || DataplaneError::Program {
+        name,
+        source: ProgramError::UnexpectedProgramType,
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
 }
 
 /// Puts `name` on `iface`'s TC ingress: replaces our filter in place if one
 /// is there (agent restart), creates it otherwise. The link is left behind
 /// on purpose: traffic keeps flowing when the agent exits.
 fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<(), DataplaneError> {
-    let err = |source| DataplaneError::Attach { program: name, iface: iface.to_string(), source };
+    let err = |source| DataplaneError::Attach {
+        program: name,
+        iface: iface.to_string(),
+        source,
+    };
     // Fails harmlessly when the clsact qdisc already exists.
     let _ = tc::qdisc_add_clsact(iface);
     let prog = program(ebpf, name)?;
-    let existing = SchedClassifierLink::attached(iface, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
-        .map_err(|e| err(ProgramError::IOError(e)))?;
+    let existing =
+        SchedClassifierLink::attached(iface, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
+            .map_err(|e| err(ProgramError::IOError(e)))?;
     let id = match prog.attach_to_link(existing) {
         Ok(id) => id,
         Err(_) => prog
             .attach_with_options(
                 iface,
                 TcAttachType::Ingress,
-                TcAttachOptions::Netlink(NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None }),
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: TC_PRIORITY,
+                    handle: TC_HANDLE,
+                    classid: None,
+                }),
             )
             .map_err(err)?,
     };
@@ -195,8 +242,14 @@ fn ensure_bpffs() -> Result<(), DataplaneError> {
     if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| std::io::Error::other(format!("mounting bpffs on /sys/fs/bpf: {e}")))?;
+    nix::mount::mount(
+        Some("bpf"),
+        "/sys/fs/bpf",
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| std::io::Error::other(format!("mounting bpffs on /sys/fs/bpf: {e}")))?;
     Ok(())
 }
 
@@ -210,7 +263,10 @@ pub fn read_names(data_dir: &Path) -> HashMap<u32, String> {
 fn write_names(data_dir: &Path, p: &Programmed) -> Result<(), DataplaneError> {
     let path = data_dir.join(NAMES_FILE);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&p.names()).expect("names serialise"))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&p.names()).expect("names serialise"),
+    )?;
     std::fs::rename(tmp, path)?;
     Ok(())
 }

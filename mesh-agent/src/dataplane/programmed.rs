@@ -46,7 +46,10 @@ pub fn frontend_key(f: &Frontend, slot: u16) -> Lb4Key {
 }
 
 pub fn backend_key(b: &Backend) -> BackendKey {
-    (Ipv4Addr::from(u32::from_be(b.addr[0])), u16::from_be(b.port))
+    (
+        Ipv4Addr::from(u32::from_be(b.addr[0])),
+        u16::from_be(b.port),
+    )
 }
 
 impl Programmed {
@@ -65,14 +68,18 @@ impl Programmed {
         let max_backends = maps.backends.len();
         let mut p = Programmed::empty(maps.max_services(), max_backends);
         for id in 1..max_backends {
-            let b = maps.backends.get(&id, 0).map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+            let b = maps
+                .backends
+                .get(&id, 0)
+                .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
             if b.state != BACKEND_UNUSED {
                 p.backends.insert(backend_key(&b), (id, b));
                 p.used_backend_ids.insert(id);
                 p.next_backend_id = id + 1;
             }
         }
-        let by_id: HashMap<u32, BackendKey> = p.backends.iter().map(|(k, (id, _))| (*id, *k)).collect();
+        let by_id: HashMap<u32, BackendKey> =
+            p.backends.iter().map(|(k, (id, _))| (*id, *k)).collect();
         let mut by_svc: BTreeMap<u32, ProgrammedService> = BTreeMap::new();
         let mut slots: BTreeMap<(u32, u16), u32> = BTreeMap::new();
         for item in maps.services.iter() {
@@ -98,7 +105,9 @@ impl Programmed {
             }
         }
         for ((svc_id, _slot), id) in slots {
-            let (Some(svc), Some(key)) = (by_svc.get_mut(&svc_id), by_id.get(&id)) else { continue };
+            let (Some(svc), Some(key)) = (by_svc.get_mut(&svc_id), by_id.get(&id)) else {
+                continue;
+            };
             if !svc.backends.contains(key) {
                 svc.backends.push(*key);
             }
@@ -107,21 +116,35 @@ impl Programmed {
             svc.active = svc
                 .backends
                 .iter()
-                .filter(|k| p.backends.get(k).is_some_and(|(_, b)| b.state == BACKEND_ACTIVE))
+                .filter(|k| {
+                    p.backends
+                        .get(k)
+                        .is_some_and(|(_, b)| b.state == BACKEND_ACTIVE)
+                })
                 .copied()
                 .collect();
             svc.active.sort();
             p.free_svc_ids.remove(&svc_id);
-            let name = names.get(&svc_id).cloned().unwrap_or_else(|| format!("svc-{svc_id}"));
+            let name = names
+                .get(&svc_id)
+                .cloned()
+                .unwrap_or_else(|| format!("svc-{svc_id}"));
             p.services.insert(name, svc);
         }
-        let node = maps.config.get(&0, 0).map_err(|e| DataplaneError::map(MAP_CONFIG, e))?;
+        let node = maps
+            .config
+            .get(&0, 0)
+            .map_err(|e| DataplaneError::map(MAP_CONFIG, e))?;
         p.node = (node.ready != 0).then_some(node);
         Ok(p)
     }
 
     pub fn alloc_svc_id(&mut self) -> Result<u32, DataplaneError> {
-        let id = *self.free_svc_ids.iter().next().ok_or(DataplaneError::TooManyServices)?;
+        let id = *self
+            .free_svc_ids
+            .iter()
+            .next()
+            .ok_or(DataplaneError::TooManyServices)?;
         self.free_svc_ids.remove(&id);
         Ok(id)
     }
@@ -136,7 +159,11 @@ impl Programmed {
         let span = self.max_backends.saturating_sub(1);
         for _ in 0..span {
             let id = self.next_backend_id;
-            self.next_backend_id = if id + 1 >= self.max_backends { 1 } else { id + 1 };
+            self.next_backend_id = if id + 1 >= self.max_backends {
+                1
+            } else {
+                id + 1
+            };
             if self.used_backend_ids.insert(id) {
                 return Ok(id);
             }
@@ -149,6 +176,9 @@ impl Programmed {
     }
 
     pub fn names(&self) -> BTreeMap<u32, String> {
-        self.services.iter().map(|(n, s)| (s.svc_id, n.clone())).collect()
+        self.services
+            .iter()
+            .map(|(n, s)| (s.svc_id, n.clone()))
+            .collect()
     }
 }

@@ -33,28 +33,53 @@ impl ApplyReport {
 fn backend_value(d: &DesiredBackend) -> Backend {
     Backend {
         addr: [u32::from(d.addr).to_be(), 0, 0, 0],
-        node_addr: [d.node_addr.map(|a| u32::from(a).to_be()).unwrap_or(0), 0, 0, 0],
+        node_addr: [
+            d.node_addr.map(|a| u32::from(a).to_be()).unwrap_or(0),
+            0,
+            0,
+            0,
+        ],
         port: d.port.to_be(),
         family: FAMILY_V4,
-        state: if d.draining { BACKEND_DRAINING } else { BACKEND_ACTIVE },
-        flags: if d.node_addr.is_none() { BACKEND_F_LOCAL } else { 0 },
+        state: if d.draining {
+            BACKEND_DRAINING
+        } else {
+            BACKEND_ACTIVE
+        },
+        flags: if d.node_addr.is_none() {
+            BACKEND_F_LOCAL
+        } else {
+            0
+        },
     }
 }
 
-fn zero_counters(maps: &mut Maps, svc: Option<u32>, backend: Option<u32>) -> Result<(), DataplaneError> {
+fn zero_counters(
+    maps: &mut Maps,
+    svc: Option<u32>,
+    backend: Option<u32>,
+) -> Result<(), DataplaneError> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
     let zeros = || PerCpuValues::try_from(vec![Counters::default(); n]).map_err(DataplaneError::Io);
     if let Some(id) = svc {
-        maps.svc_stats.set(id, zeros()?, 0).map_err(|e| DataplaneError::map(MAP_SVC_STATS, e))?;
+        maps.svc_stats
+            .set(id, zeros()?, 0)
+            .map_err(|e| DataplaneError::map(MAP_SVC_STATS, e))?;
     }
     if let Some(id) = backend {
-        maps.backend_stats.set(id, zeros()?, 0).map_err(|e| DataplaneError::map(MAP_BACKEND_STATS, e))?;
+        maps.backend_stats
+            .set(id, zeros()?, 0)
+            .map_err(|e| DataplaneError::map(MAP_BACKEND_STATS, e))?;
     }
     Ok(())
 }
 
 /// Applies `want` over what `have` says is programmed.
-pub fn apply(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<ApplyReport, DataplaneError> {
+pub fn apply(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    want: &Desired,
+) -> Result<ApplyReport, DataplaneError> {
     let mut report = ApplyReport::default();
     write_node(maps, have, want)?;
 
@@ -81,13 +106,23 @@ pub fn apply(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<A
     for s in want.services.values() {
         upsert_service(maps, have, s, &mut report)?;
     }
-    let gone: Vec<String> = have.services.keys().filter(|n| !want.services.contains_key(*n)).cloned().collect();
+    let gone: Vec<String> = have
+        .services
+        .keys()
+        .filter(|n| !want.services.contains_key(*n))
+        .cloned()
+        .collect();
     for name in gone {
         remove_service(maps, have, &name)?;
         report.services_removed += 1;
     }
 
-    let unused: Vec<BackendKey> = have.backends.keys().filter(|k| !wanted_backends.contains_key(k)).copied().collect();
+    let unused: Vec<BackendKey> = have
+        .backends
+        .keys()
+        .filter(|k| !wanted_backends.contains_key(k))
+        .copied()
+        .collect();
     for key in unused {
         remove_backend(maps, have, key)?;
         report.backends_removed += 1;
@@ -95,7 +130,11 @@ pub fn apply(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<A
     Ok(report)
 }
 
-fn write_node(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<(), DataplaneError> {
+fn write_node(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    want: &Desired,
+) -> Result<(), DataplaneError> {
     let node = NodeConfig {
         node_addr: u32::from(want.node_addr).to_be(),
         encap_port: want.encap_port.to_be(),
@@ -105,7 +144,9 @@ fn write_node(maps: &mut Maps, have: &mut Programmed, want: &Desired) -> Result<
         ready: 1,
     };
     if have.node != Some(node) {
-        maps.config.set(0, node, 0).map_err(|e| DataplaneError::map(MAP_CONFIG, e))?;
+        maps.config
+            .set(0, node, 0)
+            .map_err(|e| DataplaneError::map(MAP_CONFIG, e))?;
         have.node = Some(node);
     }
     Ok(())
@@ -127,15 +168,23 @@ fn write_backend(
             id
         }
     };
-    maps.backends.set(id, value, 0).map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+    maps.backends
+        .set(id, value, 0)
+        .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
     have.backends.insert(key, (id, value));
     report.backends_written += 1;
     Ok(())
 }
 
-fn remove_backend(maps: &mut Maps, have: &mut Programmed, key: BackendKey) -> Result<(), DataplaneError> {
+fn remove_backend(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    key: BackendKey,
+) -> Result<(), DataplaneError> {
     if let Some((id, _)) = have.backends.remove(&key) {
-        maps.backends.set(id, Backend::default(), 0).map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+        maps.backends
+            .set(id, Backend::default(), 0)
+            .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
         have.free_backend_id(id);
     }
     Ok(())
@@ -152,7 +201,13 @@ pub fn upsert_service(
     let mut active: Vec<BackendKey> = want
         .backends
         .iter()
-        .filter(|b| !b.draining && have.backends.get(&(b.addr, b.port)).is_some_and(|(_, v)| v.state == BACKEND_ACTIVE))
+        .filter(|b| {
+            !b.draining
+                && have
+                    .backends
+                    .get(&(b.addr, b.port))
+                    .is_some_and(|(_, v)| v.state == BACKEND_ACTIVE)
+        })
         .map(|b| (b.addr, b.port))
         .collect();
     active.sort();
@@ -197,7 +252,11 @@ pub fn upsert_service(
         changed = true;
     }
 
-    let empty = if svc.active.is_empty() { SVC_F_EMPTY } else { 0 };
+    let empty = if svc.active.is_empty() {
+        SVC_F_EMPTY
+    } else {
+        0
+    };
     let wanted_frontends: HashSet<_> = want.frontends.iter().copied().collect();
     for f in &want.frontends {
         let value = Lb4Service {
@@ -209,7 +268,9 @@ pub fn upsert_service(
         };
         let old_count = svc.frontends.get(f).map(|v| v.count).unwrap_or(0);
         if svc.frontends.get(f) != Some(&value) {
-            maps.services.insert(frontend_key(f, 0), value, 0).map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
+            maps.services
+                .insert(frontend_key(f, 0), value, 0)
+                .map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
             svc.frontends.insert(*f, value);
             changed = true;
         }
@@ -217,7 +278,12 @@ pub fn upsert_service(
             write_slots(maps, have, f, svc.svc_id, &order, old_count)?;
         }
     }
-    let dropped: Vec<_> = svc.frontends.keys().filter(|f| !wanted_frontends.contains(f)).copied().collect();
+    let dropped: Vec<_> = svc
+        .frontends
+        .keys()
+        .filter(|f| !wanted_frontends.contains(f))
+        .copied()
+        .collect();
     for f in dropped {
         let count = svc.frontends.remove(&f).map(|v| v.count).unwrap_or(0);
         delete_frontend(maps, &f, count)?;
@@ -255,7 +321,11 @@ fn write_slots(
     old_count: u16,
 ) -> Result<(), DataplaneError> {
     for (i, key) in order.iter().enumerate() {
-        let v = Lb4Service { svc_id, backend_id: have.backends[key].0, ..Default::default() };
+        let v = Lb4Service {
+            svc_id,
+            backend_id: have.backends[key].0,
+            ..Default::default()
+        };
         maps.services
             .insert(frontend_key(f, i as u16 + 1), v, 0)
             .map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
@@ -266,7 +336,11 @@ fn write_slots(
     Ok(())
 }
 
-fn delete_frontend(maps: &mut Maps, f: &super::desired::Frontend, count: u16) -> Result<(), DataplaneError> {
+fn delete_frontend(
+    maps: &mut Maps,
+    f: &super::desired::Frontend,
+    count: u16,
+) -> Result<(), DataplaneError> {
     // The frontend goes first so no new flow is balanced onto a half-removed entry.
     match maps.services.remove(&frontend_key(f, 0)) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -278,7 +352,11 @@ fn delete_frontend(maps: &mut Maps, f: &super::desired::Frontend, count: u16) ->
     Ok(())
 }
 
-pub fn remove_service(maps: &mut Maps, have: &mut Programmed, name: &str) -> Result<(), DataplaneError> {
+pub fn remove_service(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    name: &str,
+) -> Result<(), DataplaneError> {
     if let Some(svc) = have.services.remove(name) {
         for (f, v) in &svc.frontends {
             delete_frontend(maps, f, v.count)?;
@@ -295,7 +373,11 @@ pub fn upsert_one(
     want: &DesiredService,
     report: &mut ApplyReport,
 ) -> Result<(), DataplaneError> {
-    let before: Vec<BackendKey> = have.services.get(&want.name).map(|s| s.backends.clone()).unwrap_or_default();
+    let before: Vec<BackendKey> = have
+        .services
+        .get(&want.name)
+        .map(|s| s.backends.clone())
+        .unwrap_or_default();
     for b in &want.backends {
         let v = backend_value(b);
         write_backend(maps, have, backend_key(&v), v, report)?;

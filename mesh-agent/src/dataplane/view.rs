@@ -43,7 +43,10 @@ fn ip(be: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from_be(be))
 }
 
-pub fn list(maps: &Maps, names: &HashMap<u32, String>) -> Result<Vec<FrontendView>, DataplaneError> {
+pub fn list(
+    maps: &Maps,
+    names: &HashMap<u32, String>,
+) -> Result<Vec<FrontendView>, DataplaneError> {
     let mut fronts: BTreeMap<Lb4Key, Lb4Service> = BTreeMap::new();
     let mut slots: BTreeMap<Lb4Key, u32> = BTreeMap::new();
     for item in maps.services.iter() {
@@ -58,21 +61,39 @@ pub fn list(maps: &Maps, names: &HashMap<u32, String>) -> Result<Vec<FrontendVie
     for (k, v) in fronts {
         let mut backends = Vec::new();
         for slot in 1..=v.count {
-            let Some(id) = slots.get(&Lb4Key { slot, ..k }) else { continue };
-            let b = maps.backends.get(id, 0).map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+            let Some(id) = slots.get(&Lb4Key { slot, ..k }) else {
+                continue;
+            };
+            let b = maps
+                .backends
+                .get(id, 0)
+                .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
             backends.push(BackendView {
                 id: *id,
                 address: format!("{}:{}", ip(b.addr[0]), u16::from_be(b.port)),
                 state: state_name(b.state),
-                node: if b.flags & BACKEND_F_LOCAL != 0 { "local".into() } else { ip(b.node_addr[0]).to_string() },
+                node: if b.flags & BACKEND_F_LOCAL != 0 {
+                    "local".into()
+                } else {
+                    ip(b.node_addr[0]).to_string()
+                },
             });
         }
         out.push(FrontendView {
-            service: names.get(&v.svc_id).cloned().unwrap_or_else(|| format!("svc-{}", v.svc_id)),
+            service: names
+                .get(&v.svc_id)
+                .cloned()
+                .unwrap_or_else(|| format!("svc-{}", v.svc_id)),
             svc_id: v.svc_id,
             frontend: format!("{}:{}", ip(k.addr), u16::from_be(k.port)),
-            kind: if v.flags & SVC_F_VIP != 0 { "vip" } else { "published" },
-            protocol: Protocol::from_number(k.proto).map(|p| p.to_string()).unwrap_or_else(|| k.proto.to_string()),
+            kind: if v.flags & SVC_F_VIP != 0 {
+                "vip"
+            } else {
+                "published"
+            },
+            protocol: Protocol::from_number(k.proto)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| k.proto.to_string()),
             maglev_half: v.maglev_half,
             backends,
         });
@@ -83,19 +104,41 @@ pub fn list(maps: &Maps, names: &HashMap<u32, String>) -> Result<Vec<FrontendVie
 
 pub fn render_list(rows: &[FrontendView]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<16} {:<22} {:<9} {:<5} {:<22} {:<9} NODE", "SERVICE", "FRONTEND", "KIND", "PROTO", "BACKEND", "STATE");
+    let _ = writeln!(
+        s,
+        "{:<16} {:<22} {:<9} {:<5} {:<22} {:<9} NODE",
+        "SERVICE", "FRONTEND", "KIND", "PROTO", "BACKEND", "STATE"
+    );
     for r in rows {
         let mut first = true;
-        let empty = [BackendView { id: 0, address: "-".into(), state: "-", node: "-".into() }];
-        let bs = if r.backends.is_empty() { &empty[..] } else { &r.backends[..] };
+        let empty = [BackendView {
+            id: 0,
+            address: "-".into(),
+            state: "-",
+            node: "-".into(),
+        }];
+        let bs = if r.backends.is_empty() {
+            &empty[..]
+        } else {
+            &r.backends[..]
+        };
         for b in bs {
             let (svc, fe, kind, proto) = if first {
-                (r.service.as_str(), r.frontend.as_str(), r.kind, r.protocol.as_str())
+                (
+                    r.service.as_str(),
+                    r.frontend.as_str(),
+                    r.kind,
+                    r.protocol.as_str(),
+                )
             } else {
                 ("", "", "", "")
             };
             first = false;
-            let _ = writeln!(s, "{svc:<16} {fe:<22} {kind:<9} {proto:<5} {:<22} {:<9} {}", b.address, b.state, b.node);
+            let _ = writeln!(
+                s,
+                "{svc:<16} {fe:<22} {kind:<9} {proto:<5} {:<22} {:<9} {}",
+                b.address, b.state, b.node
+            );
         }
     }
     s
@@ -128,21 +171,43 @@ fn sum(values: &aya::maps::PerCpuValues<Counters>) -> Counters {
 pub fn stats(maps: &Maps, names: &HashMap<u32, String>) -> Result<StatsView, DataplaneError> {
     let mut v = StatsView::default();
     for (slot, label, _) in STAT_TABLE {
-        let per_cpu = maps.stats.get(slot, 0).map_err(|e| DataplaneError::map(MAP_STATS, e))?;
-        v.counters.insert((*label).to_string(), per_cpu.iter().sum());
+        let per_cpu = maps
+            .stats
+            .get(slot, 0)
+            .map_err(|e| DataplaneError::map(MAP_STATS, e))?;
+        v.counters
+            .insert((*label).to_string(), per_cpu.iter().sum());
     }
     let rows = list(maps, names)?;
     let mut seen_svc = std::collections::BTreeSet::new();
     let mut seen_be = std::collections::BTreeSet::new();
     for r in &rows {
         if seen_svc.insert(r.svc_id) {
-            let c = sum(&maps.svc_stats.get(&r.svc_id, 0).map_err(|e| DataplaneError::map(MAP_SVC_STATS, e))?);
-            v.services.push(CounterRow { id: r.svc_id, name: r.service.clone(), packets: c.packets, bytes: c.bytes, flows: c.flows });
+            let c = sum(&maps
+                .svc_stats
+                .get(&r.svc_id, 0)
+                .map_err(|e| DataplaneError::map(MAP_SVC_STATS, e))?);
+            v.services.push(CounterRow {
+                id: r.svc_id,
+                name: r.service.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+                flows: c.flows,
+            });
         }
         for b in &r.backends {
             if seen_be.insert(b.id) {
-                let c = sum(&maps.backend_stats.get(&b.id, 0).map_err(|e| DataplaneError::map(MAP_BACKEND_STATS, e))?);
-                v.backends.push(CounterRow { id: b.id, name: b.address.clone(), packets: c.packets, bytes: c.bytes, flows: c.flows });
+                let c = sum(&maps
+                    .backend_stats
+                    .get(&b.id, 0)
+                    .map_err(|e| DataplaneError::map(MAP_BACKEND_STATS, e))?);
+                v.backends.push(CounterRow {
+                    id: b.id,
+                    name: b.address.clone(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    flows: c.flows,
+                });
             }
         }
     }
@@ -151,15 +216,28 @@ pub fn stats(maps: &Maps, names: &HashMap<u32, String>) -> Result<StatsView, Dat
 
 pub fn render_stats(v: &StatsView) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<22} {:>14}   {}", "COUNTER", "VALUE", "DROP");
-    for (slot, label, drop) in STAT_TABLE {
-        let _ = slot;
-        let _ = writeln!(s, "{:<22} {:>14}   {}", label, v.counters.get(*label).copied().unwrap_or(0), if *drop { "yes" } else { "" });
+    let _ = writeln!(s, "{:<22} {:>14}   DROP", "COUNTER", "VALUE");
+    for (_, label, drop) in STAT_TABLE {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>14}   {}",
+            label,
+            v.counters.get(*label).copied().unwrap_or(0),
+            if *drop { "yes" } else { "" }
+        );
     }
     for (title, rows) in [("SERVICE", &v.services), ("BACKEND", &v.backends)] {
-        let _ = writeln!(s, "\n{:<6} {:<24} {:>12} {:>14} {:>10}", "ID", title, "PACKETS", "BYTES", "FLOWS");
+        let _ = writeln!(
+            s,
+            "\n{:<6} {:<24} {:>12} {:>14} {:>10}",
+            "ID", title, "PACKETS", "BYTES", "FLOWS"
+        );
         for r in rows.iter() {
-            let _ = writeln!(s, "{:<6} {:<24} {:>12} {:>14} {:>10}", r.id, r.name, r.packets, r.bytes, r.flows);
+            let _ = writeln!(
+                s,
+                "{:<6} {:<24} {:>12} {:>14} {:>10}",
+                r.id, r.name, r.packets, r.bytes, r.flows
+            );
         }
     }
     s

@@ -17,10 +17,16 @@ pub fn body(name: &str, client: SocketAddr) -> String {
 }
 
 pub fn run(listen: SocketAddr, name: String) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let tcp = TcpListener::bind(listen).await.with_context(|| format!("listening on tcp {listen}"))?;
-        let udp = UdpSocket::bind(listen).await.with_context(|| format!("listening on udp {listen}"))?;
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on tcp {listen}"))?;
+        let udp = UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("listening on udp {listen}"))?;
         let name: Arc<str> = name.into();
         eprintln!("whoami {name} listening on {listen} (tcp http, udp echo)");
         let udp_name = name.clone();
@@ -61,7 +67,8 @@ async fn serve(mut sock: TcpStream, peer: SocketAddr, name: &str) -> std::io::Re
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         buf.drain(..end + 4);
-        let keep_alive = head.lines().next().is_some_and(|l| l.ends_with("http/1.1")) && !head.contains("connection: close");
+        let keep_alive = head.lines().next().is_some_and(|l| l.ends_with("http/1.1"))
+            && !head.contains("connection: close");
         let body = body(name, peer);
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",

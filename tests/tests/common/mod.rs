@@ -28,7 +28,10 @@ pub fn parse(body: &str) -> Option<Answer> {
             client = v.parse().ok();
         }
     }
-    Some(Answer { name: name?, client: client? })
+    Some(Answer {
+        name: name?,
+        client: client?,
+    })
 }
 
 /// One HTTP/1.0 request on a new connection (optionally from a fixed local port).
@@ -82,7 +85,11 @@ impl KeepAlive {
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
                     .unwrap_or(0);
                 if body.len() >= len {
                     return parse(&body[..len]).ok_or_else(|| std::io::Error::other("bad answer"));
@@ -116,14 +123,25 @@ pub fn spread(answers: &[Answer]) -> BTreeMap<String, usize> {
 
 /// YAML for one service publishing `published`→`target` with the given
 /// backends (`(address, state)`).
-pub fn service_yaml(name: &str, vip: Option<&str>, published: Option<u16>, target: u16, proto: &str, backends: &[(Ipv4Addr, &str)]) -> String {
+pub fn service_yaml(
+    name: &str,
+    vip: Option<&str>,
+    published: Option<u16>,
+    target: u16,
+    proto: &str,
+    backends: &[(Ipv4Addr, &str)],
+) -> String {
     let mut s = format!("  - name: {name}\n");
     if let Some(v) = vip {
         s += &format!("    vip: {v}\n");
     }
     s += "    ports:\n";
     match published {
-        Some(p) => s += &format!("      - published: {p}\n        target: {target}\n        protocol: {proto}\n"),
+        Some(p) => {
+            s += &format!(
+                "      - published: {p}\n        target: {target}\n        protocol: {proto}\n"
+            )
+        }
         None => s += &format!("      - target: {target}\n        protocol: {proto}\n"),
     }
     s += "    backends:\n";

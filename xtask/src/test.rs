@@ -1,0 +1,21 @@
+//! `cargo xtask test`: everything CI runs as tests. Installs what the tests
+//! need when root, builds the `apiary` binary they drive, then runs
+//! `cargo test` over the workspace.
+
+use std::process::Command;
+
+use crate::util::{build_agent, ensure_packages, exec, root};
+
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "curl"];
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    ensure_packages(TEST_PACKAGES)?;
+    let bin = build_agent()?;
+    exec(
+        Command::new(env!("CARGO"))
+            .current_dir(root())
+            .env("APIARY_BIN", &bin)
+            .args(["test", "--workspace"])
+            .args(args),
+    )
+}

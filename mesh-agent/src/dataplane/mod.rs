@@ -104,6 +104,15 @@ impl Dataplane {
     /// Loads the programs (re-using maps already pinned under
     /// `opts.pin_path`), attaches them and reads back what is programmed.
     pub fn start(opts: Options) -> Result<Self, DataplaneError> {
+        let mut dp = Self::load(opts)?;
+        attach(&mut dp.ebpf, PROG_HOST_INGRESS, &dp.opts.host_iface)?;
+        dp.scan_task_links()?;
+        Ok(dp)
+    }
+
+    /// Loads and pins without attaching anything (packet-level tests run
+    /// the programs with `BPF_PROG_TEST_RUN`).
+    pub fn load(opts: Options) -> Result<Self, DataplaneError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(&opts.pin_path)?;
         std::fs::create_dir_all(&opts.data_dir)?;
@@ -118,23 +127,25 @@ impl Dataplane {
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
-        attach(&mut ebpf, PROG_HOST_INGRESS, &opts.host_iface)?;
         let maps = Maps::open_pinned(&opts.pin_path)?;
         let programmed = if adopted {
             Programmed::read(&maps, &read_names(&opts.data_dir))?
         } else {
             Programmed::empty(maps.max_services(), maps.backends.len())
         };
-        let mut dp = Dataplane {
+        Ok(Dataplane {
             opts,
             maps,
             programmed,
             ebpf,
             task_links: HashSet::new(),
             adopted,
-        };
-        dp.scan_task_links()?;
-        Ok(dp)
+        })
+    }
+
+    /// A loaded program, by its name in `mesh_common` (`PROG_*`).
+    pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
+        self.ebpf.program(name).and_then(|p| p.try_into().ok())
     }
 
     /// Brings the maps to `want`, writing only what differs.

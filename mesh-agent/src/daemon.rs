@@ -3,11 +3,13 @@
 //! running data plane stays as it was), and attaches new task veths.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config;
 use crate::dataplane::{Dataplane, Options};
@@ -57,28 +59,35 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .context("programming the data plane")?;
     tracing::info!(?report, "ready");
 
+    let links = crate::netwatch::LinkEvents::subscribe().context("subscribing to link events")?;
+    let signals = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("signalfd")?;
     loop {
-        let ts = libc::timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        };
-        // SAFETY: `set` is a valid signal set and `ts` a valid timeout;
-        // a null siginfo pointer is allowed.
-        let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-        match sig {
-            libc::SIGHUP => reload(&mut dp, &args.static_config, mtu),
-            libc::SIGTERM | libc::SIGINT => {
-                tracing::info!("stopping; the data plane stays programmed and attached");
-                return Ok(());
-            }
-            _ => {}
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(links.as_fd(), PollFlags::POLLIN),
+        ];
+        // The timeout rescans links now and then in case an event was missed.
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for signals and link events"),
         }
+        while let Ok(Some(info)) = signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGHUP) => reload(&mut dp, &args.static_config, mtu),
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    tracing::info!("stopping; the data plane stays programmed and attached");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        links.drain();
         match dp.scan_task_links() {
             Ok(added) if !added.is_empty() => tracing::info!(?added, "attached task interfaces"),
             Ok(_) => {}
             Err(e) => tracing::warn!("scanning task interfaces: {e}"),
         }
-        std::thread::sleep(Duration::ZERO);
     }
 }
 

@@ -6,4 +6,5 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod netdev;
+pub mod netwatch;
 pub mod tool;

@@ -84,6 +84,20 @@ pub fn open(p: &Packet, fkey: &Ct4Key, svc_id: u32, backend_id: u32, be: &Backen
     if CT4.insert(fkey, &fwd, 0).is_err() || CT4.insert(&rkey, &rev, 0).is_err() {
         count(STAT_CT_INSERT_FAILED);
     }
+    if be.flags & BACKEND_F_LOCAL != 0 {
+        // A backend here now answers this tuple for a flow that entered
+        // here: an older flow on the same tuple that came through another
+        // node must not pull the replies back there.
+        let _ = CT4.remove(&Ct4Key {
+            saddr: p.saddr,
+            daddr: be.addr[0],
+            sport: p.sport,
+            dport: be.port,
+            proto: p.proto,
+            dir: CT_DIR_TUNNEL,
+            _pad: 0,
+        });
+    }
 }
 
 /// The frontend to restore as the source of reply `p`, if it is one.
@@ -113,6 +127,17 @@ pub fn note_tunnel(p: &Packet, node: u32) -> Result<(), u32> {
     if CT4.insert(&k, &v, 0).is_err() {
         count(STAT_CT_INSERT_FAILED);
     }
+    // The tuple now belongs to a flow that entered at `node`: a rev-NAT
+    // entry left by an older flow that entered here must not catch its replies.
+    let _ = CT4.remove(&Ct4Key {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        dir: CT_DIR_REVNAT,
+        _pad: 0,
+    });
     Ok(())
 }
 

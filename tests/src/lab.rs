@@ -97,11 +97,14 @@ pub struct Lab {
 }
 
 fn unique_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let mix = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ nanos as u64;
+    let mix = (std::process::id() as u64 ^ (seq << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ nanos as u64;
     format!("{PREFIX}{:05x}", mix & 0xf_ffff)
 }
 
@@ -231,6 +234,30 @@ impl Lab {
             host_veth: veth,
         });
         Ok(self.tasks.len() - 1)
+    }
+
+    /// Waits until the daemon on task `t`'s host has put its program on the
+    /// task's veth (daemons attach new task links as they appear).
+    pub fn wait_attached(&self, t: usize) -> anyhow::Result<()> {
+        let task = &self.tasks[t];
+        let host = &self.hosts[task.host];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = host
+                .ns
+                .run("tc", &["filter", "show", "dev", &task.host_veth, "ingress"])?;
+            if out.contains("apiary_task_ingress") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no program on {} of {} after 5 s",
+                    task.host_veth,
+                    host.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts a process in a task namespace; it is killed with the lab.

@@ -178,3 +178,45 @@ pub fn start_all(lab: &mut Lab, services: &str) {
 pub fn client(lab: &Lab) -> Ns {
     lab.client.clone()
 }
+
+/// Everything the data plane holds except counters and conntrack:
+/// frontends, backend slots, backends and live Maglev tables.
+pub fn map_snapshot(pin: &std::path::Path) -> String {
+    use mesh_agent::dataplane::maps::Maps;
+    let maps = Maps::open_pinned(pin).expect("open pinned maps");
+    let mut services: Vec<_> = maps
+        .services
+        .iter()
+        .map(|r| r.expect("service entry"))
+        .collect();
+    services.sort_by_key(|(k, _)| *k);
+    let mut out = format!("{services:?}\n");
+    for id in 0..maps.backends.len() {
+        let b = maps.backends.get(&id, 0).expect("backend");
+        if b != mesh_common::Backend::default() {
+            out += &format!("backend {id}: {b:?}\n");
+        }
+    }
+    for (k, v) in &services {
+        if k.slot == 0 {
+            out += &format!(
+                "maglev {}: {:?}\n",
+                v.svc_id,
+                maps.maglev.read(v.svc_id, v.maglev_half)
+            );
+        }
+    }
+    out
+}
+
+/// Backend names answering `n` new connections to `to`, made from `ns`.
+pub fn names_over(ns: &Ns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let answers: Vec<Answer> = ns
+        .run_in(move || {
+            (0..n)
+                .map(|_| http_once(to, None).expect("request"))
+                .collect()
+        })
+        .expect("in ns");
+    spread(&answers)
+}

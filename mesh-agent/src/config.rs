@@ -156,10 +156,17 @@ pub fn parse(path: &Path, text: &str) -> Result<StaticConfig, ConfigError> {
             p if p == "." => "(top level)".to_string(),
             p => p,
         };
+        // serde_yaml_ng starts its message with the (shorter) path of the
+        // enclosing value; the path above is the precise one.
+        let message = e.into_inner().to_string();
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
+            _ => message,
+        };
         ConfigError::Syntax {
             path: path.into(),
             field,
-            message: e.into_inner().to_string(),
+            message,
         }
     })?;
     cfg.validate(path)?;
@@ -412,6 +419,120 @@ impl StaticConfig {
             tcp_timeout_s: self.conntrack.tcp_timeout_s,
             udp_timeout_s: self.conntrack.udp_timeout_s,
             services,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "node: h1
+vip_range: 10.96.0.0/16
+nodes:
+  - name: h1
+    address: 10.99.0.1
+    task_subnet: 10.201.1.0/24
+  - name: h2
+    address: 10.99.0.2
+    task_subnet: 10.201.2.0/24
+services:
+  - name: web
+    vip: 10.96.0.10
+    ports:
+      - published: 8080
+        target: 80
+    backends:
+      - address: 10.201.1.2
+      - address: 10.201.2.2
+        state: draining
+";
+
+    fn err(text: &str) -> String {
+        parse(Path::new("mesh.yaml"), text)
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn the_reference_config_is_valid_and_maps_to_frontends() {
+        let cfg = parse(Path::new("mesh.yaml"), BASE).unwrap();
+        let d = cfg.desired(1500);
+        let web = &d.services["web"];
+        assert_eq!(web.frontends.len(), 2, "published port and VIP");
+        assert!(web.backends[1].draining);
+        assert_eq!(web.backends[0].node_addr, None, "10.201.1.2 runs here");
+        assert_eq!(web.backends[1].node_addr, Some(Ipv4Addr::new(10, 99, 0, 2)));
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_the_line() {
+        let e = err(&BASE.replace("    ports:\n", "    ports: [\n"));
+        assert!(e.contains("line "), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let e = err(&BASE.replace(
+            "        target: 80\n",
+            "        target: 80\n        tagret: 81\n",
+        ));
+        assert!(
+            e.contains("services[0].ports[0].tagret")
+                && e.contains("unknown field")
+                && e.contains("line 16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_backend_without_address_is_named() {
+        let e = err(&BASE.replace("      - address: 10.201.1.2\n", "      - state: active\n"));
+        assert!(
+            e.contains("services[0].backends[0]") && e.contains("missing field `address`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn published_port_clash_names_both_places() {
+        let e = err(&format!(
+            "{BASE}  - name: api\n    ports:\n      - published: 8080\n        target: 81\n"
+        ));
+        assert!(
+            e.contains("services[1].ports[0].published") && e.contains("services[0].ports[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vip_outside_its_range_is_rejected() {
+        let e = err(&BASE.replace("vip: 10.96.0.10", "vip: 10.97.0.10"));
+        assert!(
+            e.contains("services[0].vip") && e.contains("outside vip_range 10.96.0.0/16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn contradictions_are_rejected() {
+        for (from, to, want) in [
+            ("node: h1", "node: h9", "`h9` is not one of"),
+            (
+                "address: 10.201.2.2",
+                "address: 10.202.0.2",
+                "not inside any node's task_subnet",
+            ),
+            (
+                "task_subnet: 10.201.2.0/24",
+                "task_subnet: 10.201.0.0/16",
+                "overlaps",
+            ),
+            ("  - name: web", "  - name: \"\"", "must not be empty"),
+            ("published: 8080", "published: 0", "from 1 to 65535"),
+        ] {
+            let e = err(&BASE.replacen(from, to, 1));
+            assert!(e.contains(want), "{from} -> {to}: {e}");
         }
     }
 }

@@ -44,7 +44,14 @@ counters! {
     STAT_FRAGMENT = 14, "fragment_passed", false;
     /// A connection-tracking insert failed; the packet still went on.
     STAT_CT_INSERT_FAILED = 15, "ct_insert_failed", false;
+    /// A new flow skipped a backend whose tuple (client address and port
+    /// at that backend) a live flow through another frontend holds.
+    STAT_LB_TUPLE_AVOIDED = 16, "lb_tuple_avoided", false;
+    /// A new connection would share its tuple at the backend with a live
+    /// flow that entered elsewhere, and no other backend was free of it
+    /// (see docs/dataplane.md).
+    STAT_DROP_TUPLE_BUSY = 17, "drop_tuple_busy", true;
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STAT_MAX: u32 = 16;
+pub const STAT_MAX: u32 = 18;

@@ -41,6 +41,78 @@ pub fn lookup(k: &Ct4Key) -> Option<*mut CtEntry> {
     CT4.get_ptr_mut(k)
 }
 
+/// The entry was refreshed within its protocol's idle timeout.
+#[inline(always)]
+pub fn fresh(e: &CtEntry, now: u64, proto: u8, cfg: &NodeConfig) -> bool {
+    let timeout_s = if proto == PROTO_TCP {
+        cfg.ct_tcp_timeout_s
+    } else {
+        cfg.ct_udp_timeout_s
+    };
+    now.wrapping_sub(e.last_seen_ns) < (timeout_s as u64) * 1_000_000_000
+}
+
+#[inline(always)]
+fn live(e: &CtEntry, now: u64, proto: u8, cfg: &NodeConfig) -> bool {
+    e.flags & CT_F_CLOSING == 0 && fresh(e, now, proto, cfg)
+}
+
+/// Another live flow seen here already uses the tuple that a new flow of
+/// `p` would have at backend `be` (same client address and port).
+#[inline(always)]
+pub fn tuple_busy(p: &Packet, be: &Backend, now: u64, cfg: &NodeConfig) -> bool {
+    if be.flags & BACKEND_F_LOCAL != 0 {
+        // A flow to this backend that entered at another node.
+        let k = Ct4Key {
+            saddr: p.saddr,
+            daddr: be.addr[0],
+            sport: p.sport,
+            dport: be.port,
+            proto: p.proto,
+            dir: CT_DIR_TUNNEL,
+            _pad: 0,
+        };
+        if let Some(e) = CT4.get_ptr(&k) {
+            // SAFETY: copied out of a live LRU element.
+            if live(unsafe { &*e }, now, p.proto, cfg) {
+                return true;
+            }
+        }
+    }
+    // A flow that entered here through another frontend.
+    let rk = Ct4Key {
+        saddr: be.addr[0],
+        daddr: p.saddr,
+        sport: be.port,
+        dport: p.sport,
+        proto: p.proto,
+        dir: CT_DIR_REVNAT,
+        _pad: 0,
+    };
+    let Some(r) = CT4.get_ptr(&rk) else {
+        return false;
+    };
+    // SAFETY: copied out of a live LRU element.
+    let r = unsafe { *r };
+    if r.nat_addr == p.daddr && r.nat_port == p.dport {
+        return false;
+    }
+    let fk = Ct4Key {
+        saddr: p.saddr,
+        daddr: r.nat_addr,
+        sport: p.sport,
+        dport: r.nat_port,
+        proto: p.proto,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    };
+    match CT4.get_ptr(&fk) {
+        // SAFETY: copied out of a live LRU element.
+        Some(f) => live(unsafe { &*f }, now, p.proto, cfg),
+        None => false,
+    }
+}
+
 #[inline(always)]
 pub fn touch(e: *mut CtEntry, seen: &CtEntry, now: u64, closing: bool) {
     if closing && seen.flags & CT_F_CLOSING == 0 {
@@ -109,19 +181,33 @@ pub fn revnat(p: &Packet) -> Option<CtEntry> {
 }
 
 /// Remembers that flow `p` (client → local backend) entered at `node`.
+/// A new connection whose tuple a live flow from another node holds is
+/// dropped (and counted): the established flow keeps its replies.
 #[inline(always)]
-pub fn note_tunnel(p: &Packet, node: u32) -> Result<(), u32> {
+pub fn note_tunnel(p: &Packet, node: u32, cfg: &NodeConfig) -> Result<(), u32> {
     let k = reply_key(p, CT_DIR_TUNNEL);
-    if let Some(e) = CT4.get_ptr(&k) {
-        // SAFETY: read of a live LRU element.
-        if unsafe { (*e).nat_addr } == node {
+    // SAFETY: reading the monotonic clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(e) = CT4.get_ptr_mut(&k) {
+        // SAFETY: copied out of a live LRU element.
+        let seen = unsafe { *e };
+        if seen.nat_addr == node {
+            if p.is_syn() && seen.flags & CT_F_CLOSING != 0 {
+                // A new connection on a finished tuple.
+                // SAFETY: `e` points at a live LRU element owned by the map.
+                unsafe { (*e).flags = 0 };
+            }
+            touch(e, &seen, now, p.is_closing());
             return Ok(());
+        }
+        if p.is_syn() && live(&seen, now, p.proto, cfg) {
+            return Err(STAT_DROP_TUPLE_BUSY);
         }
     }
     let v = CtEntry {
         nat_addr: node,
-        // SAFETY: reading the monotonic clock has no preconditions.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: now,
+        flags: if p.is_closing() { CT_F_CLOSING } else { 0 },
         ..Default::default()
     };
     if CT4.insert(&k, &v, 0).is_err() {

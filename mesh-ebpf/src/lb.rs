@@ -36,12 +36,52 @@ pub fn flow_hash(p: &Packet) -> u32 {
     h ^ (h >> 16)
 }
 
+/// Distinct backends tried, and rows walked, when the first choice's
+/// backend-side tuple is taken.
+const PICK_BACKENDS: usize = 4;
+const PICK_ROWS: u32 = 32;
+
+/// Picks a backend for a new flow. The client keeps its address and port,
+/// so two flows entering through different frontends can land on the same
+/// backend with the same tuple; a backend whose tuple is visibly in use by
+/// a live flow is skipped for the next different backend along the Maglev
+/// table, and if all are taken, the new flow is refused and counted.
 #[inline(always)]
-fn maglev_pick(svc: &Lb4Service, p: &Packet) -> Result<(u32, Backend), u32> {
+fn choose(svc: &Lb4Service, p: &Packet, now: u64, cfg: &NodeConfig) -> Result<(u32, Backend), u32> {
     if svc.flags & SVC_F_EMPTY != 0 {
         return Err(STAT_DROP_NO_BACKEND);
     }
-    let row = flow_hash(p) % MAGLEV_M;
+    let mut row = flow_hash(p) % MAGLEV_M;
+    let mut busy = [u32::MAX; PICK_BACKENDS];
+    let mut n = 0usize;
+    let mut step = 0;
+    while step < PICK_ROWS {
+        let (id, be) = maglev_row(svc, row)?;
+        let seen = busy[0] == id || busy[1] == id || busy[2] == id || busy[3] == id;
+        if !seen {
+            if !ct::tuple_busy(p, &be, now, cfg) {
+                return Ok((id, be));
+            }
+            count(STAT_LB_TUPLE_AVOIDED);
+            if n >= PICK_BACKENDS {
+                break;
+            }
+            busy[n] = id;
+            n += 1;
+            if n == PICK_BACKENDS {
+                break;
+            }
+        }
+        row = if row + 1 == MAGLEV_M { 0 } else { row + 1 };
+        step += 1;
+    }
+    // Every candidate's tuple is held: refuse the new connection rather
+    // than steal the replies of an established one.
+    Err(STAT_DROP_TUPLE_BUSY)
+}
+
+#[inline(always)]
+fn maglev_row(svc: &Lb4Service, row: u32) -> Result<(u32, Backend), u32> {
     let idx = (svc.svc_id * MAGLEV_HALVES + (svc.maglev_half & 1)) * MAGLEV_M + row;
     let id = *LB_MAGLEV.get(idx).ok_or(STAT_DROP_MAGLEV)?;
     let be = *LB_BACKENDS.get(id).ok_or(STAT_DROP_MAGLEV)?;
@@ -71,17 +111,12 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = ct::forward_key(p);
-    let timeout_s = if p.proto == PROTO_TCP {
-        cfg.ct_tcp_timeout_s
-    } else {
-        cfg.ct_udp_timeout_s
-    };
 
     let mut chosen: Option<(u32, Backend)> = None;
     if let Some(e) = ct::lookup(&fkey) {
         // SAFETY: `e` points at a live LRU element; fields are plain integers.
         let entry = unsafe { *e };
-        let fresh = now.wrapping_sub(entry.last_seen_ns) < (timeout_s as u64) * 1_000_000_000;
+        let fresh = ct::fresh(&entry, now, p.proto, cfg);
         if let Some(be) = LB_BACKENDS.get(entry.backend_id) {
             let reopen =
                 p.is_syn() && (entry.flags & CT_F_CLOSING != 0 || be.state != BACKEND_ACTIVE);
@@ -97,7 +132,7 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
     let (id, be) = match chosen {
         Some(c) => c,
         None => {
-            let (id, be) = maglev_pick(&svc, p)?;
+            let (id, be) = choose(&svc, p, now, cfg)?;
             ct::open(p, &fkey, svc.svc_id, id, &be, now);
             (id, be)
         }

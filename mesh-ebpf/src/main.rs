@@ -73,7 +73,7 @@ fn host_ingress(ctx: &TcContext) -> Verdict {
             return Ok(action);
         }
         // A new or tracked flow that entered at `ingress_node`, for a task here.
-        ct::note_tunnel(&pkt, ingress_node)?;
+        ct::note_tunnel(&pkt, ingress_node, &cfg)?;
         return route::forward(ctx, &pkt);
     }
     if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {

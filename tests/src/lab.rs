@@ -31,6 +31,11 @@ pub fn client_addr() -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, 100)
 }
 
+/// A second address of the client (a second client machine, in effect).
+pub fn client_addr2() -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, 101)
+}
+
 pub fn task_subnet(i: usize) -> String {
     format!("10.201.{}.0/24", i + 1)
 }
@@ -142,6 +147,13 @@ impl Lab {
         lab.fabric.ip(&["link", "set", "br0", "up"])?;
         Ns::create(&lab.client.name)?;
         lab.plug(&lab.client.clone(), "cl", client_addr())?;
+        lab.client.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", client_addr2()),
+            "dev",
+            "eth0",
+        ])?;
         for i in 0..n {
             let ns = Ns::create(&format!("{id}-h{}", i + 1))?;
             lab.plug(&ns, &format!("h{}", i + 1), host_addr(i))?;

@@ -34,12 +34,18 @@ pub fn parse(body: &str) -> Option<Answer> {
     })
 }
 
-/// One HTTP/1.0 request on a new connection (optionally from a fixed local port).
+/// One HTTP/1.0 request on a new connection (optionally from a fixed
+/// local port, on any local address).
 pub fn http_once(to: SocketAddr, from_port: Option<u16>) -> std::io::Result<Answer> {
-    let mut s = match from_port {
+    http_from(to, from_port.map(|p| addr(Ipv4Addr::UNSPECIFIED, p)))
+}
+
+/// One HTTP/1.0 request on a new connection from `from` (address, port 0 = any).
+pub fn http_from(to: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<Answer> {
+    let mut s = match from {
         None => TcpStream::connect_timeout(&to, TIMEOUT)?,
-        Some(port) => {
-            let sock = socket2_tcp(port)?;
+        Some(local) => {
+            let sock = socket2_tcp(local)?;
             sock.connect_timeout(&to.into(), TIMEOUT)?;
             sock.into()
         }
@@ -52,10 +58,10 @@ pub fn http_once(to: SocketAddr, from_port: Option<u16>) -> std::io::Result<Answ
     parse(body).ok_or_else(|| std::io::Error::other(format!("bad answer: {buf:?}")))
 }
 
-fn socket2_tcp(port: u16) -> std::io::Result<socket2::Socket> {
+fn socket2_tcp(local: SocketAddr) -> std::io::Result<socket2::Socket> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
-    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    s.bind(&local.into())?;
     Ok(s)
 }
 
@@ -67,6 +73,15 @@ pub struct KeepAlive {
 impl KeepAlive {
     pub fn connect(to: SocketAddr) -> std::io::Result<Self> {
         let s = TcpStream::connect_timeout(&to, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        Ok(KeepAlive { s })
+    }
+
+    /// Connects from a given local address and port.
+    pub fn connect_from(to: SocketAddr, from: SocketAddr) -> std::io::Result<Self> {
+        let sock = socket2_tcp(from)?;
+        sock.connect_timeout(&to.into(), TIMEOUT)?;
+        let s: TcpStream = sock.into();
         s.set_read_timeout(Some(TIMEOUT))?;
         Ok(KeepAlive { s })
     }

@@ -1,6 +1,10 @@
 //! Benchmarks that measure Apiary and its baselines in the same run and
 //! report ratios (see `BENCH.md` of the project notes and `bench/RESULTS.md`).
 
+pub mod lb;
+pub mod sync;
+pub mod wrk;
+
 /// Median and spread (max − min) of a set of measurements.
 pub fn median_spread(values: &[f64]) -> (f64, f64) {
     if values.is_empty() {

@@ -19,6 +19,7 @@ pub struct DaemonArgs {
     pub data_dir: Option<PathBuf>,
     pub pin_path: Option<PathBuf>,
     pub max_services: u32,
+    pub max_backends: u32,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -46,6 +47,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .data_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),
         max_services: args.max_services,
+        max_backends: args.max_backends,
         host_iface: iface.clone(),
         task_prefix: cfg.task_interface_prefix.clone(),
     };

@@ -45,6 +45,9 @@ enum Cmd {
         /// Service slots to reserve (Maglev tables); fixed once maps are pinned.
         #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_SERVICES)]
         max_services: u32,
+        /// Backend ids to reserve; fixed once maps are pinned.
+        #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_BACKENDS)]
+        max_backends: u32,
     },
     /// Inspect the routing mesh's BPF maps.
     Lb {
@@ -126,11 +129,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             pin_path,
             max_services,
+            max_backends,
         } => daemon::run(daemon::DaemonArgs {
             static_config,
             data_dir,
             pin_path,
             max_services,
+            max_backends,
         }),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&a.pin_path)?;

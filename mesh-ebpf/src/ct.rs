@@ -243,3 +243,23 @@ pub fn tunnel_peer(p: &Packet) -> Option<u32> {
     // SAFETY: read of a live LRU element.
     Some(unsafe { (*e).nat_addr })
 }
+
+/// A new connection `p` that went to no frontend (straight to a task
+/// address) owns its tuple: entries left by an earlier balanced flow on
+/// the same tuple must not rewrite or reroute its replies.
+#[inline(always)]
+pub fn forget_stale(p: &Packet) {
+    if !p.is_syn() {
+        return;
+    }
+    let _ = CT4.remove(&Ct4Key {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        dir: CT_DIR_REVNAT,
+        _pad: 0,
+    });
+    let _ = CT4.remove(&reply_key(p, CT_DIR_TUNNEL));
+}

@@ -79,10 +79,8 @@ fn host_ingress(ctx: &TcContext) -> Verdict {
     if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
         return Ok(action);
     }
-    // Replies of east-west flows from backends on other nodes arrive plain.
-    if let Some(action) = nat::reply(ctx, &pkt)? {
-        return Ok(action);
-    }
+    // Not for a frontend: a connection straight to a task address.
+    ct::forget_stale(&pkt);
     Ok(TC_ACT_OK)
 }
 
@@ -106,6 +104,7 @@ fn task_ingress(ctx: &TcContext) -> Verdict {
     if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
         return Ok(action);
     }
+    ct::forget_stale(&pkt);
     Ok(TC_ACT_OK)
 }
 

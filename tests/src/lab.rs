@@ -294,15 +294,26 @@ impl Lab {
     /// Runs `apiary tool whoami` on port `port` of task `t`, named after it,
     /// and waits until it answers.
     pub fn whoami(&mut self, t: usize, port: u16) -> anyhow::Result<()> {
+        self.whoami_on_cpu(t, port, None)
+    }
+
+    /// [`Lab::whoami`], pinned to one CPU (benchmarks).
+    pub fn whoami_on_cpu(&mut self, t: usize, port: u16, cpu: Option<u32>) -> anyhow::Result<()> {
         let ns = self.tasks[t].ns.clone();
         let name = self.tasks[t].name.clone();
         let bin = apiary_bin();
+        let bin = bin.to_str().expect("utf-8 path");
         let listen = format!("0.0.0.0:{port}");
-        self.spawn_in(
-            &ns,
-            bin.to_str().expect("utf-8 path"),
-            &["tool", "whoami", "--listen", &listen, "--name", &name],
-        )?;
+        let args = ["tool", "whoami", "--listen", &listen, "--name", &name];
+        match cpu {
+            None => self.spawn_in(&ns, bin, &args)?,
+            Some(c) => {
+                let c = c.to_string();
+                let mut all = vec!["-c", &c, bin];
+                all.extend(args);
+                self.spawn_in(&ns, "taskset", &all)?
+            }
+        }
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

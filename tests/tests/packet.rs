@@ -61,6 +61,7 @@ impl Fixture {
             pin_path: self.pin.clone(),
             data_dir: self.data.clone(),
             max_services: 16,
+            max_backends: 64,
             host_iface: "lo".into(),
             task_prefix: "apt".into(),
         };

@@ -5,8 +5,10 @@
 //! cargo xtask test                   every test (what CI runs)
 //! cargo xtask demo [--keep]          the routing mesh in a 3-host lab
 //! cargo xtask lab up --hosts N       a lab to play in; cargo xtask lab down removes it
+//! cargo xtask bench lb               the routing mesh against direct, nftables, HAProxy
 //! ```
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod lab;
@@ -42,6 +44,13 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Run a benchmark (release build; baselines in the same run): lb.
+    Bench {
+        name: String,
+        /// Extra arguments for the benchmark (e.g. --rounds 3 --seconds 5).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// A local lab of namespace hosts.
     Lab {
         #[command(subcommand)]
@@ -55,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Cmd::BuildEbpf { check } => build_ebpf::run(check),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Bench { name, args } => bench::run(&name, &args),
         Cmd::Lab { cmd } => lab::run(cmd),
     };
     match r {

@@ -65,7 +65,7 @@ pub enum DataplaneError {
     },
     #[error("no free service slot: raise --max-services (needs a fresh --pin-path)")]
     TooManyServices,
-    #[error("no free backend id: the backend table is full")]
+    #[error("no free backend id: raise --max-backends (needs a fresh --pin-path)")]
     TooManyBackends,
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -84,6 +84,8 @@ pub struct Options {
     /// Directory for the agent's own files.
     pub data_dir: PathBuf,
     pub max_services: u32,
+    /// Backend ids to reserve.
+    pub max_backends: u32,
     /// Underlay interface (gets `apiary_host_ingress`).
     pub host_iface: String,
     /// Host-side task veths start with this (get `apiary_task_ingress`).
@@ -121,6 +123,14 @@ impl Dataplane {
             .default_map_pin_directory(&opts.pin_path)
             .map_max_entries(MAP_LB_MAGLEV, opts.max_services * MAGLEV_HALVES * MAGLEV_M)
             .map_max_entries(MAP_SVC_STATS, opts.max_services)
+            .map_max_entries(MAP_LB_BACKENDS, opts.max_backends)
+            // Frontend entries plus their backend slots: room for two
+            // frontends of fifteen backends per service.
+            .map_max_entries(
+                MAP_LB4_SERVICES,
+                (opts.max_services * 32).max(DEFAULT_LB4_ENTRIES),
+            )
+            .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .load(OBJECT)?;
         for name in [PROG_HOST_INGRESS, PROG_TASK_INGRESS] {
             program(&mut ebpf, name)?

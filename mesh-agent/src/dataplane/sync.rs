@@ -162,11 +162,8 @@ fn write_backend(
     let id = match have.backends.get(&key) {
         Some((_, old)) if *old == value => return Ok(()),
         Some((id, _)) => *id,
-        None => {
-            let id = have.alloc_backend_id()?;
-            zero_counters(maps, None, Some(id))?;
-            id
-        }
+        // Fresh maps start at zero and freed ids are zeroed on release.
+        None => have.alloc_backend_id()?,
     };
     maps.backends
         .set(id, value, 0)
@@ -185,6 +182,8 @@ fn remove_backend(
         maps.backends
             .set(id, Backend::default(), 0)
             .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+        // The next holder of this id starts its counters at zero.
+        zero_counters(maps, None, Some(id))?;
         have.free_backend_id(id);
     }
     Ok(())
@@ -222,7 +221,6 @@ pub fn upsert_service(
                     have.free_svc_id(svc_id);
                     return Err(DataplaneError::TooManyServices);
                 }
-                zero_counters(maps, Some(svc_id), None)?;
                 let s = ProgrammedService {
                     svc_id,
                     half: 1,
@@ -361,6 +359,7 @@ pub fn remove_service(
         for (f, v) in &svc.frontends {
             delete_frontend(maps, f, v.count)?;
         }
+        zero_counters(maps, Some(svc.svc_id), None)?;
         have.free_svc_id(svc.svc_id);
     }
     Ok(())
@@ -383,7 +382,9 @@ pub fn upsert_one(
         write_backend(maps, have, backend_key(&v), v, report)?;
     }
     upsert_service(maps, have, want, report)?;
-    for key in before {
+    // Only backends this service dropped can have become unused.
+    let kept: HashSet<BackendKey> = want.backends.iter().map(|b| (b.addr, b.port)).collect();
+    for key in before.into_iter().filter(|k| !kept.contains(k)) {
         let used = have.services.values().any(|s| s.backends.contains(&key));
         if !used {
             remove_backend(maps, have, key)?;

@@ -1,0 +1,33 @@
+//! `cargo xtask bench <name>`: builds `apiary` and the benchmark runner in
+//! release mode, installs the baselines (Debian packages) when root, and
+//! runs the benchmark; its last line is `RESULT <name> key=value …`.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::util::{ensure_packages, exec, root, target_dir};
+
+pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
+    let packages: &[&str] = match name {
+        "lb" => &["wrk", "haproxy", "nftables", "iproute2", "util-linux"],
+        other => bail!("unknown benchmark `{other}`: the benchmarks are: lb"),
+    };
+    ensure_packages(packages)?;
+    exec(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "mesh-agent",
+        "-p",
+        "apiary-bench",
+    ]))?;
+    let release = target_dir().join("release");
+    exec(
+        Command::new(release.join("apiary-bench"))
+            .env("APIARY_BIN", release.join("apiary"))
+            .arg(name)
+            .args(args),
+    )
+}

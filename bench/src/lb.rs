@@ -2,9 +2,12 @@
 //! nftables DNAT and HAProxy, in the same lab and the same run, rounds
 //! alternating; then the agent's programming times.
 //!
-//! Topology (one bridge): client → h1 (backend task web1, Apiary daemon),
+//! Topology (one bridge): client → h1 (the backend tasks, Apiary daemon),
 //! h3 (Apiary daemon, no backend: forwards to h1), h2 (no Apiary: nftables
-//! DNAT + masquerade and HAProxy, both forwarding to web1).
+//! DNAT + masquerade and HAProxy). Every path has its own backend task on
+//! h1 (same program, same CPU), so the paths do not share the backends'
+//! TIME_WAIT state: a client port reused across paths would otherwise meet
+//! another path's TIME_WAIT with different TCP timestamps and stall.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,13 +19,18 @@ use crate::median_spread;
 use crate::sync;
 use crate::wrk::{self, Load, Mode};
 
-const BACKEND: &str = "10.201.1.2";
-
 struct Variant {
     key: &'static str,
     what: &'static str,
     url: &'static str,
 }
+
+/// Backend task addresses on h1, in the order the tasks are made.
+const DIRECT: &str = "10.201.1.2";
+const LOCAL: &str = "10.201.1.3";
+const REMOTE: &str = "10.201.1.4";
+const NFT: &str = "10.201.1.5";
+const HAPROXY: &str = "10.201.1.6";
 
 const VARIANTS: [Variant; 5] = [
     Variant {
@@ -38,7 +46,7 @@ const VARIANTS: [Variant; 5] = [
     Variant {
         key: "apiary_remote",
         what: "Apiary published port, backend on another host",
-        url: "http://10.99.0.3:8080/",
+        url: "http://10.99.0.3:8081/",
     },
     Variant {
         key: "nft",
@@ -62,9 +70,25 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 
 fn setup() -> anyhow::Result<Lab> {
     let mut lab = Lab::up(3)?;
-    let t = lab.add_task(0, "web1")?;
-    lab.whoami_on_cpu(t, 80, Some(0))?;
-    let svc = format!("  - name: web\n    ports:\n      - published: 8080\n        target: 80\n    backends:\n      - address: {BACKEND}\n");
+    for (name, want) in [
+        ("direct", DIRECT),
+        ("local", LOCAL),
+        ("remote", REMOTE),
+        ("nft", NFT),
+        ("haproxy", HAPROXY),
+    ] {
+        let t = lab.add_task(0, name)?;
+        anyhow::ensure!(
+            lab.tasks[t].addr.to_string() == want,
+            "task {name} got {}",
+            lab.tasks[t].addr
+        );
+        lab.whoami_on_cpu(t, 80, Some(0))?;
+    }
+    let svc = format!(
+        "  - name: local\n    ports:\n      - published: 8080\n        target: 80\n    backends:\n      - address: {LOCAL}\n\
+         \x20 - name: remote\n    ports:\n      - published: 8081\n        target: 80\n    backends:\n      - address: {REMOTE}\n"
+    );
     for h in [0, 2] {
         let cfg = lab.static_config(h, &svc);
         lab.start_daemon(h, &cfg)?;
@@ -76,14 +100,14 @@ fn setup() -> anyhow::Result<Lab> {
     let h2 = lab.hosts[1].ns.clone();
     h2.ip(&["route", "add", "10.201.1.0/24", "via", "10.99.0.1"])?;
     let nft = format!(
-        "table ip apiarybench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  tcp dport 8090 dnat to {BACKEND}:80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ip daddr {BACKEND} tcp dport 80 masquerade\n }}\n}}\n"
+        "table ip apiarybench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  tcp dport 8090 dnat to {NFT}:80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ip daddr {NFT} tcp dport 80 masquerade\n }}\n}}\n"
     );
     let nft_file = lab.dir.join("bench.nft");
     std::fs::write(&nft_file, nft)?;
     h2.run("nft", &["-f", nft_file.to_str().expect("utf-8")])
         .context("loading nftables rules")?;
     let haproxy = format!(
-        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\nfrontend f\n  bind 10.99.0.2:8091\n  default_backend b\nbackend b\n  balance roundrobin\n  server web1 {BACKEND}:80\n"
+        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\nfrontend f\n  bind 10.99.0.2:8091\n  default_backend b\nbackend b\n  balance roundrobin\n  server web1 {HAPROXY}:80\n"
     );
     let cfg = lab.dir.join("haproxy.cfg");
     std::fs::write(&cfg, haproxy)?;

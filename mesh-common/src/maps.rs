@@ -1,11 +1,15 @@
 //! Map names, keys and values.
 
 /// Frontends (published ports on node addresses, and service VIPs).
-/// Hash: [`Lb4Key`] → [`Lb4Service`]. Slot 0 is the frontend itself; slots
-/// 1..=count list the service's backends (for operators and re-adoption).
+/// Hash: [`Lb4Key`] → [`Lb4Service`].
 pub const MAP_LB4_SERVICES: &str = "apiary_lb4_services";
-/// Backends by id. Array: u32 → [`Backend`]; `state == BACKEND_UNUSED` is a free id.
+/// Backends by id. Array (mmapable): u32 → [`Backend`]; `state ==
+/// BACKEND_UNUSED` is a free id.
 pub const MAP_LB_BACKENDS: &str = "apiary_lb_backends";
+/// Each service's backend list, for operators and re-adoption (the
+/// programs use the Maglev table). Array (mmapable): index
+/// `svc_id * MAX_BACKENDS_PER_SERVICE + i` → backend id, `i < count`.
+pub const MAP_LB_SVC_BACKENDS: &str = "apiary_lb_svc_backends";
 /// Maglev tables. Array (mmapable): index
 /// `(svc_id * MAGLEV_HALVES + half) * MAGLEV_M + row` → backend id.
 pub const MAP_LB_MAGLEV: &str = "apiary_lb_maglev";
@@ -21,9 +25,10 @@ pub const MAP_SVC_STATS: &str = "apiary_lb_svc_stats";
 pub const MAP_BACKEND_STATS: &str = "apiary_lb_backend_stats";
 
 /// Every map the object defines, in the order operators see them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_LB4_SERVICES,
     MAP_LB_BACKENDS,
+    MAP_LB_SVC_BACKENDS,
     MAP_LB_MAGLEV,
     MAP_CT4,
     MAP_CONFIG,
@@ -42,10 +47,13 @@ pub const PROG_TASK_INGRESS: &str = "apiary_task_ingress";
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
-/// Entries of the frontend hash: frontends plus their backend slots.
-pub const DEFAULT_LB4_ENTRIES: u32 = 65536;
+/// Entries of the frontend hash per service slot (a published port and a VIP
+/// per port, with room to spare).
+pub const LB4_ENTRIES_PER_SERVICE: u32 = 4;
+/// Longest backend list of one service.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 256;
 
-/// Frontend key. `slot == 0` is the frontend; see [`MAP_LB4_SERVICES`].
+/// Frontend key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Lb4Key {
@@ -55,21 +63,16 @@ pub struct Lb4Key {
     pub port: u16,
     /// IP protocol number (6 TCP, 17 UDP).
     pub proto: u8,
-    pub _pad0: u8,
-    /// 0 for the frontend, 1..=count for its backend list.
-    pub slot: u16,
-    pub _pad1: u16,
+    pub _pad: u8,
 }
 
 /// Frontend value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lb4Service {
-    /// Index of the service's Maglev tables and counters.
+    /// Index of the service's Maglev tables, backend list and counters.
     pub svc_id: u32,
-    /// Backend id for `slot > 0`; 0 in the frontend entry.
-    pub backend_id: u32,
-    /// Frontend entry: number of backend slots (any state).
+    /// Length of the service's backend list (any state).
     pub count: u16,
     /// `SVC_F_*`.
     pub flags: u16,

@@ -8,10 +8,19 @@ use aya_ebpf::{
 use mesh_common::*;
 
 #[map(name = "apiary_lb4_services")]
-pub static LB4_SERVICES: HashMap<Lb4Key, Lb4Service> = HashMap::pinned(DEFAULT_LB4_ENTRIES, 0);
+pub static LB4_SERVICES: HashMap<Lb4Key, Lb4Service> =
+    HashMap::pinned(DEFAULT_MAX_SERVICES * LB4_ENTRIES_PER_SERVICE, 0);
 
 #[map(name = "apiary_lb_backends")]
-pub static LB_BACKENDS: Array<Backend> = Array::pinned(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BACKENDS: Array<Backend> = Array::pinned(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// Read by operators and the agent only; declared here so it is created
+/// and pinned with the others.
+#[map(name = "apiary_lb_svc_backends")]
+pub static LB_SVC_BACKENDS: Array<u32> = Array::pinned(
+    DEFAULT_MAX_SERVICES * MAX_BACKENDS_PER_SERVICE,
+    BPF_F_MMAPABLE,
+);
 
 #[map(name = "apiary_lb_maglev")]
 pub static LB_MAGLEV: Array<u32> = Array::pinned(

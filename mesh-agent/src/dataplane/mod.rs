@@ -65,6 +65,8 @@ pub enum DataplaneError {
     },
     #[error("no free service slot: raise --max-services (needs a fresh --pin-path)")]
     TooManyServices,
+    #[error("service `{service}` lists {count} backends; at most {max} are supported", max = MAX_BACKENDS_PER_SERVICE)]
+    TooManyBackendsInService { service: String, count: usize },
     #[error("no free backend id: raise --max-backends (needs a fresh --pin-path)")]
     TooManyBackends,
     #[error("{0}")]
@@ -124,11 +126,13 @@ impl Dataplane {
             .map_max_entries(MAP_LB_MAGLEV, opts.max_services * MAGLEV_HALVES * MAGLEV_M)
             .map_max_entries(MAP_SVC_STATS, opts.max_services)
             .map_max_entries(MAP_LB_BACKENDS, opts.max_backends)
-            // Frontend entries plus their backend slots: room for two
-            // frontends of fifteen backends per service.
+            .map_max_entries(
+                MAP_LB_SVC_BACKENDS,
+                opts.max_services * MAX_BACKENDS_PER_SERVICE,
+            )
             .map_max_entries(
                 MAP_LB4_SERVICES,
-                (opts.max_services * 32).max(DEFAULT_LB4_ENTRIES),
+                opts.max_services * LB4_ENTRIES_PER_SERVICE,
             )
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .load(OBJECT)?;

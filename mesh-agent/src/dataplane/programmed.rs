@@ -29,18 +29,20 @@ pub struct Programmed {
     pub services: BTreeMap<String, ProgrammedService>,
     pub backends: HashMap<BackendKey, (u32, Backend)>,
     pub node: Option<NodeConfig>,
+    /// Services read back from the maps whose names were not on record:
+    /// a desired service adopts one of them by a shared frontend.
+    pub unnamed: BTreeSet<String>,
     free_svc_ids: BTreeSet<u32>,
     used_backend_ids: BTreeSet<u32>,
     next_backend_id: u32,
     max_backends: u32,
 }
 
-pub fn frontend_key(f: &Frontend, slot: u16) -> Lb4Key {
+pub fn frontend_key(f: &Frontend) -> Lb4Key {
     Lb4Key {
         addr: u32::from(f.addr).to_be(),
         port: f.port.to_be(),
         proto: f.proto.number(),
-        slot,
         ..Default::default()
     }
 }
@@ -68,10 +70,7 @@ impl Programmed {
         let max_backends = maps.backends.len();
         let mut p = Programmed::empty(maps.max_services(), max_backends);
         for id in 1..max_backends {
-            let b = maps
-                .backends
-                .get(&id, 0)
-                .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+            let b = maps.backends.get(id);
             if b.state != BACKEND_UNUSED {
                 p.backends.insert(backend_key(&b), (id, b));
                 p.used_backend_ids.insert(id);
@@ -81,36 +80,27 @@ impl Programmed {
         let by_id: HashMap<u32, BackendKey> =
             p.backends.iter().map(|(k, (id, _))| (*id, *k)).collect();
         let mut by_svc: BTreeMap<u32, ProgrammedService> = BTreeMap::new();
-        let mut slots: BTreeMap<(u32, u16), u32> = BTreeMap::new();
         for item in maps.services.iter() {
             let (k, v) = item.map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
             let svc = by_svc.entry(v.svc_id).or_insert_with(|| ProgrammedService {
                 svc_id: v.svc_id,
-                half: 0,
+                half: v.maglev_half,
                 frontends: BTreeMap::new(),
-                backends: Vec::new(),
+                backends: maps
+                    .svc_backends
+                    .read(v.svc_id, v.count)
+                    .iter()
+                    .filter_map(|id| by_id.get(id).copied())
+                    .collect(),
                 active: Vec::new(),
             });
-            if k.slot == 0 {
-                let f = Frontend {
-                    addr: Ipv4Addr::from(u32::from_be(k.addr)),
-                    port: u16::from_be(k.port),
-                    proto: Protocol::from_number(k.proto).unwrap_or_default(),
-                    vip: v.flags & SVC_F_VIP != 0,
-                };
-                svc.half = v.maglev_half;
-                svc.frontends.insert(f, v);
-            } else {
-                slots.insert((v.svc_id, k.slot), v.backend_id);
-            }
-        }
-        for ((svc_id, _slot), id) in slots {
-            let (Some(svc), Some(key)) = (by_svc.get_mut(&svc_id), by_id.get(&id)) else {
-                continue;
+            let f = Frontend {
+                addr: Ipv4Addr::from(u32::from_be(k.addr)),
+                port: u16::from_be(k.port),
+                proto: Protocol::from_number(k.proto).unwrap_or_default(),
+                vip: v.flags & SVC_F_VIP != 0,
             };
-            if !svc.backends.contains(key) {
-                svc.backends.push(*key);
-            }
+            svc.frontends.insert(f, v);
         }
         for (svc_id, mut svc) in by_svc {
             svc.active = svc
@@ -125,10 +115,14 @@ impl Programmed {
                 .collect();
             svc.active.sort();
             p.free_svc_ids.remove(&svc_id);
-            let name = names
-                .get(&svc_id)
-                .cloned()
-                .unwrap_or_else(|| format!("svc-{svc_id}"));
+            let name = match names.get(&svc_id) {
+                Some(n) => n.clone(),
+                None => {
+                    let n = format!("svc-{svc_id}");
+                    p.unnamed.insert(n.clone());
+                    n
+                }
+            };
             p.services.insert(name, svc);
         }
         let node = maps

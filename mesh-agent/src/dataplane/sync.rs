@@ -165,9 +165,9 @@ fn write_backend(
         // Fresh maps start at zero and freed ids are zeroed on release.
         None => have.alloc_backend_id()?,
     };
-    maps.backends
-        .set(id, value, 0)
-        .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+    // A new id is referenced by no table yet; an existing one changes only
+    // in its state byte (the key is its address and port).
+    maps.backends.set(id, value);
     have.backends.insert(key, (id, value));
     report.backends_written += 1;
     Ok(())
@@ -179,9 +179,7 @@ fn remove_backend(
     key: BackendKey,
 ) -> Result<(), DataplaneError> {
     if let Some((id, _)) = have.backends.remove(&key) {
-        maps.backends
-            .set(id, Backend::default(), 0)
-            .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+        maps.backends.set(id, Backend::default());
         // The next holder of this id starts its counters at zero.
         zero_counters(maps, None, Some(id))?;
         have.free_backend_id(id);
@@ -197,6 +195,12 @@ pub fn upsert_service(
     report: &mut ApplyReport,
 ) -> Result<(), DataplaneError> {
     let order: Vec<BackendKey> = want.backends.iter().map(|b| (b.addr, b.port)).collect();
+    if order.len() > MAX_BACKENDS_PER_SERVICE as usize {
+        return Err(DataplaneError::TooManyBackendsInService {
+            service: want.name.clone(),
+            count: order.len(),
+        });
+    }
     let mut active: Vec<BackendKey> = want
         .backends
         .iter()
@@ -259,22 +263,21 @@ pub fn upsert_service(
     for f in &want.frontends {
         let value = Lb4Service {
             svc_id: svc.svc_id,
-            backend_id: 0,
             count: order.len() as u16,
             flags: (if f.vip { SVC_F_VIP } else { SVC_F_PUBLISHED }) | empty,
             maglev_half: svc.half,
         };
-        let old_count = svc.frontends.get(f).map(|v| v.count).unwrap_or(0);
         if svc.frontends.get(f) != Some(&value) {
             maps.services
-                .insert(frontend_key(f, 0), value, 0)
+                .insert(frontend_key(f), value, 0)
                 .map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
             svc.frontends.insert(*f, value);
             changed = true;
         }
-        if svc.backends != order || old_count != value.count {
-            write_slots(maps, have, f, svc.svc_id, &order, old_count)?;
-        }
+    }
+    if is_new || svc.backends != order {
+        let ids: Vec<u32> = order.iter().map(|k| have.backends[k].0).collect();
+        maps.svc_backends.write(svc.svc_id, &ids);
     }
     let dropped: Vec<_> = svc
         .frontends
@@ -283,8 +286,8 @@ pub fn upsert_service(
         .copied()
         .collect();
     for f in dropped {
-        let count = svc.frontends.remove(&f).map(|v| v.count).unwrap_or(0);
-        delete_frontend(maps, &f, count)?;
+        svc.frontends.remove(&f);
+        delete_frontend(maps, &f)?;
         changed = true;
     }
     if svc.backends != order {
@@ -303,51 +306,23 @@ pub fn upsert_service(
 /// A service the names file did not know, recognised by a frontend.
 fn adopt_by_frontend(have: &mut Programmed, want: &DesiredService) -> Option<ProgrammedService> {
     let name = have
-        .services
+        .unnamed
         .iter()
-        .find(|(_, s)| want.frontends.iter().any(|f| s.frontends.contains_key(f)))
-        .map(|(n, _)| n.clone())?;
+        .find(|n| {
+            have.services
+                .get(*n)
+                .is_some_and(|s| want.frontends.iter().any(|f| s.frontends.contains_key(f)))
+        })
+        .cloned()?;
+    have.unnamed.remove(&name);
     have.services.remove(&name)
 }
 
-fn write_slots(
-    maps: &mut Maps,
-    have: &Programmed,
-    f: &super::desired::Frontend,
-    svc_id: u32,
-    order: &[BackendKey],
-    old_count: u16,
-) -> Result<(), DataplaneError> {
-    for (i, key) in order.iter().enumerate() {
-        let v = Lb4Service {
-            svc_id,
-            backend_id: have.backends[key].0,
-            ..Default::default()
-        };
-        maps.services
-            .insert(frontend_key(f, i as u16 + 1), v, 0)
-            .map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
+fn delete_frontend(maps: &mut Maps, f: &super::desired::Frontend) -> Result<(), DataplaneError> {
+    match maps.services.remove(&frontend_key(f)) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(DataplaneError::map(MAP_LB4_SERVICES, e)),
     }
-    for slot in order.len() as u16 + 1..=old_count {
-        let _ = maps.services.remove(&frontend_key(f, slot));
-    }
-    Ok(())
-}
-
-fn delete_frontend(
-    maps: &mut Maps,
-    f: &super::desired::Frontend,
-    count: u16,
-) -> Result<(), DataplaneError> {
-    // The frontend goes first so no new flow is balanced onto a half-removed entry.
-    match maps.services.remove(&frontend_key(f, 0)) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-        Err(e) => return Err(DataplaneError::map(MAP_LB4_SERVICES, e)),
-    }
-    for slot in 1..=count {
-        let _ = maps.services.remove(&frontend_key(f, slot));
-    }
-    Ok(())
 }
 
 pub fn remove_service(
@@ -356,8 +331,8 @@ pub fn remove_service(
     name: &str,
 ) -> Result<(), DataplaneError> {
     if let Some(svc) = have.services.remove(name) {
-        for (f, v) in &svc.frontends {
-            delete_frontend(maps, f, v.count)?;
+        for f in svc.frontends.keys() {
+            delete_frontend(maps, f)?;
         }
         zero_counters(maps, Some(svc.svc_id), None)?;
         have.free_svc_id(svc.svc_id);

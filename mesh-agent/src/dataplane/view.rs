@@ -48,28 +48,17 @@ pub fn list(
     names: &HashMap<u32, String>,
 ) -> Result<Vec<FrontendView>, DataplaneError> {
     let mut fronts: BTreeMap<Lb4Key, Lb4Service> = BTreeMap::new();
-    let mut slots: BTreeMap<Lb4Key, u32> = BTreeMap::new();
     for item in maps.services.iter() {
         let (k, v) = item.map_err(|e| DataplaneError::map(MAP_LB4_SERVICES, e))?;
-        if k.slot == 0 {
-            fronts.insert(k, v);
-        } else {
-            slots.insert(k, v.backend_id);
-        }
+        fronts.insert(k, v);
     }
     let mut out = Vec::new();
     for (k, v) in fronts {
         let mut backends = Vec::new();
-        for slot in 1..=v.count {
-            let Some(id) = slots.get(&Lb4Key { slot, ..k }) else {
-                continue;
-            };
-            let b = maps
-                .backends
-                .get(id, 0)
-                .map_err(|e| DataplaneError::map(MAP_LB_BACKENDS, e))?;
+        for id in maps.svc_backends.read(v.svc_id, v.count) {
+            let b = maps.backends.get(id);
             backends.push(BackendView {
-                id: *id,
+                id,
                 address: format!("{}:{}", ip(b.addr[0]), u16::from_be(b.port)),
                 state: state_name(b.state),
                 node: if b.flags & BACKEND_F_LOCAL != 0 {

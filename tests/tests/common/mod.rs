@@ -195,7 +195,7 @@ pub fn client(lab: &Lab) -> Ns {
 }
 
 /// Everything the data plane holds except counters and conntrack:
-/// frontends, backend slots, backends and live Maglev tables.
+/// frontends, backend lists, backends and live Maglev tables.
 pub fn map_snapshot(pin: &std::path::Path) -> String {
     use mesh_agent::dataplane::maps::Maps;
     let maps = Maps::open_pinned(pin).expect("open pinned maps");
@@ -207,19 +207,22 @@ pub fn map_snapshot(pin: &std::path::Path) -> String {
     services.sort_by_key(|(k, _)| *k);
     let mut out = format!("{services:?}\n");
     for id in 0..maps.backends.len() {
-        let b = maps.backends.get(&id, 0).expect("backend");
+        let b = maps.backends.get(id);
         if b != mesh_common::Backend::default() {
             out += &format!("backend {id}: {b:?}\n");
         }
     }
-    for (k, v) in &services {
-        if k.slot == 0 {
-            out += &format!(
-                "maglev {}: {:?}\n",
-                v.svc_id,
-                maps.maglev.read(v.svc_id, v.maglev_half)
-            );
-        }
+    for (_, v) in &services {
+        out += &format!(
+            "maglev {}: {:?}\n",
+            v.svc_id,
+            maps.maglev.read(v.svc_id, v.maglev_half)
+        );
+        out += &format!(
+            "backends of {}: {:?}\n",
+            v.svc_id,
+            maps.svc_backends.read(v.svc_id, v.count)
+        );
     }
     out
 }

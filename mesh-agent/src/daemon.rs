@@ -42,7 +42,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let opts = Options {
         pin_path: args
             .pin_path
-            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/apiary").join(&cfg.node)),
+            .unwrap_or_else(|| PathBuf::from(crate::dataplane::PIN_ROOT).join(&cfg.node)),
         data_dir: args
             .data_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),

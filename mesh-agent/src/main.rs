@@ -68,9 +68,10 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct MapsArgs {
-    /// bpffs directory of the daemon's maps.
-    #[arg(long, default_value = "/sys/fs/bpf/apiary/default")]
-    pin_path: PathBuf,
+    /// bpffs directory of the daemon's maps [default: the only daemon's
+    /// directory under /sys/fs/bpf/apiary].
+    #[arg(long)]
+    pin_path: Option<PathBuf>,
     /// The daemon's data directory (for service names).
     #[arg(long, default_value = "/var/lib/apiary")]
     data_dir: PathBuf,
@@ -138,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_backends,
         }),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
-            let maps = Maps::open_pinned(&a.pin_path)?;
+            let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -150,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Lb {
             cmd: LbCmd::Stats(a),
         } => {
-            let maps = Maps::open_pinned(&a.pin_path)?;
+            let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let stats = view::stats(&maps, &read_names(&a.data_dir))?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -183,5 +184,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             tool::whoami::run(listen, name)
         }
+    }
+}
+
+/// The pin path given, or the only daemon's under /sys/fs/bpf/apiary.
+fn pin_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let root = std::path::Path::new(mesh_agent::dataplane::PIN_ROOT);
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| {
+            format!(
+                "no data plane pinned under {} (is `apiary daemon` running? or pass --pin-path)",
+                root.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(mesh_common::MAP_CONFIG).exists())
+        .collect();
+    match dirs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!(
+            "no data plane pinned under {} (is `apiary daemon` running? or pass --pin-path)",
+            root.display()
+        ),
+        many => anyhow::bail!(
+            "several data planes are pinned; choose one with --pin-path: {}",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }

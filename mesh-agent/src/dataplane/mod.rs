@@ -30,6 +30,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/apiary-mesh.bpf.o"
 const TC_PRIORITY: u16 = 0xa1;
 const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
+/// Where daemons pin their maps by default: `PIN_ROOT/<node>`.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/apiary";
+
 /// Service names by id, beside the maps (bpffs holds only BPF objects).
 const NAMES_FILE: &str = "lb-service-names.json";
 

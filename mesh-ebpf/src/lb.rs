@@ -39,7 +39,7 @@ pub fn flow_hash(p: &Packet) -> u32 {
 /// Distinct backends tried, and rows walked, when the first choice's
 /// backend-side tuple is taken.
 const PICK_BACKENDS: usize = 4;
-const PICK_ROWS: u32 = 32;
+const PICK_ROWS: u32 = 12;
 
 /// Picks a backend for a new flow. The client keeps its address and port,
 /// so two flows entering through different frontends can land on the same

@@ -10,30 +10,33 @@ use crate::{hdr::Packet, maps::count, maps::CT4};
 const TOUCH_EVERY_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
-pub fn forward_key(p: &Packet) -> Ct4Key {
+fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> Ct4Key {
     Ct4Key {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        dir: CT_DIR_FORWARD,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        dir,
         _pad: 0,
     }
 }
 
-/// Key of the flow a reply `p` belongs to, as seen from the replier.
 #[inline(always)]
-fn reply_key(p: &Packet, dir: u8) -> Ct4Key {
-    Ct4Key {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        dir,
-        _pad: 0,
-    }
+pub fn forward_key(p: &Packet) -> Ct4Key {
+    key(p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_DIR_FORWARD)
+}
+
+/// `p`'s own tuple, in direction `dir`.
+#[inline(always)]
+fn own_key(p: &Packet, dir: u8) -> Ct4Key {
+    key(p.saddr, p.daddr, p.sport, p.dport, p.proto, dir)
+}
+
+/// `p`'s tuple turned around: the key its replies (or its request) use.
+#[inline(always)]
+fn swapped_key(p: &Packet, dir: u8) -> Ct4Key {
+    key(p.daddr, p.saddr, p.dport, p.sport, p.proto, dir)
 }
 
 #[inline(always)]
@@ -63,15 +66,14 @@ fn live(e: &CtEntry, now: u64, proto: u8, cfg: &NodeConfig) -> bool {
 pub fn tuple_busy(p: &Packet, be: &Backend, now: u64, cfg: &NodeConfig) -> bool {
     if be.flags & BACKEND_F_LOCAL != 0 {
         // A flow to this backend that entered at another node.
-        let k = Ct4Key {
-            saddr: p.saddr,
-            daddr: be.addr[0],
-            sport: p.sport,
-            dport: be.port,
-            proto: p.proto,
-            dir: CT_DIR_TUNNEL,
-            _pad: 0,
-        };
+        let k = key(
+            p.saddr,
+            be.addr[0],
+            p.sport,
+            be.port,
+            p.proto,
+            CT_DIR_TUNNEL,
+        );
         if let Some(e) = CT4.get_ptr(&k) {
             // SAFETY: copied out of a live LRU element.
             if live(unsafe { &*e }, now, p.proto, cfg) {
@@ -80,15 +82,14 @@ pub fn tuple_busy(p: &Packet, be: &Backend, now: u64, cfg: &NodeConfig) -> bool 
         }
     }
     // A flow that entered here through another frontend.
-    let rk = Ct4Key {
-        saddr: be.addr[0],
-        daddr: p.saddr,
-        sport: be.port,
-        dport: p.sport,
-        proto: p.proto,
-        dir: CT_DIR_REVNAT,
-        _pad: 0,
-    };
+    let rk = key(
+        be.addr[0],
+        p.saddr,
+        be.port,
+        p.sport,
+        p.proto,
+        CT_DIR_REVNAT,
+    );
     let Some(r) = CT4.get_ptr(&rk) else {
         return false;
     };
@@ -97,15 +98,14 @@ pub fn tuple_busy(p: &Packet, be: &Backend, now: u64, cfg: &NodeConfig) -> bool 
     if r.nat_addr == p.daddr && r.nat_port == p.dport {
         return false;
     }
-    let fk = Ct4Key {
-        saddr: p.saddr,
-        daddr: r.nat_addr,
-        sport: p.sport,
-        dport: r.nat_port,
-        proto: p.proto,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
-    };
+    let fk = key(
+        p.saddr,
+        r.nat_addr,
+        p.sport,
+        r.nat_port,
+        p.proto,
+        CT_DIR_FORWARD,
+    );
     match CT4.get_ptr(&fk) {
         // SAFETY: copied out of a live LRU element.
         Some(f) => live(unsafe { &*f }, now, p.proto, cfg),
@@ -136,15 +136,14 @@ pub fn open(p: &Packet, fkey: &Ct4Key, svc_id: u32, backend_id: u32, be: &Backen
         flags: 0,
         last_seen_ns: now,
     };
-    let rkey = Ct4Key {
-        saddr: be.addr[0],
-        daddr: p.saddr,
-        sport: be.port,
-        dport: p.sport,
-        proto: p.proto,
-        dir: CT_DIR_REVNAT,
-        _pad: 0,
-    };
+    let rkey = key(
+        be.addr[0],
+        p.saddr,
+        be.port,
+        p.sport,
+        p.proto,
+        CT_DIR_REVNAT,
+    );
     let rev = CtEntry {
         backend_id,
         svc_id,
@@ -160,22 +159,21 @@ pub fn open(p: &Packet, fkey: &Ct4Key, svc_id: u32, backend_id: u32, be: &Backen
         // A backend here now answers this tuple for a flow that entered
         // here: an older flow on the same tuple that came through another
         // node must not pull the replies back there.
-        let _ = CT4.remove(&Ct4Key {
-            saddr: p.saddr,
-            daddr: be.addr[0],
-            sport: p.sport,
-            dport: be.port,
-            proto: p.proto,
-            dir: CT_DIR_TUNNEL,
-            _pad: 0,
-        });
+        let _ = CT4.remove(&key(
+            p.saddr,
+            be.addr[0],
+            p.sport,
+            be.port,
+            p.proto,
+            CT_DIR_TUNNEL,
+        ));
     }
 }
 
 /// The frontend to restore as the source of reply `p`, if it is one.
 #[inline(always)]
 pub fn revnat(p: &Packet) -> Option<CtEntry> {
-    let e = CT4.get_ptr(&reply_key(p, CT_DIR_REVNAT))?;
+    let e = CT4.get_ptr(&own_key(p, CT_DIR_REVNAT))?;
     // SAFETY: copied out of a live LRU element.
     Some(unsafe { *e })
 }
@@ -185,7 +183,7 @@ pub fn revnat(p: &Packet) -> Option<CtEntry> {
 /// dropped (and counted): the established flow keeps its replies.
 #[inline(always)]
 pub fn note_tunnel(p: &Packet, node: u32, cfg: &NodeConfig) -> Result<(), u32> {
-    let k = reply_key(p, CT_DIR_TUNNEL);
+    let k = own_key(p, CT_DIR_TUNNEL);
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(e) = CT4.get_ptr_mut(&k) {
@@ -215,30 +213,14 @@ pub fn note_tunnel(p: &Packet, node: u32, cfg: &NodeConfig) -> Result<(), u32> {
     }
     // The tuple now belongs to a flow that entered at `node`: a rev-NAT
     // entry left by an older flow that entered here must not catch its replies.
-    let _ = CT4.remove(&Ct4Key {
-        saddr: p.daddr,
-        daddr: p.saddr,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        dir: CT_DIR_REVNAT,
-        _pad: 0,
-    });
+    let _ = CT4.remove(&swapped_key(p, CT_DIR_REVNAT));
     Ok(())
 }
 
 /// The ingress node a reply `p` from a local backend must go back to.
 #[inline(always)]
 pub fn tunnel_peer(p: &Packet) -> Option<u32> {
-    let k = Ct4Key {
-        saddr: p.daddr,
-        daddr: p.saddr,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        dir: CT_DIR_TUNNEL,
-        _pad: 0,
-    };
+    let k = swapped_key(p, CT_DIR_TUNNEL);
     let e = CT4.get_ptr(&k)?;
     // SAFETY: read of a live LRU element.
     Some(unsafe { (*e).nat_addr })
@@ -252,14 +234,6 @@ pub fn forget_stale(p: &Packet) {
     if !p.is_syn() {
         return;
     }
-    let _ = CT4.remove(&Ct4Key {
-        saddr: p.daddr,
-        daddr: p.saddr,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        dir: CT_DIR_REVNAT,
-        _pad: 0,
-    });
-    let _ = CT4.remove(&reply_key(p, CT_DIR_TUNNEL));
+    let _ = CT4.remove(&swapped_key(p, CT_DIR_REVNAT));
+    let _ = CT4.remove(&own_key(p, CT_DIR_TUNNEL));
 }

@@ -13,15 +13,9 @@ use common::*;
 
 #[test]
 fn kill9_and_restart_during_a_request_loop_loses_nothing() {
-    let (mut lab, tasks) = lab_with_backends(3, &[0, 1]);
-    let backends: Vec<_> = tasks
-        .iter()
-        .map(|t| (lab.tasks[*t].addr, "active"))
-        .collect();
-    start_all(
-        &mut lab,
-        &service_yaml("web", Some("10.96.0.10"), Some(8080), 80, "tcp", &backends),
-    );
+    let mut lab = mesh_lab(3, &[0, 1], |b| {
+        service_yaml("web", Some("10.96.0.10"), Some(8080), 80, "tcp", b)
+    });
     let before: Vec<String> = lab
         .daemons
         .iter()

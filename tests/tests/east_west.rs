@@ -9,15 +9,9 @@ use common::*;
 
 #[test]
 fn vip_from_a_task_namespace_is_balanced_over_local_and_remote_backends() {
-    let (mut lab, tasks) = lab_with_backends(3, &[0, 1, 2]);
-    let backends: Vec<_> = tasks
-        .iter()
-        .map(|t| (lab.tasks[*t].addr, "active"))
-        .collect();
-    start_all(
-        &mut lab,
-        &service_yaml("api", Some("10.96.0.20"), None, 80, "tcp", &backends),
-    );
+    let mut lab = mesh_lab(3, &[0, 1, 2], |b| {
+        service_yaml("api", Some("10.96.0.20"), None, 80, "tcp", b)
+    });
     let vip = addr(Ipv4Addr::new(10, 96, 0, 20), 80);
 
     // Clients in tasks on h3 (beside a backend) and on h1.
@@ -54,15 +48,9 @@ fn vip_from_a_task_namespace_is_balanced_over_local_and_remote_backends() {
 
 #[test]
 fn udp_to_a_vip_works_from_a_task() {
-    let (mut lab, tasks) = lab_with_backends(2, &[0, 1]);
-    let backends: Vec<_> = tasks
-        .iter()
-        .map(|t| (lab.tasks[*t].addr, "active"))
-        .collect();
-    start_all(
-        &mut lab,
-        &service_yaml("dns", Some("10.96.0.53"), None, 80, "udp", &backends),
-    );
+    let mut lab = mesh_lab(2, &[0, 1], |b| {
+        service_yaml("dns", Some("10.96.0.53"), None, 80, "udp", b)
+    });
     let c = lab.add_task(1, "client").unwrap();
     lab.wait_attached(c).unwrap();
     let ns = lab.tasks[c].ns.clone();

@@ -11,15 +11,9 @@ use common::*;
 #[test]
 fn published_port_answers_on_every_host_with_the_real_client_address() {
     // Two backends on h1, one on h2; h3 has none and must forward.
-    let (mut lab, tasks) = lab_with_backends(3, &[0, 0, 1]);
-    let backends: Vec<_> = tasks
-        .iter()
-        .map(|t| (lab.tasks[*t].addr, "active"))
-        .collect();
-    start_all(
-        &mut lab,
-        &service_yaml("web", None, Some(8080), 80, "tcp", &backends),
-    );
+    let lab = mesh_lab(3, &[0, 0, 1], |b| {
+        service_yaml("web", None, Some(8080), 80, "tcp", b)
+    });
 
     let per_host = 1000;
     let mut total = std::collections::BTreeMap::new();
@@ -61,15 +55,9 @@ fn published_port_answers_on_every_host_with_the_real_client_address() {
 
 #[test]
 fn udp_published_port_is_balanced_and_keeps_the_client_address() {
-    let (mut lab, tasks) = lab_with_backends(3, &[0, 1]);
-    let backends: Vec<_> = tasks
-        .iter()
-        .map(|t| (lab.tasks[*t].addr, "active"))
-        .collect();
-    start_all(
-        &mut lab,
-        &service_yaml("dns", None, Some(5353), 80, "udp", &backends),
-    );
+    let lab = mesh_lab(3, &[0, 1], |b| {
+        service_yaml("dns", None, Some(5353), 80, "udp", b)
+    });
 
     for h in 0..3 {
         let to = addr(host_addr(h), 5353);
@@ -97,15 +85,9 @@ fn udp_published_port_is_balanced_and_keeps_the_client_address() {
 
 #[test]
 fn a_udp_flow_stays_on_its_backend() {
-    let (mut lab, tasks) = lab_with_backends(2, &[0, 1]);
-    let backends: Vec<_> = tasks
-        .iter()
-        .map(|t| (lab.tasks[*t].addr, "active"))
-        .collect();
-    start_all(
-        &mut lab,
-        &service_yaml("dns", None, Some(5353), 80, "udp", &backends),
-    );
+    let lab = mesh_lab(2, &[0, 1], |b| {
+        service_yaml("dns", None, Some(5353), 80, "udp", b)
+    });
     let to = addr(host_addr(1), 5353);
     let names: Vec<String> = lab
         .client

@@ -182,6 +182,27 @@ pub fn lab_with_backends(hosts: usize, backend_hosts: &[usize]) -> (Lab, Vec<usi
     (lab, tasks)
 }
 
+/// The backends of `tasks`, all active.
+pub fn active(lab: &Lab, tasks: &[usize]) -> Vec<(Ipv4Addr, &'static str)> {
+    tasks
+        .iter()
+        .map(|t| (lab.tasks[*t].addr, "active"))
+        .collect()
+}
+
+/// [`lab_with_backends`], then a daemon on every host serving the services
+/// `services` makes from the (active) backends.
+pub fn mesh_lab(
+    hosts: usize,
+    backend_hosts: &[usize],
+    services: impl FnOnce(&[(Ipv4Addr, &'static str)]) -> String,
+) -> Lab {
+    let (mut lab, tasks) = lab_with_backends(hosts, backend_hosts);
+    let yaml = services(&active(&lab, &tasks));
+    start_all(&mut lab, &yaml);
+    lab
+}
+
 /// Starts a daemon on every host with the same services.
 pub fn start_all(lab: &mut Lab, services: &str) {
     for h in 0..lab.hosts.len() {

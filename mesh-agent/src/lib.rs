@@ -2,6 +2,7 @@
 //! standalone static configuration, and small tools. The `apiary` binary
 //! (`src/main.rs`) is the command-line front of this library.
 
+pub mod attach;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -6,6 +6,7 @@ pub mod attach;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod driver;
 pub mod netdev;
 pub mod netwatch;
 pub mod tool;

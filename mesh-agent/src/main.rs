@@ -104,6 +104,14 @@ enum ToolCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Parent of one exec task (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -172,6 +180,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Tool {
+            cmd: ToolCmd::Shim { dir, command },
+        } => mesh_agent::driver::shim::run(&dir, &command),
         Cmd::Tool {
             cmd: ToolCmd::Whoami { listen, name },
         } => {

@@ -96,7 +96,7 @@ impl Attacher {
     }
 
     fn task_dir(&self, task: &str) -> PathBuf {
-        self.cfg.data_dir.join("tasks").join(task)
+        self.cfg.data_dir.join("net").join(task)
     }
 
     /// Attaches the task whose network namespace is `netns` (a

@@ -1,0 +1,209 @@
+//! The `exec` driver: a command as a process in its own network namespace
+//! (and cgroup), under a shim (`apiary tool shim`) that outlives the agent.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::state::{self, ExitRecord, TaskState, EXIT, STDERR, STDOUT};
+use super::{valid_task_id, AttachFn, DriverError, TaskDriver, TaskSpec};
+
+pub struct ExecDriver {
+    /// Task directories live here, one per task.
+    dir: PathBuf,
+    /// The `apiary` binary (runs the shim).
+    bin: PathBuf,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
+    let what = what.into();
+    move |source| DriverError::Io { what, source }
+}
+
+/// `cmd` as the shim's execvp will find it, or why not.
+fn resolve(cmd: &str) -> Option<PathBuf> {
+    let exe = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+    };
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return exe(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| exe(p))
+}
+
+impl ExecDriver {
+    pub fn new(data_dir: &Path, bin: PathBuf) -> Self {
+        ExecDriver {
+            dir: data_dir.join("exec"),
+            bin,
+        }
+    }
+
+    fn task_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn wait_exit(dir: &Path, timeout: Duration) -> Option<ExitRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let TaskState::Exited(rec) = state::read(dir) {
+                return Some(rec);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl TaskDriver for ExecDriver {
+    fn start(&mut self, spec: &TaskSpec, attach: AttachFn<'_>) -> Result<TaskState, DriverError> {
+        if !valid_task_id(&spec.id) {
+            return Err(DriverError::BadTaskId(spec.id.clone()));
+        }
+        let Some(first) = spec.command.first() else {
+            return Err(DriverError::UnknownCommand(String::new()));
+        };
+        if resolve(first).is_none() {
+            return Err(DriverError::UnknownCommand(first.clone()));
+        }
+        let dir = self.task_dir(&spec.id);
+        if dir.exists() {
+            return Err(DriverError::Exists(spec.id.clone()));
+        }
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let cleanup = |e: DriverError| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        let shim_log = std::fs::File::create(dir.join("shim.log"))
+            .map_err(io("creating shim.log"))
+            .map_err(cleanup)?;
+        let mut child = Command::new(&self.bin)
+            .args(["tool", "shim", "--dir"])
+            .arg(&dir)
+            .arg("--")
+            .args(&spec.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(shim_log)
+            .spawn()
+            .map_err(io(format!("running {} tool shim", self.bin.display())))
+            .map_err(cleanup)?;
+        // The first shim process forks the real one and exits at once.
+        let mut stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let _ = child.wait();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(io("reading from the shim"))
+            .map_err(cleanup)?;
+        let Some(netns) = line.trim().strip_prefix("netns ").map(PathBuf::from) else {
+            let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+            return Err(cleanup(DriverError::Start {
+                task: spec.id.clone(),
+                message: format!("the shim did not start: {}", log.trim()),
+            }));
+        };
+        if let Err(message) = attach(&spec.id, &netns) {
+            // End of input tells the shim to give up; its namespace goes with it.
+            drop(stdin);
+            return Err(cleanup(DriverError::Attach {
+                task: spec.id.clone(),
+                message,
+            }));
+        }
+        stdin
+            .write_all(b"go\n")
+            .map_err(io("starting the task"))
+            .map_err(cleanup)?;
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match state::read(&dir) {
+                TaskState::Lost if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                s => return Ok(s),
+            }
+        }
+    }
+
+    fn stop(&mut self, id: &str, grace: Duration) -> Result<ExitRecord, DriverError> {
+        let dir = self.task_dir(id);
+        match state::read(&dir) {
+            TaskState::Exited(rec) => Ok(rec),
+            TaskState::Lost if !dir.exists() => Err(DriverError::NoTask(id.to_string())),
+            TaskState::Lost => Ok(ExitRecord {
+                code: None,
+                signal: None,
+            }),
+            TaskState::Running(pid) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                if let Some(rec) = Self::wait_exit(&dir, grace) {
+                    return Ok(rec);
+                }
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                Self::wait_exit(&dir, Duration::from_secs(5)).ok_or_else(|| DriverError::Start {
+                    task: id.to_string(),
+                    message: "did not end after SIGKILL".into(),
+                })
+            }
+        }
+    }
+
+    fn state(&self, id: &str) -> Result<TaskState, DriverError> {
+        let dir = self.task_dir(id);
+        if !dir.exists() {
+            return Err(DriverError::NoTask(id.to_string()));
+        }
+        Ok(state::read(&dir))
+    }
+
+    fn logs(&self, id: &str) -> Result<(String, String), DriverError> {
+        let dir = self.task_dir(id);
+        if !dir.exists() {
+            return Err(DriverError::NoTask(id.to_string()));
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        Ok((read(STDOUT), read(STDERR)))
+    }
+
+    fn remove(&mut self, id: &str) -> Result<(), DriverError> {
+        let dir = self.task_dir(id);
+        if let TaskState::Running(_) = state::read(&dir) {
+            return Err(DriverError::Exists(id.to_string()));
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    fn adopt(&mut self) -> Result<Vec<(String, TaskState)>, DriverError> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(out);
+        };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if e.path().join(EXIT).exists() || e.path().join(state::TASK_PID).exists() {
+                out.push((id, state::read(&e.path())));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}

@@ -1,0 +1,73 @@
+//! Task drivers: what runs a task's process(es). One trait, so the agent
+//! treats an exec task and (next) a Docker container alike: start it in a
+//! network namespace the agent attaches before the task's program runs,
+//! stop it with a grace period, read its state and logs, and adopt the
+//! tasks a previous agent started.
+
+pub mod exec;
+pub mod shim;
+pub mod state;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use state::{ExitRecord, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("unknown command `{0}`: not found in PATH and not an executable file")]
+    UnknownCommand(String),
+    #[error("task {0} already exists: remove it first")]
+    Exists(String),
+    #[error("no task {0}")]
+    NoTask(String),
+    #[error("task id `{0}` may hold only letters, digits, `-`, `_` and `.` (1 to 64 of them)")]
+    BadTaskId(String),
+    #[error("starting task {task}: {message}")]
+    Start { task: String, message: String },
+    #[error("attaching task {task} to the network: {message}")]
+    Attach { task: String, message: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub id: String,
+    pub command: Vec<String>,
+    /// Memory limit in bytes.
+    pub memory_max: Option<u64>,
+    /// CPU limit in CPUs (0.5 = half of one).
+    pub cpus: Option<f64>,
+}
+
+/// The network side, done by the agent between "namespace exists" and
+/// "program runs": attaches the namespace at the path, returns the address.
+pub type AttachFn<'a> = &'a mut dyn FnMut(&str, &Path) -> Result<Ipv4Addr, String>;
+
+pub trait TaskDriver {
+    /// Starts `spec`; `attach` is called with the task's network namespace
+    /// before its program runs. On error nothing of the task is left.
+    fn start(&mut self, spec: &TaskSpec, attach: AttachFn<'_>) -> Result<TaskState, DriverError>;
+    /// SIGTERM, then SIGKILL after `grace`; returns how the task ended.
+    fn stop(&mut self, id: &str, grace: Duration) -> Result<ExitRecord, DriverError>;
+    fn state(&self, id: &str) -> Result<TaskState, DriverError>;
+    /// (stdout, stderr) so far.
+    fn logs(&self, id: &str) -> Result<(String, String), DriverError>;
+    /// Forgets an ended task (its files).
+    fn remove(&mut self, id: &str) -> Result<(), DriverError>;
+    /// Tasks found from an earlier agent, with their state.
+    fn adopt(&mut self) -> Result<Vec<(String, TaskState)>, DriverError>;
+}
+
+pub fn valid_task_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}

@@ -1,0 +1,130 @@
+//! `apiary tool shim`: the parent of one exec task, outliving the agent.
+//!
+//! It detaches from the agent (its own session, reparented to init), makes
+//! the task's network namespace (its own: the namespace lives exactly as
+//! long as the task), tells the agent where it is, waits for the agent's
+//! go-ahead (given once the task is attached to the network; end of input
+//! means abort), then runs the task with its output in log files and
+//! records the task's pid and, at the end, its exit status. SIGTERM and
+//! SIGINT are passed on to the task.
+
+use std::ffi::CString;
+use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::state::{ExitRecord, CGROUP, EXIT, SHIM_PID, STDERR, STDOUT, TASK_PID};
+
+pub fn run(dir: &Path, command: &[String]) -> anyhow::Result<()> {
+    if command.is_empty() {
+        bail!("no command to run");
+    }
+    // SAFETY: single-threaded here (no runtime yet); the child only calls
+    // async-signal-safe functions until it carries on as the shim.
+    match unsafe { fork() }.context("forking the shim")? {
+        ForkResult::Parent { .. } => return Ok(()),
+        ForkResult::Child => {}
+    }
+    nix::unistd::setsid().context("setsid")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("making the task's network namespace")?;
+    let me = std::process::id();
+    std::fs::write(dir.join(SHIM_PID), me.to_string())?;
+    println!("netns /proc/{me}/ns/net");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "go" {
+        bail!("the agent did not confirm the network; not starting");
+    }
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // From here on nobody reads our own output.
+    nix::unistd::dup2(devnull.as_raw_fd(), 0)?;
+    nix::unistd::dup2(devnull.as_raw_fd(), 1)?;
+
+    // The signals we forward are blocked before the fork and unblocked in
+    // the task, so none is lost in between.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGCHLD);
+    set.thread_block()?;
+
+    let out = std::fs::File::create(dir.join(STDOUT))?;
+    let err = std::fs::File::create(dir.join(STDERR))?;
+    let cgroup_procs = std::fs::read_to_string(dir.join(CGROUP))
+        .ok()
+        .map(|p| PathBuf::from(p.trim()).join("cgroup.procs"));
+    let procs = match &cgroup_procs {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let prog = CString::new(command[0].as_str())?;
+    let args: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()?;
+    // SAFETY: the child only calls async-signal-safe functions before exec.
+    let child = match unsafe { fork() }.context("forking the task")? {
+        ForkResult::Child => {
+            if let Some(p) = &procs {
+                // Join the task's cgroup: "0" means the writing process.
+                // SAFETY: write(2) on an open fd with a static buffer.
+                unsafe { libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+            }
+            let _ = nix::unistd::dup2(out.as_raw_fd(), 1);
+            let _ = nix::unistd::dup2(err.as_raw_fd(), 2);
+            let _ = SigSet::empty().thread_set_mask();
+            let _ = nix::unistd::execvp(&prog, &args);
+            // SAFETY: exit without running destructors in a forked child.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    std::fs::write(dir.join(TASK_PID), child.as_raw().to_string())?;
+    let status = supervise(child, &set)?;
+    let tmp = dir.join(format!("{EXIT}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&status)?)?;
+    std::fs::rename(tmp, dir.join(EXIT))?;
+    Ok(())
+}
+
+fn supervise(child: Pid, set: &SigSet) -> anyhow::Result<ExitRecord> {
+    loop {
+        let sig = set.wait()?;
+        match sig {
+            Signal::SIGTERM | Signal::SIGINT => {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+            _ => {}
+        }
+        match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
+            WaitStatus::Exited(_, code) => {
+                return Ok(ExitRecord {
+                    code: Some(code),
+                    signal: None,
+                })
+            }
+            WaitStatus::Signaled(_, s, _) => {
+                return Ok(ExitRecord {
+                    code: None,
+                    signal: Some(s as i32),
+                })
+            }
+            _ => {}
+        }
+    }
+}

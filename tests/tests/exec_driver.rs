@@ -1,0 +1,225 @@
+//! The exec driver: a command in its own network namespace, attached before
+//! it runs, under a shim that outlives the agent; logs, exit status, stop
+//! with a grace period, adoption by a new agent, and clear errors.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use apiary_tests::{apiary_bin, Lab};
+use common::*;
+use mesh_agent::attach::{AttachConfig, Attacher};
+use mesh_agent::driver::exec::ExecDriver;
+use mesh_agent::driver::{ExitRecord, TaskDriver, TaskSpec, TaskState};
+
+fn attacher(dir: &std::path::Path) -> Attacher {
+    Attacher::open(AttachConfig {
+        subnet: "10.201.1.0/24".parse().unwrap(),
+        mtu: 1472,
+        prefix: "apt".into(),
+        data_dir: dir.to_path_buf(),
+        dns: vec![Ipv4Addr::new(10, 96, 0, 2)],
+    })
+    .unwrap()
+}
+
+fn spec(id: &str, command: &[&str]) -> TaskSpec {
+    TaskSpec {
+        id: id.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        memory_max: None,
+        cpus: None,
+    }
+}
+
+/// Starts `spec` with the exec driver, attached by `at`.
+fn start(
+    driver: &mut ExecDriver,
+    at: &mut Attacher,
+    spec: &TaskSpec,
+) -> Result<(TaskState, Ipv4Addr), String> {
+    let mut addr = None;
+    let state = driver
+        .start(spec, &mut |id, netns| {
+            let a = at.attach(id, netns).map_err(|e| e.to_string())?;
+            addr = Some(a.addr);
+            Ok(a.addr)
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((state, addr.unwrap()))
+}
+
+fn agent_dir(lab: &Lab) -> PathBuf {
+    lab.dir.join("agent")
+}
+
+#[test]
+fn an_exec_task_serves_on_its_address_logs_and_stops() {
+    let lab = Lab::up(1).unwrap();
+    let host = lab.hosts[0].ns.clone();
+    let dir = agent_dir(&lab);
+    let bin = apiary_bin();
+    let whoami = spec(
+        "web-1",
+        &[
+            bin.to_str().unwrap(),
+            "tool",
+            "whoami",
+            "--listen",
+            "0.0.0.0:80",
+            "--name",
+            "web-1",
+        ],
+    );
+    let (answer, logs, ended, links) = host
+        .run_in(move || {
+            let mut d = ExecDriver::new(&dir, bin);
+            let mut at = attacher(&dir);
+            let (state, addr) = start(&mut d, &mut at, &whoami).expect("start");
+            assert!(matches!(state, TaskState::Running(_)), "{state:?}");
+            let to = common::addr(addr, 80);
+            let answer = (0..100)
+                .find_map(|_| {
+                    http_once(to, None).ok().or_else(|| {
+                        std::thread::sleep(Duration::from_millis(50));
+                        None
+                    })
+                })
+                .expect("the task answers on its address");
+            let ended = d.stop("web-1", Duration::from_secs(3)).unwrap();
+            let logs = d.logs("web-1").unwrap();
+            at.detach("web-1").unwrap();
+            d.remove("web-1").unwrap();
+            let links = // This thread's namespace, not the process's.
+            std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+            (answer, logs, ended, links)
+        })
+        .unwrap();
+    assert_eq!(answer.name, "web-1");
+    assert!(
+        logs.1.contains("listening on 0.0.0.0:80"),
+        "stderr: {:?}",
+        logs.1
+    );
+    assert_eq!(
+        ended,
+        ExitRecord {
+            code: None,
+            signal: Some(15)
+        },
+        "SIGTERM ended it"
+    );
+    assert!(!links.contains("apt"), "a task link was left: {links}");
+    assert!(!agent_dir(&lab).join("exec/web-1").exists());
+}
+
+#[test]
+fn exit_status_and_output_are_recorded() {
+    let lab = Lab::up(1).unwrap();
+    let dir = agent_dir(&lab);
+    let (state, out) = lab.hosts[0]
+        .ns
+        .run_in(move || {
+            let mut d = ExecDriver::new(&dir, apiary_bin());
+            let mut at = attacher(&dir);
+            start(
+                &mut d,
+                &mut at,
+                &spec("job", &["sh", "-c", "echo hello from the task; exit 3"]),
+            )
+            .unwrap();
+            let mut s = d.state("job").unwrap();
+            for _ in 0..100 {
+                if let TaskState::Exited(_) = s {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                s = d.state("job").unwrap();
+            }
+            (s, d.logs("job").unwrap().0)
+        })
+        .unwrap();
+    assert_eq!(
+        state,
+        TaskState::Exited(ExitRecord {
+            code: Some(3),
+            signal: None
+        })
+    );
+    assert_eq!(out, "hello from the task\n");
+}
+
+#[test]
+fn a_new_agent_adopts_running_tasks() {
+    let lab = Lab::up(1).unwrap();
+    let dir = agent_dir(&lab);
+    let (adopted, ended, cleaned) = lab.hosts[0]
+        .ns
+        .run_in(move || {
+            {
+                // The first agent starts a task, then goes away.
+                let mut d = ExecDriver::new(&dir, apiary_bin());
+                let mut at = attacher(&dir);
+                start(&mut d, &mut at, &spec("long", &["sleep", "30"])).unwrap();
+            }
+            let mut d = ExecDriver::new(&dir, apiary_bin());
+            let mut at = attacher(&dir);
+            let adopted = d.adopt().unwrap();
+            let live: HashSet<String> = adopted
+                .iter()
+                .filter(|(_, s)| matches!(s, TaskState::Running(_)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let cleaned = at.gc(&live).unwrap();
+            let ended = d.stop("long", Duration::from_secs(2)).unwrap();
+            at.detach("long").unwrap();
+            (adopted, ended, cleaned)
+        })
+        .unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].0, "long");
+    assert!(matches!(adopted[0].1, TaskState::Running(_)), "{adopted:?}");
+    assert!(
+        cleaned.is_empty(),
+        "a live task's network must survive the agent's restart: {cleaned:?}"
+    );
+    assert_eq!(ended.signal, Some(15));
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    let lab = Lab::up(1).unwrap();
+    let dir = agent_dir(&lab);
+    let d2 = dir.clone();
+    let (unknown, attach_failed) = lab.hosts[0]
+        .ns
+        .run_in(move || {
+            let mut d = ExecDriver::new(&dir, apiary_bin());
+            let mut at = attacher(&dir);
+            let unknown =
+                start(&mut d, &mut at, &spec("x", &["no-such-command-here"])).unwrap_err();
+            let attach_failed = d
+                .start(&spec("y", &["sleep", "30"]), &mut |_, _| {
+                    Err("no address for you".to_string())
+                })
+                .unwrap_err()
+                .to_string();
+            (unknown, attach_failed)
+        })
+        .unwrap();
+    assert!(
+        unknown.contains("unknown command `no-such-command-here`"),
+        "{unknown}"
+    );
+    assert!(
+        attach_failed.contains("no address for you"),
+        "{attach_failed}"
+    );
+    assert!(
+        !d2.join("exec/x").exists() && !d2.join("exec/y").exists(),
+        "task files left behind"
+    );
+}

@@ -15,6 +15,47 @@ pub const PREFIX: &str = "apy";
 /// Where labs record who owns them (for [`sweep`]).
 const OWNERS: &str = "/run/apiary-lab";
 const BPFFS: &str = "/sys/fs/bpf/apiary";
+/// Daemons and drivers of lab `id` put their cgroups under `apiary/<id>`.
+const CGROUP_MOUNTS: [&str; 4] = [
+    "/sys/fs/cgroup",
+    "/sys/fs/cgroup/unified",
+    "/sys/fs/cgroup/memory",
+    "/sys/fs/cgroup/cpu",
+];
+
+/// The cgroup parent (relative to each hierarchy) for lab `id`.
+pub fn cgroup_parent(id: &str) -> String {
+    format!("apiary/{id}")
+}
+
+/// Removes the cgroups of labs whose id starts with `prefix`, deepest first.
+fn remove_cgroups(prefix: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for m in CGROUP_MOUNTS {
+        let Ok(entries) = fs::read_dir(Path::new(m).join("apiary")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(prefix) {
+                continue;
+            }
+            if let Err(err) = rmdir_tree(&e.path()) {
+                errors.push(format!("removing cgroup {}: {err}", e.path().display()));
+            }
+        }
+    }
+    errors
+}
+
+/// cgroup directories can only be removed empty and one at a time.
+fn rmdir_tree(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)?.flatten() {
+        if e.file_type()?.is_dir() {
+            rmdir_tree(&e.path())?;
+        }
+    }
+    fs::remove_dir(dir)
+}
 
 /// Prefix of host-side task veths (the agent's default `task_interface_prefix`).
 pub const TASK_PREFIX: &str = "apt";
@@ -448,6 +489,7 @@ impl Lab {
                 }
             }
         }
+        errors.extend(remove_cgroups(&self.id));
         let _ = fs::remove_file(Path::new(OWNERS).join(&self.id));
         if std::env::var_os("APIARY_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
@@ -609,6 +651,7 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
             }
         }
     }
+    remove_cgroups(prefix);
     if let Some(id) = id {
         let _ = fs::remove_file(Path::new(OWNERS).join(id));
     } else {

@@ -52,6 +52,18 @@ fn start(
     Ok((state, addr.unwrap()))
 }
 
+/// Unique per lab, like a daemon's (the lab removes it when it goes).
+fn cgroup_parent(dir: &std::path::Path) -> String {
+    let lab_dir = dir
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    apiary_tests::lab::cgroup_parent(lab_dir.trim_start_matches("apiary-lab-"))
+}
+
 fn agent_dir(lab: &Lab) -> PathBuf {
     lab.dir.join("agent")
 }
@@ -76,7 +88,7 @@ fn an_exec_task_serves_on_its_address_logs_and_stops() {
     );
     let (answer, logs, ended, links) = host
         .run_in(move || {
-            let mut d = ExecDriver::new(&dir, bin);
+            let mut d = ExecDriver::new(&dir, bin, &cgroup_parent(&dir));
             let mut at = attacher(&dir);
             let (state, addr) = start(&mut d, &mut at, &whoami).expect("start");
             assert!(matches!(state, TaskState::Running(_)), "{state:?}");
@@ -123,7 +135,7 @@ fn exit_status_and_output_are_recorded() {
     let (state, out) = lab.hosts[0]
         .ns
         .run_in(move || {
-            let mut d = ExecDriver::new(&dir, apiary_bin());
+            let mut d = ExecDriver::new(&dir, apiary_bin(), &cgroup_parent(&dir));
             let mut at = attacher(&dir);
             start(
                 &mut d,
@@ -161,11 +173,11 @@ fn a_new_agent_adopts_running_tasks() {
         .run_in(move || {
             {
                 // The first agent starts a task, then goes away.
-                let mut d = ExecDriver::new(&dir, apiary_bin());
+                let mut d = ExecDriver::new(&dir, apiary_bin(), &cgroup_parent(&dir));
                 let mut at = attacher(&dir);
                 start(&mut d, &mut at, &spec("long", &["sleep", "30"])).unwrap();
             }
-            let mut d = ExecDriver::new(&dir, apiary_bin());
+            let mut d = ExecDriver::new(&dir, apiary_bin(), &cgroup_parent(&dir));
             let mut at = attacher(&dir);
             let adopted = d.adopt().unwrap();
             let live: HashSet<String> = adopted
@@ -197,7 +209,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let (unknown, attach_failed) = lab.hosts[0]
         .ns
         .run_in(move || {
-            let mut d = ExecDriver::new(&dir, apiary_bin());
+            let mut d = ExecDriver::new(&dir, apiary_bin(), &cgroup_parent(&dir));
             let mut at = attacher(&dir);
             let unknown =
                 start(&mut d, &mut at, &spec("x", &["no-such-command-here"])).unwrap_err();
@@ -222,4 +234,97 @@ fn bad_input_is_refused_and_leaves_nothing() {
         !d2.join("exec/x").exists() && !d2.join("exec/y").exists(),
         "task files left behind"
     );
+}
+
+#[test]
+fn limits_put_the_task_in_its_cgroups_and_memory_is_enforced() {
+    let lab = Lab::up(1).unwrap();
+    let dir = agent_dir(&lab);
+    let (groups, member, hog, after, limits) = lab.hosts[0]
+        .ns
+        .run_in(move || {
+            let mut d = ExecDriver::new(&dir, apiary_bin(), &cgroup_parent(&dir));
+            let mut at = attacher(&dir);
+            let mut limited = spec("limited", &["sleep", "30"]);
+            limited.memory_max = Some(32 << 20);
+            limited.cpus = Some(0.5);
+            let TaskState::Running(pid) = start(&mut d, &mut at, &limited).unwrap().0 else {
+                panic!("not running")
+            };
+            let groups = d.cgroups_of("limited");
+            let member = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            // Whichever hierarchy holds each limit (v2, or v1 on a hybrid host).
+            let mut limits = Vec::new();
+            for g in &groups {
+                for f in [
+                    "memory.max",
+                    "memory.limit_in_bytes",
+                    "cpu.max",
+                    "cpu.cfs_quota_us",
+                ] {
+                    if let Ok(v) = std::fs::read_to_string(g.join(f)) {
+                        limits.push((f, v.trim().to_string()));
+                    }
+                }
+            }
+            d.stop("limited", Duration::from_secs(2)).unwrap();
+            at.detach("limited").unwrap();
+            d.remove("limited").unwrap();
+            // 200 MB through `tail` (it buffers a line, and /dev/zero has
+            // none) under a 32 MB limit: the kernel must kill it.
+            let mut hog = spec(
+                "hog",
+                &["sh", "-c", "head -c 200000000 /dev/zero | tail > /dev/null"],
+            );
+            hog.memory_max = Some(32 << 20);
+            start(&mut d, &mut at, &hog).unwrap();
+            let mut s = d.state("hog").unwrap();
+            for _ in 0..250 {
+                if let TaskState::Exited(_) = s {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                s = d.state("hog").unwrap();
+            }
+            at.detach("hog").unwrap();
+            d.remove("hog").unwrap();
+            let after: Vec<bool> = groups.iter().map(|g| g.exists()).collect();
+            (groups, member, s, after, limits)
+        })
+        .unwrap();
+    assert!(!groups.is_empty());
+    for g in &groups {
+        let rel = g.components().rev().take(3).collect::<Vec<_>>();
+        assert_eq!(rel[0].as_os_str(), "limited", "{g:?}");
+        let in_it = member.lines().any(|l| {
+            l.ends_with(&format!(
+                "/{}/limited",
+                rel[1].as_os_str().to_string_lossy()
+            ))
+        });
+        assert!(in_it, "the task is not in {g:?}: {member}");
+    }
+    let memory = limits
+        .iter()
+        .find(|(f, _)| f.starts_with("memory."))
+        .expect("a memory limit");
+    assert_eq!(memory.1, (32u64 << 20).to_string(), "{limits:?}");
+    let cpu = limits
+        .iter()
+        .find(|(f, _)| f.starts_with("cpu."))
+        .expect("a CPU limit");
+    assert!(
+        cpu.1 == "50000 100000" || cpu.1 == "50000",
+        "half a CPU: {limits:?}"
+    );
+    // sh reports the pipeline's last command killed by SIGKILL as 128 + 9.
+    assert_eq!(
+        hog,
+        TaskState::Exited(ExitRecord {
+            code: Some(137),
+            signal: None
+        }),
+        "the memory hog must be OOM-killed"
+    );
+    assert!(after.iter().all(|e| !e), "cgroups left behind: {groups:?}");
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::state::{self, ExitRecord, TaskState, EXIT, STDERR, STDOUT};
+use super::cgroup::{self, Layout};
+use super::state::{self, ExitRecord, TaskState, CGROUP, EXIT, STDERR, STDOUT};
 use super::{valid_task_id, AttachFn, DriverError, TaskDriver, TaskSpec};
 
 pub struct ExecDriver {
@@ -17,6 +18,9 @@ pub struct ExecDriver {
     dir: PathBuf,
     /// The `apiary` binary (runs the shim).
     bin: PathBuf,
+    cgroups: Layout,
+    /// Task cgroups go under this (relative) parent, unique per daemon.
+    cgroup_parent: String,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
@@ -42,11 +46,24 @@ fn resolve(cmd: &str) -> Option<PathBuf> {
 }
 
 impl ExecDriver {
-    pub fn new(data_dir: &Path, bin: PathBuf) -> Self {
+    /// `cgroup_parent` is relative to each hierarchy's root, e.g. `apiary/h1`.
+    pub fn new(data_dir: &Path, bin: PathBuf, cgroup_parent: &str) -> Self {
         ExecDriver {
             dir: data_dir.join("exec"),
             bin,
+            cgroups: Layout::detect(),
+            cgroup_parent: cgroup_parent.to_string(),
         }
+    }
+
+    /// The cgroup directories task `id` was put in.
+    pub fn cgroups_of(&self, id: &str) -> Vec<PathBuf> {
+        std::fs::read_to_string(self.task_dir(id).join(CGROUP))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect()
     }
 
     fn task_dir(&self, id: &str) -> PathBuf {
@@ -83,10 +100,29 @@ impl TaskDriver for ExecDriver {
             return Err(DriverError::Exists(spec.id.clone()));
         }
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let groups =
+            match self
+                .cgroups
+                .create(&self.cgroup_parent, &spec.id, spec.memory_max, spec.cpus)
+            {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            };
         let cleanup = |e: DriverError| {
+            cgroup::remove(&groups);
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
+        let list: String = groups
+            .iter()
+            .map(|g| format!("{}\n", g.display()))
+            .collect();
+        std::fs::write(dir.join(CGROUP), list)
+            .map_err(io("recording the task's cgroups"))
+            .map_err(cleanup)?;
         let shim_log = std::fs::File::create(dir.join("shim.log"))
             .map_err(io("creating shim.log"))
             .map_err(cleanup)?;
@@ -186,6 +222,7 @@ impl TaskDriver for ExecDriver {
         if let TaskState::Running(_) = state::read(&dir) {
             return Err(DriverError::Exists(id.to_string()));
         }
+        cgroup::remove(&self.cgroups_of(id));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
         }

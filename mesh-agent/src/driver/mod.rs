@@ -4,6 +4,7 @@
 //! stop it with a grace period, read its state and logs, and adopt the
 //! tasks a previous agent started.
 
+pub mod cgroup;
 pub mod exec;
 pub mod shim;
 pub mod state;

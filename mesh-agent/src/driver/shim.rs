@@ -60,40 +60,59 @@ pub fn run(dir: &Path, command: &[String]) -> anyhow::Result<()> {
 
     let out = std::fs::File::create(dir.join(STDOUT))?;
     let err = std::fs::File::create(dir.join(STDERR))?;
-    let cgroup_procs = std::fs::read_to_string(dir.join(CGROUP))
-        .ok()
-        .map(|p| PathBuf::from(p.trim()).join("cgroup.procs"));
-    let procs = match &cgroup_procs {
-        Some(p) => Some(
+    // The cgroups the task joins, one directory a line.
+    let mut procs = Vec::new();
+    for line in std::fs::read_to_string(dir.join(CGROUP))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
+        let p = PathBuf::from(line).join("cgroup.procs");
+        procs.push(
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(p)
+                .open(&p)
                 .with_context(|| format!("opening {}", p.display()))?,
-        ),
-        None => None,
-    };
+        );
+    }
     let prog = CString::new(command[0].as_str())?;
     let args: Vec<CString> = command
         .iter()
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()?;
+    // The task waits on this pipe until the shim has put it in its
+    // cgroups, so not one instruction of it runs outside them.
+    let (ready_r, ready_w) = nix::unistd::pipe().context("pipe")?;
     // SAFETY: the child only calls async-signal-safe functions before exec.
     let child = match unsafe { fork() }.context("forking the task")? {
         ForkResult::Child => {
-            if let Some(p) = &procs {
-                // Join the task's cgroup: "0" means the writing process.
-                // SAFETY: write(2) on an open fd with a static buffer.
-                unsafe { libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-            }
+            drop(ready_w);
             let _ = nix::unistd::dup2(out.as_raw_fd(), 1);
             let _ = nix::unistd::dup2(err.as_raw_fd(), 2);
+            let mut byte = [0u8; 1];
+            // SAFETY: read(2) into a stack buffer.
+            if unsafe { libc::read(ready_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+                // SAFETY: exit without running destructors in a forked child.
+                unsafe { libc::_exit(126) }
+            }
             let _ = SigSet::empty().thread_set_mask();
             let _ = nix::unistd::execvp(&prog, &args);
-            // SAFETY: exit without running destructors in a forked child.
+            // SAFETY: as above.
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => child,
     };
+    drop(ready_r);
+    for p in &procs {
+        use std::io::Write as _;
+        let mut f = p;
+        if let Err(e) = f.write_all(child.as_raw().to_string().as_bytes()) {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            return Err(e).context("putting the task in its cgroup");
+        }
+    }
+    nix::unistd::write(&ready_w, b"g").context("releasing the task")?;
+    drop(ready_w);
     std::fs::write(dir.join(TASK_PID), child.as_raw().to_string())?;
     let status = supervise(child, &set)?;
     let tmp = dir.join(format!("{EXIT}.tmp"));

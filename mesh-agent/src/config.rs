@@ -58,6 +58,52 @@ pub struct StaticConfig {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Tasks the agents run (each on its `node`).
+    #[serde(default)]
+    pub tasks: Vec<TaskSpecConfig>,
+}
+
+/// A task in standalone mode: run by the agent of `node`, attached with the
+/// fixed `address`, and a backend of `service` (every port) if given.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpecConfig {
+    pub name: String,
+    pub node: String,
+    #[serde(default)]
+    pub driver: DriverKind,
+    pub command: Vec<String>,
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Memory limit: bytes, or with a K/M/G suffix (powers of 1024).
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    #[default]
+    Exec,
+}
+
+/// `64M` → 67108864.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&s[..i], 1 << 20),
+        (i, 'g' | 'G') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|b| *b > 0)
 }
 
 fn default_task_prefix() -> String {
@@ -328,7 +374,7 @@ impl StaticConfig {
                     None => {}
                 }
             }
-            let mut seen = HashMap::new();
+            let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
             for (k, b) in s.backends.iter().enumerate() {
                 let bat = format!("{at}.backends[{k}].address");
                 if self.node_of(b.address).is_none() {
@@ -345,7 +391,124 @@ impl StaticConfig {
                 }
             }
         }
+        self.validate_tasks(path)
+    }
+
+    fn validate_tasks(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: String, message: String| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            message,
+        };
+        let mut names = HashMap::new();
+        let mut addrs = HashMap::new();
+        let static_backends: HashMap<Ipv4Addr, String> = self
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                s.backends
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, b)| (b.address, format!("services[{i}].backends[{k}]")))
+            })
+            .collect();
+        for (i, t) in self.tasks.iter().enumerate() {
+            let at = format!("tasks[{i}]");
+            if !crate::driver::valid_task_id(&t.name) {
+                return Err(bad(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` may hold only letters, digits, `-`, `_` and `.` (1 to 64)",
+                        t.name
+                    ),
+                ));
+            }
+            if let Some(j) = names.insert(t.name.as_str(), i) {
+                return Err(bad(
+                    format!("{at}.name"),
+                    format!("task `{}` is already defined at tasks[{j}]", t.name),
+                ));
+            }
+            let Some(node) = self.nodes.iter().find(|n| n.name == t.node) else {
+                return Err(bad(
+                    format!("{at}.node"),
+                    format!("`{}` is not one of the names under `nodes`", t.node),
+                ));
+            };
+            if t.command.is_empty() || t.command[0].is_empty() {
+                return Err(bad(
+                    format!("{at}.command"),
+                    "must name a program to run".into(),
+                ));
+            }
+            if !node.task_subnet.contains(&t.address) {
+                return Err(bad(
+                    format!("{at}.address"),
+                    format!(
+                        "{} is outside node `{}`'s task_subnet {}",
+                        t.address, node.name, node.task_subnet
+                    ),
+                ));
+            }
+            if t.address == crate::attach::ipam::gateway(node.task_subnet)
+                || t.address == node.task_subnet.broadcast()
+            {
+                return Err(bad(
+                    format!("{at}.address"),
+                    format!(
+                        "{} is reserved (gateway or broadcast of {})",
+                        t.address, node.task_subnet
+                    ),
+                ));
+            }
+            if let Some(j) = addrs.insert(t.address, i) {
+                return Err(bad(
+                    format!("{at}.address"),
+                    format!("{} is already the address of tasks[{j}]", t.address),
+                ));
+            }
+            if let Some(b) = static_backends.get(&t.address) {
+                return Err(bad(
+                    format!("{at}.address"),
+                    format!("{} is also listed as a static backend at {b}", t.address),
+                ));
+            }
+            if let Some(svc) = &t.service {
+                if !self.services.iter().any(|s| &s.name == svc) {
+                    return Err(bad(
+                        format!("{at}.service"),
+                        format!("no service named `{svc}` under `services`"),
+                    ));
+                }
+            }
+            if let Some(m) = &t.memory {
+                if parse_bytes(m).is_none() {
+                    return Err(bad(
+                        format!("{at}.memory"),
+                        format!("`{m}` is not a size: use bytes or a number with K, M or G"),
+                    ));
+                }
+            }
+            if let Some(c) = t.cpus {
+                if !(c > 0.0 && c <= 1024.0) {
+                    return Err(bad(
+                        format!("{at}.cpus"),
+                        format!("{c} is not a CPU count: use a positive number such as 0.5"),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Tasks this node's agent runs.
+    pub fn my_tasks(&self) -> Vec<TaskSpecConfig> {
+        self.tasks
+            .iter()
+            .filter(|t| t.node == self.node)
+            .cloned()
+            .collect()
     }
 
     pub fn this_node(&self) -> &NodeSpec {
@@ -382,17 +545,22 @@ impl StaticConfig {
                         vip: true,
                     });
                 }
+                let tasks = self
+                    .tasks
+                    .iter()
+                    .filter(|t| t.service.as_deref() == Some(s.name.as_str()))
+                    .map(|t| (t.address, BackendStateSpec::Active));
                 let backends = s
                     .backends
                     .iter()
-                    .map(|b| {
-                        let node = self
-                            .node_of(b.address)
-                            .expect("validated: backend in a subnet");
+                    .map(|b| (b.address, b.state))
+                    .chain(tasks)
+                    .map(|(addr, state)| {
+                        let node = self.node_of(addr).expect("validated: backend in a subnet");
                         DesiredBackend {
-                            addr: b.address,
+                            addr,
                             port: p.target,
-                            draining: b.state == BackendStateSpec::Draining,
+                            draining: state == BackendStateSpec::Draining,
                             node_addr: (node.name != me.name).then_some(node.address),
                         }
                     })
@@ -512,6 +680,42 @@ services:
             e.contains("services[0].vip") && e.contains("outside vip_range 10.96.0.0/16"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tasks_become_backends_and_are_checked() {
+        let with_task = format!(
+            "{BASE}tasks:\n  - name: web-a\n    node: h2\n    command: [sleep, \"30\"]\n    address: 10.201.2.9\n    service: web\n    memory: 64M\n"
+        );
+        let cfg = parse(Path::new("mesh.yaml"), &with_task).unwrap();
+        let web = &cfg.desired(1500).services["web"];
+        assert!(web
+            .backends
+            .iter()
+            .any(|b| b.addr == Ipv4Addr::new(10, 201, 2, 9)
+                && b.node_addr == Some(Ipv4Addr::new(10, 99, 0, 2))));
+        assert!(cfg.my_tasks().is_empty(), "h1 runs no task of h2");
+        assert_eq!(parse_bytes("64M"), Some(64 << 20));
+        for (from, to, want) in [
+            (
+                "address: 10.201.2.9",
+                "address: 10.201.1.9",
+                "outside node `h2`'s task_subnet",
+            ),
+            ("address: 10.201.2.9", "address: 10.201.2.1", "reserved"),
+            (
+                "address: 10.201.2.9",
+                "address: 10.201.2.2",
+                "also listed as a static backend",
+            ),
+            ("service: web", "service: nope", "no service named `nope`"),
+            ("node: h2", "node: h7", "`h7` is not one of"),
+            ("memory: 64M", "memory: lots", "`lots` is not a size"),
+            ("name: web-a", "name: web/a", "may hold only"),
+        ] {
+            let e = err(&with_task.replacen(from, to, 1));
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
     }
 
     #[test]

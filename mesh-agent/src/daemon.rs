@@ -11,8 +11,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::config;
+use crate::attach::AttachConfig;
+use crate::config::{self, StaticConfig};
 use crate::dataplane::{Dataplane, Options};
+use crate::tasks::{Reconciled, TaskManager};
 
 pub struct DaemonArgs {
     pub static_config: PathBuf,
@@ -20,6 +22,8 @@ pub struct DaemonArgs {
     pub pin_path: Option<PathBuf>,
     pub max_services: u32,
     pub max_backends: u32,
+    /// Task cgroups go under this path in each hierarchy [default: apiary/<node>].
+    pub cgroup_parent: Option<String>,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -38,14 +42,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         None => interface_with(me.address)?,
     };
     let mtu = crate::netdev::mtu(&iface)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/apiary"));
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let opts = Options {
         pin_path: args
             .pin_path
             .unwrap_or_else(|| PathBuf::from(crate::dataplane::PIN_ROOT).join(&cfg.node)),
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),
+        data_dir: data_dir.clone(),
         max_services: args.max_services,
         max_backends: args.max_backends,
         host_iface: iface.clone(),
@@ -59,7 +65,28 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let report = dp
         .apply(&cfg.desired(mtu))
         .context("programming the data plane")?;
-    tracing::info!(?report, "ready");
+    tracing::info!(?report, "data plane programmed");
+
+    let attach = AttachConfig {
+        subnet: me.task_subnet,
+        mtu: u32::from(cfg.mtu.unwrap_or(mtu) - mesh_common::ENCAP_OVERHEAD),
+        prefix: cfg.task_interface_prefix.clone(),
+        data_dir: data_dir.clone(),
+        dns: Vec::new(),
+    };
+    let bin = std::env::current_exe().context("finding the apiary binary for task shims")?;
+    let cgroup_parent = args
+        .cgroup_parent
+        .clone()
+        .unwrap_or_else(|| format!("apiary/{}", cfg.node));
+    let (mut tasks, adopted) = TaskManager::open(attach, bin, &cgroup_parent, &cfg.my_tasks())
+        .context("opening the task manager")?;
+    log_tasks(&adopted);
+    log_tasks(&tasks.reconcile(&cfg.my_tasks()));
+    // New task links get their program before the node says it is ready.
+    dp.scan_task_links().context("attaching task interfaces")?;
+    tracing::info!("ready");
+    let mut current = cfg;
 
     let links = crate::netwatch::LinkEvents::subscribe().context("subscribing to link events")?;
     let signals = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -76,7 +103,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGHUP) => reload(&mut dp, &args.static_config, mtu),
+                Ok(Signal::SIGHUP) => {
+                    if let Some(cfg) = reload(&mut dp, &args.static_config, mtu) {
+                        current = cfg;
+                    }
+                }
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     tracing::info!("stopping; the data plane stays programmed and attached");
                     return Ok(());
@@ -84,6 +115,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 _ => {}
             }
         }
+        // Restart tasks that ended; start and stop what the config says.
+        log_tasks(&tasks.reconcile(&current.my_tasks()));
         links.drain();
         match dp.scan_task_links() {
             Ok(added) if !added.is_empty() => tracing::info!(?added, "attached task interfaces"),
@@ -93,13 +126,38 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 }
 
-fn reload(dp: &mut Dataplane, path: &std::path::Path, mtu: u16) {
+/// The new config if it was taken.
+fn reload(dp: &mut Dataplane, path: &std::path::Path, mtu: u16) -> Option<StaticConfig> {
     match config::load(path) {
-        Err(e) => tracing::error!("reload rejected, data plane unchanged: {e}"),
+        Err(e) => {
+            tracing::error!("reload rejected, data plane unchanged: {e}");
+            None
+        }
         Ok(cfg) => match dp.apply(&cfg.desired(mtu)) {
-            Ok(report) => tracing::info!(?report, "reloaded"),
-            Err(e) => tracing::error!("reload failed while programming: {e}"),
+            Ok(report) => {
+                tracing::info!(?report, "reloaded");
+                Some(cfg)
+            }
+            Err(e) => {
+                tracing::error!("reload failed while programming: {e}");
+                None
+            }
         },
+    }
+}
+
+fn log_tasks(r: &Reconciled) {
+    if r.is_empty() {
+        return;
+    }
+    for (id, how) in &r.restarted {
+        tracing::warn!(task = %id, "task ended ({how}); restarted");
+    }
+    for (id, why) in &r.failed {
+        tracing::error!(task = %id, "task could not be started: {why}");
+    }
+    if !r.started.is_empty() || !r.adopted.is_empty() || !r.stopped.is_empty() {
+        tracing::info!(started = ?r.started, adopted = ?r.adopted, stopped = ?r.stopped, "tasks");
     }
 }
 

@@ -9,4 +9,5 @@ pub mod dataplane;
 pub mod driver;
 pub mod netdev;
 pub mod netwatch;
+pub mod tasks;
 pub mod tool;

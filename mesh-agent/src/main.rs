@@ -48,6 +48,9 @@ enum Cmd {
         /// Backend ids to reserve; fixed once maps are pinned.
         #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_BACKENDS)]
         max_backends: u32,
+        /// Parent of the tasks' cgroups in each hierarchy [default: apiary/<node>].
+        #[arg(long)]
+        cgroup_parent: Option<String>,
     },
     /// Inspect the routing mesh's BPF maps.
     Lb {
@@ -139,12 +142,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pin_path,
             max_services,
             max_backends,
+            cgroup_parent,
         } => daemon::run(daemon::DaemonArgs {
             static_config,
             data_dir,
             pin_path,
             max_services,
             max_backends,
+            cgroup_parent,
         }),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;

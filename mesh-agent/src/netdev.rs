@@ -4,12 +4,12 @@
 
 use std::io;
 
-/// Names of all links in the current network namespace.
-pub fn link_names() -> io::Result<Vec<String>> {
+/// (name, ifindex) of every link in the current network namespace.
+pub fn links() -> io::Result<Vec<(String, u32)>> {
     let list = nix::net::if_::if_nameindex().map_err(io::Error::from)?;
     Ok(list
         .iter()
-        .map(|i| i.name().to_string_lossy().into_owned())
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
         .collect())
 }
 

@@ -433,6 +433,8 @@ impl Lab {
             .arg(&d.data_dir)
             .arg("--pin-path")
             .arg(&d.pin_path)
+            .arg("--cgroup-parent")
+            .arg(cgroup_parent(&ns.name))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -593,6 +595,27 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The pid of task `id` run by this daemon's exec driver.
+    pub fn task_pid(&self, id: &str) -> Option<i32> {
+        fs::read_to_string(self.data_dir.join("exec").join(id).join("task.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits for `needle` in the log past byte `from`.
+    pub fn wait_for(&mut self, from: usize, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_log(from, needle, timeout)
+    }
+
+    /// Bytes of log so far (to wait for what comes after).
+    pub fn log_len(&self) -> usize {
+        fs::metadata(&self.log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
     }
 
     /// `apiary lb ls --json` (or `lb stats`) for this daemon.

@@ -94,7 +94,11 @@ fn kill9_and_restart_during_a_request_loop_loses_nothing() {
                 "host {}: {log}",
                 i + 1
             );
-            let last_ready = log.lines().rev().find(|l| l.contains(" ready")).unwrap();
+            let last_ready = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("data plane programmed"))
+                .unwrap();
             assert!(
                 last_ready.contains("tables_rebuilt: 0")
                     && last_ready.contains("backends_written: 0"),

@@ -22,6 +22,10 @@ pub enum IpamError {
         found: Ipv4Net,
         wanted: Ipv4Net,
     },
+    #[error("{addr} is not a usable address of task subnet {subnet}")]
+    OutOfSubnet { addr: Ipv4Addr, subnet: Ipv4Net },
+    #[error("{addr} is already leased to task {holder}")]
+    Taken { addr: Ipv4Addr, holder: String },
     #[error("reading or writing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -114,6 +118,37 @@ impl Ipam {
             return Err(e);
         }
         Ok(free)
+    }
+
+    /// Leases exactly `addr` to `task` (static configuration).
+    pub fn reserve(&mut self, task: &str, addr: Ipv4Addr) -> Result<Ipv4Addr, IpamError> {
+        let subnet = self.file.subnet;
+        if !subnet.contains(&addr)
+            || addr == self.gateway()
+            || addr == subnet.network()
+            || addr == subnet.broadcast()
+        {
+            return Err(IpamError::OutOfSubnet { addr, subnet });
+        }
+        match self.file.leases.get(&addr) {
+            Some(holder) if holder == task => return Ok(addr),
+            Some(holder) => {
+                return Err(IpamError::Taken {
+                    addr,
+                    holder: holder.clone(),
+                })
+            }
+            None => {}
+        }
+        if self.lookup(task).is_some() {
+            self.release(task)?;
+        }
+        self.file.leases.insert(addr, task.to_string());
+        if let Err(e) = self.save() {
+            self.file.leases.remove(&addr);
+            return Err(e);
+        }
+        Ok(addr)
     }
 
     pub fn lookup(&self, task: &str) -> Option<Ipv4Addr> {

@@ -103,6 +103,16 @@ impl Attacher {
     /// `/proc/PID/ns/net` or `/run/netns/NAME` path). On failure nothing is
     /// left behind: no link, no lease.
     pub fn attach(&mut self, task: &str, netns: &Path) -> Result<Attachment, AttachError> {
+        self.attach_at(task, netns, None)
+    }
+
+    /// [`Attacher::attach`] with a fixed address (static configuration).
+    pub fn attach_at(
+        &mut self,
+        task: &str,
+        netns: &Path,
+        fixed: Option<Ipv4Addr>,
+    ) -> Result<Attachment, AttachError> {
         if !valid_task_id(task) {
             return Err(AttachError::BadTaskId(task.to_string()));
         }
@@ -124,7 +134,10 @@ impl Attacher {
                 link,
             });
         }
-        let addr = self.ipam.allocate(task)?;
+        let addr = match fixed {
+            Some(a) => self.ipam.reserve(task, a)?,
+            None => self.ipam.allocate(task)?,
+        };
         match self.plumb(task, netns, addr) {
             Ok(a) => Ok(a),
             Err(e) => {

@@ -102,7 +102,9 @@ pub struct Dataplane {
     maps: Maps,
     programmed: Programmed,
     ebpf: Ebpf,
-    task_links: HashSet<String>,
+    /// Task links with our program, by (name, ifindex): a task that is
+    /// restarted gets a new link under the same name.
+    task_links: HashSet<(String, u32)>,
     /// True when maps from an earlier agent were found and re-adopted.
     pub adopted: bool,
 }
@@ -192,15 +194,15 @@ impl Dataplane {
     pub fn scan_task_links(&mut self) -> Result<Vec<String>, DataplaneError> {
         let mut present = HashSet::new();
         let mut added = Vec::new();
-        for name in crate::netdev::link_names()? {
-            if !name.starts_with(&self.opts.task_prefix) {
+        for link in crate::netdev::links()? {
+            if !link.0.starts_with(&self.opts.task_prefix) {
                 continue;
             }
-            if !self.task_links.contains(&name) {
-                attach(&mut self.ebpf, PROG_TASK_INGRESS, &name)?;
-                added.push(name.clone());
+            if !self.task_links.contains(&link) {
+                attach(&mut self.ebpf, PROG_TASK_INGRESS, &link.0)?;
+                added.push(link.0.clone());
             }
-            present.insert(name);
+            present.insert(link);
         }
         self.task_links = present;
         Ok(added)

@@ -1,0 +1,127 @@
+//! Standalone mode with tasks: each agent runs its node's tasks from the
+//! static config (exec driver), attaches them, balances the published port
+//! over them; keeps them through its own kill -9, restarts them when they
+//! end, and stops them when the config drops them.
+
+mod common;
+
+use std::time::Duration;
+
+use apiary_tests::lab::{client_addr, host_addr};
+use apiary_tests::{apiary_bin, Lab};
+use common::*;
+
+fn config(lab: &Lab, h: usize, tasks: &[(&str, usize, &str)]) -> String {
+    let bin = apiary_bin();
+    let mut s = lab.static_config(h, "  - name: web\n    ports:\n      - published: 8080\n        target: 80\n    backends: []\n");
+    s += "tasks:\n";
+    for (name, node, addr) in tasks {
+        s += &format!(
+            "  - name: {name}\n    node: h{}\n    address: {addr}\n    service: web\n    memory: 64M\n    command: [{}, tool, whoami, --listen, \"0.0.0.0:80\", --name, {name}]\n",
+            node + 1,
+            bin.display()
+        );
+    }
+    s
+}
+
+fn names_via(lab: &Lab, h: usize, n: usize) -> std::collections::BTreeMap<String, usize> {
+    names_over(&lab.client, addr(host_addr(h), 8080), n)
+}
+
+#[test]
+fn agents_run_adopt_restart_and_stop_their_tasks() {
+    let mut lab = Lab::up(2).unwrap();
+    let tasks = [("web-a", 0, "10.201.1.10"), ("web-b", 1, "10.201.2.10")];
+    for h in 0..2 {
+        let cfg = config(&lab, h, &tasks);
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    // Both tasks serve through either host, and see the client.
+    for h in 0..2 {
+        let got = names_via(&lab, h, 40);
+        assert_eq!(
+            got.keys().cloned().collect::<Vec<_>>(),
+            vec!["web-a", "web-b"],
+            "via h{}: {got:?}",
+            h + 1
+        );
+    }
+    let seen = lab
+        .client
+        .run_in(|| http_once(addr(host_addr(0), 8080), None).unwrap())
+        .unwrap();
+    assert_eq!(seen.client.ip(), std::net::IpAddr::V4(client_addr()));
+
+    // kill -9 of the agent: the task keeps running and is adopted, not restarted.
+    let pid = lab.daemons[0].task_pid("web-a").expect("web-a runs");
+    lab.daemon(0).kill9();
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the task died with its agent"
+    );
+    lab.restart_daemon(0).unwrap();
+    assert_eq!(
+        lab.daemons[0].task_pid("web-a"),
+        Some(pid),
+        "adopted, not restarted"
+    );
+    assert!(std::fs::read_to_string(&lab.daemons[0].log)
+        .unwrap()
+        .contains("adopted=[\"web-a\"]"));
+    assert_eq!(names_via(&lab, 1, 40).len(), 2);
+
+    // The task ends: the agent starts it again.
+    let from = lab.daemons[0].log_len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    lab.daemon(0)
+        .wait_for(from, "restarted", Duration::from_secs(10))
+        .unwrap();
+    let new_pid = lab.daemons[0].task_pid("web-a").unwrap();
+    assert_ne!(new_pid, pid);
+    let to = addr(host_addr(0), 8080);
+    let ok = lab
+        .client
+        .run_in(move || {
+            (0..100).any(|_| {
+                let served = http_once(to, None).is_ok_and(|a| a.name == "web-a");
+                if !served {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                served
+            })
+        })
+        .unwrap();
+    assert!(ok, "the restarted task serves again");
+
+    // The config drops web-b: h2 stops it and leaves nothing of it.
+    let only_a = [tasks[0]];
+    for i in 0..2 {
+        let cfg = config(&lab, i, &only_a);
+        assert!(lab.daemon(i).reload(&cfg).unwrap().contains("reloaded"));
+    }
+    let from = lab.daemons[1].log_len();
+    lab.daemon(1)
+        .wait_for(
+            from.saturating_sub(4096),
+            "stopped=[\"web-b\"]",
+            Duration::from_secs(15),
+        )
+        .unwrap();
+    let got = names_via(&lab, 1, 20);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec!["web-a"],
+        "{got:?}"
+    );
+    assert!(
+        !lab.daemons[1].data_dir.join("exec/web-b").exists(),
+        "task files left"
+    );
+    let links = lab.hosts[1].ns.ip(&["-o", "link"]).unwrap();
+    assert!(!links.contains(" apt"), "web-b's link left behind: {links}");
+}

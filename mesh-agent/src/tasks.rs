@@ -141,7 +141,9 @@ impl TaskManager {
     fn start(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
         let task = TaskSpec {
             id: spec.name.clone(),
+            image: None,
             command: spec.command.clone(),
+            resolv_conf: None,
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
             cpus: spec.cpus,
         };

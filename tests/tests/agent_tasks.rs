@@ -25,6 +25,29 @@ fn config(lab: &Lab, h: usize, tasks: &[(&str, usize, &str)]) -> String {
     s
 }
 
+/// Waits (10 s at most) until every name in `names` answered through h1.
+fn wait_serving(lab: &Lab, names: &[&str]) {
+    let to = addr(host_addr(0), 8080);
+    let want: std::collections::BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+    let ok = lab
+        .client
+        .run_in(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline && !want.is_subset(&seen) {
+                match http_once(to, None) {
+                    Ok(a) => {
+                        seen.insert(a.name);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+            want.is_subset(&seen)
+        })
+        .unwrap();
+    assert!(ok, "tasks {names:?} did not all answer");
+}
+
 fn names_via(lab: &Lab, h: usize, n: usize) -> std::collections::BTreeMap<String, usize> {
     names_over(&lab.client, addr(host_addr(h), 8080), n)
 }
@@ -37,6 +60,9 @@ fn agents_run_adopt_restart_and_stop_their_tasks() {
         let cfg = config(&lab, h, &tasks);
         lab.start_daemon(h, &cfg).unwrap();
     }
+    // The agents are ready once the tasks run; the programs inside may
+    // take a moment more to listen.
+    wait_serving(&lab, &["web-a", "web-b"]);
     // Both tasks serve through either host, and see the client.
     for h in 0..2 {
         let got = names_via(&lab, h, 40);

@@ -29,7 +29,9 @@ fn attacher(dir: &std::path::Path) -> Attacher {
 fn spec(id: &str, command: &[&str]) -> TaskSpec {
     TaskSpec {
         id: id.into(),
+        image: None,
         command: command.iter().map(|s| s.to_string()).collect(),
+        resolv_conf: None,
         memory_max: None,
         cpus: None,
     }

@@ -11,6 +11,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod docker;
 mod lab;
 mod test;
 mod util;
@@ -51,6 +52,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the test images (apiary/whoami:dev, apiary/busybox:dev) with `docker import`.
+    Image,
     /// A local lab of namespace hosts.
     Lab {
         #[command(subcommand)]
@@ -66,6 +69,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Demo { keep } => demo::run(keep),
         Cmd::Bench { name, args } => bench::run(&name, &args),
         Cmd::Lab { cmd } => lab::run(cmd),
+        Cmd::Image => docker::ensure_dockerd().and_then(|d| {
+            docker::build_images()?;
+            // Leave a dockerd we started running: the images are for using.
+            std::mem::forget(d);
+            Ok(())
+        }),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

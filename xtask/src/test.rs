@@ -11,6 +11,9 @@ pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "curl"]
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     ensure_packages(TEST_PACKAGES)?;
     let bin = build_agent()?;
+    // Stopped again on return if this started it.
+    let _dockerd = crate::docker::ensure_dockerd()?;
+    crate::docker::build_images()?;
     exec(
         Command::new(env!("CARGO"))
             .current_dir(root())

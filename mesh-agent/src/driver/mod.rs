@@ -5,6 +5,7 @@
 //! tasks a previous agent started.
 
 pub mod cgroup;
+pub mod docker;
 pub mod exec;
 pub mod shim;
 pub mod state;
@@ -19,6 +20,10 @@ pub use state::{ExitRecord, TaskState};
 pub enum DriverError {
     #[error("unknown command `{0}`: not found in PATH and not an executable file")]
     UnknownCommand(String),
+    #[error(
+        "unknown image `{0}`: build or pull it first (`docker images` lists what the engine has)"
+    )]
+    UnknownImage(String),
     #[error("task {0} already exists: remove it first")]
     Exists(String),
     #[error("no task {0}")]
@@ -40,7 +45,12 @@ pub enum DriverError {
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
     pub id: String,
+    /// Docker image (docker driver).
+    pub image: Option<String>,
+    /// Program and arguments (docker: overrides the image's command when not empty).
     pub command: Vec<String>,
+    /// File to mount on /etc/resolv.conf (docker driver).
+    pub resolv_conf: Option<std::path::PathBuf>,
     /// Memory limit in bytes.
     pub memory_max: Option<u64>,
     /// CPU limit in CPUs (0.5 = half of one).

@@ -1,0 +1,284 @@
+//! The `docker` driver: a task as a container of Docker Engine (bollard),
+//! with network mode `none`; the agent attaches the container's network
+//! namespace once it runs. Containers carry labels naming the task and the
+//! node, so a new agent adopts them (they keep running meanwhile, like
+//! Swarm's live-restore).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptions, LogsOptions,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::state::{ExitRecord, TaskState};
+use super::{valid_task_id, AttachFn, DriverError, TaskDriver, TaskSpec};
+
+pub const LABEL_TASK: &str = "io.apiary.task";
+pub const LABEL_NODE: &str = "io.apiary.node";
+
+pub struct DockerDriver {
+    docker: Docker,
+    rt: tokio::runtime::Runtime,
+    node: String,
+}
+
+fn docker_err(task: &str, what: &str) -> impl FnOnce(bollard::errors::Error) -> DriverError {
+    let (task, what) = (task.to_string(), what.to_string());
+    move |e| DriverError::Start {
+        task,
+        message: format!("{what}: {e}"),
+    }
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerDriver {
+    /// Connects to the Docker Engine at `socket` (e.g. /var/run/docker.sock).
+    pub fn connect(socket: &str, node: &str) -> Result<Self, DriverError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| DriverError::Io {
+                what: "starting a runtime".into(),
+                source,
+            })?;
+        let unreachable = |e: bollard::errors::Error| DriverError::Start {
+            task: String::new(),
+            message: format!(
+                "Docker Engine at {socket} is not reachable: {e} (is dockerd running?)"
+            ),
+        };
+        let docker = Docker::connect_with_unix(socket, 60, bollard::API_DEFAULT_VERSION)
+            .map_err(unreachable)?;
+        rt.block_on(docker.ping()).map_err(unreachable)?;
+        Ok(DockerDriver {
+            docker,
+            rt,
+            node: node.to_string(),
+        })
+    }
+
+    /// Containers are named after the node and the task.
+    pub fn container_name(&self, id: &str) -> String {
+        format!("apiary-{}-{id}", self.node)
+    }
+
+    fn inspect_state(&self, id: &str) -> Result<TaskState, DriverError> {
+        let name = self.container_name(id);
+        let info = match self.rt.block_on(self.docker.inspect_container(&name, None)) {
+            Ok(i) => i,
+            Err(e) if not_found(&e) => return Err(DriverError::NoTask(id.to_string())),
+            Err(e) => return Err(docker_err(id, "inspecting the container")(e)),
+        };
+        let state = info.state.unwrap_or_default();
+        Ok(match state.status {
+            Some(ContainerStateStatusEnum::RUNNING) => {
+                TaskState::Running(state.pid.unwrap_or(0) as i32)
+            }
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                TaskState::Exited(ExitRecord {
+                    code: state.exit_code.map(|c| c as i32),
+                    signal: None,
+                })
+            }
+            _ => TaskState::Lost,
+        })
+    }
+
+    fn remove_container(&self, id: &str, force: bool) -> Result<(), DriverError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(force).build();
+        match self.rt.block_on(
+            self.docker
+                .remove_container(&self.container_name(id), Some(opts)),
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(docker_err(id, "removing the container")(e)),
+        }
+    }
+}
+
+impl TaskDriver for DockerDriver {
+    fn start(&mut self, spec: &TaskSpec, attach: AttachFn<'_>) -> Result<TaskState, DriverError> {
+        if !valid_task_id(&spec.id) {
+            return Err(DriverError::BadTaskId(spec.id.clone()));
+        }
+        let image = spec.image.clone().ok_or_else(|| DriverError::Start {
+            task: spec.id.clone(),
+            message: "the docker driver needs an image".into(),
+        })?;
+        match self.rt.block_on(self.docker.inspect_image(&image)) {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => return Err(DriverError::UnknownImage(image)),
+            Err(e) => return Err(docker_err(&spec.id, "looking up the image")(e)),
+        }
+        let name = self.container_name(&spec.id);
+        if self.inspect_state(&spec.id).is_ok() {
+            return Err(DriverError::Exists(spec.id.clone()));
+        }
+        let mut binds = Vec::new();
+        if let Some(r) = &spec.resolv_conf {
+            // The attacher fills it in place; the container sees it change.
+            if !r.exists() {
+                let io = |source| DriverError::Io {
+                    what: format!("creating {}", r.display()),
+                    source,
+                };
+                std::fs::create_dir_all(r.parent().unwrap_or(r)).map_err(io)?;
+                std::fs::write(r, "").map_err(|source| DriverError::Io {
+                    what: format!("creating {}", r.display()),
+                    source,
+                })?;
+            }
+            binds.push(format!("{}:/etc/resolv.conf:ro", r.display()));
+        }
+        let labels = HashMap::from([
+            (LABEL_TASK.to_string(), spec.id.clone()),
+            (LABEL_NODE.to_string(), self.node.clone()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                // A real init reaps zombies and passes SIGTERM on (busybox as PID 1 ignores it).
+                init: Some(true),
+                memory: spec.memory_max.map(|m| m as i64),
+                nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+                binds: (!binds.is_empty()).then_some(binds),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        self.rt
+            .block_on(self.docker.create_container(Some(opts), body))
+            .map_err(docker_err(&spec.id, "creating the container"))?;
+        let started = self
+            .rt
+            .block_on(self.docker.start_container(&name, None))
+            .map_err(docker_err(&spec.id, "starting the container"))
+            .and_then(|()| self.inspect_state(&spec.id));
+        let pid = match started {
+            Ok(TaskState::Running(pid)) if pid > 0 => pid,
+            Ok(other) => {
+                let _ = self.remove_container(&spec.id, true);
+                return Err(DriverError::Start {
+                    task: spec.id.clone(),
+                    message: format!("the container did not stay up: {other:?}"),
+                });
+            }
+            Err(e) => {
+                let _ = self.remove_container(&spec.id, true);
+                return Err(e);
+            }
+        };
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if let Err(message) = attach(&spec.id, &netns) {
+            let _ = self.remove_container(&spec.id, true);
+            return Err(DriverError::Attach {
+                task: spec.id.clone(),
+                message,
+            });
+        }
+        Ok(TaskState::Running(pid))
+    }
+
+    fn stop(&mut self, id: &str, grace: Duration) -> Result<ExitRecord, DriverError> {
+        if let TaskState::Exited(rec) = self.inspect_state(id)? {
+            return Ok(rec);
+        }
+        let opts = StopContainerOptionsBuilder::new()
+            .t(grace.as_secs() as i32)
+            .build();
+        self.rt
+            .block_on(
+                self.docker
+                    .stop_container(&self.container_name(id), Some(opts)),
+            )
+            .map_err(docker_err(id, "stopping the container"))?;
+        match self.inspect_state(id)? {
+            TaskState::Exited(rec) => Ok(rec),
+            other => Err(DriverError::Start {
+                task: id.to_string(),
+                message: format!("still {other:?} after stop"),
+            }),
+        }
+    }
+
+    fn state(&self, id: &str) -> Result<TaskState, DriverError> {
+        self.inspect_state(id)
+    }
+
+    fn logs(&self, id: &str) -> Result<(String, String), DriverError> {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let name = self.container_name(id);
+        let chunks: Vec<_> = self
+            .rt
+            .block_on(self.docker.logs(&name, Some(opts)).collect());
+        let (mut out, mut err) = (String::new(), String::new());
+        for c in chunks {
+            match c {
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    err.push_str(&String::from_utf8_lossy(&message))
+                }
+                Ok(other) => out.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+                Err(e) if not_found(&e) => return Err(DriverError::NoTask(id.to_string())),
+                Err(e) => return Err(docker_err(id, "reading logs")(e)),
+            }
+        }
+        Ok((out, err))
+    }
+
+    fn remove(&mut self, id: &str) -> Result<(), DriverError> {
+        if let Ok(TaskState::Running(_)) = self.inspect_state(id) {
+            return Err(DriverError::Exists(id.to_string()));
+        }
+        self.remove_container(id, false)
+    }
+
+    fn adopt(&mut self) -> Result<Vec<(String, TaskState)>, DriverError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node)],
+        )]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .rt
+            .block_on(self.docker.list_containers(Some(opts)))
+            .map_err(docker_err("", "listing containers"))?;
+        let mut out = Vec::new();
+        for c in list {
+            let Some(id) = c.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).cloned() else {
+                continue;
+            };
+            let state = self.inspect_state(&id)?;
+            out.push((id, state));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}

@@ -72,6 +72,11 @@ pub struct TaskSpecConfig {
     pub node: String,
     #[serde(default)]
     pub driver: DriverKind,
+    /// Docker image (docker driver).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Program and arguments (exec); overrides the image's command (docker).
+    #[serde(default)]
     pub command: Vec<String>,
     pub address: Ipv4Addr,
     #[serde(default)]
@@ -88,6 +93,7 @@ pub struct TaskSpecConfig {
 pub enum DriverKind {
     #[default]
     Exec,
+    Docker,
 }
 
 /// `64M` → 67108864.

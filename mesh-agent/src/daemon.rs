@@ -14,7 +14,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::attach::AttachConfig;
 use crate::config::{self, StaticConfig};
 use crate::dataplane::{Dataplane, Options};
-use crate::tasks::{Reconciled, TaskManager};
+use crate::tasks::{DriverConfig, Reconciled, TaskManager};
 
 pub struct DaemonArgs {
     pub static_config: PathBuf,
@@ -24,6 +24,8 @@ pub struct DaemonArgs {
     pub max_backends: u32,
     /// Task cgroups go under this path in each hierarchy [default: apiary/<node>].
     pub cgroup_parent: Option<String>,
+    /// Docker Engine's API socket (docker tasks).
+    pub docker_socket: String,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -74,13 +76,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         dns: Vec::new(),
     };
-    let bin = std::env::current_exe().context("finding the apiary binary for task shims")?;
-    let cgroup_parent = args
-        .cgroup_parent
-        .clone()
-        .unwrap_or_else(|| format!("apiary/{}", cfg.node));
-    let (mut tasks, adopted) = TaskManager::open(attach, bin, &cgroup_parent, &cfg.my_tasks())
-        .context("opening the task manager")?;
+    let drivers = DriverConfig {
+        bin: std::env::current_exe().context("finding the apiary binary for task shims")?,
+        cgroup_parent: args
+            .cgroup_parent
+            .clone()
+            .unwrap_or_else(|| format!("apiary/{}", cfg.node)),
+        docker_socket: args.docker_socket.clone(),
+    };
+    let (mut tasks, adopted) =
+        TaskManager::open(attach, drivers, &cfg.my_tasks()).context("opening the task manager")?;
     log_tasks(&adopted);
     log_tasks(&tasks.reconcile(&cfg.my_tasks()));
     // New task links get their program before the node says it is ready.

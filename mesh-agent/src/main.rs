@@ -51,6 +51,9 @@ enum Cmd {
         /// Parent of the tasks' cgroups in each hierarchy [default: apiary/<node>].
         #[arg(long)]
         cgroup_parent: Option<String>,
+        /// Docker Engine's API socket, for docker tasks.
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
     },
     /// Inspect the routing mesh's BPF maps.
     Lb {
@@ -143,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_services,
             max_backends,
             cgroup_parent,
+            docker_socket,
         } => daemon::run(daemon::DaemonArgs {
             static_config,
             data_dir,
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_services,
             max_backends,
             cgroup_parent,
+            docker_socket,
         }),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;

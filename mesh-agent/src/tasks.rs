@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::attach::{AttachConfig, AttachError, Attacher};
-use crate::config::{parse_bytes, TaskSpecConfig};
+use crate::config::{parse_bytes, DriverKind, TaskSpecConfig};
+use crate::driver::docker::DockerDriver;
 use crate::driver::exec::ExecDriver;
 use crate::driver::{DriverError, TaskDriver, TaskSpec, TaskState};
 
@@ -26,8 +27,24 @@ pub enum TaskError {
 pub struct TaskManager {
     attacher: Attacher,
     exec: ExecDriver,
+    /// Connected when the config first asks for a docker task (or at start
+    /// when an engine answers, to adopt containers).
+    docker: Option<DockerDriver>,
+    docker_socket: String,
+    /// Labels and names of our containers carry this (unique per daemon).
+    scope: String,
     /// The spec each running task was started with.
     running: BTreeMap<String, TaskSpecConfig>,
+}
+
+/// Where the agent finds its tasks' drivers.
+pub struct DriverConfig {
+    /// The `apiary` binary (exec tasks' shim).
+    pub bin: PathBuf,
+    /// Parent of task cgroups, unique per daemon (`apiary/<node>`); also
+    /// scopes container names and labels.
+    pub cgroup_parent: String,
+    pub docker_socket: String,
 }
 
 /// What one reconcile did, for the log.
@@ -55,39 +72,70 @@ impl TaskManager {
     /// running; cleans up the network of tasks that ended meanwhile.
     pub fn open(
         attach: AttachConfig,
-        bin: PathBuf,
-        cgroup_parent: &str,
+        drivers: DriverConfig,
         want: &[TaskSpecConfig],
     ) -> Result<(Self, Reconciled), TaskError> {
         let data_dir = attach.data_dir.clone();
+        let scope = drivers.cgroup_parent.replace('/', "-");
         let mut m = TaskManager {
             attacher: Attacher::open(attach)?,
-            exec: ExecDriver::new(&data_dir, bin, cgroup_parent),
+            exec: ExecDriver::new(&data_dir, drivers.bin, &drivers.cgroup_parent),
+            docker: None,
+            docker_socket: drivers.docker_socket,
+            scope,
             running: BTreeMap::new(),
         };
         let mut r = Reconciled::default();
         let wanted: BTreeMap<&str, &TaskSpecConfig> =
             want.iter().map(|t| (t.name.as_str(), t)).collect();
-        for (id, state) in m.exec.adopt()? {
-            match (state, wanted.get(id.as_str())) {
-                (TaskState::Running(_), Some(spec))
-                    if m.attacher.lookup(&id) == Some(spec.address) =>
-                {
-                    m.running.insert(id.clone(), (*spec).clone());
+        let wants_docker = want.iter().any(|t| t.driver == DriverKind::Docker);
+        if wants_docker || std::path::Path::new(&m.docker_socket).exists() {
+            match m.docker() {
+                Ok(_) => {}
+                Err(e) if wants_docker => return Err(e.into()),
+                Err(e) => tracing::info!("no Docker Engine to adopt containers from: {e}"),
+            }
+        }
+        for kind in [DriverKind::Exec, DriverKind::Docker] {
+            if kind == DriverKind::Docker && m.docker.is_none() {
+                continue;
+            }
+            for (id, state) in m.driver(kind)?.adopt()? {
+                let keep = matches!(state, TaskState::Running(_))
+                    && wanted.get(id.as_str()).is_some_and(|spec| {
+                        spec.driver == kind && m.attacher.lookup(&id) == Some(spec.address)
+                    });
+                if keep {
+                    m.running.insert(id.clone(), (*wanted[id.as_str()]).clone());
                     r.adopted.push(id);
+                    continue;
                 }
-                (TaskState::Running(_), _) => {
-                    // Running, but no longer wanted as it is: stop it.
-                    m.exec.stop(&id, STOP_GRACE)?;
-                    m.exec.remove(&id)?;
-                    r.stopped.push(id);
+                // Ended, or no longer wanted as it is: stop and forget it.
+                let driver = m.driver(kind)?;
+                if let TaskState::Running(_) = state {
+                    driver.stop(&id, STOP_GRACE)?;
+                    r.stopped.push(id.clone());
                 }
-                _ => m.exec.remove(&id)?,
+                driver.remove(&id)?;
             }
         }
         let live: HashSet<String> = m.running.keys().cloned().collect();
         m.attacher.gc(&live)?;
         Ok((m, r))
+    }
+
+    fn docker(&mut self) -> Result<&mut DockerDriver, DriverError> {
+        if self.docker.is_none() {
+            self.docker = Some(DockerDriver::connect(&self.docker_socket, &self.scope)?);
+        }
+        Ok(self.docker.as_mut().expect("just set"))
+    }
+
+    fn driver(&mut self, kind: DriverKind) -> Result<&mut dyn TaskDriver, DriverError> {
+        match kind {
+            DriverKind::Exec => Ok(&mut self.exec),
+            DriverKind::Docker => Ok(self.docker()?),
+        }
     }
 
     /// Brings the running tasks to `want`.
@@ -100,7 +148,9 @@ impl TaskManager {
             let changed = wanted
                 .get(id.as_str())
                 .is_none_or(|w| **w != self.running[&id]);
-            match self.exec.state(&id) {
+            let kind = self.running[&id].driver;
+            let state = self.driver(kind).and_then(|d| d.state(&id));
+            match state {
                 Ok(TaskState::Running(_)) if !changed => {}
                 Ok(TaskState::Running(_)) => {
                     self.retire(&id);
@@ -141,15 +191,22 @@ impl TaskManager {
     fn start(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
         let task = TaskSpec {
             id: spec.name.clone(),
-            image: None,
+            image: spec.image.clone(),
             command: spec.command.clone(),
-            resolv_conf: None,
+            resolv_conf: Some(self.attacher.resolv_conf_path(&spec.name)),
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
             cpus: spec.cpus,
         };
-        let attacher = &mut self.attacher;
         let addr = spec.address;
-        self.exec.start(&task, &mut |id, netns| {
+        if spec.driver == DriverKind::Docker {
+            self.docker()?;
+        }
+        let (attacher, exec, docker) = (&mut self.attacher, &mut self.exec, &mut self.docker);
+        let driver: &mut dyn TaskDriver = match spec.driver {
+            DriverKind::Exec => exec,
+            DriverKind::Docker => docker.as_mut().expect("connected above"),
+        };
+        driver.start(&task, &mut |id, netns| {
             attacher
                 .attach_at(id, netns, Some(addr))
                 .map(|a| a.addr)
@@ -161,14 +218,20 @@ impl TaskManager {
 
     /// Stops (if running), detaches and forgets a task.
     fn retire(&mut self, id: &str) {
-        if let Err(e) = self.exec.stop(id, STOP_GRACE) {
-            tracing::warn!(task = id, "stopping: {e}");
+        let kind = self.running.get(id).map(|s| s.driver).unwrap_or_default();
+        match self.driver(kind) {
+            Ok(d) => {
+                if let Err(e) = d.stop(id, STOP_GRACE) {
+                    tracing::warn!(task = id, "stopping: {e}");
+                }
+                if let Err(e) = d.remove(id) {
+                    tracing::warn!(task = id, "removing: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(task = id, "no driver to stop it: {e}"),
         }
         if let Err(e) = self.attacher.detach(id) {
             tracing::warn!(task = id, "detaching: {e}");
-        }
-        if let Err(e) = self.exec.remove(id) {
-            tracing::warn!(task = id, "removing: {e}");
         }
         self.running.remove(id);
     }

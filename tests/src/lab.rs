@@ -28,6 +28,33 @@ pub fn cgroup_parent(id: &str) -> String {
     format!("apiary/{id}")
 }
 
+/// Removes the Docker containers a lab daemon made (labelled with its scope).
+fn remove_containers(scope: &str) {
+    let Ok(out) = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.apiary.node={scope}"),
+        ])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Removes the cgroups of labs whose id starts with `prefix`, deepest first.
 fn remove_cgroups(prefix: &str) -> Vec<String> {
     let mut errors = Vec::new();
@@ -492,6 +519,9 @@ impl Lab {
             }
         }
         errors.extend(remove_cgroups(&self.id));
+        for h in &self.hosts {
+            remove_containers(&cgroup_parent(&h.ns.name).replace('/', "-"));
+        }
         let _ = fs::remove_file(Path::new(OWNERS).join(&self.id));
         if std::env::var_os("APIARY_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

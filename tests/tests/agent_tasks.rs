@@ -53,6 +53,31 @@ fn names_via(lab: &Lab, h: usize, n: usize) -> std::collections::BTreeMap<String
 }
 
 #[test]
+fn a_published_port_reaches_a_docker_task_on_another_host() {
+    let mut lab = Lab::up(3).unwrap();
+    let cfg_for = |lab: &Lab, h: usize| {
+        lab.static_config(h, "  - name: web\n    ports:\n      - published: 8080\n        target: 80\n    backends: []\n")
+            + "tasks:\n  - name: web-d\n    node: h1\n    driver: docker\n    image: apiary/whoami:dev\n    address: 10.201.1.20\n    service: web\n    memory: 64M\n    command: [/bin/apiary, tool, whoami, --listen, \"0.0.0.0:80\", --name, web-d]\n"
+    };
+    for h in 0..3 {
+        let cfg = cfg_for(&lab, h);
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    wait_serving(&lab, &["web-d"]);
+    // Through h3, which has no task: forwarded to h1, and the container
+    // sees the outside client's own address.
+    let to = addr(host_addr(2), 8080);
+    let answers: Vec<Answer> = lab
+        .client
+        .run_in(move || (0..20).map(|_| http_once(to, None).unwrap()).collect())
+        .unwrap();
+    for a in &answers {
+        assert_eq!(a.name, "web-d");
+        assert_eq!(a.client.ip(), std::net::IpAddr::V4(client_addr()));
+    }
+}
+
+#[test]
 fn agents_run_adopt_restart_and_stop_their_tasks() {
     let mut lab = Lab::up(2).unwrap();
     let tasks = [("web-a", 0, "10.201.1.10"), ("web-b", 1, "10.201.2.10")];

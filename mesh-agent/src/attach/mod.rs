@@ -184,9 +184,15 @@ impl Attacher {
         })
     }
 
+    /// Where task `task`'s resolv.conf is (written on attach; a driver may
+    /// mount it before).
+    pub fn resolv_conf_path(&self, task: &str) -> PathBuf {
+        self.task_dir(task).join("resolv.conf")
+    }
+
     fn write_resolv_conf(&self, task: &str) -> Result<PathBuf, AttachError> {
         let dir = self.task_dir(task);
-        let path = dir.join("resolv.conf");
+        let path = self.resolv_conf_path(task);
         let io = |source| AttachError::Io {
             path: path.clone(),
             source,

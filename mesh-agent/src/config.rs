@@ -61,6 +61,28 @@ pub struct StaticConfig {
     /// Tasks the agents run (each on its `node`).
     #[serde(default)]
     pub tasks: Vec<TaskSpecConfig>,
+    /// The encrypted overlay between nodes (WireGuard); absent: none.
+    #[serde(default)]
+    pub overlay: Option<OverlayConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    /// This node's WireGuard interface (unique on the machine).
+    #[serde(default = "default_overlay_iface")]
+    pub interface: String,
+    /// UDP port every node listens on.
+    #[serde(default = "default_overlay_port")]
+    pub port: u16,
+}
+
+fn default_overlay_iface() -> String {
+    "apiary0".into()
+}
+
+fn default_overlay_port() -> u16 {
+    51820
 }
 
 /// A task in standalone mode: run by the agent of `node`, attached with the
@@ -152,6 +174,9 @@ pub struct NodeSpec {
     pub name: String,
     pub address: Ipv4Addr,
     pub task_subnet: Ipv4Net,
+    /// WireGuard public key (`apiary overlay key` prints a node's).
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,7 +422,80 @@ impl StaticConfig {
                 }
             }
         }
-        self.validate_tasks(path)
+        self.validate_tasks(path)?;
+        self.validate_overlay(path)
+    }
+
+    fn validate_overlay(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: String, message: String| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            message,
+        };
+        let Some(o) = &self.overlay else {
+            return Ok(());
+        };
+        if o.interface.is_empty() || o.interface.len() > 15 || o.interface.contains(['/', ' ']) {
+            return Err(bad(
+                "overlay.interface".into(),
+                format!(
+                    "`{}` is not an interface name (1 to 15 characters)",
+                    o.interface
+                ),
+            ));
+        }
+        if o.port == 0 || (o.port == self.encap_port) {
+            return Err(bad(
+                "overlay.port".into(),
+                format!("{} cannot be the overlay's UDP port", o.port),
+            ));
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            match &n.public_key {
+                Some(k) => {
+                    crate::overlay::keys::parse_public(k, &format!("nodes[{i}].public_key"))
+                        .map_err(|e| bad(format!("nodes[{i}].public_key"), e.to_string()))?;
+                }
+                None if n.name != self.node => {
+                    return Err(bad(format!("nodes[{i}].public_key"), format!("node `{}` needs its WireGuard public key for the overlay (run `apiary overlay key` there)", n.name)));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The overlay this node runs, if any.
+    pub fn overlay_spec(
+        &self,
+        data_dir: &Path,
+        underlay_mtu: u16,
+    ) -> Option<crate::overlay::OverlaySpec> {
+        let o = self.overlay.as_ref()?;
+        let me = self.this_node();
+        let peers = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != me.name)
+            .map(|n| crate::overlay::Peer {
+                name: n.name.clone(),
+                public_key: crate::overlay::keys::parse_public(
+                    n.public_key.as_deref().unwrap_or(""),
+                    "",
+                )
+                .expect("validated"),
+                endpoint: std::net::SocketAddr::from((n.address, o.port)),
+                allowed: vec![n.task_subnet],
+            })
+            .collect();
+        Some(crate::overlay::OverlaySpec {
+            iface: o.interface.clone(),
+            port: o.port,
+            key_path: data_dir.join(crate::overlay::keys::KEY_FILE),
+            address: crate::attach::ipam::gateway(me.task_subnet),
+            mtu: self.mtu.unwrap_or(underlay_mtu) - crate::overlay::WIREGUARD_OVERHEAD,
+            peers,
+        })
     }
 
     fn validate_tasks(&self, path: &Path) -> Result<(), ConfigError> {

@@ -14,6 +14,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::attach::AttachConfig;
 use crate::config::{self, StaticConfig};
 use crate::dataplane::{Dataplane, Options};
+use crate::overlay::Overlay;
 use crate::tasks::{DriverConfig, Reconciled, TaskManager};
 
 pub struct DaemonArgs {
@@ -69,9 +70,24 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .context("programming the data plane")?;
     tracing::info!(?report, "data plane programmed");
 
+    let mut overlay = match cfg.overlay_spec(&data_dir, mtu) {
+        Some(spec) => {
+            let o = Overlay::start(spec).context("starting the overlay")?;
+            tracing::info!(interface = o.iface(), backend = ?o.kind, "overlay up");
+            Some(o)
+        }
+        None => None,
+    };
+    // Task links fit the smaller of the overlay's MTU and the node-to-node
+    // encapsulation's.
+    let task_mtu = cfg
+        .overlay_spec(&data_dir, mtu)
+        .map(|o| o.mtu)
+        .unwrap_or(u16::MAX)
+        .min(cfg.mtu.unwrap_or(mtu) - mesh_common::ENCAP_OVERHEAD);
     let attach = AttachConfig {
         subnet: me.task_subnet,
-        mtu: u32::from(cfg.mtu.unwrap_or(mtu) - mesh_common::ENCAP_OVERHEAD),
+        mtu: u32::from(task_mtu),
         prefix: cfg.task_interface_prefix.clone(),
         data_dir: data_dir.clone(),
         dns: Vec::new(),
@@ -110,11 +126,21 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGHUP) => {
                     if let Some(cfg) = reload(&mut dp, &args.static_config, mtu) {
+                        if let (Some(o), Some(spec)) =
+                            (overlay.as_mut(), cfg.overlay_spec(&data_dir, mtu))
+                        {
+                            if let Err(e) = o.set_peers(&spec.peers) {
+                                tracing::error!("updating overlay peers: {e}");
+                            }
+                        }
                         current = cfg;
                     }
                 }
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     tracing::info!("stopping; the data plane stays programmed and attached");
+                    if let Some(o) = overlay.take() {
+                        o.stop();
+                    }
                     return Ok(());
                 }
                 _ => {}

@@ -9,5 +9,6 @@ pub mod dataplane;
 pub mod driver;
 pub mod netdev;
 pub mod netwatch;
+pub mod overlay;
 pub mod tasks;
 pub mod tool;

@@ -65,6 +65,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// The encrypted overlay between nodes.
+    Overlay {
+        #[command(subcommand)]
+        cmd: OverlayCmd,
+    },
     /// Small helpers.
     Tool {
         #[command(subcommand)]
@@ -92,6 +97,23 @@ enum LbCmd {
     Ls(MapsArgs),
     /// Counters: global (with drop reasons), per service, per backend.
     Stats(MapsArgs),
+}
+
+#[derive(Subcommand)]
+enum OverlayCmd {
+    /// Interface, backend, MTU, peers, last handshakes and bytes.
+    Show {
+        /// The WireGuard interface (the static config's `overlay.interface`).
+        #[arg(long, default_value = "apiary0")]
+        interface: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's public key, making the key pair on first use.
+    Key {
+        #[arg(long, default_value = "/var/lib/apiary")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +210,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.nodes.len(),
                 cfg.services.len()
             );
+            Ok(())
+        }
+        Cmd::Overlay {
+            cmd: OverlayCmd::Show { interface, json },
+        } => {
+            let v = mesh_agent::overlay::show(&interface)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", mesh_agent::overlay::render(&v, &Default::default()));
+            }
+            Ok(())
+        }
+        Cmd::Overlay {
+            cmd: OverlayCmd::Key { data_dir },
+        } => {
+            let key = mesh_agent::overlay::keys::load_or_create(
+                &data_dir.join(mesh_agent::overlay::keys::KEY_FILE),
+            )?;
+            println!("{}", key.get_public().to_base64());
             Ok(())
         }
         Cmd::Tool {

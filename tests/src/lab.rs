@@ -28,6 +28,18 @@ pub fn cgroup_parent(id: &str) -> String {
     format!("apiary/{id}")
 }
 
+/// Removes the WireGuard UAPI sockets a killed daemon of lab `prefix…` left.
+fn remove_uapi_sockets(prefix: &str) {
+    let Ok(entries) = fs::read_dir("/var/run/wireguard") else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Removes the Docker containers a lab daemon made (labelled with its scope).
 fn remove_containers(scope: &str) {
     let Ok(out) = Command::new("docker")
@@ -420,6 +432,21 @@ impl Lab {
         s
     }
 
+    /// The data directory the daemon of host `h` uses.
+    pub fn data_dir(&self, h: usize) -> PathBuf {
+        self.dir.join(&self.hosts[h].name).join("data")
+    }
+
+    /// Host `h`'s WireGuard public key (made in its data directory).
+    pub fn overlay_key(&self, h: usize) -> anyhow::Result<String> {
+        let out = crate::net::sh(
+            Command::new(apiary_bin())
+                .args(["overlay", "key", "--data-dir"])
+                .arg(self.data_dir(h)),
+        )?;
+        Ok(out.trim().to_string())
+    }
+
     /// Starts `apiary daemon` on host `h` with `config` and waits until it
     /// has programmed the data plane.
     pub fn start_daemon(&mut self, h: usize, config: &str) -> anyhow::Result<usize> {
@@ -430,7 +457,7 @@ impl Lab {
             host: h,
             config: base.join("mesh.yaml"),
             log: base.join("daemon.log"),
-            data_dir: base.join("data"),
+            data_dir: self.data_dir(h),
             pin_path: Path::new(BPFFS).join(&host.ns.name),
             child: None,
         };
@@ -519,6 +546,7 @@ impl Lab {
             }
         }
         errors.extend(remove_cgroups(&self.id));
+        remove_uapi_sockets(&self.id);
         for h in &self.hosts {
             remove_containers(&cgroup_parent(&h.ns.name).replace('/', "-"));
         }
@@ -705,6 +733,7 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
         }
     }
     remove_cgroups(prefix);
+    remove_uapi_sockets(prefix);
     if let Some(id) = id {
         let _ = fs::remove_file(Path::new(OWNERS).join(id));
     } else {

@@ -1,0 +1,397 @@
+//! The encrypted overlay between nodes: one WireGuard interface per node,
+//! whose peers are the other nodes (allowed-ips: their task subnets, which
+//! hold their overlay addresses). The kernel's WireGuard is used where the
+//! kernel has it; otherwise a userspace WireGuard (gotatun) runs inside the
+//! agent on a TUN device. Either way it is configured through the same
+//! `DeviceUpdate`, and addresses, MTU and routes are set over rtnetlink.
+
+pub mod keys;
+pub mod netlink;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+/// IPv4 + UDP + WireGuard header and tag.
+pub const WIREGUARD_OVERHEAD: u16 = 20 + 8 + 32;
+/// Keeps NAT and stateful firewalls open, and makes a returning peer
+/// reachable within a second (measured: about 11 s without).
+pub const KEEPALIVE_S: u16 = 25;
+const UAPI_DIR: &str = "/var/run/wireguard";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} is not a WireGuard key (44 characters of base64, as `wg genkey` or `apiary overlay key` prints)")]
+    BadKey { what: String },
+    #[error(
+        "{path} has mode {mode:o}: a private key must be readable by its owner only (chmod 600)"
+    )]
+    KeyMode { path: PathBuf, mode: u32 },
+    #[error("`{0}` is not a valid interface name (1 to 15 characters, no `/` or spaces)")]
+    BadInterface(String),
+    #[error("starting the userspace WireGuard on {iface}: {message}")]
+    Userspace { iface: String, message: String },
+    #[error("configuring {iface}: {source}")]
+    Configure {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netlink(#[from] crate::attach::netlink::NetlinkError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub public_key: Key,
+    pub endpoint: SocketAddr,
+    pub allowed: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OverlaySpec {
+    pub iface: String,
+    pub port: u16,
+    pub key_path: PathBuf,
+    /// This node's overlay address (its task gateway).
+    pub address: Ipv4Addr,
+    pub mtu: u16,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Kernel,
+    Userspace,
+}
+
+pub struct Overlay {
+    pub kind: Kind,
+    name: InterfaceName,
+    spec: OverlaySpec,
+    userspace: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+fn uapi_socket(iface: &str) -> PathBuf {
+    PathBuf::from(UAPI_DIR).join(format!("{iface}.sock"))
+}
+
+fn backend(kind: Kind) -> Backend {
+    match kind {
+        Kind::Kernel => Backend::Kernel,
+        Kind::Userspace => Backend::Userspace,
+    }
+}
+
+impl Overlay {
+    /// Brings the interface up with its key, port, peers, address, MTU and routes.
+    pub fn start(spec: OverlaySpec) -> Result<Self, OverlayError> {
+        let name: InterfaceName = spec
+            .iface
+            .parse()
+            .map_err(|_| OverlayError::BadInterface(spec.iface.clone()))?;
+        let key = keys::load_or_create(&spec.key_path)?;
+        let base = || {
+            DeviceUpdate::new()
+                .set_private_key(key.clone())
+                .set_listen_port(spec.port)
+        };
+        let configure = |source| OverlayError::Configure {
+            iface: spec.iface.clone(),
+            source,
+        };
+        let (kind, userspace) = match base().apply(&name, Backend::Kernel) {
+            Ok(()) => (Kind::Kernel, None),
+            // EOPNOTSUPP: no WireGuard in this kernel.
+            Err(e) if e.raw_os_error() == Some(95) => {
+                let handle = start_userspace(&spec.iface)?;
+                base().apply(&name, Backend::Userspace).map_err(configure)?;
+                (Kind::Userspace, Some(handle))
+            }
+            Err(e) => return Err(configure(e)),
+        };
+        let mut o = Overlay {
+            kind,
+            name,
+            spec: spec.clone(),
+            userspace,
+        };
+        o.apply_peers(&[], &spec.peers)?;
+        let (iface, addr, mtu) = (spec.iface.clone(), spec.address, u32::from(spec.mtu));
+        crate::attach::netlink::run(None, move |h| netlink::link_up(h, iface, addr, mtu))?;
+        o.routes(&[], &spec.peers)?;
+        Ok(o)
+    }
+
+    /// Changes the peers to `peers`, touching only the ones that differ.
+    pub fn set_peers(&mut self, peers: &[Peer]) -> Result<(), OverlayError> {
+        let old = self.spec.peers.clone();
+        self.apply_peers(&old, peers)?;
+        self.routes(&old, peers)?;
+        self.spec.peers = peers.to_vec();
+        Ok(())
+    }
+
+    fn apply_peers(&mut self, old: &[Peer], new: &[Peer]) -> Result<(), OverlayError> {
+        let mut update = DeviceUpdate::new();
+        let mut any = false;
+        for p in old
+            .iter()
+            .filter(|p| !new.iter().any(|n| n.public_key == p.public_key))
+        {
+            update = update.remove_peer_by_key(&p.public_key);
+            any = true;
+        }
+        for p in new.iter().filter(|p| !old.contains(p)) {
+            let mut b = PeerConfigBuilder::new(&p.public_key)
+                .set_endpoint(p.endpoint)
+                .set_persistent_keepalive_interval(KEEPALIVE_S)
+                .replace_allowed_ips();
+            for net in &p.allowed {
+                b = b.add_allowed_ip(net.network().into(), net.prefix_len());
+            }
+            update = update.add_peer(b);
+            any = true;
+        }
+        if any {
+            update
+                .apply(&self.name, backend(self.kind))
+                .map_err(|source| OverlayError::Configure {
+                    iface: self.spec.iface.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn routes(&self, old: &[Peer], new: &[Peer]) -> Result<(), OverlayError> {
+        let nets = |ps: &[Peer]| {
+            ps.iter()
+                .flat_map(|p| p.allowed.clone())
+                .collect::<Vec<_>>()
+        };
+        let (before, after) = (nets(old), nets(new));
+        let gone: Vec<Ipv4Net> = before
+            .iter()
+            .filter(|n| !after.contains(n))
+            .copied()
+            .collect();
+        let added: Vec<Ipv4Net> = after
+            .iter()
+            .filter(|n| !before.contains(n))
+            .copied()
+            .collect();
+        let iface = self.spec.iface.clone();
+        crate::attach::netlink::run(None, move |h| netlink::routes(h, iface, added, gone))?;
+        Ok(())
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.spec.iface
+    }
+
+    /// Stops a userspace device (the kernel's stays) and removes its socket.
+    pub fn stop(mut self) {
+        if let Some((tx, handle)) = self.userspace.take() {
+            let _ = tx.send(());
+            let _ = handle.join();
+            let _ = std::fs::remove_file(uapi_socket(&self.spec.iface));
+        }
+    }
+}
+
+/// Runs gotatun on a TUN device named `iface`, on its own thread and runtime,
+/// until told to stop; returns once its UAPI socket answers.
+fn start_userspace(
+    iface: &str,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), OverlayError> {
+    let err = |message: String| OverlayError::Userspace {
+        iface: iface.to_string(),
+        message,
+    };
+    // A socket left by a killed agent would make the device look alive.
+    let _ = std::fs::remove_file(uapi_socket(iface));
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let name = iface.to_string();
+    let handle = std::thread::Builder::new()
+        .name(format!("wg-{iface}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let uapi =
+                    match gotatun::device::uapi::UapiServer::default_unix_socket(&name, None, None)
+                    {
+                        Ok(u) => u,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("UAPI socket: {e}")));
+                            return;
+                        }
+                    };
+                let built = gotatun::device::DeviceBuilder::new()
+                    .with_default_udp()
+                    .create_tun(&name);
+                let device = match built {
+                    Ok(b) => b.with_uapi(uapi).build().await,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("TUN device: {e}")));
+                        return;
+                    }
+                };
+                match device {
+                    Ok(device) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                        device.stop().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        })
+        .map_err(|e| err(e.to_string()))?;
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => {}
+        Ok(Err(m)) => return Err(err(m)),
+        Err(_) => return Err(err("did not come up within 10 s".into())),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !uapi_socket(iface).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(err("its UAPI socket did not appear".into()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((stop_tx, handle))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverlayView {
+    pub interface: String,
+    pub backend: Kind,
+    pub public_key: String,
+    pub listen_port: Option<u16>,
+    pub mtu: Option<u16>,
+    pub peers: Vec<PeerView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the last handshake.
+    pub last_handshake_s: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The interface as WireGuard reports it (either backend).
+pub fn show(iface: &str) -> Result<OverlayView, OverlayError> {
+    let name: InterfaceName = iface
+        .parse()
+        .map_err(|_| OverlayError::BadInterface(iface.to_string()))?;
+    let (dev, kind) = match Device::get(&name, Backend::Kernel) {
+        Ok(d) => (d, Kind::Kernel),
+        Err(_) => (
+            Device::get(&name, Backend::Userspace).map_err(|source| OverlayError::Configure {
+                iface: iface.to_string(),
+                source,
+            })?,
+            Kind::Userspace,
+        ),
+    };
+    let now = SystemTime::now();
+    let mtu = crate::netdev::mtu(iface).ok();
+    Ok(OverlayView {
+        interface: iface.to_string(),
+        backend: kind,
+        public_key: dev.public_key.map(|k| k.to_base64()).unwrap_or_default(),
+        listen_port: dev.listen_port,
+        mtu,
+        peers: dev
+            .peers
+            .iter()
+            .map(|p| PeerView {
+                public_key: p.config.public_key.to_base64(),
+                endpoint: p.config.endpoint.map(|e| e.to_string()),
+                allowed_ips: p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .map(|a| format!("{}/{}", a.address, a.cidr))
+                    .collect(),
+                last_handshake_s: p
+                    .stats
+                    .last_handshake_time
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|d| d.as_secs()),
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
+            })
+            .collect(),
+    })
+}
+
+/// A table like `wg show`.
+pub fn render(v: &OverlayView, names: &BTreeMap<String, String>) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "interface: {}  backend: {:?}  mtu: {}  port: {}",
+        v.interface,
+        v.backend,
+        v.mtu.map(|m| m.to_string()).unwrap_or("-".into()),
+        v.listen_port.map(|p| p.to_string()).unwrap_or("-".into())
+    );
+    let _ = writeln!(s, "public key: {}\n", v.public_key);
+    let _ = writeln!(
+        s,
+        "{:<8} {:<22} {:<20} {:>10} {:>12} {:>12}",
+        "PEER", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX"
+    );
+    for p in &v.peers {
+        let name = names
+            .get(&p.public_key)
+            .cloned()
+            .unwrap_or_else(|| p.public_key[..8].to_string());
+        let hs = p
+            .last_handshake_s
+            .map(|s| format!("{s}s ago"))
+            .unwrap_or_else(|| "never".into());
+        let _ = writeln!(
+            s,
+            "{:<8} {:<22} {:<20} {:>10} {:>12} {:>12}",
+            name,
+            p.endpoint.clone().unwrap_or("-".into()),
+            p.allowed_ips.join(","),
+            hs,
+            p.rx_bytes,
+            p.tx_bytes
+        );
+    }
+    s
+}

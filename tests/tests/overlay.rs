@@ -1,0 +1,147 @@
+//! The WireGuard overlay: tasks on different hosts reach each other by
+//! their addresses through it, encrypted (the underlay carries only
+//! WireGuard UDP for them), and `apiary overlay show` reports it.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use apiary_tests::{apiary_bin, Lab};
+use common::*;
+
+/// The static config of host `h`: overlay on, every node's key, and one
+/// whoami exec task per host.
+fn config(lab: &Lab, h: usize, keys: &[String]) -> String {
+    let mut s = lab.static_config(h, "");
+    for (i, k) in keys.iter().enumerate() {
+        let needle = format!("    task_subnet: 10.201.{}.0/24\n", i + 1);
+        s = s.replace(&needle, &format!("{needle}    public_key: {k}\n"));
+    }
+    s += &format!(
+        "overlay:\n  interface: {}w{}\n  port: 51820\n",
+        lab.id,
+        h + 1
+    );
+    s += "tasks:\n";
+    for i in 0..keys.len() {
+        s += &format!(
+            "  - name: t{n}\n    node: h{n}\n    address: 10.201.{n}.10\n    command: [{bin}, tool, whoami, --listen, \"0.0.0.0:80\", --name, t{n}]\n",
+            n = i + 1,
+            bin = apiary_bin().display()
+        );
+    }
+    s
+}
+
+fn task_netns(lab: &Lab, h: usize, task: &str) -> String {
+    let pid =
+        std::fs::read_to_string(lab.data_dir(h).join("exec").join(task).join("shim.pid")).unwrap();
+    format!("/proc/{}/ns/net", pid.trim())
+}
+
+struct Capture(Child, std::path::PathBuf);
+
+impl Capture {
+    fn start(lab: &Lab, filter: &str, out: &str) -> Capture {
+        let path = lab.dir.join(out);
+        let child = lab
+            .fabric
+            .command("tcpdump")
+            .args(["-i", "br0", "-n", "-l", "-U", filter])
+            .stdout(std::fs::File::create(&path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump (cargo xtask test installs it)");
+        std::thread::sleep(Duration::from_millis(500));
+        Capture(child, path)
+    }
+
+    fn stop(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
+#[test]
+fn tasks_on_two_hosts_talk_through_wireguard_only() {
+    let mut lab = Lab::up(2).unwrap();
+    let keys: Vec<String> = (0..2).map(|h| lab.overlay_key(h).unwrap()).collect();
+    for h in 0..2 {
+        let cfg = config(&lab, h, &keys);
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    let clear = Capture::start(&lab, "tcp port 80", "clear.txt");
+    let sealed = Capture::start(&lab, "udp port 51820", "wg.txt");
+
+    // From task t1 (h1) to task t2 (h2) by address, and back the other way.
+    let answers = std::thread::scope(|s| {
+        let probe = |from_h: usize, from: &'static str, to: std::net::Ipv4Addr| {
+            let netns = task_netns(&lab, from_h, from);
+            s.spawn(move || {
+                let file = std::fs::File::open(&netns).unwrap();
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let target = addr(to, 80);
+                (0..100)
+                    .find_map(|_| {
+                        http_once(target, None).ok().or_else(|| {
+                            std::thread::sleep(Duration::from_millis(100));
+                            None
+                        })
+                    })
+                    .expect("a task reaches the other host's task through the overlay")
+            })
+        };
+        let a = probe(0, "t1", "10.201.2.10".parse().unwrap());
+        let b = probe(1, "t2", "10.201.1.10".parse().unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(answers.0.name, "t2");
+    assert_eq!(
+        answers.0.client.ip().to_string(),
+        "10.201.1.10",
+        "no NAT between tasks"
+    );
+    assert_eq!(answers.1.name, "t1");
+
+    let clear = clear.stop();
+    let sealed = sealed.stop();
+    assert!(
+        clear.trim().is_empty(),
+        "task traffic crossed the underlay in clear:\n{clear}"
+    );
+    assert!(
+        sealed.lines().count() >= 4,
+        "no WireGuard traffic on the underlay:\n{sealed}"
+    );
+
+    // `apiary overlay show` from h1.
+    let show = lab.hosts[0]
+        .ns
+        .run(
+            apiary_bin().to_str().unwrap(),
+            &[
+                "overlay",
+                "show",
+                "--json",
+                "--interface",
+                &format!("{}w1", lab.id),
+            ],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(
+        v["backend"], "userspace",
+        "this kernel has no WireGuard: {v}"
+    );
+    assert_eq!(v["mtu"], 1440, "underlay 1500 − 60: {v}");
+    assert_eq!(v["peers"][0]["endpoint"], "10.99.0.2:51820", "{v}");
+    assert_eq!(v["peers"][0]["allowed_ips"][0], "10.201.2.0/24", "{v}");
+    assert!(
+        v["peers"][0]["last_handshake_s"].is_u64(),
+        "a handshake happened: {v}"
+    );
+    assert!(v["peers"][0]["tx_bytes"].as_u64().unwrap() > 0);
+}

@@ -606,6 +606,17 @@ impl StaticConfig {
         Ok(())
     }
 
+    /// The address node-to-node encapsulation uses for `node`: its overlay
+    /// address (task gateway) when the overlay is on, so the encapsulated
+    /// packets travel inside WireGuard; its underlay address otherwise.
+    pub fn tunnel_addr(&self, node: &NodeSpec) -> Ipv4Addr {
+        if self.overlay.is_some() {
+            crate::attach::ipam::gateway(node.task_subnet)
+        } else {
+            node.address
+        }
+    }
+
     /// Tasks this node's agent runs.
     pub fn my_tasks(&self) -> Vec<TaskSpecConfig> {
         self.tasks
@@ -665,7 +676,7 @@ impl StaticConfig {
                             addr,
                             port: p.target,
                             draining: state == BackendStateSpec::Draining,
-                            node_addr: (node.name != me.name).then_some(node.address),
+                            node_addr: (node.name != me.name).then(|| self.tunnel_addr(node)),
                         }
                     })
                     .collect();
@@ -685,7 +696,7 @@ impl StaticConfig {
             }
         }
         Desired {
-            node_addr: me.address,
+            node_addr: self.tunnel_addr(me),
             encap_port: self.encap_port,
             mtu: self.mtu.unwrap_or(mtu),
             tcp_timeout_s: self.conntrack.tcp_timeout_s,

@@ -73,6 +73,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut overlay = match cfg.overlay_spec(&data_dir, mtu) {
         Some(spec) => {
             let o = Overlay::start(spec).context("starting the overlay")?;
+            dp.attach_overlay(o.iface())
+                .context("attaching the overlay program")?;
             tracing::info!(interface = o.iface(), backend = ?o.kind, "overlay up");
             Some(o)
         }
@@ -80,11 +82,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     // Task links fit the smaller of the overlay's MTU and the node-to-node
     // encapsulation's.
-    let task_mtu = cfg
+    let path_mtu = cfg
         .overlay_spec(&data_dir, mtu)
         .map(|o| o.mtu)
-        .unwrap_or(u16::MAX)
-        .min(cfg.mtu.unwrap_or(mtu) - mesh_common::ENCAP_OVERHEAD);
+        .unwrap_or(cfg.mtu.unwrap_or(mtu));
+    let task_mtu = path_mtu - mesh_common::ENCAP_OVERHEAD;
     let attach = AttachConfig {
         subnet: me.task_subnet,
         mtu: u32::from(task_mtu),

@@ -39,6 +39,9 @@ pub const ALL_MAPS: [&str; 9] = [
 
 /// Program attached at TC ingress of the node's underlay interface.
 pub const PROG_HOST_INGRESS: &str = "apiary_host_ingress";
+/// Program attached at TC ingress of the node's overlay (WireGuard)
+/// interface, an L3 device.
+pub const PROG_OVERLAY_INGRESS: &str = "apiary_overlay_ingress";
 /// Program attached at TC ingress of the host side of every task veth
 /// (packets leaving a task).
 pub const PROG_TASK_INGRESS: &str = "apiary_task_ingress";

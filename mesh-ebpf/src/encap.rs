@@ -8,12 +8,14 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
+    helpers::bpf_skb_change_head,
     programs::TcContext,
+    EbpfContext,
 };
 use mesh_common::*;
 
 use crate::{
-    hdr::{Ipv4Hdr, Packet, ETH_LEN},
+    hdr::{Ipv4Hdr, Packet, ETH_LEN, ETH_P_IP},
     lb::flow_hash,
     maps::count,
     route, Verdict,
@@ -101,4 +103,37 @@ pub fn decap(ctx: &TcContext, p: &Packet) -> Result<u32, u32> {
         .map_err(|_| STAT_DROP_DECAP)?;
     count(STAT_DECAP);
     Ok(p.saddr)
+}
+
+/// On an L3 device (no Ethernet header): if the packet is encapsulated for
+/// this node, strips the outer headers, puts an Ethernet header in front of
+/// the inner packet (the rest of the path expects one, and
+/// `bpf_redirect_neigh` replaces it) and returns the sending node.
+#[inline(always)]
+pub fn decap_l3(ctx: &TcContext, cfg: &NodeConfig) -> Result<Option<u32>, u32> {
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(0) else {
+        return Ok(None);
+    };
+    if ip.vihl != 0x45 || ip.proto != PROTO_UDP || ip.daddr != cfg.node_addr {
+        return Ok(None);
+    }
+    let dport: u16 = ctx.load(20 + 2).map_err(|_| STAT_DROP_MALFORMED)?;
+    if dport != cfg.encap_port {
+        return Ok(None);
+    }
+    if (u16::from_be(ip.tot_len) as u32) < 20 + 8 + 20 {
+        return Err(STAT_DROP_DECAP);
+    }
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+    ctx.adjust_room(-(ENCAP_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| STAT_DROP_DECAP)?;
+    // SAFETY: the helper only needs the context and a length.
+    let rc = unsafe { bpf_skb_change_head(ctx.as_ptr().cast(), ETH_LEN as u32, 0) };
+    if rc != 0 {
+        return Err(STAT_DROP_DECAP);
+    }
+    ctx.store(12, &ETH_P_IP.to_be(), 0)
+        .map_err(|_| STAT_DROP_DECAP)?;
+    count(STAT_DECAP);
+    Ok(Some(ip.saddr))
 }

@@ -59,22 +59,12 @@ fn host_ingress(ctx: &TcContext) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Ok(TC_ACT_OK);
     };
-    let Some(mut pkt) = Packet::parse(ctx)? else {
+    let Some(pkt) = Packet::parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
     if pkt.proto == PROTO_UDP && pkt.daddr == cfg.node_addr && pkt.dport == cfg.encap_port {
         let ingress_node = encap::decap(ctx, &pkt)?;
-        let Some(inner) = Packet::parse(ctx)? else {
-            return Err(STAT_DROP_DECAP);
-        };
-        pkt = inner;
-        // A reply from a backend on another node to a flow that entered here.
-        if let Some(action) = nat::reply(ctx, &pkt)? {
-            return Ok(action);
-        }
-        // A new or tracked flow that entered at `ingress_node`, for a task here.
-        ct::note_tunnel(&pkt, ingress_node, &cfg)?;
-        return route::forward(ctx, &pkt);
+        return opened(ctx, &cfg, ingress_node);
     }
     if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
         return Ok(action);
@@ -82,6 +72,40 @@ fn host_ingress(ctx: &TcContext) -> Verdict {
     // Not for a frontend: a connection straight to a task address.
     ct::forget_stale(&pkt);
     Ok(TC_ACT_OK)
+}
+
+/// After an encapsulated packet was opened: a reply to a flow that
+/// entered here, or a flow that entered at `ingress_node` for a task here.
+#[inline(always)]
+fn opened(ctx: &TcContext, cfg: &NodeConfig, ingress_node: u32) -> Verdict {
+    let Some(pkt) = Packet::parse(ctx)? else {
+        return Err(STAT_DROP_DECAP);
+    };
+    if let Some(action) = nat::reply(ctx, &pkt)? {
+        return Ok(action);
+    }
+    ct::note_tunnel(&pkt, ingress_node, cfg)?;
+    route::forward(ctx, &pkt)
+}
+
+/// On the overlay (WireGuard) interface, an L3 device: packets start at
+/// the IPv4 header. Encapsulated packets from other nodes are opened and
+/// given an Ethernet header, then go the way they go on the underlay;
+/// everything else (task-to-task traffic) passes.
+#[classifier]
+pub fn apiary_overlay_ingress(ctx: TcContext) -> i32 {
+    finish(overlay_ingress(&ctx))
+}
+
+#[inline(always)]
+fn overlay_ingress(ctx: &TcContext) -> Verdict {
+    let Some(cfg) = maps::config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(ingress_node) = encap::decap_l3(ctx, &cfg)? else {
+        return Ok(TC_ACT_OK);
+    };
+    opened(ctx, &cfg, ingress_node)
 }
 
 #[inline(always)]

@@ -145,3 +145,62 @@ fn tasks_on_two_hosts_talk_through_wireguard_only() {
     );
     assert!(v["peers"][0]["tx_bytes"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_published_port_reaches_a_remote_task_through_the_overlay_with_the_client_address() {
+    let mut lab = Lab::up(3).unwrap();
+    let keys: Vec<String> = (0..3).map(|h| lab.overlay_key(h).unwrap()).collect();
+    for h in 0..3 {
+        // t1..t3 from `config`, plus a service over t1 only, published on every host.
+        let cfg = config(&lab, h, &keys)
+            .replace("services: []\n", "services:\n  - name: web\n    vip: 10.96.0.10\n    ports:\n      - published: 8080\n        target: 80\n    backends: []\n")
+            .replace("    address: 10.201.1.10\n", "    address: 10.201.1.10\n    service: web\n");
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    // Encapsulated mesh traffic and task traffic must not show on the underlay.
+    let clear = Capture::start(&lab, "udp port 6390 or tcp port 80", "clear.txt");
+    let sealed = Capture::start(&lab, "udp port 51820", "wg.txt");
+    let to = addr(apiary_tests::lab::host_addr(2), 8080);
+    let answers: Vec<Answer> = lab
+        .client
+        .run_in(move || {
+            (0..30)
+                .map(|_| {
+                    (0..50)
+                        .find_map(|_| {
+                            http_once(to, None).ok().or_else(|| {
+                                std::thread::sleep(Duration::from_millis(100));
+                                None
+                            })
+                        })
+                        .expect("h3:8080 answers")
+                })
+                .collect()
+        })
+        .unwrap();
+    for a in &answers {
+        assert_eq!(a.name, "t1");
+        assert_eq!(
+            a.client.ip(),
+            std::net::IpAddr::V4(apiary_tests::lab::client_addr()),
+            "the task sees the client"
+        );
+    }
+    // East-west: a task on h2 through the VIP to t1 on h1.
+    let netns = task_netns(&lab, 1, "t2");
+    let vip = std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        http_once(addr("10.96.0.10".parse().unwrap(), 80), None).expect("VIP across the overlay")
+    })
+    .join()
+    .unwrap();
+    assert_eq!(vip.name, "t1");
+    assert_eq!(vip.client.ip().to_string(), "10.201.2.10");
+    let clear = clear.stop();
+    assert!(
+        clear.trim().is_empty(),
+        "mesh traffic crossed the underlay outside WireGuard:\n{clear}"
+    );
+    assert!(sealed.stop().lines().count() >= 4);
+}

@@ -141,7 +141,7 @@ impl Dataplane {
             )
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .load(OBJECT)?;
-        for name in [PROG_HOST_INGRESS, PROG_TASK_INGRESS] {
+        for name in [PROG_HOST_INGRESS, PROG_TASK_INGRESS, PROG_OVERLAY_INGRESS] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
@@ -160,6 +160,12 @@ impl Dataplane {
             task_links: HashSet::new(),
             adopted,
         })
+    }
+
+    /// Puts the overlay program on the overlay interface (again after it was
+    /// re-created, as a userspace device is when its agent restarts).
+    pub fn attach_overlay(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        attach(&mut self.ebpf, PROG_OVERLAY_INGRESS, iface)
     }
 
     /// A loaded program, by its name in `mesh_common` (`PROG_*`).

@@ -86,8 +86,17 @@ fn remove_cgroups(prefix: &str) -> Vec<String> {
     errors
 }
 
-/// cgroup directories can only be removed empty and one at a time.
+/// cgroup directories can only be removed empty and one at a time; the
+/// processes still in them (tasks of a killed daemon) are killed first.
 fn rmdir_tree(dir: &Path) -> std::io::Result<()> {
+    if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     for e in fs::read_dir(dir)?.flatten() {
         if e.file_type()?.is_dir() {
             rmdir_tree(&e.path())?;
@@ -518,6 +527,7 @@ impl Lab {
         let mut errors = Vec::new();
         for d in &mut self.daemons {
             d.kill9();
+            d.kill_tasks();
         }
         for c in &mut self.children {
             let _ = c.kill();
@@ -598,6 +608,27 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Kills the exec tasks and shims this daemon started (they outlive it
+    /// by design).
+    pub fn kill_tasks(&self) {
+        let Ok(entries) = fs::read_dir(self.data_dir.join("exec")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            for f in ["task.pid", "shim.pid"] {
+                if let Some(pid) = fs::read_to_string(e.path().join(f))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
         }
     }
 

@@ -204,3 +204,86 @@ fn a_published_port_reaches_a_remote_task_through_the_overlay_with_the_client_ad
     );
     assert!(sealed.stop().lines().count() >= 4);
 }
+
+/// Requests from task `from` (its namespace) to `to`:80 until one succeeds;
+/// how long that took.
+fn time_to_reach(netns: String, to: std::net::Ipv4Addr, limit: Duration) -> Option<Duration> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            let s = std::net::TcpStream::connect_timeout(&addr(to, 80), Duration::from_millis(200));
+            if let Ok(mut s) = s {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = String::new();
+                if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+                    && s.read_to_string(&mut buf).is_ok()
+                    && buf.contains("name=")
+                {
+                    return Some(start.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn overlay_traffic_resumes_after_an_agent_kill9_and_after_a_host_returns() {
+    let mut lab = Lab::up(2).unwrap();
+    let keys: Vec<String> = (0..2).map(|h| lab.overlay_key(h).unwrap()).collect();
+    for h in 0..2 {
+        let cfg = config(&lab, h, &keys);
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    let t2 = task_netns(&lab, 1, "t2");
+    let t1_addr: std::net::Ipv4Addr = "10.201.1.10".parse().unwrap();
+    assert!(
+        time_to_reach(t2.clone(), t1_addr, Duration::from_secs(10)).is_some(),
+        "overlay works before"
+    );
+    let t1_pid = lab.daemons[0].task_pid("t1").unwrap();
+
+    // The agent of h1 dies (its userspace WireGuard with it) and comes back.
+    lab.daemon(0).kill9();
+    lab.restart_daemon(0).unwrap();
+    let after_restart = time_to_reach(t2.clone(), t1_addr, Duration::from_secs(10))
+        .expect("overlay traffic resumes after the restart");
+    eprintln!("overlay traffic resumed {after_restart:?} after the agent was ready again");
+    assert_eq!(
+        lab.daemons[0].task_pid("t1"),
+        Some(t1_pid),
+        "the task kept running"
+    );
+    let iface = format!("{}w1", lab.id);
+    let links = lab.hosts[0].ns.ip(&["-o", "link"]).unwrap();
+    assert_eq!(links.matches(&format!(" {iface}:")).count(), 1, "{links}");
+    assert_eq!(
+        links.matches(" apt").count(),
+        1,
+        "one task link, not a leaked one: {links}"
+    );
+    assert!(std::path::Path::new(&format!("/var/run/wireguard/{iface}.sock")).exists());
+    assert!(
+        after_restart < Duration::from_secs(2),
+        "resumed only after {after_restart:?}"
+    );
+
+    // h2 goes away from the underlay and comes back.
+    let fab = lab.fabric.clone();
+    fab.ip(&["link", "set", "h2", "down"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    fab.ip(&["link", "set", "h2", "up"]).unwrap();
+    let after_return = time_to_reach(t2, t1_addr, Duration::from_secs(10))
+        .expect("overlay traffic resumes after the host returns");
+    eprintln!("overlay traffic resumed {after_return:?} after the host returned");
+    assert!(
+        after_return < Duration::from_secs(2),
+        "resumed only after {after_return:?}"
+    );
+}

@@ -834,6 +834,44 @@ services:
     }
 
     #[test]
+    fn overlay_needs_valid_keys_of_the_other_nodes() {
+        let key = wireguard_control::Key::generate_private()
+            .get_public()
+            .to_base64();
+        let with = |k: &str| {
+            BASE.replace(
+                "task_subnet: 10.201.2.0/24\n",
+                &format!("task_subnet: 10.201.2.0/24\n    public_key: {k}\n"),
+            ) + "overlay:\n  interface: wg-test\n"
+        };
+        let cfg = parse(Path::new("mesh.yaml"), &with(&key)).unwrap();
+        let spec = cfg.overlay_spec(Path::new("/tmp"), 1500).unwrap();
+        assert_eq!(spec.mtu, 1440);
+        assert_eq!(spec.peers.len(), 1);
+        assert_eq!(spec.address, Ipv4Addr::new(10, 201, 1, 1));
+        assert_eq!(
+            cfg.tunnel_addr(&cfg.nodes[1]),
+            Ipv4Addr::new(10, 201, 2, 1),
+            "encapsulation uses overlay addresses"
+        );
+        let e = err(&with("not-a-key"));
+        assert!(
+            e.contains("nodes[1].public_key") && e.contains("not a WireGuard key"),
+            "{e}"
+        );
+        let e = err(&(BASE.to_string() + "overlay:\n  interface: wg-test\n"));
+        assert!(
+            e.contains("nodes[1].public_key")
+                && e.contains("node `h2` needs its WireGuard public key"),
+            "{e}"
+        );
+        let e = err(
+            &(with(&key).replace("interface: wg-test", "interface: this-name-is-far-too-long"))
+        );
+        assert!(e.contains("overlay.interface"), "{e}");
+    }
+
+    #[test]
     fn contradictions_are_rejected() {
         for (from, to, want) in [
             ("node: h1", "node: h9", "`h9` is not one of"),

@@ -287,3 +287,92 @@ fn overlay_traffic_resumes_after_an_agent_kill9_and_after_a_host_returns() {
         "resumed only after {after_return:?}"
     );
 }
+
+/// Runs `f` on a thread inside the network namespace at `netns`.
+fn in_netns<R: Send + 'static>(
+    netns: String,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+#[test]
+fn large_datagrams_and_bulk_tcp_cross_the_overlay() {
+    let mut lab = Lab::up(2).unwrap();
+    let keys: Vec<String> = (0..2).map(|h| lab.overlay_key(h).unwrap()).collect();
+    for h in 0..2 {
+        let cfg = config(&lab, h, &keys);
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    let (t1, t2) = (task_netns(&lab, 0, "t1"), task_netns(&lab, 1, "t2"));
+    assert!(time_to_reach(
+        t1.clone(),
+        "10.201.2.10".parse().unwrap(),
+        Duration::from_secs(10)
+    )
+    .is_some());
+
+    // A 1400-byte UDP payload to t2's whoami (UDP echo) and its answer.
+    let udp = in_netns(t1.clone(), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (0..5).find_map(|_| {
+            s.send_to(&[7u8; 1400], "10.201.2.10:80").unwrap();
+            let mut buf = [0u8; 2048];
+            s.recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        udp.is_some_and(|a| a.contains("name=t2")),
+        "no answer to a 1400-byte datagram"
+    );
+
+    // 16 MiB over one TCP connection, t1 → a listener in t2's namespace.
+    const BULK: usize = 16 << 20;
+    let listener = in_netns(t2, || {
+        std::net::TcpListener::bind("10.201.2.10:9000").unwrap()
+    })
+    .join()
+    .unwrap();
+    let sink = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = listener.accept().unwrap();
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let r = c.read(&mut buf).unwrap();
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        c.write_all(n.to_string().as_bytes()).unwrap();
+        n
+    });
+    let sent = in_netns(t1, || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect_timeout(
+            &addr("10.201.2.10".parse().unwrap(), 9000),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(&vec![42u8; BULK]).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut ack = String::new();
+        c.read_to_string(&mut ack).unwrap();
+        ack
+    })
+    .join()
+    .unwrap();
+    assert_eq!(sink.join().unwrap(), BULK);
+    assert_eq!(sent, BULK.to_string());
+}

@@ -2,6 +2,7 @@
 //! report ratios (see `BENCH.md` of the project notes and `bench/RESULTS.md`).
 
 pub mod lb;
+pub mod overlay;
 pub mod sync;
 pub mod wrk;
 

@@ -11,7 +11,8 @@ use crate::util::{ensure_packages, exec, root, target_dir};
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     let packages: &[&str] = match name {
         "lb" => &["wrk", "haproxy", "nftables", "iproute2", "util-linux"],
-        other => bail!("unknown benchmark `{other}`: the benchmarks are: lb"),
+        "overlay" => &["iperf3", "iproute2", "util-linux"],
+        other => bail!("unknown benchmark `{other}`: the benchmarks are: lb, overlay"),
     };
     ensure_packages(packages)?;
     exec(Command::new(env!("CARGO")).current_dir(root()).args([

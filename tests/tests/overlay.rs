@@ -376,3 +376,100 @@ fn large_datagrams_and_bulk_tcp_cross_the_overlay() {
     assert_eq!(sink.join().unwrap(), BULK);
     assert_eq!(sent, BULK.to_string());
 }
+
+#[test]
+fn a_docker_task_is_reached_over_the_overlay_by_address_and_through_a_published_port() {
+    let mut lab = Lab::up(3).unwrap();
+    let keys: Vec<String> = (0..3).map(|h| lab.overlay_key(h).unwrap()).collect();
+    for h in 0..3 {
+        // t1 on h1 becomes a container; t2, t3 stay exec tasks.
+        let cfg = config(&lab, h, &keys)
+            .replace("services: []\n", "services:\n  - name: web\n    ports:\n      - published: 8080\n        target: 80\n    backends: []\n")
+            .replace(
+                &format!("    address: 10.201.1.10\n    command: [{}, tool, whoami, --listen, \"0.0.0.0:80\", --name, t1]\n", apiary_bin().display()),
+                "    address: 10.201.1.10\n    driver: docker\n    image: apiary/whoami:dev\n    service: web\n    command: [/bin/apiary, tool, whoami, --listen, \"0.0.0.0:80\", --name, d1]\n",
+            );
+        assert!(cfg.contains("driver: docker"), "{cfg}");
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    let clear = Capture::start(&lab, "udp port 6390 or tcp port 80", "clear.txt");
+    // From the exec task on h2 to the container on h1, by address.
+    let t2 = task_netns(&lab, 1, "t2");
+    let seen = in_netns(t2, || {
+        (0..100).find_map(|_| {
+            http_once(addr("10.201.1.10".parse().unwrap(), 80), None)
+                .ok()
+                .or_else(|| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                })
+        })
+    })
+    .join()
+    .unwrap()
+    .expect("the container answers on its overlay address");
+    assert_eq!(seen.name, "d1");
+    assert_eq!(seen.client.ip().to_string(), "10.201.2.10");
+    // From outside through h3's published port.
+    let to = addr(apiary_tests::lab::host_addr(2), 8080);
+    let a = lab
+        .client
+        .run_in(move || http_once(to, None).unwrap())
+        .unwrap();
+    assert_eq!(a.name, "d1");
+    assert_eq!(
+        a.client.ip(),
+        std::net::IpAddr::V4(apiary_tests::lab::client_addr())
+    );
+    let clear = clear.stop();
+    assert!(
+        clear.trim().is_empty(),
+        "in clear on the underlay:\n{clear}"
+    );
+}
+
+#[test]
+fn changing_one_peer_leaves_traffic_to_the_others_alone() {
+    let mut lab = Lab::up(3).unwrap();
+    let keys: Vec<String> = (0..3).map(|h| lab.overlay_key(h).unwrap()).collect();
+    for h in 0..3 {
+        let cfg = config(&lab, h, &keys);
+        lab.start_daemon(h, &cfg).unwrap();
+    }
+    let t1 = task_netns(&lab, 0, "t1");
+    assert!(time_to_reach(
+        t1.clone(),
+        "10.201.2.10".parse().unwrap(),
+        Duration::from_secs(10)
+    )
+    .is_some());
+    // A long-lived connection from t1 to t2 across the change.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let conn = in_netns(t1.clone(), move || {
+        let mut c = KeepAlive::connect(addr("10.201.2.10".parse().unwrap(), 80)).unwrap();
+        let mut n = 0;
+        while rx.try_recv().is_err() {
+            assert_eq!(c.get().expect("the connection to t2 broke").name, "t2");
+            n += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    });
+    // h1 drops peer h3 (its key changes to a new one), then takes it back.
+    let other = wireguard_control::Key::generate_private()
+        .get_public()
+        .to_base64();
+    let changed: Vec<String> = vec![keys[0].clone(), keys[1].clone(), other];
+    let cfg = config(&lab, 0, &changed);
+    assert!(lab.daemon(0).reload(&cfg).unwrap().contains("reloaded"));
+    std::thread::sleep(Duration::from_millis(300));
+    let cfg = config(&lab, 0, &keys);
+    assert!(lab.daemon(0).reload(&cfg).unwrap().contains("reloaded"));
+    std::thread::sleep(Duration::from_millis(300));
+    tx.send(()).unwrap();
+    assert!(conn.join().unwrap() > 10);
+    assert!(
+        time_to_reach(t1, "10.201.3.10".parse().unwrap(), Duration::from_secs(5)).is_some(),
+        "h3 is a peer again"
+    );
+}

@@ -15,9 +15,9 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use apiary_tests::Lab;
 
-use crate::median_spread;
 use crate::sync;
 use crate::wrk::{self, Load, Mode};
+use crate::{arg, median_spread};
 
 struct Variant {
     key: &'static str,
@@ -59,14 +59,6 @@ const VARIANTS: [Variant; 5] = [
         url: "http://10.99.0.2:8091/",
     },
 ];
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn setup() -> anyhow::Result<Lab> {
     let mut lab = Lab::up(3)?;

@@ -6,6 +6,15 @@ pub mod overlay;
 pub mod sync;
 pub mod wrk;
 
+/// The value after `name` in `args`, or `default`.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Median and spread (max − min) of a set of measurements.
 pub fn median_spread(values: &[f64]) -> (f64, f64) {
     if values.is_empty() {

@@ -8,15 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use apiary_tests::{apiary_bin, Lab};
 
-use crate::median_spread;
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use crate::{arg, median_spread};
 
 /// Gbit/s of one iperf3 run from the namespace at `netns` to `to`.
 fn iperf(netns: &str, to: &str, seconds: u32) -> anyhow::Result<f64> {

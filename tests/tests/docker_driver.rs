@@ -93,14 +93,7 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
                 .expect("start");
             assert!(matches!(st, TaskState::Running(_)));
             let to = common::addr(addr.unwrap(), 80);
-            let answer = (0..100)
-                .find_map(|_| {
-                    http_once(to, None).ok().or_else(|| {
-                        std::thread::sleep(Duration::from_millis(50));
-                        None
-                    })
-                })
-                .expect("the container answers on its task address");
+            let answer = http_retry(to, 100).expect("the container answers on its task address");
             let resolv_inside = std::fs::read_to_string(&resolv).unwrap();
             drop(d);
             drop(at);

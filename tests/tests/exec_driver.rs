@@ -95,14 +95,7 @@ fn an_exec_task_serves_on_its_address_logs_and_stops() {
             let (state, addr) = start(&mut d, &mut at, &whoami).expect("start");
             assert!(matches!(state, TaskState::Running(_)), "{state:?}");
             let to = common::addr(addr, 80);
-            let answer = (0..100)
-                .find_map(|_| {
-                    http_once(to, None).ok().or_else(|| {
-                        std::thread::sleep(Duration::from_millis(50));
-                        None
-                    })
-                })
-                .expect("the task answers on its address");
+            let answer = http_retry(to, 100).expect("the task answers on its address");
             let ended = d.stop("web-1", Duration::from_secs(3)).unwrap();
             let logs = d.logs("web-1").unwrap();
             at.detach("web-1").unwrap();

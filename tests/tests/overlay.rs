@@ -84,13 +84,7 @@ fn tasks_on_two_hosts_talk_through_wireguard_only() {
                 let file = std::fs::File::open(&netns).unwrap();
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
                 let target = addr(to, 80);
-                (0..100)
-                    .find_map(|_| {
-                        http_once(target, None).ok().or_else(|| {
-                            std::thread::sleep(Duration::from_millis(100));
-                            None
-                        })
-                    })
+                http_retry(target, 100)
                     .expect("a task reaches the other host's task through the overlay")
             })
         };
@@ -165,16 +159,7 @@ fn a_published_port_reaches_a_remote_task_through_the_overlay_with_the_client_ad
         .client
         .run_in(move || {
             (0..30)
-                .map(|_| {
-                    (0..50)
-                        .find_map(|_| {
-                            http_once(to, None).ok().or_else(|| {
-                                std::thread::sleep(Duration::from_millis(100));
-                                None
-                            })
-                        })
-                        .expect("h3:8080 answers")
-                })
+                .map(|_| http_retry(to, 100).expect("h3:8080 answers"))
                 .collect()
         })
         .unwrap();

@@ -65,6 +65,17 @@ fn socket2_tcp(local: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(s)
 }
 
+/// [`http_once`] until it answers, `tries` times at most, 50 ms apart:
+/// for a backend that is still starting.
+pub fn http_retry(to: SocketAddr, tries: usize) -> Option<Answer> {
+    (0..tries).find_map(|_| {
+        http_once(to, None).ok().or_else(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            None
+        })
+    })
+}
+
 /// A keep-alive HTTP/1.1 connection.
 pub struct KeepAlive {
     s: TcpStream,

@@ -65,11 +65,6 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if dp.adopted {
         tracing::info!("re-adopted pinned maps and attached programs of an earlier agent");
     }
-    let report = dp
-        .apply(&cfg.desired(mtu))
-        .context("programming the data plane")?;
-    tracing::info!(?report, "data plane programmed");
-
     let mut overlay = match cfg.overlay_spec(&data_dir, mtu) {
         Some(spec) => {
             let o = Overlay::start(spec).context("starting the overlay")?;
@@ -106,6 +101,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         TaskManager::open(attach, drivers, &cfg.my_tasks()).context("opening the task manager")?;
     log_tasks(&adopted);
     log_tasks(&tasks.reconcile(&cfg.my_tasks()));
+    let report = dp
+        .apply(&ready_desired(&cfg, mtu, &mut tasks))
+        .context("programming the data plane")?;
+    tracing::info!(?report, "data plane programmed");
     // New task links get their program before the node says it is ready.
     dp.scan_task_links().context("attaching task interfaces")?;
     tracing::info!("ready");
@@ -150,6 +149,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         // Restart tasks that ended; start and stop what the config says.
         log_tasks(&tasks.reconcile(&current.my_tasks()));
+        // Tasks whose health check has not passed serve no traffic.
+        let want = ready_desired(&current, mtu, &mut tasks);
+        match dp.apply(&want) {
+            Ok(r) if !r.is_noop() => tracing::info!(report = ?r, "backends follow task health"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("programming the data plane: {e}"),
+        }
         links.drain();
         match dp.scan_task_links() {
             Ok(added) if !added.is_empty() => tracing::info!(?added, "attached task interfaces"),
@@ -177,6 +183,22 @@ fn reload(dp: &mut Dataplane, path: &std::path::Path, mtu: u16) -> Option<Static
             }
         },
     }
+}
+
+/// The data plane `cfg` asks for, less the local tasks that are not ready.
+fn ready_desired(
+    cfg: &StaticConfig,
+    mtu: u16,
+    tasks: &mut TaskManager,
+) -> crate::dataplane::desired::Desired {
+    let mut want = cfg.desired(mtu);
+    let not_ready = tasks.not_ready(&cfg.my_tasks());
+    if !not_ready.is_empty() {
+        for s in want.services.values_mut() {
+            s.backends.retain(|b| !not_ready.contains(&b.addr));
+        }
+    }
+    want
 }
 
 fn log_tasks(r: &Reconciled) {

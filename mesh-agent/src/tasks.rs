@@ -11,7 +11,7 @@ use crate::attach::{AttachConfig, AttachError, Attacher};
 use crate::config::{parse_bytes, DriverKind, TaskSpecConfig};
 use crate::driver::docker::DockerDriver;
 use crate::driver::exec::ExecDriver;
-use crate::driver::{DriverError, TaskDriver, TaskSpec, TaskState};
+use crate::driver::{DriverError, Health, TaskDriver, TaskSpec, TaskState};
 
 /// How long a task gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -138,6 +138,29 @@ impl TaskManager {
         }
     }
 
+    /// Addresses of this node's tasks whose health check has not passed
+    /// (starting, unhealthy, or not running): no backends while so.
+    pub fn not_ready(&mut self, want: &[TaskSpecConfig]) -> HashSet<std::net::Ipv4Addr> {
+        let tasks: Vec<(String, DriverKind, std::net::Ipv4Addr)> = self
+            .running
+            .iter()
+            .map(|(id, s)| (id.clone(), s.driver, s.address))
+            .collect();
+        // A checked task that is not running has not passed its check.
+        let mut out: HashSet<std::net::Ipv4Addr> = want
+            .iter()
+            .filter(|t| t.health_cmd.is_some() && !self.running.contains_key(&t.name))
+            .map(|t| t.address)
+            .collect();
+        for (id, kind, addr) in tasks {
+            let health = self.driver(kind).and_then(|d| d.health(&id));
+            if matches!(health, Ok(Health::Starting | Health::Unhealthy)) {
+                out.insert(addr);
+            }
+        }
+        out
+    }
+
     /// Brings the running tasks to `want`.
     pub fn reconcile(&mut self, want: &[TaskSpecConfig]) -> Reconciled {
         let mut r = Reconciled::default();
@@ -195,6 +218,7 @@ impl TaskManager {
             command: spec.command.clone(),
             resolv_conf: Some(self.attacher.resolv_conf_path(&spec.name)),
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
+            health_cmd: spec.health_cmd.clone(),
             cpus: spec.cpus,
         };
         let addr = spec.address;

@@ -176,3 +176,58 @@ fn agents_run_adopt_restart_and_stop_their_tasks() {
     let links = lab.hosts[1].ns.ip(&["-o", "link"]).unwrap();
     assert!(!links.contains(" apt"), "web-b's link left behind: {links}");
 }
+
+/// Backend addresses of frontend `fe` in `apiary lb ls --json`.
+fn backends_of(lab: &Lab, d: usize, fe: &str) -> Vec<String> {
+    let ls = lab.daemons[d].lb("ls").unwrap();
+    ls.as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["frontend"] == fe)
+        .flat_map(|f| {
+            f["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["address"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_serves_only_once_its_health_check_passes() {
+    let mut lab = Lab::up(1).unwrap();
+    let bin = apiary_bin();
+    let cfg = lab.static_config(0, "  - name: web\n    ports:\n      - published: 8080\n        target: 80\n    backends: []\n")
+        + &format!(
+            "tasks:\n  - name: web-e\n    node: h1\n    address: 10.201.1.10\n    service: web\n    command: [{}, tool, whoami, --listen, \"0.0.0.0:80\", --name, web-e]\n\
+             \x20 - name: web-h\n    node: h1\n    driver: docker\n    image: apiary/whoami:dev\n    address: 10.201.1.11\n    service: web\n    health_cmd: test -f /tmp/ok\n\
+             \x20   command: [sh, -c, \"/bin/apiary tool whoami --listen 0.0.0.0:80 --name web-h & sleep 3; touch /tmp/ok; wait\"]\n",
+            bin.display()
+        );
+    lab.start_daemon(0, &cfg).unwrap();
+    let fe = "10.99.0.1:8080";
+    // Starting: only the task without a check is a backend.
+    assert_eq!(
+        backends_of(&lab, 0, fe),
+        vec!["10.201.1.10:80"],
+        "web-h must wait for its check"
+    );
+    wait_serving(&lab, &["web-e"]);
+    let got = names_via(&lab, 0, 30);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec!["web-e"],
+        "{got:?}"
+    );
+    // Healthy within a few seconds: both serve.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while backends_of(&lab, 0, fe).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web-h never became a backend"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_serving(&lab, &["web-e", "web-h"]);
+}

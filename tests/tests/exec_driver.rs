@@ -32,6 +32,7 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         image: None,
         command: command.iter().map(|s| s.to_string()).collect(),
         resolv_conf: None,
+        health_cmd: None,
         memory_max: None,
         cpus: None,
     }

@@ -177,7 +177,9 @@ impl Dataplane {
     pub fn apply(&mut self, want: &Desired) -> Result<ApplyReport, DataplaneError> {
         let report = sync::apply(&mut self.maps, &mut self.programmed, want);
         // Names are saved even after a partial failure: they describe the maps.
-        write_names(&self.opts.data_dir, &self.programmed)?;
+        if !matches!(&report, Ok(r) if r.is_noop()) {
+            write_names(&self.opts.data_dir, &self.programmed)?;
+        }
         report
     }
 

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HealthStatusEnum, HostConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptions, LogsOptions,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -17,7 +19,10 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::state::{ExitRecord, TaskState};
-use super::{valid_task_id, AttachFn, DriverError, TaskDriver, TaskSpec};
+use super::{valid_task_id, AttachFn, DriverError, Health, TaskDriver, TaskSpec};
+
+/// Health checks of a spec run every second and fail after two misses.
+const HEALTH_INTERVAL_NS: i64 = 1_000_000_000;
 
 pub const LABEL_TASK: &str = "io.apiary.task";
 pub const LABEL_NODE: &str = "io.apiary.node";
@@ -154,6 +159,13 @@ impl TaskDriver for DockerDriver {
             image: Some(image),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             labels: Some(labels),
+            healthcheck: spec.health_cmd.as_ref().map(|cmd| HealthConfig {
+                test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
+                interval: Some(HEALTH_INTERVAL_NS),
+                timeout: Some(HEALTH_INTERVAL_NS),
+                retries: Some(2),
+                ..Default::default()
+            }),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
                 // A real init reaps zombies and passes SIGTERM on (busybox as PID 1 ignores it).
@@ -254,6 +266,23 @@ impl TaskDriver for DockerDriver {
             return Err(DriverError::Exists(id.to_string()));
         }
         self.remove_container(id, false)
+    }
+
+    fn health(&self, id: &str) -> Result<Health, DriverError> {
+        let name = self.container_name(id);
+        let info = match self.rt.block_on(self.docker.inspect_container(&name, None)) {
+            Ok(i) => i,
+            Err(e) if not_found(&e) => return Err(DriverError::NoTask(id.to_string())),
+            Err(e) => return Err(docker_err(id, "inspecting the container")(e)),
+        };
+        // The spec's check or the image's HEALTHCHECK, as Docker runs it.
+        let status = info.state.and_then(|s| s.health).and_then(|h| h.status);
+        Ok(match status {
+            Some(HealthStatusEnum::STARTING) => Health::Starting,
+            Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
+            _ => Health::None,
+        })
     }
 
     fn adopt(&mut self) -> Result<Vec<(String, TaskState)>, DriverError> {

@@ -51,10 +51,23 @@ pub struct TaskSpec {
     pub command: Vec<String>,
     /// File to mount on /etc/resolv.conf (docker driver).
     pub resolv_conf: Option<std::path::PathBuf>,
+    /// Health check command run inside the task (docker: `CMD-SHELL`).
+    pub health_cmd: Option<String>,
     /// Memory limit in bytes.
     pub memory_max: Option<u64>,
     /// CPU limit in CPUs (0.5 = half of one).
     pub cpus: Option<f64>,
+}
+
+/// What a task's health check says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check is defined (by the spec or the image).
+    None,
+    /// Checks have not passed yet.
+    Starting,
+    Healthy,
+    Unhealthy,
 }
 
 /// The network side, done by the agent between "namespace exists" and
@@ -74,6 +87,10 @@ pub trait TaskDriver {
     fn remove(&mut self, id: &str) -> Result<(), DriverError>;
     /// Tasks found from an earlier agent, with their state.
     fn adopt(&mut self) -> Result<Vec<(String, TaskState)>, DriverError>;
+    /// The task's health check result (drivers without checks: `None`).
+    fn health(&self, _id: &str) -> Result<Health, DriverError> {
+        Ok(Health::None)
+    }
 }
 
 pub fn valid_task_id(id: &str) -> bool {

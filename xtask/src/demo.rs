@@ -33,34 +33,38 @@ fn get(to: SocketAddr) -> anyhow::Result<(String, String)> {
 }
 
 pub fn run(keep: bool) -> anyhow::Result<()> {
-    println!("== building apiary");
-    build_agent()?;
+    println!("== building apiary, starting Docker Engine, building the images (no registry here)");
+    let bin = build_agent()?;
+    let dockerd = crate::docker::ensure_dockerd()?;
+    crate::docker::build_images()?;
     let _ = sweep(Some(LAB_ID));
-    println!("== a lab of 3 hosts and an outside client");
+    println!("== a lab of 3 hosts (like docker-machine's vm1..vm3) and an outside client");
     let mut lab = if keep {
         Lab::up_with_id(3, LAB_ID)?
     } else {
         Lab::up(3)?
     };
-    for (h, name) in [(0, "web1"), (1, "web2")] {
-        let t = lab.add_task(h, name)?;
-        lab.whoami(t, 80)?;
-        println!(
-            "   task {name} on {} at {}:80 (apiary tool whoami)",
-            lab.hosts[h].name, lab.tasks[t].addr
-        );
-    }
-    let backends: String = lab
-        .tasks
-        .iter()
-        .map(|t| format!("      - address: {}\n", t.addr))
-        .collect();
-    let services = format!(
-        "  - name: web\n    vip: 10.96.0.10\n    ports:\n      - published: 8080\n        target: 80\n    backends:\n{backends}"
-    );
-    println!("== apiary daemon on every host, publishing 8080 -> web:80");
+    let keys: Vec<String> = (0..3)
+        .map(|h| lab.overlay_key(h))
+        .collect::<Result<_, _>>()?;
+    println!("== every node's config: the nodes with their WireGuard keys, the service, its tasks");
+    println!("   web1 runs as a process on h1, web2 as a Docker container on h2; h3 runs nothing");
+    let services = "  - name: web\n    vip: 10.96.0.10\n    ports:\n      - published: 8080\n        target: 80\n    backends: []\n";
     for h in 0..3 {
-        let cfg = lab.static_config(h, &services);
+        let mut cfg = lab.static_config(h, services);
+        for (i, k) in keys.iter().enumerate() {
+            let needle = format!("    task_subnet: 10.201.{}.0/24\n", i + 1);
+            cfg = cfg.replace(&needle, &format!("{needle}    public_key: {k}\n"));
+        }
+        cfg += &format!("overlay:\n  interface: {}w{}\n", lab.id, h + 1);
+        cfg += &format!(
+            "tasks:\n  - name: web1\n    node: h1\n    address: 10.201.1.10\n    service: web\n    command: [{}, tool, whoami, --listen, \"0.0.0.0:80\", --name, web1]\n",
+            bin.display()
+        );
+        cfg += &format!(
+            "  - name: web2\n    node: h2\n    driver: docker\n    image: {}\n    address: 10.201.2.10\n    service: web\n    command: [/bin/apiary, tool, whoami, --listen, \"0.0.0.0:80\", --name, web2]\n",
+            crate::docker::WHOAMI_IMAGE
+        );
         lab.start_daemon(h, &cfg)?;
     }
     println!(
@@ -71,6 +75,17 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The programs in the tasks take a moment to listen.
+    let probe = SocketAddr::from((lab.hosts[0].addr, 8080));
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(Ok((name, _))) = lab.client.run_in(move || get(probe)) {
+            seen.insert(name);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     println!(
         "\n== from the client ({}), {REQUESTS_PER_HOST} new connections to each host's :8080",
@@ -89,11 +104,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
             *by_backend.entry(name).or_default() += 1;
             seen.push(client);
         }
-        let local = if h < 2 {
-            "has a backend"
-        } else {
-            "no local backend"
-        };
+        let local = ["web1 (process)", "web2 (container)", "no task"][h];
         println!(
             "   {}:8080 ({:<16}) -> {:?}",
             lab.hosts[h].addr, local, by_backend
@@ -133,6 +144,17 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         "   h3 counters: {}",
         serde_json::to_string(&stats["counters"])?
     );
+    println!("\n== apiary overlay show on h3 (userspace WireGuard where the kernel has none)");
+    let show = lab.hosts[2].ns.run(
+        bin.to_str().unwrap_or("apiary"),
+        &["overlay", "show", "--interface", &format!("{}w3", lab.id)],
+    )?;
+    print!(
+        "{}",
+        show.lines()
+            .map(|l| format!("   {l}\n"))
+            .collect::<String>()
+    );
 
     if keep {
         lab.keep()?;
@@ -147,13 +169,16 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
             pin_path.display(),
             data_dir.display()
         );
+        // The container and Docker Engine stay for poking at.
+        std::mem::forget(dockerd);
     } else {
         println!("\n== tearing down (use --keep to leave the lab up)");
         lab.down()?;
+        drop(dockerd);
     }
     if !failures.is_empty() {
         bail!("demo failed: {}", failures.join("; "));
     }
-    println!("demo ok: every host's :8080 spread over both backends, and they saw the real client address");
+    println!("demo ok: every host's :8080 spread over both tasks (a process and a container, reached through WireGuard), and they saw the real client address");
     Ok(())
 }

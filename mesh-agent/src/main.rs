@@ -137,6 +137,9 @@ enum ToolCmd {
     Shim {
         #[arg(long)]
         dir: PathBuf,
+        /// Bound over the task's /etc/resolv.conf.
+        #[arg(long)]
+        resolv_conf: Option<PathBuf>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -233,8 +236,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Tool {
-            cmd: ToolCmd::Shim { dir, command },
-        } => mesh_agent::driver::shim::run(&dir, &command),
+            cmd:
+                ToolCmd::Shim {
+                    dir,
+                    resolv_conf,
+                    command,
+                },
+        } => mesh_agent::driver::shim::run(&dir, resolv_conf.as_deref(), &command),
         Cmd::Tool {
             cmd: ToolCmd::Whoami { listen, name },
         } => {

@@ -324,3 +324,29 @@ fn limits_put_the_task_in_its_cgroups_and_memory_is_enforced() {
     );
     assert!(after.iter().all(|e| !e), "cgroups left behind: {groups:?}");
 }
+
+#[test]
+fn the_task_sees_its_own_resolv_conf() {
+    let lab = Lab::up(1).unwrap();
+    let dir = agent_dir(&lab);
+    let out = lab.hosts[0]
+        .ns
+        .run_in(move || {
+            let mut d = ExecDriver::new(&dir, apiary_bin(), &cgroup_parent(&dir));
+            let mut at = attacher(&dir);
+            let mut s = spec("dns", &["cat", "/etc/resolv.conf"]);
+            s.resolv_conf = Some(at.resolv_conf_path("dns"));
+            start(&mut d, &mut at, &s).unwrap();
+            for _ in 0..100 {
+                if let TaskState::Exited(_) = d.state("dns").unwrap() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            d.logs("dns").unwrap().0
+        })
+        .unwrap();
+    assert_eq!(out, "nameserver 10.96.0.2\n");
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_ne!(host, out, "the host's file is untouched");
+}

@@ -129,6 +129,11 @@ impl TaskDriver for ExecDriver {
         let mut child = Command::new(&self.bin)
             .args(["tool", "shim", "--dir"])
             .arg(&dir)
+            .args(
+                spec.resolv_conf
+                    .iter()
+                    .flat_map(|r| [std::ffi::OsStr::new("--resolv-conf"), r.as_os_str()]),
+            )
             .arg("--")
             .args(&spec.command)
             .stdin(Stdio::piped())

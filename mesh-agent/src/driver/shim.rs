@@ -20,7 +20,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use super::state::{ExitRecord, CGROUP, EXIT, SHIM_PID, STDERR, STDOUT, TASK_PID};
 
-pub fn run(dir: &Path, command: &[String]) -> anyhow::Result<()> {
+pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
     if command.is_empty() {
         bail!("no command to run");
     }
@@ -41,6 +41,9 @@ pub fn run(dir: &Path, command: &[String]) -> anyhow::Result<()> {
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "go" {
         bail!("the agent did not confirm the network; not starting");
+    }
+    if let Some(resolv) = resolv_conf {
+        mount_resolv_conf(resolv)?;
     }
     let devnull = std::fs::OpenOptions::new()
         .read(true)
@@ -146,4 +149,30 @@ fn supervise(child: Pid, set: &SigSet) -> anyhow::Result<ExitRecord> {
             _ => {}
         }
     }
+}
+
+/// Gives the task its own view of /etc/resolv.conf: a private mount
+/// namespace (changes on the host still propagate in) with the agent's file
+/// bound over it.
+fn mount_resolv_conf(resolv: &Path) -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("making the task's mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("making / a slave mount")?;
+    mount(
+        Some(resolv),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("binding {} over /etc/resolv.conf", resolv.display()))?;
+    Ok(())
 }

@@ -17,15 +17,28 @@ use crate::dataplane::{Dataplane, Options};
 use crate::overlay::Overlay;
 use crate::tasks::{DriverConfig, Reconciled, TaskManager};
 
+#[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
+    /// Standalone mode: nodes, services and tasks from this YAML file (re-read on SIGHUP).
+    #[arg(long)]
     pub static_config: PathBuf,
+    /// The daemon's own files [default: /var/lib/apiary].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// bpffs directory for this daemon's maps [default: /sys/fs/bpf/apiary/<node>].
+    #[arg(long)]
     pub pin_path: Option<PathBuf>,
+    /// Service slots to reserve (Maglev tables); fixed once maps are pinned.
+    #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_SERVICES)]
     pub max_services: u32,
+    /// Backend ids to reserve; fixed once maps are pinned.
+    #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_BACKENDS)]
     pub max_backends: u32,
-    /// Task cgroups go under this path in each hierarchy [default: apiary/<node>].
+    /// Parent of the tasks' cgroups in each hierarchy [default: apiary/<node>].
+    #[arg(long)]
     pub cgroup_parent: Option<String>,
-    /// Docker Engine's API socket (docker tasks).
+    /// Docker Engine's API socket, for docker tasks.
+    #[arg(long, default_value = "/var/run/docker.sock")]
     pub docker_socket: String,
 }
 

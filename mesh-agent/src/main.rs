@@ -32,29 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node daemon.
-    Daemon {
-        /// Standalone mode: services and backends from this YAML file (re-read on SIGHUP).
-        #[arg(long)]
-        static_config: PathBuf,
-        /// The daemon's own files [default: /var/lib/apiary].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// bpffs directory for this daemon's maps [default: /sys/fs/bpf/apiary/<node>].
-        #[arg(long)]
-        pin_path: Option<PathBuf>,
-        /// Service slots to reserve (Maglev tables); fixed once maps are pinned.
-        #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_SERVICES)]
-        max_services: u32,
-        /// Backend ids to reserve; fixed once maps are pinned.
-        #[arg(long, default_value_t = mesh_common::DEFAULT_MAX_BACKENDS)]
-        max_backends: u32,
-        /// Parent of the tasks' cgroups in each hierarchy [default: apiary/<node>].
-        #[arg(long)]
-        cgroup_parent: Option<String>,
-        /// Docker Engine's API socket, for docker tasks.
-        #[arg(long, default_value = "/var/run/docker.sock")]
-        docker_socket: String,
-    },
+    Daemon(daemon::DaemonArgs),
     /// Inspect the routing mesh's BPF maps.
     Lb {
         #[command(subcommand)]
@@ -164,23 +142,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Daemon {
-            static_config,
-            data_dir,
-            pin_path,
-            max_services,
-            max_backends,
-            cgroup_parent,
-            docker_socket,
-        } => daemon::run(daemon::DaemonArgs {
-            static_config,
-            data_dir,
-            pin_path,
-            max_services,
-            max_backends,
-            cgroup_parent,
-            docker_socket,
-        }),
+        Cmd::Daemon(args) => daemon::run(args),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;

@@ -142,14 +142,7 @@ fn exit_status_and_bad_input() {
                     .map_err(|e| e.to_string())
             })
             .unwrap();
-            let mut s = d.state("job").unwrap();
-            for _ in 0..200 {
-                if let TaskState::Exited(_) = s {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-                s = d.state("job").unwrap();
-            }
+            let s = wait_exited(&d, "job", Duration::from_secs(5));
             let logs = d.logs("job").unwrap();
             at.detach("job").unwrap();
             d.remove("job").unwrap();

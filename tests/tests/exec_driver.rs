@@ -139,14 +139,7 @@ fn exit_status_and_output_are_recorded() {
                 &spec("job", &["sh", "-c", "echo hello from the task; exit 3"]),
             )
             .unwrap();
-            let mut s = d.state("job").unwrap();
-            for _ in 0..100 {
-                if let TaskState::Exited(_) = s {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-                s = d.state("job").unwrap();
-            }
+            let s = wait_exited(&d, "job", Duration::from_secs(5));
             (s, d.logs("job").unwrap().0)
         })
         .unwrap();
@@ -274,14 +267,7 @@ fn limits_put_the_task_in_its_cgroups_and_memory_is_enforced() {
             );
             hog.memory_max = Some(32 << 20);
             start(&mut d, &mut at, &hog).unwrap();
-            let mut s = d.state("hog").unwrap();
-            for _ in 0..250 {
-                if let TaskState::Exited(_) = s {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-                s = d.state("hog").unwrap();
-            }
+            let s = wait_exited(&d, "hog", Duration::from_secs(5));
             at.detach("hog").unwrap();
             d.remove("hog").unwrap();
             let after: Vec<bool> = groups.iter().map(|g| g.exists()).collect();
@@ -337,12 +323,7 @@ fn the_task_sees_its_own_resolv_conf() {
             let mut s = spec("dns", &["cat", "/etc/resolv.conf"]);
             s.resolv_conf = Some(at.resolv_conf_path("dns"));
             start(&mut d, &mut at, &s).unwrap();
-            for _ in 0..100 {
-                if let TaskState::Exited(_) = d.state("dns").unwrap() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_exited(&d, "dns", Duration::from_secs(5));
             d.logs("dns").unwrap().0
         })
         .unwrap();

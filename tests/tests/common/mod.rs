@@ -270,3 +270,21 @@ pub fn names_over(ns: &Ns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> 
         .expect("in ns");
     spread(&answers)
 }
+
+/// Polls `driver` until task `id` has ended (or `timeout` passed); its last state.
+pub fn wait_exited(
+    driver: &dyn mesh_agent::driver::TaskDriver,
+    id: &str,
+    timeout: Duration,
+) -> mesh_agent::driver::TaskState {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let s = driver.state(id).expect("task state");
+        if matches!(s, mesh_agent::driver::TaskState::Exited(_))
+            || std::time::Instant::now() > deadline
+        {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -2,6 +2,7 @@
 //! config, re-reads it on SIGHUP (a bad file is reported and ignored: the
 //! running data plane stays as it was), and attaches new task veths.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -114,8 +115,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         TaskManager::open(attach, drivers, &cfg.my_tasks()).context("opening the task manager")?;
     log_tasks(&adopted);
     log_tasks(&tasks.reconcile(&cfg.my_tasks()));
+    let mut not_ready = tasks.not_ready(&cfg.my_tasks());
     let report = dp
-        .apply(&ready_desired(&cfg, mtu, &mut tasks))
+        .apply(&desired_without(&cfg, mtu, &not_ready))
         .context("programming the data plane")?;
     tracing::info!(?report, "data plane programmed");
     // New task links get their program before the node says it is ready.
@@ -136,10 +138,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("waiting for signals and link events"),
         }
+        let mut reloaded = false;
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGHUP) => {
-                    if let Some(cfg) = reload(&mut dp, &args.static_config, mtu) {
+                Ok(Signal::SIGHUP) => match config::load(&args.static_config) {
+                    Err(e) => tracing::error!("reload rejected, data plane unchanged: {e}"),
+                    Ok(cfg) => {
                         if let (Some(o), Some(spec)) =
                             (overlay.as_mut(), cfg.overlay_spec(&data_dir, mtu))
                         {
@@ -148,8 +152,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                             }
                         }
                         current = cfg;
+                        reloaded = true;
                     }
-                }
+                },
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     tracing::info!("stopping; the data plane stays programmed and attached");
                     if let Some(o) = overlay.take() {
@@ -162,12 +167,17 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         // Restart tasks that ended; start and stop what the config says.
         log_tasks(&tasks.reconcile(&current.my_tasks()));
-        // Tasks whose health check has not passed serve no traffic.
-        let want = ready_desired(&current, mtu, &mut tasks);
-        match dp.apply(&want) {
-            Ok(r) if !r.is_noop() => tracing::info!(report = ?r, "backends follow task health"),
-            Ok(_) => {}
-            Err(e) => tracing::error!("programming the data plane: {e}"),
+        // Tasks whose health check has not passed serve no traffic; the data
+        // plane is re-diffed only when that set or the config changed.
+        let now_not_ready = tasks.not_ready(&current.my_tasks());
+        if reloaded || now_not_ready != not_ready {
+            match dp.apply(&desired_without(&current, mtu, &now_not_ready)) {
+                Ok(report) if reloaded => tracing::info!(?report, "reloaded"),
+                Ok(report) => tracing::info!(?report, "backends follow task health"),
+                Err(e) if reloaded => tracing::error!("reload failed while programming: {e}"),
+                Err(e) => tracing::error!("programming the data plane: {e}"),
+            }
+            not_ready = now_not_ready;
         }
         links.drain();
         match dp.scan_task_links() {
@@ -178,34 +188,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The new config if it was taken.
-fn reload(dp: &mut Dataplane, path: &std::path::Path, mtu: u16) -> Option<StaticConfig> {
-    match config::load(path) {
-        Err(e) => {
-            tracing::error!("reload rejected, data plane unchanged: {e}");
-            None
-        }
-        Ok(cfg) => match dp.apply(&cfg.desired(mtu)) {
-            Ok(report) => {
-                tracing::info!(?report, "reloaded");
-                Some(cfg)
-            }
-            Err(e) => {
-                tracing::error!("reload failed while programming: {e}");
-                None
-            }
-        },
-    }
-}
-
-/// The data plane `cfg` asks for, less the local tasks that are not ready.
-fn ready_desired(
+/// The data plane `cfg` asks for, less the local tasks in `not_ready`.
+fn desired_without(
     cfg: &StaticConfig,
     mtu: u16,
-    tasks: &mut TaskManager,
+    not_ready: &HashSet<Ipv4Addr>,
 ) -> crate::dataplane::desired::Desired {
     let mut want = cfg.desired(mtu);
-    let not_ready = tasks.not_ready(&cfg.my_tasks());
     if !not_ready.is_empty() {
         for s in want.services.values_mut() {
             s.backends.retain(|b| !not_ready.contains(&b.addr));

@@ -12,7 +12,13 @@ use crate::util::{ensure_packages, exec, is_root, root, target_dir};
 /// What the build needs: Debian's rustc (with `core` source for the BPF
 /// target) and LLVM 22 (bpf-linker links against it; llvm-objdump checks
 /// the committed object). clang and bpftool help debugging but are not needed.
-const PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev", "llvm-22"];
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "llvm-22",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const OBJDUMP: &str = "/usr/lib/llvm-22/bin/llvm-objdump";
 

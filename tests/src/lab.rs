@@ -190,16 +190,40 @@ pub struct Lab {
     down: bool,
 }
 
+/// A lab id not in use: `apy` and five hex digits mixed from the pid, a
+/// per-process counter and the clock, re-drawn while a lab of that id exists.
 fn unique_id() -> String {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mix = (std::process::id() as u64 ^ (seq << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ nanos as u64;
-    format!("{PREFIX}{:05x}", mix & 0xf_ffff)
+    loop {
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut x = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ seq.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+            ^ nanos;
+        // Fold the high bits down so every input moves the five digits kept.
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let id = format!("{PREFIX}{:05x}", x & 0xf_ffff);
+        if Path::new("/run/netns").join(format!("{id}-fab")).exists() {
+            continue;
+        }
+        // Claiming the owner file is atomic, so two tests never share an id,
+        // and it names a live owner at once, so a sweep leaves it alone.
+        let _ = fs::create_dir_all(OWNERS);
+        let claim = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(Path::new(OWNERS).join(&id));
+        if let Ok(mut f) = claim {
+            use std::io::Write as _;
+            let _ = f.write_all(std::process::id().to_string().as_bytes());
+            return id;
+        }
+    }
 }
 
 impl Lab {

@@ -27,6 +27,19 @@ pub fn forward_key(p: &Packet) -> Ct4Key {
     key(p.saddr, p.daddr, p.sport, p.dport, p.proto, CT_DIR_FORWARD)
 }
 
+/// The tunnel entry a new flow `p` to local backend `be` would have.
+#[inline(always)]
+fn tunnel_key(p: &Packet, be: &Backend) -> Ct4Key {
+    key(
+        p.saddr,
+        be.addr[0],
+        p.sport,
+        be.port,
+        p.proto,
+        CT_DIR_TUNNEL,
+    )
+}
+
 /// `p`'s own tuple, in direction `dir`.
 #[inline(always)]
 fn own_key(p: &Packet, dir: u8) -> Ct4Key {
@@ -66,14 +79,7 @@ fn live(e: &CtEntry, now: u64, proto: u8, cfg: &NodeConfig) -> bool {
 pub fn tuple_busy(p: &Packet, be: &Backend, now: u64, cfg: &NodeConfig) -> bool {
     if be.flags & BACKEND_F_LOCAL != 0 {
         // A flow to this backend that entered at another node.
-        let k = key(
-            p.saddr,
-            be.addr[0],
-            p.sport,
-            be.port,
-            p.proto,
-            CT_DIR_TUNNEL,
-        );
+        let k = tunnel_key(p, be);
         if let Some(e) = CT4.get_ptr(&k) {
             // SAFETY: copied out of a live LRU element.
             if live(unsafe { &*e }, now, p.proto, cfg) {
@@ -159,14 +165,7 @@ pub fn open(p: &Packet, fkey: &Ct4Key, svc_id: u32, backend_id: u32, be: &Backen
         // A backend here now answers this tuple for a flow that entered
         // here: an older flow on the same tuple that came through another
         // node must not pull the replies back there.
-        let _ = CT4.remove(&key(
-            p.saddr,
-            be.addr[0],
-            p.sport,
-            be.port,
-            p.proto,
-            CT_DIR_TUNNEL,
-        ));
+        let _ = CT4.remove(&tunnel_key(p, be));
     }
 }
 

@@ -157,6 +157,25 @@ fn sum(values: &aya::maps::PerCpuValues<Counters>) -> Counters {
     })
 }
 
+/// One counter row: slot `id` of a per-CPU counter map, summed over CPUs.
+fn row(
+    map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>,
+    name_of_map: &'static str,
+    id: u32,
+    name: &str,
+) -> Result<CounterRow, DataplaneError> {
+    let c = sum(&map
+        .get(&id, 0)
+        .map_err(|e| DataplaneError::map(name_of_map, e))?);
+    Ok(CounterRow {
+        id,
+        name: name.to_string(),
+        packets: c.packets,
+        bytes: c.bytes,
+        flows: c.flows,
+    })
+}
+
 pub fn stats(maps: &Maps, names: &HashMap<u32, String>) -> Result<StatsView, DataplaneError> {
     let mut v = StatsView::default();
     for (slot, label, _) in STAT_TABLE {
@@ -172,31 +191,17 @@ pub fn stats(maps: &Maps, names: &HashMap<u32, String>) -> Result<StatsView, Dat
     let mut seen_be = std::collections::BTreeSet::new();
     for r in &rows {
         if seen_svc.insert(r.svc_id) {
-            let c = sum(&maps
-                .svc_stats
-                .get(&r.svc_id, 0)
-                .map_err(|e| DataplaneError::map(MAP_SVC_STATS, e))?);
-            v.services.push(CounterRow {
-                id: r.svc_id,
-                name: r.service.clone(),
-                packets: c.packets,
-                bytes: c.bytes,
-                flows: c.flows,
-            });
+            v.services
+                .push(row(&maps.svc_stats, MAP_SVC_STATS, r.svc_id, &r.service)?);
         }
         for b in &r.backends {
             if seen_be.insert(b.id) {
-                let c = sum(&maps
-                    .backend_stats
-                    .get(&b.id, 0)
-                    .map_err(|e| DataplaneError::map(MAP_BACKEND_STATS, e))?);
-                v.backends.push(CounterRow {
-                    id: b.id,
-                    name: b.address.clone(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                    flows: c.flows,
-                });
+                v.backends.push(row(
+                    &maps.backend_stats,
+                    MAP_BACKEND_STATS,
+                    b.id,
+                    &b.address,
+                )?);
             }
         }
     }

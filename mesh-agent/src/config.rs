@@ -497,7 +497,10 @@ impl StaticConfig {
             port: o.port,
             key_path: data_dir.join(crate::overlay::keys::KEY_FILE),
             address: crate::attach::ipam::gateway(me.task_subnet),
-            mtu: self.mtu.unwrap_or(underlay_mtu) - crate::overlay::WIREGUARD_OVERHEAD,
+            mtu: self
+                .mtu
+                .unwrap_or(underlay_mtu)
+                .saturating_sub(crate::overlay::WIREGUARD_OVERHEAD),
             peers,
         })
     }

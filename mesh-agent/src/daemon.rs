@@ -95,7 +95,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .overlay_spec(&data_dir, mtu)
         .map(|o| o.mtu)
         .unwrap_or(cfg.mtu.unwrap_or(mtu));
-    let task_mtu = path_mtu - mesh_common::ENCAP_OVERHEAD;
+    // IPv4 needs 576; less than that left for tasks means a broken underlay setting.
+    let task_mtu = path_mtu.saturating_sub(mesh_common::ENCAP_OVERHEAD);
+    if task_mtu < 576 {
+        anyhow::bail!(
+            "the path MTU {path_mtu} (interface {iface}, less {} for the overlay if on) leaves tasks only {task_mtu}: set a larger `mtu` or fix the interface",
+            crate::overlay::WIREGUARD_OVERHEAD
+        );
+    }
     let attach = AttachConfig {
         subnet: me.task_subnet,
         mtu: u32::from(task_mtu),

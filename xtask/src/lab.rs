@@ -57,7 +57,12 @@ pub fn print_lab(lab: &Lab) {
         "\nrun a command on a host:   ip netns exec {}-h1 ip addr",
         lab.id
     );
-    println!("daemons run in a host with nsenter (keeps the shared bpffs):");
-    println!("  nsenter --net=/run/netns/{}-h1 -- apiary daemon --static-config mesh.yaml --data-dir /tmp/h1 --pin-path /sys/fs/bpf/apiary/{}-h1", lab.id, lab.id);
+    println!(
+        "daemons run in a host with nsenter (keeps the shared bpffs), with paths of their own:"
+    );
+    println!(
+        "  nsenter --net=/run/netns/{id}-h1 -- apiary daemon --static-config mesh.yaml --data-dir /tmp/{id}-h1 \\\n      --pin-path /sys/fs/bpf/apiary/{id}-h1 --cgroup-parent apiary/{id}-h1",
+        id = lab.id
+    );
     println!("remove it:                 cargo xtask lab down");
 }

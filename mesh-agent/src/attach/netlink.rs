@@ -197,14 +197,13 @@ pub async fn host_route(h: Handle, host_if: String, addr: Ipv4Addr) -> Result<()
 /// Deletes a link (and with a veth, its peer); absent is fine.
 pub async fn delete_link(h: Handle, name: String) -> Result<bool, NetlinkError> {
     match index_of(&h, &name).await {
-        Ok(idx) => {
-            h.link()
-                .del(idx)
-                .execute()
-                .await
-                .map_err(nl(format!("deleting {name}")))?;
-            Ok(true)
-        }
+        Ok(idx) => match h.link().del(idx).execute().await {
+            Ok(()) => Ok(true),
+            // Gone meanwhile: a veth goes with its peer's namespace when
+            // the task ends at the same moment.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(false),
+            Err(e) => Err(nl(format!("deleting {name}"))(e)),
+        },
         Err(NetlinkError::NoLink(_)) => Ok(false),
         Err(e) => Err(e),
     }

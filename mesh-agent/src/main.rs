@@ -43,6 +43,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// The tasks this node's agent runs.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+    },
     /// The encrypted overlay between nodes.
     Overlay {
         #[command(subcommand)]
@@ -75,6 +80,23 @@ enum LbCmd {
     Ls(MapsArgs),
     /// Counters: global (with drop reasons), per service, per backend.
     Stats(MapsArgs),
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Tasks with their driver, address, health and state.
+    Ls {
+        /// The daemon's data directory.
+        #[arg(long, default_value = "/var/lib/apiary")]
+        data_dir: PathBuf,
+        /// The daemon's --cgroup-parent [default: apiary/<hostname>].
+        #[arg(long)]
+        cgroup_parent: Option<String>,
+        #[arg(long, default_value = "/var/run/docker.sock")]
+        docker_socket: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +197,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.nodes.len(),
                 cfg.services.len()
             );
+            Ok(())
+        }
+        Cmd::Task {
+            cmd:
+                TaskCmd::Ls {
+                    data_dir,
+                    cgroup_parent,
+                    docker_socket,
+                    json,
+                },
+        } => {
+            let parent = match cgroup_parent {
+                Some(p) => p,
+                None => format!("apiary/{}", nix::unistd::gethostname()?.to_string_lossy()),
+            };
+            let rows = mesh_agent::tasks::list(&data_dir, &parent, &docker_socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", mesh_agent::tasks::render(&rows));
+            }
             Ok(())
         }
         Cmd::Overlay {

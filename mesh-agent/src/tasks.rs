@@ -260,3 +260,87 @@ impl TaskManager {
         self.running.remove(id);
     }
 }
+
+/// One line of `apiary task ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskView {
+    pub task: String,
+    pub driver: &'static str,
+    pub state: String,
+    pub address: Option<std::net::Ipv4Addr>,
+    pub health: &'static str,
+}
+
+fn state_text(s: &TaskState) -> String {
+    match s {
+        TaskState::Running(pid) => format!("running (pid {pid})"),
+        TaskState::Exited(rec) => format!("exited ({rec})"),
+        TaskState::Lost => "lost".into(),
+    }
+}
+
+fn health_text(h: Result<Health, DriverError>) -> &'static str {
+    match h {
+        Ok(Health::None) => "-",
+        Ok(Health::Starting) => "starting",
+        Ok(Health::Healthy) => "healthy",
+        Ok(Health::Unhealthy) => "unhealthy",
+        Err(_) => "?",
+    }
+}
+
+/// The tasks a daemon with this data directory and cgroup parent runs, as
+/// its drivers see them (read-only; the daemon need not be running).
+pub fn list(
+    data_dir: &std::path::Path,
+    cgroup_parent: &str,
+    docker_socket: &str,
+) -> Result<Vec<TaskView>, TaskError> {
+    let leases = crate::attach::ipam::read_leases(&data_dir.join("ipam.json"));
+    let mut out = Vec::new();
+    let mut exec = ExecDriver::new(data_dir, PathBuf::from("apiary"), cgroup_parent);
+    for (id, st) in exec.adopt()? {
+        out.push(TaskView {
+            address: leases.get(&id).copied(),
+            driver: "exec",
+            state: state_text(&st),
+            health: "-",
+            task: id,
+        });
+    }
+    if std::path::Path::new(docker_socket).exists() {
+        let mut docker = DockerDriver::connect(docker_socket, &cgroup_parent.replace('/', "-"))?;
+        for (id, st) in docker.adopt()? {
+            let health = health_text(docker.health(&id));
+            out.push(TaskView {
+                address: leases.get(&id).copied(),
+                driver: "docker",
+                state: state_text(&st),
+                health,
+                task: id,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.task.cmp(&b.task));
+    Ok(out)
+}
+
+pub fn render(rows: &[TaskView]) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "{:<20} {:<7} {:<16} {:<10} STATE\n",
+        "TASK", "DRIVER", "ADDRESS", "HEALTH"
+    );
+    for r in rows {
+        let addr = r
+            .address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<20} {:<7} {:<16} {:<10} {}",
+            r.task, r.driver, addr, r.health, r.state
+        );
+    }
+    s
+}

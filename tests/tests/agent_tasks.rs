@@ -230,4 +230,36 @@ fn a_task_serves_only_once_its_health_check_passes() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_serving(&lab, &["web-e", "web-h"]);
+
+    // `apiary task ls` shows both, with driver, address and health.
+    let out = apiary_tests::net::sh(
+        std::process::Command::new(apiary_bin())
+            .args(["task", "ls", "--json", "--data-dir"])
+            .arg(lab.data_dir(0))
+            .args([
+                "--cgroup-parent",
+                &apiary_tests::lab::cgroup_parent(&lab.hosts[0].ns.name),
+            ]),
+    )
+    .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = |t: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(row("web-e")["driver"], "exec", "{rows}");
+    assert_eq!(row("web-e")["address"], "10.201.1.10", "{rows}");
+    assert_eq!(row("web-h")["driver"], "docker", "{rows}");
+    assert_eq!(row("web-h")["health"], "healthy", "{rows}");
+    assert!(
+        row("web-h")["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("running"),
+        "{rows}"
+    );
 }

@@ -196,6 +196,15 @@ impl Ipam {
     }
 }
 
+/// Task id → address, as the lease file at `path` says (read-only view).
+pub fn read_leases(path: &Path) -> BTreeMap<String, Ipv4Addr> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<LeaseFile>(&b).ok())
+        .map(|f| f.leases.into_iter().map(|(a, t)| (t, a)).collect())
+        .unwrap_or_default()
+}
+
 /// The first host address of the subnet.
 pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
     subnet.hosts().next().expect("a /30 or larger has hosts")

@@ -24,19 +24,6 @@ pub const MAP_SVC_STATS: &str = "apiary_lb_svc_stats";
 /// Per-backend counters. Per-CPU array: backend id → [`Counters`].
 pub const MAP_BACKEND_STATS: &str = "apiary_lb_backend_stats";
 
-/// Every map the object defines, in the order operators see them.
-pub const ALL_MAPS: [&str; 9] = [
-    MAP_LB4_SERVICES,
-    MAP_LB_BACKENDS,
-    MAP_LB_SVC_BACKENDS,
-    MAP_LB_MAGLEV,
-    MAP_CT4,
-    MAP_CONFIG,
-    MAP_STATS,
-    MAP_SVC_STATS,
-    MAP_BACKEND_STATS,
-];
-
 /// Program attached at TC ingress of the node's underlay interface.
 pub const PROG_HOST_INGRESS: &str = "apiary_host_ingress";
 /// Program attached at TC ingress of the node's overlay (WireGuard)

@@ -40,6 +40,19 @@ fn tunnel_key(p: &Packet, be: &Backend) -> Ct4Key {
     )
 }
 
+/// The rev-NAT entry for the replies of a new flow `p` to backend `be`.
+#[inline(always)]
+fn revnat_key(p: &Packet, be: &Backend) -> Ct4Key {
+    key(
+        be.addr[0],
+        p.saddr,
+        be.port,
+        p.sport,
+        p.proto,
+        CT_DIR_REVNAT,
+    )
+}
+
 /// `p`'s own tuple, in direction `dir`.
 #[inline(always)]
 fn own_key(p: &Packet, dir: u8) -> Ct4Key {
@@ -88,14 +101,7 @@ pub fn tuple_busy(p: &Packet, be: &Backend, now: u64, cfg: &NodeConfig) -> bool 
         }
     }
     // A flow that entered here through another frontend.
-    let rk = key(
-        be.addr[0],
-        p.saddr,
-        be.port,
-        p.sport,
-        p.proto,
-        CT_DIR_REVNAT,
-    );
+    let rk = revnat_key(p, be);
     let Some(r) = CT4.get_ptr(&rk) else {
         return false;
     };
@@ -142,14 +148,7 @@ pub fn open(p: &Packet, fkey: &Ct4Key, svc_id: u32, backend_id: u32, be: &Backen
         flags: 0,
         last_seen_ns: now,
     };
-    let rkey = key(
-        be.addr[0],
-        p.saddr,
-        be.port,
-        p.sport,
-        p.proto,
-        CT_DIR_REVNAT,
-    );
+    let rkey = revnat_key(p, be);
     let rev = CtEntry {
         backend_id,
         svc_id,

@@ -283,23 +283,19 @@ fn service_without_backends_drops_and_counts() {
         let mut want = desired(Protocol::Tcp);
         want.services.get_mut("web").unwrap().backends.clear();
         dp.apply(&want).unwrap();
-        let before = dp
-            .maps()
-            .stats
-            .get(&STAT_DROP_NO_BACKEND, 0)
-            .unwrap()
-            .iter()
-            .sum::<u64>();
+        let drops = |dp: &Dataplane| {
+            dp.maps()
+                .stats
+                .get(&STAT_DROP_NO_BACKEND, 0)
+                .unwrap()
+                .iter()
+                .sum::<u64>()
+        };
+        let before = drops(dp);
         let syn = packet(Protocol::Tcp, (CLIENT, 40003), (NODE, 8080), b"");
         let (rc, _) = run_prog(dp, PROG_HOST_INGRESS, &syn);
         assert_eq!(rc, TC_ACT_SHOT);
-        let after = dp
-            .maps()
-            .stats
-            .get(&STAT_DROP_NO_BACKEND, 0)
-            .unwrap()
-            .iter()
-            .sum::<u64>();
+        let after = drops(dp);
         assert_eq!(after, before + 1, "the drop is counted with its reason");
     });
 }

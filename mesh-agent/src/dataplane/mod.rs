@@ -219,10 +219,6 @@ impl Dataplane {
     pub fn maps(&self) -> &Maps {
         &self.maps
     }
-
-    pub fn programmed(&self) -> &Programmed {
-        &self.programmed
-    }
 }
 
 fn program<'a>(

@@ -21,8 +21,18 @@ use crate::tasks::{DriverConfig, Reconciled, TaskManager};
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
     /// Standalone mode: nodes, services and tasks from this YAML file (re-read on SIGHUP).
+    /// Without it the daemon runs in swarm mode (`apiary swarm init|join`).
     #[arg(long)]
-    pub static_config: PathBuf,
+    pub static_config: Option<PathBuf>,
+    /// Swarm mode: the local API socket (root only).
+    #[arg(long, default_value = control::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Swarm mode: where the mutual-TLS API listens once in a swarm.
+    #[arg(long, default_value = "0.0.0.0:2377")]
+    pub listen_addr: std::net::SocketAddr,
+    /// Swarm mode: the name `node ls` shows [default: the host name].
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// The daemon's own files [default: /var/lib/apiary].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -43,7 +53,30 @@ pub struct DaemonArgs {
     pub docker_socket: String,
 }
 
+/// Swarm mode: the control plane (Raft member, API, session).
+fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let cfg = control::node::DaemonConfig {
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),
+        socket: args.socket,
+        listen: args.listen_addr,
+        hostname,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(control::node::run(cfg))
+}
+
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let Some(static_config) = args.static_config.clone() else {
+        return run_swarm(args);
+    };
     // Block the signals we handle before any thread exists, so only our
     // wait loop sees them.
     let mut set = SigSet::empty();
@@ -52,7 +85,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     set.thread_block().context("blocking signals")?;
 
-    let cfg = config::load(&args.static_config)?;
+    let cfg = config::load(&static_config)?;
     let me = cfg.this_node().clone();
     let iface = match &cfg.interface {
         Some(i) => i.clone(),
@@ -148,7 +181,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let mut reloaded = false;
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGHUP) => match config::load(&args.static_config) {
+                Ok(Signal::SIGHUP) => match config::load(&static_config) {
                     Err(e) => tracing::error!("reload rejected, data plane unchanged: {e}"),
                     Ok(cfg) => {
                         if let (Some(o), Some(spec)) =

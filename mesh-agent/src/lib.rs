@@ -3,6 +3,7 @@
 //! (`src/main.rs`) is the command-line front of this library.
 
 pub mod attach;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use mesh_agent::dataplane::{maps::Maps, read_names, view};
-use mesh_agent::{config, daemon, tool};
+use mesh_agent::{cli, config, daemon, tool};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ use mesh_agent::{config, daemon, tool};
     about = "Apiary: Swarm-style orchestration with an in-kernel routing mesh"
 )]
 struct Cli {
+    #[command(flatten)]
+    connect: cli::Connect,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -33,6 +35,21 @@ struct Cli {
 enum Cmd {
     /// Run the node daemon.
     Daemon(daemon::DaemonArgs),
+    /// Create, join and leave a swarm.
+    Swarm {
+        #[command(subcommand)]
+        cmd: cli::swarm::SwarmCmd,
+    },
+    /// Manage the swarm's nodes (on a manager).
+    Node {
+        #[command(subcommand)]
+        cmd: cli::node::NodeCmd,
+    },
+    /// The swarm's small key-value space (committed through Raft).
+    Kv {
+        #[command(subcommand)]
+        cmd: cli::node::KvCmd,
+    },
     /// Inspect the routing mesh's BPF maps.
     Lb {
         #[command(subcommand)]
@@ -165,6 +182,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(args),
+        Cmd::Swarm { cmd } => cli::swarm::run(cmd, &cli.connect),
+        Cmd::Node { cmd } => cli::node::run(cmd, &cli.connect),
+        Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;

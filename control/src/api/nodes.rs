@@ -1,0 +1,235 @@
+//! `node ls|inspect|update|promote|demote|rm` and the key-value space, on
+//! the leader.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ok, ApiError, Reply};
+use crate::model::{now_ms, show_id, Availability, Command, Node, NodeUpdate, Role, Status};
+use crate::node::Joined;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NodeView {
+    pub id: String,
+    pub hostname: String,
+    pub addr: String,
+    pub role: Role,
+    pub availability: Availability,
+    pub status: Status,
+    /// `leader`, `reachable` or `unreachable` for managers.
+    pub manager_status: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+fn view(j: &Joined, n: &Node) -> NodeView {
+    let leader = j.manager.leader().map(|(id, _)| id);
+    let manager_status = (n.role == Role::Manager).then(|| {
+        if Some(n.id) == leader {
+            "leader"
+        } else if n.status == Status::Ready && j.manager.voters().contains(&n.id) {
+            "reachable"
+        } else {
+            "unreachable"
+        }
+        .to_string()
+    });
+    NodeView {
+        id: show_id(n.id),
+        hostname: n.hostname.clone(),
+        addr: n.addr.clone(),
+        role: n.role,
+        availability: n.availability,
+        status: n.status,
+        manager_status,
+        labels: n.labels.clone(),
+        created_at: n.created_at,
+        updated_at: n.updated_at,
+    }
+}
+
+fn find(j: &Joined, name: &str) -> Result<Node, ApiError> {
+    j.manager
+        .sm
+        .read(|a| a.state.find_node(name).cloned())
+        .map_err(ApiError::NotFound)
+}
+
+pub async fn list(j: &Joined) -> Reply {
+    j.manager.ensure_current().await?;
+    let nodes: Vec<NodeView> = j
+        .manager
+        .sm
+        .read(|a| a.state.nodes.values().map(|n| view(j, n)).collect());
+    ok(&nodes)
+}
+
+pub async fn inspect(j: &Joined, name: &str) -> Reply {
+    j.manager.ensure_current().await?;
+    let n = find(j, name)?;
+    ok(&view(j, &n))
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct UpdateRequest {
+    pub availability: Option<String>,
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+}
+
+pub async fn update(j: &Joined, name: &str, req: UpdateRequest) -> Reply {
+    let availability = match &req.availability {
+        Some(a) => Some(a.parse::<Availability>().map_err(ApiError::BadRequest)?),
+        None => None,
+    };
+    for k in req.label_add.keys().chain(req.label_rm.iter()) {
+        if k.is_empty() || k.contains('=') || k.chars().any(char::is_whitespace) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid label key {k:?}: use a non-empty key without '=' or spaces"
+            )));
+        }
+    }
+    let n = find(j, name)?;
+    for k in &req.label_rm {
+        if !n.labels.contains_key(k) && !req.label_add.contains_key(k) {
+            return Err(ApiError::NotFound(format!(
+                "node {} has no label {k:?} to remove",
+                n.hostname
+            )));
+        }
+    }
+    j.manager
+        .write(Command::UpdateNode {
+            id: n.id,
+            update: NodeUpdate {
+                availability,
+                label_add: req.label_add,
+                label_rm: req.label_rm,
+            },
+            at: now_ms(),
+        })
+        .await?;
+    ok(&show_id(n.id))
+}
+
+pub async fn promote(j: &Joined, name: &str) -> Reply {
+    let n = find(j, name)?;
+    if n.role == Role::Manager && j.manager.voters().contains(&n.id) {
+        return ok(&format!("Node {} is already a manager.", show_id(n.id)));
+    }
+    if n.status == Status::Down {
+        return Err(ApiError::Conflict(format!(
+            "node {} is down: it must be running to become a manager",
+            n.hostname
+        )));
+    }
+    // Membership first: if the node cannot catch up, its role stays as it was.
+    if let Err(e) = j.manager.add_voter(n.id, &n.addr).await {
+        let _ = j.manager.remove_voter(n.id).await;
+        return Err(e);
+    }
+    j.manager
+        .write(Command::SetRole {
+            id: n.id,
+            role: Role::Manager,
+            at: now_ms(),
+        })
+        .await?;
+    ok(&format!(
+        "Node {} promoted to a manager in the swarm.",
+        show_id(n.id)
+    ))
+}
+
+pub async fn demote(j: &Joined, name: &str) -> Reply {
+    let n = find(j, name)?;
+    let voters = j.manager.voters();
+    if n.role == Role::Worker && !voters.contains(&n.id) {
+        return ok(&format!("Node {} is already a worker.", show_id(n.id)));
+    }
+    if voters.len() <= 1 && voters.contains(&n.id) {
+        return Err(ApiError::Conflict(format!(
+            "cannot demote {}: it is the last manager of the swarm (promote another node first)",
+            n.hostname
+        )));
+    }
+    // Would the managers left still form a majority among themselves?
+    let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != n.id).collect();
+    let ready = j.manager.sm.read(|a| {
+        remaining
+            .iter()
+            .filter(|id| a.state.nodes.get(id).map(|x| x.status) == Some(Status::Ready))
+            .count()
+    });
+    if ready <= remaining.len() / 2 {
+        return Err(ApiError::Conflict(format!(
+            "cannot demote {}: only {ready} of the {} remaining managers are reachable, so the swarm would lose its quorum",
+            n.hostname,
+            remaining.len()
+        )));
+    }
+    j.manager
+        .write(Command::SetRole {
+            id: n.id,
+            role: Role::Worker,
+            at: now_ms(),
+        })
+        .await?;
+    if let Err(e) = j.manager.remove_voter(n.id).await {
+        let _ = j
+            .manager
+            .write(Command::SetRole {
+                id: n.id,
+                role: Role::Manager,
+                at: now_ms(),
+            })
+            .await;
+        return Err(e);
+    }
+    ok(&format!("Manager {} demoted in the swarm.", show_id(n.id)))
+}
+
+pub async fn remove(j: &Joined, name: &str, force: bool) -> Reply {
+    let n = find(j, name)?;
+    if n.role == Role::Manager || j.manager.voters().contains(&n.id) {
+        return Err(ApiError::Conflict(format!(
+            "node {} is a cluster manager and is a member of the Raft cluster: it must be demoted to worker before removal",
+            n.hostname
+        )));
+    }
+    if n.status == Status::Ready && !force {
+        return Err(ApiError::Conflict(format!(
+            "node {} is not down and can't be removed: stop it (or `apiary swarm leave` on it) first, or use --force",
+            n.hostname
+        )));
+    }
+    j.manager.write(Command::RemoveNode { id: n.id }).await?;
+    ok(&show_id(n.id))
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct KvValue {
+    pub value: String,
+}
+
+pub async fn kv_put(j: &Joined, key: &str, v: KvValue) -> Reply {
+    j.manager
+        .write(Command::KvPut {
+            key: key.to_string(),
+            value: v.value,
+        })
+        .await?;
+    ok(&"ok")
+}
+
+pub async fn kv_get(j: &Joined, key: &str) -> Reply {
+    j.manager.ensure_current().await?;
+    match j.manager.sm.read(|a| a.state.kv.get(key).cloned()) {
+        Some(value) => ok(&KvValue { value }),
+        None => Err(ApiError::NotFound(format!("key {key:?} not found"))),
+    }
+}

@@ -1,0 +1,600 @@
+//! `swarm init|join|join-token|leave`, the join handshake, heartbeats and
+//! certificate renewal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{ok, ApiError, Reply};
+use crate::http::{Conn, Target};
+use crate::model::{
+    now_ms, show_id, Availability, ClusterInfo, Command, Node, Role, Settings, Status,
+};
+use crate::node::{control_dir, save_identity, Daemon, Joined, Persisted};
+use crate::tls::{self, Identity, Token};
+
+pub const DEFAULT_PORT: u16 = 2377;
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct InitRequest {
+    /// ip[:port]; the listen port when no port is given.
+    pub advertise_addr: Option<String>,
+    pub heartbeat_ms: Option<u64>,
+    pub cert_expiry_s: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct InitReply {
+    pub node_id: String,
+    pub addr: String,
+    pub worker_token: String,
+}
+
+/// Resolves the address other nodes reach this one at.
+fn advertise(d: &Daemon, given: Option<&str>) -> Result<String, ApiError> {
+    let port = d.cfg.listen.port();
+    let addr = match given {
+        Some(a) if a.parse::<std::net::SocketAddr>().is_ok() => a.to_string(),
+        Some(a) => match a.parse::<std::net::IpAddr>() {
+            Ok(ip) => format!("{ip}:{port}"),
+            Err(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid advertise address {a:?}: give an IP address, optionally with :port"
+                )))
+            }
+        },
+        None => {
+            if !d.cfg.listen.ip().is_unspecified() {
+                return Ok(d.cfg.listen.to_string());
+            }
+            let ips = local_ipv4s();
+            match ips.as_slice() {
+                [ip] => format!("{ip}:{port}"),
+                [] => {
+                    return Err(ApiError::BadRequest(
+                        "no address to advertise: this host has no IPv4 address besides loopback; give one with --advertise-addr".into(),
+                    ))
+                }
+                many => {
+                    return Err(ApiError::BadRequest(format!(
+                        "could not choose an IP address to advertise: this host has {} ({}); give one with --advertise-addr",
+                        many.len(),
+                        many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    Ok(addr)
+}
+
+fn local_ipv4s() -> Vec<std::net::Ipv4Addr> {
+    // /proc/net/fib_trie lists local addresses per namespace; parsing
+    // `ip -4 addr` is simpler and present on every host we run on.
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            it.position(|w| w == "inet")?;
+            it.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn already_in_swarm() -> ApiError {
+    ApiError::Conflict(
+        "This node is already part of a swarm. Use \"apiary swarm leave\" to leave this swarm and join another one.".into(),
+    )
+}
+
+pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
+    let _g = d.lifecycle.lock().await;
+    if d.joined().await.is_some() {
+        return Err(already_in_swarm());
+    }
+    let addr = advertise(d, req.advertise_addr.as_deref())?;
+    let mut settings = Settings::default();
+    if let Some(h) = req.heartbeat_ms {
+        if !(50..=60_000).contains(&h) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid heartbeat period {h} ms: use 50 ms to 60 s"
+            )));
+        }
+        settings.heartbeat_ms = h;
+        settings.node_down_after_ms = h * 3;
+    }
+    if let Some(c) = req.cert_expiry_s {
+        if c < 10 {
+            return Err(ApiError::BadRequest(format!(
+                "invalid certificate expiry {c} s: use at least 10 s"
+            )));
+        }
+        settings.cert_expiry_s = c;
+    }
+    let cluster_id = tls::random_hex(12);
+    let node_id = tls::random_u64();
+    let (ca_pem, ca_key) =
+        tls::new_ca(&cluster_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (key_pem, csr) = tls::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let cert_pem = tls::sign_node(&ca_pem, &ca_key, &csr, node_id, settings.cert_expiry_s)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let id = Identity {
+        node_id,
+        ca_pem: ca_pem.clone(),
+        cert_pem,
+        key_pem,
+    };
+    let p = Persisted {
+        node_id,
+        cluster_id: cluster_id.clone(),
+        addr: addr.clone(),
+        managers: vec![addr.clone()],
+    };
+    let dir = control_dir(&d.cfg.data_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    save_identity(&dir, &id, &p)?;
+    let j = match d.start(id, p).await {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::BadRequest(format!("{e:#}")));
+        }
+    };
+    j.manager.initialize(&addr).await?;
+    wait_leader(&j).await?;
+    let at = now_ms();
+    let cluster = ClusterInfo {
+        id: cluster_id,
+        created_at: at,
+        ca_cert_pem: ca_pem.clone(),
+        ca_key_pem: ca_key,
+        worker_secret: tls::random_hex(16),
+        manager_secret: tls::random_hex(16),
+        settings,
+    };
+    let worker_token = token(&ca_pem, &cluster.worker_secret)?;
+    let node = Node {
+        id: node_id,
+        hostname: d.cfg.hostname.clone(),
+        addr: addr.clone(),
+        role: Role::Manager,
+        availability: Availability::Active,
+        labels: BTreeMap::new(),
+        status: Status::Ready,
+        created_at: at,
+        updated_at: at,
+    };
+    j.manager.write(Command::Init { cluster, node }).await?;
+    ok(&InitReply {
+        node_id: show_id(node_id),
+        addr,
+        worker_token,
+    })
+}
+
+async fn wait_leader(j: &Joined) -> Result<(), ApiError> {
+    for _ in 0..100 {
+        if j.manager.is_leader() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ApiError::Internal(
+        "this node did not become the leader of its new swarm".into(),
+    ))
+}
+
+fn token(ca_pem: &str, secret: &str) -> Result<String, ApiError> {
+    Ok(Token {
+        ca_digest: tls::ca_digest(ca_pem).map_err(|e| ApiError::Internal(e.to_string()))?,
+        secret: secret.to_string(),
+    }
+    .render())
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct LocalJoinRequest {
+    pub token: String,
+    pub remote_addr: String,
+    pub advertise_addr: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct JoinRequest {
+    pub token: String,
+    pub csr_pem: String,
+    pub hostname: String,
+    pub addr: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct JoinReply {
+    pub node_id: u64,
+    pub cluster_id: String,
+    pub role: Role,
+    pub cert_pem: String,
+    pub managers: Vec<String>,
+}
+
+async fn call(
+    target: Target,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, bytes::Bytes), ApiError> {
+    Conn::new(target)
+        .call(method, path, body, &[], Duration::from_secs(30))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{e}: is a swarm manager running there?")))
+}
+
+fn remote_err(addr: &str, s: StatusCode, b: &[u8]) -> ApiError {
+    let msg = serde_json::from_slice::<crate::http::ErrorBody>(b)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(b).into_owned());
+    let msg = format!("the manager at {addr} refused: {msg}");
+    match s {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ApiError::Unauthorized(msg),
+        StatusCode::BAD_REQUEST => ApiError::BadRequest(msg),
+        StatusCode::CONFLICT => ApiError::Conflict(msg),
+        _ => ApiError::Unavailable(msg),
+    }
+}
+
+/// `apiary swarm join` on the joining node: check the manager's CA against
+/// the token, get a certificate, start, and (for managers) join Raft.
+pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
+    let _g = d.lifecycle.lock().await;
+    if d.joined().await.is_some() {
+        return Err(already_in_swarm());
+    }
+    let t = Token::parse(&req.token).map_err(ApiError::BadRequest)?;
+    let remote = if req.remote_addr.parse::<std::net::SocketAddr>().is_ok() {
+        req.remote_addr.clone()
+    } else if req.remote_addr.parse::<std::net::IpAddr>().is_ok() {
+        format!("{}:{DEFAULT_PORT}", req.remote_addr)
+    } else {
+        return Err(ApiError::BadRequest(format!(
+            "invalid manager address {:?}: give IP[:PORT]",
+            req.remote_addr
+        )));
+    };
+    let addr = advertise(d, req.advertise_addr.as_deref())?;
+    let (s, ca) = call(
+        Target::Tls {
+            addr: remote.clone(),
+            config: tls::fetch_ca_config(),
+        },
+        Method::GET,
+        "/v1/ca",
+        None,
+    )
+    .await?;
+    if !s.is_success() {
+        return Err(remote_err(&remote, s, &ca));
+    }
+    let ca_pem = String::from_utf8_lossy(&ca).into_owned();
+    let digest = tls::ca_digest(&ca_pem).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if digest != t.ca_digest {
+        return Err(ApiError::Unauthorized(format!(
+            "the manager at {remote} presents a root CA with digest {digest}, but the token expects {}: this token is for another swarm (or someone is in between)",
+            t.ca_digest
+        )));
+    }
+    let (key_pem, csr_pem) =
+        tls::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = serde_json::to_vec(&JoinRequest {
+        token: req.token.trim().to_string(),
+        csr_pem,
+        hostname: d.cfg.hostname.clone(),
+        addr: addr.clone(),
+    })
+    .expect("serializable");
+    let join_tls = tls::join_config(&ca_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (s, b) = call(
+        Target::Tls {
+            addr: remote.clone(),
+            config: join_tls,
+        },
+        Method::POST,
+        "/v1/swarm/join",
+        Some(body),
+    )
+    .await?;
+    if !s.is_success() {
+        return Err(remote_err(&remote, s, &b));
+    }
+    let r: JoinReply = serde_json::from_slice(&b)
+        .map_err(|e| ApiError::Unavailable(format!("unexpected join answer: {e}")))?;
+    let id = Identity {
+        node_id: r.node_id,
+        ca_pem,
+        cert_pem: r.cert_pem,
+        key_pem,
+    };
+    let p = Persisted {
+        node_id: r.node_id,
+        cluster_id: r.cluster_id,
+        addr,
+        managers: if r.managers.is_empty() {
+            vec![remote.clone()]
+        } else {
+            r.managers
+        },
+    };
+    let dir = control_dir(&d.cfg.data_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    save_identity(&dir, &id, &p)?;
+    let j = match d.start(id, p).await {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::BadRequest(format!("{e:#}")));
+        }
+    };
+    if r.role == Role::Manager {
+        let (s, b) = j
+            .call_leader(&remote, Method::POST, "/v1/swarm/activate", None, &[])
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        if !s.is_success() {
+            return Err(remote_err(&remote, s, &b));
+        }
+    }
+    ok(&match r.role {
+        Role::Manager => "This node joined a swarm as a manager.",
+        Role::Worker => "This node joined a swarm as a worker.",
+    })
+}
+
+/// On the leader: a node presents a token and a CSR.
+pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
+    let t = Token::parse(&req.token).map_err(ApiError::BadRequest)?;
+    let (cluster, managers) = j.manager.sm.read(|a| {
+        (
+            a.state.cluster.clone(),
+            a.state
+                .managers()
+                .map(|m| m.addr.clone())
+                .collect::<Vec<_>>(),
+        )
+    });
+    let cluster =
+        cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
+    let digest =
+        tls::ca_digest(&cluster.ca_cert_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let role = if t.ca_digest != digest {
+        None
+    } else if t.secret == cluster.worker_secret {
+        Some(Role::Worker)
+    } else if t.secret == cluster.manager_secret {
+        Some(Role::Manager)
+    } else {
+        None
+    };
+    let Some(role) = role else {
+        return Err(ApiError::Unauthorized(
+            "the join token is not valid for this swarm (it may have been rotated): get the current one with `apiary swarm join-token worker` (or `manager`) on a manager".into(),
+        ));
+    };
+    if req.addr.parse::<std::net::SocketAddr>().is_err() || req.hostname.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "invalid node address {:?} or hostname {:?}",
+            req.addr, req.hostname
+        )));
+    }
+    let node_id = tls::random_u64();
+    let cert_pem = tls::sign_node(
+        &cluster.ca_cert_pem,
+        &cluster.ca_key_pem,
+        &req.csr_pem,
+        node_id,
+        cluster.settings.cert_expiry_s,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
+    let at = now_ms();
+    j.manager
+        .write(Command::AddNode(Node {
+            id: node_id,
+            hostname: req.hostname,
+            addr: req.addr,
+            role,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            status: Status::Ready,
+            created_at: at,
+            updated_at: at,
+        }))
+        .await?;
+    j.last_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(node_id, std::time::Instant::now());
+    ok(&JoinReply {
+        node_id,
+        cluster_id: cluster.id,
+        role,
+        cert_pem,
+        managers,
+    })
+}
+
+/// On the leader: a node that joined with a manager token is ready for Raft.
+pub async fn activate(j: &Joined, id: u64) -> Reply {
+    let node = j.manager.sm.read(|a| a.state.nodes.get(&id).cloned());
+    let Some(n) = node.filter(|n| n.role == Role::Manager) else {
+        return Err(ApiError::Forbidden(format!(
+            "node {} did not join as a manager",
+            show_id(id)
+        )));
+    };
+    j.manager.add_voter(n.id, &n.addr).await?;
+    ok(&"ok")
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct HeartbeatReply {
+    pub managers: Vec<String>,
+    pub heartbeat_ms: u64,
+    pub cert_expiry_s: u64,
+}
+
+pub async fn heartbeat(j: &Joined, id: u64) -> Reply {
+    j.last_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, std::time::Instant::now());
+    let (down, managers, settings) = j.manager.sm.read(|a| {
+        (
+            a.state.nodes.get(&id).map(|n| n.status) == Some(Status::Down),
+            a.state
+                .managers()
+                .map(|m| m.addr.clone())
+                .collect::<Vec<_>>(),
+            a.state
+                .cluster
+                .as_ref()
+                .map(|c| c.settings.clone())
+                .unwrap_or_default(),
+        )
+    });
+    if down {
+        j.manager
+            .write(Command::SetStatus {
+                ids: vec![id],
+                status: Status::Ready,
+                at: now_ms(),
+            })
+            .await?;
+    }
+    ok(&HeartbeatReply {
+        managers,
+        heartbeat_ms: settings.heartbeat_ms,
+        cert_expiry_s: settings.cert_expiry_s,
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RenewReply {
+    pub cert_pem: String,
+}
+
+pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
+    let cluster = j
+        .manager
+        .sm
+        .read(|a| a.state.cluster.clone())
+        .ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
+    let cert_pem = tls::sign_node(
+        &cluster.ca_cert_pem,
+        &cluster.ca_key_pem,
+        &req.csr_pem,
+        id,
+        cluster.settings.cert_expiry_s,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
+    ok(&RenewReply { cert_pem })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SwarmView {
+    pub id: String,
+    pub created_at: u64,
+    pub worker_token: String,
+    pub manager_token: String,
+    pub settings: Settings,
+    pub managers: Vec<String>,
+}
+
+pub async fn inspect(j: &Joined) -> Reply {
+    j.manager.ensure_current().await?;
+    let (cluster, managers) = j.manager.sm.read(|a| {
+        (
+            a.state.cluster.clone(),
+            a.state
+                .managers()
+                .map(|m| m.addr.clone())
+                .collect::<Vec<_>>(),
+        )
+    });
+    let c = cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
+    ok(&SwarmView {
+        id: c.id.clone(),
+        created_at: c.created_at,
+        worker_token: token(&c.ca_cert_pem, &c.worker_secret)?,
+        manager_token: token(&c.ca_cert_pem, &c.manager_secret)?,
+        settings: c.settings,
+        managers,
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RotateRequest {
+    pub role: Role,
+}
+
+pub async fn rotate(j: &Joined, req: RotateRequest) -> Reply {
+    j.manager
+        .write(Command::SetSecret {
+            role: req.role,
+            secret: tls::random_hex(16),
+        })
+        .await?;
+    inspect(j).await
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct LeaveRequest {
+    pub force: bool,
+}
+
+/// Leaves the swarm. A manager first takes itself out of the Raft group
+/// (refused when that would cost the quorum) unless forced.
+pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
+    let _g = d.lifecycle.lock().await;
+    let Some(j) = d.joined().await else {
+        return Err(ApiError::Unavailable(super::NOT_IN_SWARM.into()));
+    };
+    if j.manager.is_voter() && !req.force {
+        let name = show_id(j.node_id);
+        let uri = format!("/v1/nodes/{name}/demote");
+        let res = match j.manager.leader() {
+            Some((_, addr)) => j
+                .call_leader(&addr, Method::POST, &uri, None, &[])
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|(s, b)| {
+                    if s.is_success() {
+                        Ok(())
+                    } else {
+                        Err(serde_json::from_slice::<crate::http::ErrorBody>(&b)
+                            .map(|e| e.message)
+                            .unwrap_or_else(|_| String::from_utf8_lossy(&b).into_owned()))
+                    }
+                }),
+            None => Err("the swarm has no leader".into()),
+        };
+        if let Err(why) = res {
+            return Err(ApiError::Conflict(format!(
+                "You are attempting to leave the swarm on a node that is participating as a manager, and taking it out of the Raft group failed: {why}. Use `--force` to leave anyway (the remaining managers may lose their quorum)."
+            )));
+        }
+    }
+    d.stop().await;
+    let dir = control_dir(&d.cfg.data_dir);
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;
+    ok(&"Node left the swarm.")
+}

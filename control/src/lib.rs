@@ -1,0 +1,14 @@
+//! Apiary's control plane: the managers' Raft group (openraft, redb), the
+//! cluster state it replicates, mutual TLS between daemons, and the HTTP/JSON
+//! API the CLI and other daemons use.
+
+pub mod api;
+pub mod client;
+pub mod http;
+pub mod manager;
+pub mod model;
+pub mod network;
+pub mod node;
+pub mod raft_types;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,182 @@
+//! A node's Raft member: opening it, writes (leader only), reads that must be
+//! current, and membership changes for promote/demote/join.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+
+use crate::api::ApiError;
+use crate::model::{Command, NodeId, Outcome};
+use crate::network::Network;
+use crate::raft_types::Raft;
+use crate::store::{self, log::LogStore, sm::StateMachine};
+
+/// How long a write or a current read waits for a quorum before giving up.
+pub const QUORUM_WAIT: Duration = Duration::from_secs(4);
+
+pub struct Manager {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: StateMachine,
+}
+
+impl Manager {
+    pub async fn open(dir: &Path, id: NodeId, net: Network) -> anyhow::Result<Self> {
+        let db = store::open(&dir.join("raft.redb"))?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::open(db)?;
+        let config = Config {
+            cluster_name: "apiary".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 900,
+            install_snapshot_timeout: 2000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate()?);
+        let raft = Raft::new(id, config, net, log, sm.clone()).await?;
+        Ok(Self { id, raft, sm })
+    }
+
+    pub async fn initialize(&self, addr: &str) -> anyhow::Result<()> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.id,
+            BasicNode {
+                addr: addr.to_string(),
+            },
+        );
+        self.raft.initialize(members).await?;
+        Ok(())
+    }
+
+    /// The leader's id and API address, as this member knows it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
+    pub fn is_voter(&self) -> bool {
+        self.voters().contains(&self.id)
+    }
+
+    /// Commits a command; only the leader may (callers forward otherwise).
+    pub async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        match tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(cmd)).await {
+            Err(_) => Err(ApiError::NoQuorum(format!(
+                "the change was not committed within {} s: fewer than a majority of managers answer (it takes effect if they return)",
+                QUORUM_WAIT.as_secs()
+            ))),
+            Ok(Ok(r)) => match r.data.error {
+                Some(e) => Err(ApiError::Conflict(e)),
+                None => Ok(r.data),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ApiError::NotLeader)
+            }
+            Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
+        }
+    }
+
+    /// Confirms with a quorum that this leader is still the leader, so what
+    /// it reads next is current.
+    pub async fn ensure_current(&self) -> Result<(), ApiError> {
+        match tokio::time::timeout(QUORUM_WAIT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ApiError::NoQuorum(format!(
+                "cannot confirm the state with a majority of managers within {} s: an answer now could be stale, so none is given",
+                QUORUM_WAIT.as_secs()
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                _,
+            )))) => Err(ApiError::NotLeader),
+            Ok(Err(e)) => Err(ApiError::NoQuorum(e.to_string())),
+        }
+    }
+
+    /// Makes `id` a voter: a learner first (it catches up), then a voter.
+    pub async fn add_voter(&self, id: NodeId, addr: &str) -> Result<(), ApiError> {
+        let node = BasicNode {
+            addr: addr.to_string(),
+        };
+        let wait = Duration::from_secs(15);
+        let res = tokio::time::timeout(wait, self.raft.add_learner(id, node, true)).await;
+        match res {
+            Err(_) => {
+                return Err(ApiError::Unavailable(format!(
+                    "the new manager at {addr} did not catch up with the Raft log within {} s: check that it is reachable on that address",
+                    wait.as_secs()
+                )))
+            }
+            Ok(Err(e)) => return Err(membership_err(e)),
+            Ok(Ok(_)) => {}
+        }
+        self.change(ChangeMembers::AddVoterIds([id].into())).await
+    }
+
+    /// Removes `id` from the Raft group entirely.
+    pub async fn remove_voter(&self, id: NodeId) -> Result<(), ApiError> {
+        if self.voters().contains(&id) {
+            self.change(ChangeMembers::RemoveVoters([id].into()))
+                .await?;
+        }
+        if self.is_member(id) {
+            self.change(ChangeMembers::RemoveNodes([id].into())).await?;
+        }
+        Ok(())
+    }
+
+    async fn change(&self, c: ChangeMembers<u64, BasicNode>) -> Result<(), ApiError> {
+        match tokio::time::timeout(QUORUM_WAIT * 2, self.raft.change_membership(c, false)).await {
+            Err(_) => Err(ApiError::NoQuorum(
+                "the membership change was not committed: fewer than a majority of managers answer"
+                    .into(),
+            )),
+            Ok(Err(e)) => Err(membership_err(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+fn membership_err(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::NotLeader,
+        other => ApiError::Conflict(other.to_string()),
+    }
+}

@@ -1,0 +1,312 @@
+//! The cluster state every manager holds: what Raft replicates and the
+//! state machine applies. Applying is deterministic; a command that does not
+//! fit the state (an unknown node, say) changes nothing and says why.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Raft node ids; shown to users as 16 hex digits.
+pub type NodeId = u64;
+
+pub fn show_id(id: NodeId) -> String {
+    format!("{id:016x}")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Worker,
+    Manager,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl std::str::FromStr for Availability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(Self::Active),
+            "pause" => Ok(Self::Pause),
+            "drain" => Ok(Self::Drain),
+            other => Err(format!(
+                "invalid availability {other:?}: use active, pause or drain"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ready,
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// How often each daemon reports to a manager.
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is marked down.
+    pub node_down_after_ms: u64,
+    /// Lifetime of node certificates; renewed at half of it.
+    pub cert_expiry_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 500,
+            node_down_after_ms: 1500,
+            cert_expiry_s: 90 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub created_at: u64,
+    pub ca_cert_pem: String,
+    /// The root CA key signs node certificates; only managers hold the state.
+    pub ca_key_pem: String,
+    pub worker_secret: String,
+    pub manager_secret: String,
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub hostname: String,
+    /// Where the node's API listens (ip:port), for managers and sessions.
+    pub addr: String,
+    pub role: Role,
+    pub availability: Availability,
+    pub labels: BTreeMap<String, String>,
+    pub status: Status,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster: Option<ClusterInfo>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// A small key-value space (tests, benchmarks, operators' notes).
+    pub kv: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    pub availability: Option<Availability>,
+    pub label_add: BTreeMap<String, String>,
+    pub label_rm: Vec<String>,
+}
+
+/// A change to the cluster state, as written to the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Init {
+        cluster: ClusterInfo,
+        node: Node,
+    },
+    AddNode(Node),
+    SetRole {
+        id: NodeId,
+        role: Role,
+        at: u64,
+    },
+    UpdateNode {
+        id: NodeId,
+        update: NodeUpdate,
+        at: u64,
+    },
+    SetStatus {
+        ids: Vec<NodeId>,
+        status: Status,
+        at: u64,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    SetSecret {
+        role: Role,
+        secret: String,
+    },
+    KvPut {
+        key: String,
+        value: String,
+    },
+}
+
+/// What applying a command says back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn err(msg: String) -> Self {
+        Self { error: Some(msg) }
+    }
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, cmd: Command) -> Outcome {
+        match cmd {
+            Command::Init { cluster, node } => {
+                if self.cluster.is_some() {
+                    return Outcome::err("the swarm is already initialized".into());
+                }
+                self.cluster = Some(cluster);
+                self.nodes.insert(node.id, node);
+            }
+            Command::AddNode(node) => {
+                self.nodes.insert(node.id, node);
+            }
+            Command::SetRole { id, role, at } => match self.nodes.get_mut(&id) {
+                Some(n) => {
+                    n.role = role;
+                    n.updated_at = at;
+                }
+                None => return Outcome::err(format!("node {} not found", show_id(id))),
+            },
+            Command::UpdateNode { id, update, at } => match self.nodes.get_mut(&id) {
+                Some(n) => {
+                    if let Some(a) = update.availability {
+                        n.availability = a;
+                    }
+                    for k in &update.label_rm {
+                        n.labels.remove(k);
+                    }
+                    n.labels.extend(update.label_add);
+                    n.updated_at = at;
+                }
+                None => return Outcome::err(format!("node {} not found", show_id(id))),
+            },
+            Command::SetStatus { ids, status, at } => {
+                for id in ids {
+                    if let Some(n) = self.nodes.get_mut(&id) {
+                        n.status = status;
+                        n.updated_at = at;
+                    }
+                }
+            }
+            Command::RemoveNode { id } => {
+                if self.nodes.remove(&id).is_none() {
+                    return Outcome::err(format!("node {} not found", show_id(id)));
+                }
+            }
+            Command::SetSecret { role, secret } => match self.cluster.as_mut() {
+                Some(c) => match role {
+                    Role::Worker => c.worker_secret = secret,
+                    Role::Manager => c.manager_secret = secret,
+                },
+                None => return Outcome::err("the swarm is not initialized".into()),
+            },
+            Command::KvPut { key, value } => {
+                self.kv.insert(key, value);
+            }
+        }
+        Outcome::default()
+    }
+
+    /// A node by full id, unique id prefix, or hostname (as Docker resolves).
+    pub fn find_node(&self, name: &str) -> Result<&Node, String> {
+        if let Ok(id) = u64::from_str_radix(name, 16) {
+            if name.len() == 16 {
+                if let Some(n) = self.nodes.get(&id) {
+                    return Ok(n);
+                }
+            }
+        }
+        let by_host: Vec<&Node> = self.nodes.values().filter(|n| n.hostname == name).collect();
+        if by_host.len() == 1 {
+            return Ok(by_host[0]);
+        }
+        if by_host.len() > 1 {
+            return Err(format!(
+                "node name {name:?} is ambiguous ({} nodes have it): use the node id",
+                by_host.len()
+            ));
+        }
+        let by_prefix: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| !name.is_empty() && show_id(n.id).starts_with(name))
+            .collect();
+        match by_prefix.len() {
+            1 => Ok(by_prefix[0]),
+            0 => Err(format!("node {name} not found")),
+            k => Err(format!(
+                "node id prefix {name:?} is ambiguous ({k} nodes match): give more digits"
+            )),
+        }
+    }
+
+    pub fn managers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.role == Role::Manager)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: NodeId, host: &str) -> Node {
+        Node {
+            id,
+            hostname: host.into(),
+            addr: "10.0.0.1:2377".into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            status: Status::Ready,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn finds_nodes_by_id_prefix_and_hostname() {
+        let mut s = ClusterState::default();
+        s.apply(Command::AddNode(node(0xabc0_0000_0000_0001, "h1")));
+        s.apply(Command::AddNode(node(0xabc0_0000_0000_0002, "h2")));
+        assert_eq!(s.find_node("h2").unwrap().hostname, "h2");
+        assert_eq!(s.find_node("abc0000000000001").unwrap().hostname, "h1");
+        assert!(s.find_node("abc").unwrap_err().contains("ambiguous"));
+        assert!(s.find_node("h9").unwrap_err().contains("not found"));
+    }
+
+    #[test]
+    fn unknown_node_changes_nothing() {
+        let mut s = ClusterState::default();
+        s.apply(Command::AddNode(node(1, "h1")));
+        let before = s.clone();
+        let out = s.apply(Command::UpdateNode {
+            id: 2,
+            update: NodeUpdate {
+                availability: Some(Availability::Drain),
+                label_add: BTreeMap::new(),
+                label_rm: vec![],
+            },
+            at: 1,
+        });
+        assert!(out.error.unwrap().contains("not found"));
+        assert_eq!(s, before);
+    }
+}

@@ -1,0 +1,552 @@
+//! The node daemon's control side: its identity in the swarm (node id,
+//! certificates), its Raft member, the API listeners, the session with the
+//! managers (heartbeats, certificate renewal) and, on the leader, the
+//! monitor that marks silent nodes down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, Caller, HeartbeatReply};
+use crate::http::{CallError, Conn, Target};
+use crate::manager::Manager;
+use crate::model::{now_ms, show_id, Command, NodeId, Status};
+use crate::network::Network;
+use crate::tls::{self, Identity};
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Where the TLS API listens once the node is in a swarm.
+    pub listen: SocketAddr,
+    pub hostname: String,
+}
+
+/// What survives a restart besides the Raft store and the certificates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Persisted {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub addr: String,
+    pub managers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Info {
+    /// `inactive` or `active`.
+    pub swarm: String,
+    pub node_id: Option<String>,
+    pub hostname: String,
+    pub addr: Option<String>,
+    pub cluster_id: Option<String>,
+    pub is_manager: bool,
+    pub leader: Option<String>,
+}
+
+pub struct Daemon {
+    pub cfg: DaemonConfig,
+    joined: tokio::sync::RwLock<Option<Arc<Joined>>>,
+    /// Serializes init, join and leave.
+    pub lifecycle: tokio::sync::Mutex<()>,
+}
+
+pub struct Joined {
+    pub node_id: NodeId,
+    pub addr: String,
+    pub cluster_id: String,
+    pub dir: PathBuf,
+    identity: RwLock<Identity>,
+    pub client_tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    server_tls: RwLock<Arc<rustls::ServerConfig>>,
+    pub manager: Manager,
+    pub managers: Mutex<Vec<String>>,
+    /// On the leader: when each node last reported.
+    pub last_seen: Mutex<HashMap<NodeId, Instant>>,
+    pool: Mutex<Vec<Conn>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub fn control_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("control")
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub fn save_identity(dir: &Path, id: &Identity, p: &Persisted) -> anyhow::Result<()> {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).with_context(|| format!("creating {}", tls.display()))?;
+    write_private(&tls.join("ca.pem"), &id.ca_pem)?;
+    write_private(&tls.join("node.pem"), &id.cert_pem)?;
+    write_private(&tls.join("node.key"), &id.key_pem)?;
+    write_private(&dir.join("node.json"), &serde_json::to_string_pretty(p)?)?;
+    Ok(())
+}
+
+fn load_identity(dir: &Path) -> anyhow::Result<Option<(Identity, Persisted)>> {
+    let node = dir.join("node.json");
+    if !node.exists() {
+        return Ok(None);
+    }
+    let p: Persisted = serde_json::from_slice(&std::fs::read(&node)?)
+        .with_context(|| format!("reading {}", node.display()))?;
+    let tls = dir.join("tls");
+    let key = tls.join("node.key");
+    let id = Identity {
+        node_id: p.node_id,
+        ca_pem: std::fs::read_to_string(tls.join("ca.pem"))?,
+        cert_pem: std::fs::read_to_string(tls.join("node.pem"))?,
+        key_pem: std::fs::read_to_string(&key)
+            .with_context(|| format!("reading {}", key.display()))?,
+    };
+    Ok(Some((id, p)))
+}
+
+impl Daemon {
+    pub async fn joined(&self) -> Option<Arc<Joined>> {
+        self.joined.read().await.clone()
+    }
+
+    pub fn control_dir(&self) -> PathBuf {
+        control_dir(&self.cfg.data_dir)
+    }
+
+    pub async fn info(&self) -> Info {
+        match self.joined().await {
+            None => Info {
+                swarm: "inactive".into(),
+                node_id: None,
+                hostname: self.cfg.hostname.clone(),
+                addr: None,
+                cluster_id: None,
+                is_manager: false,
+                leader: None,
+            },
+            Some(j) => Info {
+                swarm: "active".into(),
+                node_id: Some(show_id(j.node_id)),
+                hostname: self.cfg.hostname.clone(),
+                addr: Some(j.addr.clone()),
+                cluster_id: Some(j.cluster_id.clone()),
+                is_manager: j.manager.is_voter(),
+                leader: j.manager.leader().map(|(_, a)| a),
+            },
+        }
+    }
+
+    /// Opens the Raft member and starts listening, sessions and the monitor.
+    ///
+    /// Boxed: the API it serves can call it again (init, join), and async
+    /// recursion needs a named future type.
+    pub fn start(
+        self: &Arc<Self>,
+        id: Identity,
+        p: Persisted,
+    ) -> futures::future::BoxFuture<'static, anyhow::Result<Arc<Joined>>> {
+        let me = self.clone();
+        Box::pin(async move { me.start_inner(id, p).await })
+    }
+
+    async fn start_inner(
+        self: Arc<Self>,
+        id: Identity,
+        p: Persisted,
+    ) -> anyhow::Result<Arc<Joined>> {
+        let dir = self.control_dir();
+        let client_tls = Arc::new(RwLock::new(tls::client_config(&id)?));
+        let server_tls = RwLock::new(tls::server_config(&id)?);
+        let manager = Manager::open(
+            &dir,
+            p.node_id,
+            Network {
+                tls: client_tls.clone(),
+            },
+        )
+        .await
+        .context("opening the Raft store")?;
+        let listener = TcpListener::bind(self.cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", self.cfg.listen))?;
+        let j = Arc::new(Joined {
+            node_id: p.node_id,
+            addr: p.addr.clone(),
+            cluster_id: p.cluster_id.clone(),
+            dir,
+            identity: RwLock::new(id),
+            client_tls,
+            server_tls,
+            manager,
+            managers: Mutex::new(p.managers.clone()),
+            last_seen: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(serve_tls(self.clone(), j.clone(), listener)),
+            tokio::spawn(session(j.clone())),
+            tokio::spawn(monitor(j.clone())),
+        ];
+        *j.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        *self.joined.write().await = Some(j.clone());
+        tracing::info!(node = %show_id(p.node_id), addr = %p.addr, "in the swarm");
+        Ok(j)
+    }
+
+    /// Stops everything `start` started and forgets the swarm in memory.
+    pub async fn stop(&self) -> Option<Arc<Joined>> {
+        let j = self.joined.write().await.take()?;
+        for t in j.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        let _ = j.manager.raft.shutdown().await;
+        Some(j)
+    }
+}
+
+impl Joined {
+    pub fn identity(&self) -> Identity {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn target(&self, addr: &str) -> Target {
+        Target::Tls {
+            addr: addr.to_string(),
+            config: self
+                .client_tls
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// A request to another daemon with this node's certificate, over a
+    /// pooled connection.
+    pub async fn call_leader(
+        &self,
+        addr: &str,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let conn = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            match pool.iter().position(|c| c.target().to_string() == addr) {
+                Some(i) => pool.swap_remove(i),
+                None => Conn::new(self.target(addr)),
+            }
+        };
+        let mut conn = conn;
+        let res = conn
+            .call(method, uri, body, headers, Duration::from_secs(20))
+            .await;
+        if res.is_ok() {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < 128 {
+                pool.push(conn);
+            }
+        }
+        res
+    }
+
+    /// Takes a renewed certificate into use for new connections.
+    pub fn set_certificate(&self, cert_pem: String) -> anyhow::Result<()> {
+        let mut id = self.identity();
+        id.cert_pem = cert_pem;
+        let client = tls::client_config(&id)?;
+        let server = tls::server_config(&id)?;
+        let p = Persisted {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id.clone(),
+            addr: self.addr.clone(),
+            managers: self
+                .managers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        save_identity(&self.dir, &id, &p)?;
+        *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = client;
+        *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server;
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = id;
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+}
+
+async fn serve_tls(d: Arc<Daemon>, j: Arc<Joined>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let config = j
+            .server_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let d = d.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else {
+                return;
+            };
+            let caller = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| match tls::peer_node_id(c) {
+                    Some(id) => Caller::Node(id),
+                    None => Caller::Anonymous,
+                })
+                .unwrap_or(Caller::Anonymous);
+            serve_conn(d, caller, TokioIo::new(tls)).await;
+        });
+    }
+}
+
+async fn serve_conn<S>(d: Arc<Daemon>, caller: Caller, io: TokioIo<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let d = d.clone();
+        async move { Ok::<_, std::convert::Infallible>(api::handle(d, caller, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .await;
+}
+
+/// Heartbeats to a manager; on failure the next known manager is tried.
+async fn session(j: Arc<Joined>) {
+    let mut period = Duration::from_millis(500);
+    let mut conn: Option<Conn> = None;
+    let mut next = 0usize;
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::time::sleep(period).await;
+        let managers = j.managers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if managers.is_empty() {
+            continue;
+        }
+        let c = conn.get_or_insert_with(|| Conn::new(j.target(&managers[next % managers.len()])));
+        let res = c
+            .call(
+                Method::POST,
+                "/v1/heartbeat",
+                None,
+                &[],
+                period.max(Duration::from_secs(1)),
+            )
+            .await;
+        let reply: Option<HeartbeatReply> = match res {
+            Ok((s, b)) if s.is_success() => serde_json::from_slice(&b).ok(),
+            Ok((s, b)) => {
+                tracing::warn!(manager = %c.target(), status = %s, body = %String::from_utf8_lossy(&b), "heartbeat refused");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                None
+            }
+        };
+        let Some(r) = reply else {
+            // Another manager, a fresh connection.
+            next += 1;
+            conn = None;
+            if last_ok.elapsed() > Duration::from_secs(5) {
+                tracing::warn!(
+                    "no manager answered heartbeats for {:.0?}",
+                    last_ok.elapsed()
+                );
+                last_ok = Instant::now();
+            }
+            continue;
+        };
+        last_ok = Instant::now();
+        period = Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
+        if !r.managers.is_empty() {
+            let changed = {
+                let mut m = j.managers.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = *m != r.managers;
+                *m = r.managers.clone();
+                changed
+            };
+            if changed {
+                let id = j.identity();
+                let p = Persisted {
+                    node_id: j.node_id,
+                    cluster_id: j.cluster_id.clone(),
+                    addr: j.addr.clone(),
+                    managers: r.managers.clone(),
+                };
+                if let Err(e) = save_identity(&j.dir, &id, &p) {
+                    tracing::warn!(error = %format!("{e:#}"), "saving the manager list");
+                }
+            }
+        }
+        if let Err(e) = renew_if_due(&j, c, r.cert_expiry_s).await {
+            tracing::warn!(error = %format!("{e:#}"), "renewing the node certificate");
+        }
+    }
+}
+
+/// Renews the node certificate once half of its lifetime is gone.
+async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Result<()> {
+    let left =
+        tls::not_after(&j.identity().cert_pem)? - time::OffsetDateTime::now_utc().unix_timestamp();
+    if left > (lifetime_s / 2) as i64 {
+        return Ok(());
+    }
+    let (key, csr) = tls::new_key_and_csr()?;
+    let body = serde_json::to_vec(&api::RenewRequest { csr_pem: csr })?;
+    let (s, b) = c
+        .call(
+            Method::POST,
+            "/v1/node/renew",
+            Some(body),
+            &[],
+            Duration::from_secs(10),
+        )
+        .await?;
+    if !s.is_success() {
+        anyhow::bail!("manager refused: {}", String::from_utf8_lossy(&b));
+    }
+    let r: api::RenewReply = serde_json::from_slice(&b)?;
+    {
+        let mut id = j.identity.write().unwrap_or_else(|p| p.into_inner());
+        id.key_pem = key;
+    }
+    j.set_certificate(r.cert_pem)?;
+    tracing::info!("node certificate renewed");
+    Ok(())
+}
+
+/// On the leader: nodes whose heartbeats stopped are marked down.
+async fn monitor(j: Arc<Joined>) {
+    let mut was_leader = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let leader = j.manager.is_leader();
+        if !leader {
+            was_leader = false;
+            continue;
+        }
+        let (ids, down_after) = j.manager.sm.read(|a| {
+            let down_after = a
+                .state
+                .cluster
+                .as_ref()
+                .map(|c| c.settings.node_down_after_ms)
+                .unwrap_or(1500);
+            let ids: Vec<(NodeId, Status)> =
+                a.state.nodes.values().map(|n| (n.id, n.status)).collect();
+            (ids, down_after)
+        });
+        let stale: Vec<NodeId> = {
+            let mut seen = j.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !was_leader {
+                // A new leader gives every node a full period to report.
+                let now = Instant::now();
+                for (id, _) in &ids {
+                    seen.insert(*id, now);
+                }
+            }
+            ids.iter()
+                .filter(|(id, st)| {
+                    *st == Status::Ready
+                        && seen
+                            .get(id)
+                            .is_none_or(|t| t.elapsed() > Duration::from_millis(down_after))
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        was_leader = true;
+        if !stale.is_empty() {
+            let names: Vec<String> = stale.iter().map(|i| show_id(*i)).collect();
+            match j
+                .manager
+                .write(Command::SetStatus {
+                    ids: stale,
+                    status: Status::Down,
+                    at: now_ms(),
+                })
+                .await
+            {
+                Ok(_) => tracing::info!(nodes = ?names, "marked down: heartbeats stopped"),
+                Err(e) => tracing::debug!(error = %e, "marking nodes down"),
+            }
+        }
+    }
+}
+
+/// `apiary daemon` in swarm mode: serves the unix socket, resumes the swarm
+/// membership found in the data dir, and runs until SIGTERM/SIGINT.
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    let d = Arc::new(Daemon {
+        cfg: cfg.clone(),
+        joined: tokio::sync::RwLock::new(None),
+        lifecycle: tokio::sync::Mutex::new(()),
+    });
+    if let Some((id, p)) = load_identity(&d.control_dir())? {
+        d.start(id, p).await.context("resuming swarm membership")?;
+    }
+    if let Some(parent) = cfg.socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    let unix = UnixListener::bind(&cfg.socket)
+        .with_context(|| format!("binding {}", cfg.socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(socket = %cfg.socket.display(), "ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            acc = unix.accept() => {
+                if let Ok((s, _)) = acc {
+                    tokio::spawn(serve_conn(d.clone(), Caller::Local, TokioIo::new(s)));
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    d.stop().await;
+    Ok(())
+}

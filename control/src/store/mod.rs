@@ -1,0 +1,76 @@
+//! Durable Raft storage in one redb file: the log and vote (`log`), the
+//! latest snapshot (`sm`). The state machine itself lives in memory and is
+//! rebuilt from the snapshot plus the committed log on start.
+
+pub mod log;
+pub mod sm;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("opening the Raft store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("preparing the Raft store {path}: {source}")]
+    Prepare {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// Opens (or creates) the store and makes sure its tables exist, so readers
+/// never meet a missing table.
+pub fn open(path: &Path) -> Result<Arc<Database>, OpenError> {
+    let p = path.display().to_string();
+    let db = Database::create(path).map_err(|source| OpenError::Open {
+        path: p.clone(),
+        source,
+    })?;
+    let prepare = || -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        txn.open_table(LOGS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(())
+    };
+    prepare().map_err(|source| OpenError::Prepare { path: p, source })?;
+    Ok(Arc::new(db))
+}
+
+pub(crate) fn get_meta<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, redb::Error> {
+    let txn = db.begin_read()?;
+    let t = txn.open_table(META)?;
+    match t.get(key)? {
+        Some(v) => Ok(serde_json::from_slice(v.value()).ok()),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn put_meta<T: serde::Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+) -> Result<(), redb::Error> {
+    let bytes = serde_json::to_vec(value).expect("serializable meta");
+    let txn = db.begin_write()?;
+    {
+        let mut t = txn.open_table(META)?;
+        t.insert(key, bytes.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The cluster's PKI: a root CA made at `swarm init`, node certificates
+//! issued on join (CN = node id, SAN = `apiary-node`), join tokens carrying
+//! the CA digest, and rustls configurations for mutual TLS.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// Every node certificate names this; peers are told apart by CN.
+pub const SERVER_NAME: &str = "apiary-node";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("reading PEM: {0}")]
+    Pem(String),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node_id: u64,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the kernel's random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the kernel's random source");
+    // Zero means "no node" in places; never hand it out.
+    u64::from_le_bytes(b).max(1)
+}
+
+/// Self-signed root CA: (certificate PEM, key PEM).
+pub fn new_ca(cluster_id: &str) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, format!("apiary-root-ca {cluster_id}"));
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(20 * 365);
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The digest a join token pins: SHA-256 of the CA certificate (DER), hex.
+pub fn ca_digest(ca_pem: &str) -> Result<String, TlsError> {
+    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("CA certificate: {e}")))?;
+    Ok(Sha256::digest(der.as_ref())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect())
+}
+
+/// A fresh node key and a CSR for it: (key PEM, CSR PEM).
+pub fn new_key_and_csr() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Signs a node certificate for the CSR's key. The subject comes from the
+/// manager, never from the CSR.
+pub fn sign_node(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    node_id: u64,
+    validity_s: u64,
+) -> Result<String, TlsError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, crate::model::show_id(node_id));
+    p.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    p.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(validity_s as i64);
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&random_u64().to_be_bytes()));
+    csr.params = p;
+    Ok(csr.signed_by(&issuer)?.pem())
+}
+
+/// The node id in a peer's certificate (its CN), if it has one.
+pub fn peer_node_id(cert: &CertificateDer<'_>) -> Option<u64> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = x.subject().iter_common_name().next()?.as_str().ok()?;
+    u64::from_str_radix(cn, 16).ok()
+}
+
+/// Seconds since the epoch when the certificate stops being valid.
+pub fn not_after(cert_pem: &str) -> Result<i64, TlsError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("node certificate: {e}")))?;
+    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| TlsError::Pem(format!("node certificate: {e}")))?;
+    Ok(x.validity().not_after.timestamp())
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(e.to_string()))
+}
+
+fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
+    let mut r = RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        r.add(c)?;
+    }
+    Ok(r)
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem(e.to_string()))
+}
+
+/// The node's server side: presents its certificate, asks peers for theirs.
+/// A peer without one gets only the join endpoints (checked per request).
+pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(&id.ca_pem)?))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut c = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&id.cert_pem)?, key(&id.key_pem)?)?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// Daemon-to-daemon and CLI-to-manager: verify the server against the
+/// cluster CA and present our own certificate.
+pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let c = ClientConfig::builder()
+        .with_root_certificates(roots(&id.ca_pem)?)
+        .with_client_auth_cert(certs(&id.cert_pem)?, key(&id.key_pem)?)?;
+    Ok(Arc::new(c))
+}
+
+/// Joining: trust the CA whose digest the token carries, no client cert yet.
+pub fn join_config(ca_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let c = ClientConfig::builder()
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(c))
+}
+
+/// Only for fetching the CA certificate before a join: the certificate is
+/// checked against the token's digest afterwards, so the channel need not be.
+pub fn fetch_ca_config() -> Arc<ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let c = ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    Arc::new(c)
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `APIARY-1-<CA digest>-<secret>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub ca_digest: String,
+    pub secret: String,
+}
+
+impl Token {
+    pub fn render(&self) -> String {
+        format!("APIARY-1-{}-{}", self.ca_digest, self.secret)
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid join token {:?}: expected APIARY-1-<64 hex digits>-<secret> as printed by `apiary swarm join-token`",
+                shorten(s)
+            )
+        };
+        let rest = s.trim().strip_prefix("APIARY-1-").ok_or_else(bad)?;
+        let (digest, secret) = rest.split_once('-').ok_or_else(bad)?;
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) || secret.is_empty()
+        {
+            return Err(bad());
+        }
+        Ok(Self {
+            ca_digest: digest.to_ascii_lowercase(),
+            secret: secret.to_string(),
+        })
+    }
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() > 24 {
+        format!("{}…", &s[..s.floor_char_boundary(24)])
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip_and_garbage() {
+        let t = Token {
+            ca_digest: "ab".repeat(32),
+            secret: "s3cr3t".into(),
+        };
+        assert_eq!(Token::parse(&t.render()).unwrap(), t);
+        assert!(Token::parse("SWMTKN-1-xyz")
+            .unwrap_err()
+            .contains("invalid join token"));
+        assert!(Token::parse("APIARY-1-abc-def").is_err());
+    }
+
+    #[test]
+    fn issued_certificate_names_the_node_and_chains_to_the_ca() {
+        let (ca, ca_key) = new_ca("c1").unwrap();
+        let (key, csr) = new_key_and_csr().unwrap();
+        let cert = sign_node(&ca, &ca_key, &csr, 0xfeed, 3600).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(peer_node_id(&der), Some(0xfeed));
+        let id = Identity {
+            node_id: 0xfeed,
+            ca_pem: ca.clone(),
+            cert_pem: cert.clone(),
+            key_pem: key,
+        };
+        server_config(&id).unwrap();
+        client_config(&id).unwrap();
+        let left = not_after(&cert).unwrap() - time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((3500..=3600).contains(&left), "{left}");
+        assert_eq!(ca_digest(&ca).unwrap().len(), 64);
+    }
+}

@@ -1,0 +1,105 @@
+//! Client verbs that talk to the daemon's API: `swarm`, `node`, `kv`.
+
+pub mod node;
+pub mod swarm;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use control::client::Client;
+
+/// Where the CLI sends cluster requests.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Connect {
+    /// The local daemon's socket.
+    #[arg(long, global = true, env = "APIARY_SOCKET", default_value = control::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// A remote manager (IP[:PORT]) instead of the local daemon; needs --tls-dir.
+    #[arg(short = 'H', long, global = true)]
+    pub host: Option<String>,
+    /// Certificates for --host: ca.pem, node.pem, node.key of a manager
+    /// [default: /var/lib/apiary/control/tls].
+    #[arg(long, global = true)]
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl Connect {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        match &self.host {
+            Some(h) => Client::remote(
+                h,
+                &self
+                    .tls_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/apiary/control/tls")),
+            ),
+            None => Ok(Client::local(&self.socket)),
+        }
+    }
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, `90d` (Docker's duration flags).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("invalid duration {s:?}: use a number with ms, s, m, h or d (e.g. 500ms, 5s)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Left-aligned columns separated by three spaces, like Docker's tables.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
+        assert!(parse_duration("5 s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

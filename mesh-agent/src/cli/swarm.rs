@@ -1,0 +1,142 @@
+//! `apiary swarm init|join|join-token|leave`.
+
+use std::time::Duration;
+
+use hyper::Method;
+
+use super::Connect;
+use control::api::{
+    InitReply, InitRequest, LeaveRequest, LocalJoinRequest, RotateRequest, SwarmView,
+};
+use control::model::Role;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SwarmCmd {
+    /// Start a swarm with this node as its first manager.
+    Init {
+        /// Address other nodes reach this one at: IP[:PORT].
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// How often nodes report to managers (e.g. 500ms); a node silent
+        /// for three periods is marked down.
+        #[arg(long, value_parser = super::parse_duration)]
+        dispatcher_heartbeat: Option<Duration>,
+        /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
+        #[arg(long, value_parser = super::parse_duration)]
+        cert_expiry: Option<Duration>,
+    },
+    /// Join a swarm as a worker or manager, as the token says.
+    Join {
+        #[arg(long)]
+        token: String,
+        /// Address other nodes reach this one at: IP[:PORT].
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// A manager's address: IP[:PORT].
+        addr: String,
+    },
+    /// Show (or rotate) the command that joins workers or managers.
+    JoinToken {
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// worker or manager
+        role: String,
+    },
+    /// Leave the swarm.
+    Leave {
+        /// Leave even as a manager whose departure may cost the quorum.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
+    super::runtime()?.block_on(async {
+        let mut c = conn.client()?;
+        match cmd {
+            SwarmCmd::Init {
+                advertise_addr,
+                dispatcher_heartbeat,
+                cert_expiry,
+            } => {
+                let r: InitReply = c
+                    .call(
+                        Method::POST,
+                        "/v1/swarm/init",
+                        Some(&InitRequest {
+                            advertise_addr,
+                            heartbeat_ms: dispatcher_heartbeat.map(|d| d.as_millis() as u64),
+                            cert_expiry_s: cert_expiry.map(|d| d.as_secs()),
+                        }),
+                    )
+                    .await?;
+                println!(
+                    "Swarm initialized: current node ({}) is now a manager.\n",
+                    r.node_id
+                );
+                println!("To add a worker to this swarm, run the following command:\n");
+                println!("    apiary swarm join --token {} {}\n", r.worker_token, r.addr);
+                println!("To add a manager to this swarm, run 'apiary swarm join-token manager' and follow the instructions.");
+            }
+            SwarmCmd::Join {
+                token,
+                advertise_addr,
+                addr,
+            } => {
+                let msg: String = c
+                    .call(
+                        Method::POST,
+                        "/v1/swarm/join-local",
+                        Some(&LocalJoinRequest {
+                            token,
+                            remote_addr: addr,
+                            advertise_addr,
+                        }),
+                    )
+                    .await?;
+                println!("{msg}");
+            }
+            SwarmCmd::JoinToken {
+                rotate,
+                quiet,
+                role,
+            } => {
+                let role = match role.as_str() {
+                    "worker" => Role::Worker,
+                    "manager" => Role::Manager,
+                    other => anyhow::bail!("unknown role {other:?}: use worker or manager"),
+                };
+                let v: SwarmView = if rotate {
+                    c.call(Method::POST, "/v1/swarm/rotate", Some(&RotateRequest { role }))
+                        .await?
+                } else {
+                    c.call(Method::GET, "/v1/swarm", None::<&()>).await?
+                };
+                let (name, token) = match role {
+                    Role::Worker => ("worker", v.worker_token),
+                    Role::Manager => ("manager", v.manager_token),
+                };
+                if quiet {
+                    println!("{token}");
+                    return Ok(());
+                }
+                if rotate {
+                    println!("Successfully rotated {name} join token.\n");
+                }
+                let addr = v.managers.first().cloned().unwrap_or_default();
+                println!("To add a {name} to this swarm, run the following command:\n");
+                println!("    apiary swarm join --token {token} {addr}\n");
+            }
+            SwarmCmd::Leave { force } => {
+                let msg: String = c
+                    .call(Method::POST, "/v1/swarm/leave", Some(&LeaveRequest { force }))
+                    .await?;
+                println!("{msg}");
+            }
+        }
+        Ok(())
+    })
+}

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, Caller, HeartbeatReply};
 use crate::http::{CallError, Conn, Target};
 use crate::manager::Manager;
-use crate::model::{now_ms, show_id, Command, NodeId, Status};
+use crate::model::{now_ms, show_id, Command, NodeId, Role, Status};
 use crate::network::Network;
 use crate::tls::{self, Identity};
 
@@ -37,9 +37,15 @@ pub struct DaemonConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Persisted {
     pub node_id: NodeId,
+    #[serde(default = "worker")]
+    pub role: Role,
     pub cluster_id: String,
     pub addr: String,
     pub managers: Vec<String>,
+}
+
+fn worker() -> Role {
+    Role::Worker
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,7 +75,9 @@ pub struct Joined {
     identity: RwLock<Identity>,
     pub client_tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     server_tls: RwLock<Arc<rustls::ServerConfig>>,
-    pub manager: Manager,
+    manager: RwLock<Arc<Manager>>,
+    /// This node's role as the managers last said (heartbeats).
+    role: Mutex<Role>,
     pub managers: Mutex<Vec<String>>,
     /// On the leader: when each node last reported.
     pub last_seen: Mutex<HashMap<NodeId, Instant>>,
@@ -153,8 +161,8 @@ impl Daemon {
                 hostname: self.cfg.hostname.clone(),
                 addr: Some(j.addr.clone()),
                 cluster_id: Some(j.cluster_id.clone()),
-                is_manager: j.manager.is_voter(),
-                leader: j.manager.leader().map(|(_, a)| a),
+                is_manager: j.manager().is_voter(),
+                leader: j.manager().leader().map(|(_, a)| a),
             },
         }
     }
@@ -192,6 +200,7 @@ impl Daemon {
         let listener = TcpListener::bind(self.cfg.listen)
             .await
             .with_context(|| format!("listening on {}", self.cfg.listen))?;
+        let role = p.role;
         let j = Arc::new(Joined {
             node_id: p.node_id,
             addr: p.addr.clone(),
@@ -200,7 +209,8 @@ impl Daemon {
             identity: RwLock::new(id),
             client_tls,
             server_tls,
-            manager,
+            manager: RwLock::new(Arc::new(manager)),
+            role: Mutex::new(role),
             managers: Mutex::new(p.managers.clone()),
             last_seen: Mutex::new(HashMap::new()),
             pool: Mutex::new(Vec::new()),
@@ -223,12 +233,55 @@ impl Daemon {
         for t in j.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
-        let _ = j.manager.raft.shutdown().await;
+        let _ = j.manager().raft.shutdown().await;
         Some(j)
     }
 }
 
 impl Joined {
+    pub fn manager(&self) -> Arc<Manager> {
+        self.manager
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            node_id: self.node_id,
+            role: self.role(),
+            cluster_id: self.cluster_id.clone(),
+            addr: self.addr.clone(),
+            managers: self
+                .managers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// A demoted manager forgets its Raft state, so a stale member never
+    /// campaigns; a later promotion starts it afresh from the leader.
+    async fn reset_raft(&self) -> anyhow::Result<()> {
+        let old = self.manager();
+        let _ = old.raft.shutdown().await;
+        let _ = std::fs::remove_file(self.dir.join("raft.redb"));
+        let fresh = Manager::open(
+            &self.dir,
+            self.node_id,
+            Network {
+                tls: self.client_tls.clone(),
+            },
+        )
+        .await?;
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
     pub fn identity(&self) -> Identity {
         self.identity
             .read()
@@ -283,17 +336,7 @@ impl Joined {
         id.cert_pem = cert_pem;
         let client = tls::client_config(&id)?;
         let server = tls::server_config(&id)?;
-        let p = Persisted {
-            node_id: self.node_id,
-            cluster_id: self.cluster_id.clone(),
-            addr: self.addr.clone(),
-            managers: self
-                .managers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        };
-        save_identity(&self.dir, &id, &p)?;
+        save_identity(&self.dir, &id, &self.persisted())?;
         *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = client;
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = id;
@@ -395,24 +438,24 @@ async fn session(j: Arc<Joined>) {
         };
         last_ok = Instant::now();
         period = Duration::from_millis(r.heartbeat_ms.clamp(50, 60_000));
+        let mut changed = std::mem::replace(
+            &mut *j.role.lock().unwrap_or_else(|p| p.into_inner()),
+            r.role,
+        ) != r.role;
         if !r.managers.is_empty() {
-            let changed = {
-                let mut m = j.managers.lock().unwrap_or_else(|p| p.into_inner());
-                let changed = *m != r.managers;
-                *m = r.managers.clone();
-                changed
-            };
-            if changed {
-                let id = j.identity();
-                let p = Persisted {
-                    node_id: j.node_id,
-                    cluster_id: j.cluster_id.clone(),
-                    addr: j.addr.clone(),
-                    managers: r.managers.clone(),
-                };
-                if let Err(e) = save_identity(&j.dir, &id, &p) {
-                    tracing::warn!(error = %format!("{e:#}"), "saving the manager list");
-                }
+            let mut m = j.managers.lock().unwrap_or_else(|p| p.into_inner());
+            changed |= *m != r.managers;
+            *m = r.managers.clone();
+        }
+        if changed {
+            if let Err(e) = save_identity(&j.dir, &j.identity(), &j.persisted()) {
+                tracing::warn!(error = %format!("{e:#}"), "saving the swarm membership");
+            }
+        }
+        if r.role == Role::Worker && !r.voter && j.manager().is_voter() {
+            tracing::info!("demoted: leaving the Raft group");
+            if let Err(e) = j.reset_raft().await {
+                tracing::warn!(error = %format!("{e:#}"), "resetting the Raft state");
             }
         }
         if let Err(e) = renew_if_due(&j, c, r.cert_expiry_s).await {
@@ -457,12 +500,12 @@ async fn monitor(j: Arc<Joined>) {
     let mut was_leader = false;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let leader = j.manager.is_leader();
+        let leader = j.manager().is_leader();
         if !leader {
             was_leader = false;
             continue;
         }
-        let (ids, down_after) = j.manager.sm.read(|a| {
+        let (ids, down_after) = j.manager().sm.read(|a| {
             let down_after = a
                 .state
                 .cluster
@@ -496,7 +539,7 @@ async fn monitor(j: Arc<Joined>) {
         if !stale.is_empty() {
             let names: Vec<String> = stale.iter().map(|i| show_id(*i)).collect();
             match j
-                .manager
+                .manager()
                 .write(Command::SetStatus {
                     ids: stale,
                     status: Status::Down,

@@ -169,11 +169,39 @@ pub struct Task {
 #[derive(Debug)]
 pub struct Daemon {
     pub host: usize,
+    /// Swarm mode: the local API socket (no static config).
+    pub socket: Option<PathBuf>,
     pub config: PathBuf,
     pub log: PathBuf,
     pub data_dir: PathBuf,
     pub pin_path: PathBuf,
     child: Option<Child>,
+}
+
+/// What one `apiary` CLI run printed.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cli {
+    /// The output of a run that must succeed.
+    pub fn out(self) -> String {
+        assert!(self.ok, "apiary failed: {}{}", self.stdout, self.stderr);
+        self.stdout
+    }
+
+    /// The error of a run that must fail.
+    pub fn err(self) -> String {
+        assert!(
+            !self.ok,
+            "apiary should have failed but printed: {}",
+            self.stdout
+        );
+        self.stderr
+    }
 }
 
 pub struct Lab {
@@ -488,6 +516,7 @@ impl Lab {
         fs::create_dir_all(&base)?;
         let d = Daemon {
             host: h,
+            socket: None,
             config: base.join("mesh.yaml"),
             log: base.join("daemon.log"),
             data_dir: self.data_dir(h),
@@ -501,6 +530,59 @@ impl Lab {
         Ok(i)
     }
 
+    /// A swarm-mode daemon on host `h` (no static config): `apiary swarm
+    /// init|join` through [`Lab::apiary`] puts it in a swarm.
+    pub fn start_swarm_daemon(&mut self, h: usize) -> anyhow::Result<usize> {
+        let host = &self.hosts[h];
+        let base = self.dir.join(&host.name);
+        fs::create_dir_all(&base)?;
+        let d = Daemon {
+            host: h,
+            socket: Some(base.join("apiary.sock")),
+            config: base.join("mesh.yaml"),
+            log: base.join("daemon.log"),
+            data_dir: self.data_dir(h),
+            pin_path: Path::new(BPFFS).join(&host.ns.name),
+            child: None,
+        };
+        self.daemons.push(d);
+        let i = self.daemons.len() - 1;
+        self.restart_daemon(i)?;
+        Ok(i)
+    }
+
+    /// Runs the `apiary` CLI in host `h`'s namespace against its daemon's
+    /// socket.
+    pub fn apiary(&self, h: usize, args: &[&str]) -> Cli {
+        let socket = self
+            .daemons
+            .iter()
+            .find(|d| d.host == h && d.socket.is_some())
+            .and_then(|d| d.socket.clone())
+            .unwrap_or_else(|| self.dir.join("no-daemon.sock"));
+        let bin = apiary_bin();
+        let out = self.hosts[h]
+            .ns
+            .command(bin.to_str().expect("utf-8 path"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output();
+        match out {
+            Ok(o) => Cli {
+                ok: o.status.success(),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Err(e) => Cli {
+                ok: false,
+                stdout: String::new(),
+                stderr: format!("running apiary: {e}"),
+            },
+        }
+    }
+
     /// (Re)starts daemon `i` (after [`Daemon::kill9`], say) and waits until ready.
     pub fn restart_daemon(&mut self, i: usize) -> anyhow::Result<()> {
         let ns = self.hosts[self.daemons[i].host].ns.clone();
@@ -511,11 +593,17 @@ impl Lab {
             .append(true)
             .open(&d.log)?;
         let bin = apiary_bin();
-        let child = ns
-            .command(bin.to_str().expect("utf-8 path"))
-            .arg("daemon")
-            .arg("--static-config")
-            .arg(&d.config)
+        let mut cmd = ns.command(bin.to_str().expect("utf-8 path"));
+        cmd.arg("daemon");
+        match &d.socket {
+            Some(sock) => cmd
+                .arg("--socket")
+                .arg(sock)
+                .arg("--hostname")
+                .arg(format!("h{}", d.host + 1)),
+            None => cmd.arg("--static-config").arg(&d.config),
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(&d.data_dir)
             .arg("--pin-path")

@@ -9,6 +9,7 @@
 
 pub mod lab;
 pub mod net;
+pub mod swarm;
 
-pub use lab::{apiary_bin, sweep, Daemon, Host, Lab, Task};
+pub use lab::{apiary_bin, sweep, Cli, Daemon, Host, Lab, Task};
 pub use net::Ns;

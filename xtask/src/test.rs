@@ -6,7 +6,14 @@ use std::process::Command;
 
 use crate::util::{build_agent, ensure_packages, exec, root};
 
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "curl", "tcpdump"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "procps",
+    "curl",
+    "tcpdump",
+    "nftables",
+];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     ensure_packages(TEST_PACKAGES)?;

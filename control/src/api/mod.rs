@@ -187,26 +187,28 @@ async fn route(
     }
     // Cluster requests: the leader answers.
     let caller = match forwarded.as_deref().and_then(Caller::parse) {
-        Some(c) if matches!(transport, Caller::Node(id) if j.manager.is_member(id)) => c,
-        Some(_) => {
-            return Err(ApiError::Forbidden(
-                "only managers may forward requests".into(),
-            ))
-        }
+        Some(c) if matches!(transport, Caller::Node(id) if j.manager().is_member(id)) => c,
+        Some(_) => return Err(ApiError::Forbidden(NOT_MANAGER.into())),
         None => transport,
     };
-    if !j.manager.is_voter() && forwarded.is_none() && transport == Caller::Local {
+    if j.role() == Role::Worker && !j.manager().is_voter() && transport == Caller::Local {
         // A worker's own CLI: cluster state lives on managers.
         return Err(ApiError::Unavailable(NOT_MANAGER.into()));
     }
-    if !j.manager.is_leader() {
+    if !j.manager().is_leader() {
         if forwarded.is_some() {
             return Err(ApiError::NotLeader);
         }
-        return forward(&j, caller, method, path, query, body).await;
+        // The leader judges a local CLI by this node's standing: a node
+        // demoted a moment ago must not keep administering.
+        let as_node = match caller {
+            Caller::Local => Caller::Node(j.node_id),
+            other => other,
+        };
+        return forward(&j, as_node, method, path, query, body).await;
     }
     if let Caller::Node(id) = caller {
-        let known = j.manager.sm.read(|a| a.state.nodes.contains_key(&id));
+        let known = j.manager().sm.read(|a| a.state.nodes.contains_key(&id));
         let joining = method == Method::POST && segs == ["v1", "swarm", "join"];
         if !known && !joining {
             return Err(ApiError::Forbidden(format!(
@@ -285,15 +287,15 @@ fn admin(j: &Joined, c: Caller) -> Result<(), ApiError> {
         Caller::Local => Ok(()),
         Caller::Node(id) => {
             let role = j
-                .manager
+                .manager()
                 .sm
                 .read(|a| a.state.nodes.get(&id).map(|n| n.role));
-            if role == Some(Role::Manager) {
-                Ok(())
-            } else {
-                Err(ApiError::Forbidden(
-                    "cluster administration needs a manager's certificate".into(),
-                ))
+            match role {
+                Some(Role::Manager) => Ok(()),
+                Some(Role::Worker) => Err(ApiError::Forbidden(NOT_MANAGER.into())),
+                None => Err(ApiError::Forbidden(
+                    "cluster administration needs a manager's certificate of this swarm".into(),
+                )),
             }
         }
         Caller::Anonymous => Err(ApiError::Unauthorized(
@@ -309,10 +311,10 @@ async fn raft_rpc(j: &Joined, c: Caller, rpc: &str, body: &Bytes) -> Reply {
         ));
     };
     // A node not yet in any membership accepts the leader that is adding it.
-    let members = j.manager.voters();
-    if !members.is_empty() && !j.manager.is_member(from) && !members.contains(&from) {
+    let members = j.manager().voters();
+    if !members.is_empty() && !j.manager().is_member(from) && !members.contains(&from) {
         let known_manager = j
-            .manager
+            .manager()
             .sm
             .read(|a| a.state.nodes.get(&from).map(|n| n.role) == Some(Role::Manager));
         if !known_manager {
@@ -321,7 +323,7 @@ async fn raft_rpc(j: &Joined, c: Caller, rpc: &str, body: &Bytes) -> Reply {
             )));
         }
     }
-    let raft = &j.manager.raft;
+    let raft = &j.manager().raft;
     match rpc {
         "append" => ok(&raft.append_entries(parse(body)?).await),
         "vote" => ok(&raft.vote(parse(body)?).await),
@@ -338,7 +340,7 @@ async fn forward(
     query: &str,
     body: &Bytes,
 ) -> Reply {
-    let Some((_, addr)) = j.manager.leader() else {
+    let Some((_, addr)) = j.manager().leader() else {
         return Err(ApiError::NoQuorum(
             "the swarm has no leader: a majority of managers must be running and reachable".into(),
         ));

@@ -25,11 +25,11 @@ pub struct NodeView {
 }
 
 fn view(j: &Joined, n: &Node) -> NodeView {
-    let leader = j.manager.leader().map(|(id, _)| id);
+    let leader = j.manager().leader().map(|(id, _)| id);
     let manager_status = (n.role == Role::Manager).then(|| {
         if Some(n.id) == leader {
             "leader"
-        } else if n.status == Status::Ready && j.manager.voters().contains(&n.id) {
+        } else if n.status == Status::Ready && j.manager().voters().contains(&n.id) {
             "reachable"
         } else {
             "unreachable"
@@ -51,23 +51,23 @@ fn view(j: &Joined, n: &Node) -> NodeView {
 }
 
 fn find(j: &Joined, name: &str) -> Result<Node, ApiError> {
-    j.manager
+    j.manager()
         .sm
         .read(|a| a.state.find_node(name).cloned())
         .map_err(ApiError::NotFound)
 }
 
 pub async fn list(j: &Joined) -> Reply {
-    j.manager.ensure_current().await?;
+    j.manager().ensure_current().await?;
     let nodes: Vec<NodeView> = j
-        .manager
+        .manager()
         .sm
         .read(|a| a.state.nodes.values().map(|n| view(j, n)).collect());
     ok(&nodes)
 }
 
 pub async fn inspect(j: &Joined, name: &str) -> Reply {
-    j.manager.ensure_current().await?;
+    j.manager().ensure_current().await?;
     let n = find(j, name)?;
     ok(&view(j, &n))
 }
@@ -102,7 +102,7 @@ pub async fn update(j: &Joined, name: &str, req: UpdateRequest) -> Reply {
             )));
         }
     }
-    j.manager
+    j.manager()
         .write(Command::UpdateNode {
             id: n.id,
             update: NodeUpdate {
@@ -118,7 +118,7 @@ pub async fn update(j: &Joined, name: &str, req: UpdateRequest) -> Reply {
 
 pub async fn promote(j: &Joined, name: &str) -> Reply {
     let n = find(j, name)?;
-    if n.role == Role::Manager && j.manager.voters().contains(&n.id) {
+    if n.role == Role::Manager && j.manager().voters().contains(&n.id) {
         return ok(&format!("Node {} is already a manager.", show_id(n.id)));
     }
     if n.status == Status::Down {
@@ -128,11 +128,11 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
         )));
     }
     // Membership first: if the node cannot catch up, its role stays as it was.
-    if let Err(e) = j.manager.add_voter(n.id, &n.addr).await {
-        let _ = j.manager.remove_voter(n.id).await;
+    if let Err(e) = j.manager().add_voter(n.id, &n.addr).await {
+        let _ = j.manager().remove_voter(n.id).await;
         return Err(e);
     }
-    j.manager
+    j.manager()
         .write(Command::SetRole {
             id: n.id,
             role: Role::Manager,
@@ -147,7 +147,7 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
 
 pub async fn demote(j: &Joined, name: &str) -> Reply {
     let n = find(j, name)?;
-    let voters = j.manager.voters();
+    let voters = j.manager().voters();
     if n.role == Role::Worker && !voters.contains(&n.id) {
         return ok(&format!("Node {} is already a worker.", show_id(n.id)));
     }
@@ -159,7 +159,7 @@ pub async fn demote(j: &Joined, name: &str) -> Reply {
     }
     // Would the managers left still form a majority among themselves?
     let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != n.id).collect();
-    let ready = j.manager.sm.read(|a| {
+    let ready = j.manager().sm.read(|a| {
         remaining
             .iter()
             .filter(|id| a.state.nodes.get(id).map(|x| x.status) == Some(Status::Ready))
@@ -172,16 +172,16 @@ pub async fn demote(j: &Joined, name: &str) -> Reply {
             remaining.len()
         )));
     }
-    j.manager
+    j.manager()
         .write(Command::SetRole {
             id: n.id,
             role: Role::Worker,
             at: now_ms(),
         })
         .await?;
-    if let Err(e) = j.manager.remove_voter(n.id).await {
+    if let Err(e) = j.manager().remove_voter(n.id).await {
         let _ = j
-            .manager
+            .manager()
             .write(Command::SetRole {
                 id: n.id,
                 role: Role::Manager,
@@ -195,7 +195,7 @@ pub async fn demote(j: &Joined, name: &str) -> Reply {
 
 pub async fn remove(j: &Joined, name: &str, force: bool) -> Reply {
     let n = find(j, name)?;
-    if n.role == Role::Manager || j.manager.voters().contains(&n.id) {
+    if n.role == Role::Manager || j.manager().voters().contains(&n.id) {
         return Err(ApiError::Conflict(format!(
             "node {} is a cluster manager and is a member of the Raft cluster: it must be demoted to worker before removal",
             n.hostname
@@ -207,7 +207,7 @@ pub async fn remove(j: &Joined, name: &str, force: bool) -> Reply {
             n.hostname
         )));
     }
-    j.manager.write(Command::RemoveNode { id: n.id }).await?;
+    j.manager().write(Command::RemoveNode { id: n.id }).await?;
     ok(&show_id(n.id))
 }
 
@@ -217,7 +217,7 @@ pub struct KvValue {
 }
 
 pub async fn kv_put(j: &Joined, key: &str, v: KvValue) -> Reply {
-    j.manager
+    j.manager()
         .write(Command::KvPut {
             key: key.to_string(),
             value: v.value,
@@ -227,8 +227,8 @@ pub async fn kv_put(j: &Joined, key: &str, v: KvValue) -> Reply {
 }
 
 pub async fn kv_get(j: &Joined, key: &str) -> Reply {
-    j.manager.ensure_current().await?;
-    match j.manager.sm.read(|a| a.state.kv.get(key).cloned()) {
+    j.manager().ensure_current().await?;
+    match j.manager().sm.read(|a| a.state.kv.get(key).cloned()) {
         Some(value) => ok(&KvValue { value }),
         None => Err(ApiError::NotFound(format!("key {key:?} not found"))),
     }

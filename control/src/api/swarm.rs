@@ -133,6 +133,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     };
     let p = Persisted {
         node_id,
+        role: Role::Manager,
         cluster_id: cluster_id.clone(),
         addr: addr.clone(),
         managers: vec![addr.clone()],
@@ -147,7 +148,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
             return Err(ApiError::BadRequest(format!("{e:#}")));
         }
     };
-    j.manager.initialize(&addr).await?;
+    j.manager().initialize(&addr).await?;
     wait_leader(&j).await?;
     let at = now_ms();
     let cluster = ClusterInfo {
@@ -171,7 +172,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         created_at: at,
         updated_at: at,
     };
-    j.manager.write(Command::Init { cluster, node }).await?;
+    j.manager().write(Command::Init { cluster, node }).await?;
     ok(&InitReply {
         node_id: show_id(node_id),
         addr,
@@ -181,7 +182,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
 
 async fn wait_leader(j: &Joined) -> Result<(), ApiError> {
     for _ in 0..100 {
-        if j.manager.is_leader() {
+        if j.manager().is_leader() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -321,6 +322,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
     };
     let p = Persisted {
         node_id: r.node_id,
+        role: r.role,
         cluster_id: r.cluster_id,
         addr,
         managers: if r.managers.is_empty() {
@@ -357,7 +359,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
 /// On the leader: a node presents a token and a CSR.
 pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
     let t = Token::parse(&req.token).map_err(ApiError::BadRequest)?;
-    let (cluster, managers) = j.manager.sm.read(|a| {
+    let (cluster, managers) = j.manager().sm.read(|a| {
         (
             a.state.cluster.clone(),
             a.state
@@ -400,7 +402,7 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
     let at = now_ms();
-    j.manager
+    j.manager()
         .write(Command::AddNode(Node {
             id: node_id,
             hostname: req.hostname,
@@ -428,20 +430,24 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
 
 /// On the leader: a node that joined with a manager token is ready for Raft.
 pub async fn activate(j: &Joined, id: u64) -> Reply {
-    let node = j.manager.sm.read(|a| a.state.nodes.get(&id).cloned());
+    let node = j.manager().sm.read(|a| a.state.nodes.get(&id).cloned());
     let Some(n) = node.filter(|n| n.role == Role::Manager) else {
         return Err(ApiError::Forbidden(format!(
             "node {} did not join as a manager",
             show_id(id)
         )));
     };
-    j.manager.add_voter(n.id, &n.addr).await?;
+    j.manager().add_voter(n.id, &n.addr).await?;
     ok(&"ok")
 }
 
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HeartbeatReply {
     pub managers: Vec<String>,
+    /// The node's role in the cluster state.
+    pub role: Role,
+    /// Whether the node is a voter in the leader's Raft membership.
+    pub voter: bool,
     pub heartbeat_ms: u64,
     pub cert_expiry_s: u64,
 }
@@ -451,9 +457,14 @@ pub async fn heartbeat(j: &Joined, id: u64) -> Reply {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, std::time::Instant::now());
-    let (down, managers, settings) = j.manager.sm.read(|a| {
+    let (down, role, managers, settings) = j.manager().sm.read(|a| {
         (
             a.state.nodes.get(&id).map(|n| n.status) == Some(Status::Down),
+            a.state
+                .nodes
+                .get(&id)
+                .map(|n| n.role)
+                .unwrap_or(Role::Worker),
             a.state
                 .managers()
                 .map(|m| m.addr.clone())
@@ -466,7 +477,7 @@ pub async fn heartbeat(j: &Joined, id: u64) -> Reply {
         )
     });
     if down {
-        j.manager
+        j.manager()
             .write(Command::SetStatus {
                 ids: vec![id],
                 status: Status::Ready,
@@ -476,6 +487,8 @@ pub async fn heartbeat(j: &Joined, id: u64) -> Reply {
     }
     ok(&HeartbeatReply {
         managers,
+        role,
+        voter: j.manager().voters().contains(&id),
         heartbeat_ms: settings.heartbeat_ms,
         cert_expiry_s: settings.cert_expiry_s,
     })
@@ -493,7 +506,7 @@ pub struct RenewReply {
 
 pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
     let cluster = j
-        .manager
+        .manager()
         .sm
         .read(|a| a.state.cluster.clone())
         .ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
@@ -519,8 +532,8 @@ pub struct SwarmView {
 }
 
 pub async fn inspect(j: &Joined) -> Reply {
-    j.manager.ensure_current().await?;
-    let (cluster, managers) = j.manager.sm.read(|a| {
+    j.manager().ensure_current().await?;
+    let (cluster, managers) = j.manager().sm.read(|a| {
         (
             a.state.cluster.clone(),
             a.state
@@ -546,7 +559,7 @@ pub struct RotateRequest {
 }
 
 pub async fn rotate(j: &Joined, req: RotateRequest) -> Reply {
-    j.manager
+    j.manager()
         .write(Command::SetSecret {
             role: req.role,
             secret: tls::random_hex(16),
@@ -567,10 +580,10 @@ pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
     let Some(j) = d.joined().await else {
         return Err(ApiError::Unavailable(super::NOT_IN_SWARM.into()));
     };
-    if j.manager.is_voter() && !req.force {
+    if j.manager().is_voter() && !req.force {
         let name = show_id(j.node_id);
         let uri = format!("/v1/nodes/{name}/demote");
-        let res = match j.manager.leader() {
+        let res = match j.manager().leader() {
             Some((_, addr)) => j
                 .call_leader(&addr, Method::POST, &uri, None, &[])
                 .await

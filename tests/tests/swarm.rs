@@ -1,0 +1,293 @@
+//! Swarm membership over real daemons in lab namespaces: init/join with
+//! tokens, node verbs, sessions, mutual TLS, certificate renewal.
+
+use std::time::Duration;
+
+use apiary_tests::swarm::{leader, node, nodes, swarm, swarm_with, token, until};
+use apiary_tests::Lab;
+
+#[test]
+fn three_managers_two_workers_agree_on_node_ls() {
+    let lab = swarm(3, 2).unwrap();
+    let views: Vec<_> = (0..3).map(|h| nodes(&lab, h).unwrap()).collect();
+    assert_eq!(views[0].len(), 5, "{:?}", views[0]);
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[0], views[2]);
+    let v = &views[0];
+    assert_eq!(node(v, "h1")["manager_status"], "leader");
+    for h in ["h2", "h3"] {
+        assert_eq!(node(v, h)["manager_status"], "reachable");
+        assert_eq!(node(v, h)["role"], "manager");
+    }
+    for h in ["h4", "h5"] {
+        assert_eq!(node(v, h)["role"], "worker");
+        assert!(node(v, h)["manager_status"].is_null());
+        assert_eq!(node(v, h)["status"], "ready");
+    }
+    // The table marks the node asked with `*`, as Docker does.
+    let table = lab.apiary(1, &["node", "ls"]).out();
+    let header = table.lines().next().unwrap();
+    for col in ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"] {
+        assert!(header.contains(col), "{table}");
+    }
+    let me = table.lines().find(|l| l.contains('*')).unwrap();
+    assert!(me.contains("h2") && me.contains("Reachable"), "{table}");
+    assert!(table
+        .lines()
+        .any(|l| l.contains("h1") && l.contains("Leader")));
+    // Workers hold no cluster state.
+    let err = lab.apiary(3, &["node", "ls"]).err();
+    assert!(err.contains("not a swarm manager"), "{err}");
+}
+
+#[test]
+fn promote_demote_remove_availability_and_labels() {
+    let lab = swarm(1, 2).unwrap();
+    assert!(lab
+        .apiary(0, &["node", "promote", "h2"])
+        .out()
+        .contains("promoted"));
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(node(&v, "h2")["manager_status"], "reachable");
+    // The promoted node answers cluster requests itself now.
+    assert_eq!(nodes(&lab, 1).unwrap().len(), 3);
+    assert!(lab
+        .apiary(0, &["node", "demote", "h2"])
+        .out()
+        .contains("demoted"));
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(node(&v, "h2")["role"], "worker");
+    assert!(lab
+        .apiary(1, &["node", "ls"])
+        .err()
+        .contains("not a swarm manager"));
+    // Again, to be sure a cycle leaves nothing behind.
+    lab.apiary(0, &["node", "promote", "h2"]).out();
+    lab.apiary(0, &["node", "demote", "h2"]).out();
+
+    for a in ["drain", "pause", "active"] {
+        lab.apiary(0, &["node", "update", "--availability", a, "h3"])
+            .out();
+        assert_eq!(node(&nodes(&lab, 0).unwrap(), "h3")["availability"], a);
+    }
+    lab.apiary(
+        0,
+        &[
+            "node",
+            "update",
+            "--label-add",
+            "zone=a",
+            "--label-add",
+            "disk=ssd",
+            "h3",
+        ],
+    )
+    .out();
+    lab.apiary(0, &["node", "update", "--label-rm", "disk", "h3"])
+        .out();
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(node(&v, "h3")["labels"], serde_json::json!({"zone": "a"}));
+    let pretty = lab.apiary(0, &["node", "inspect", "--pretty", "h3"]).out();
+    assert!(
+        pretty.contains("zone=a") && pretty.contains("Hostname:"),
+        "{pretty}"
+    );
+
+    // A live node needs --force; a manager must be demoted first.
+    let err = lab.apiary(0, &["node", "rm", "h3"]).err();
+    assert!(err.contains("not down") && err.contains("--force"), "{err}");
+    let err = lab.apiary(0, &["node", "rm", "h1"]).err();
+    assert!(err.contains("demoted"), "{err}");
+    lab.apiary(0, &["node", "rm", "--force", "h3"]).out();
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(v.len(), 2, "{v:?}");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let lab = swarm(1, 1).unwrap();
+    let before = nodes(&lab, 0).unwrap();
+    let err = lab.apiary(0, &["node", "rm", "nosuch"]).err();
+    assert!(err.contains("nosuch") && err.contains("not found"), "{err}");
+    let err = lab.apiary(0, &["node", "demote", "h1"]).err();
+    assert!(err.contains("last manager"), "{err}");
+    let err = lab
+        .apiary(0, &["node", "update", "--availability", "sleepy", "h2"])
+        .err();
+    assert!(
+        err.contains("sleepy") && err.contains("active, pause or drain"),
+        "{err}"
+    );
+    let err = lab
+        .apiary(0, &["node", "update", "--label-rm", "nope", "h2"])
+        .err();
+    assert!(err.contains("nope"), "{err}");
+    let err = lab.apiary(0, &["swarm", "join-token", "boss"]).err();
+    assert!(err.contains("boss"), "{err}");
+    assert_eq!(nodes(&lab, 0).unwrap(), before);
+}
+
+#[test]
+fn joins_with_bad_tokens_are_refused() {
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    lab.apiary(0, &["swarm", "init"]).out();
+    // A second, unrelated swarm on host 3: its token carries another CA.
+    lab.apiary(2, &["swarm", "init"]).out();
+    let foreign = lab
+        .apiary(2, &["swarm", "join-token", "-q", "worker"])
+        .out();
+    let good = token(&lab, "worker").unwrap();
+    let m = lab.hosts[0].addr.to_string();
+
+    let err = lab
+        .apiary(1, &["swarm", "join", "--token", "garbage", &m])
+        .err();
+    assert!(err.contains("invalid join token"), "{err}");
+    let err = lab
+        .apiary(1, &["swarm", "join", "--token", foreign.trim(), &m])
+        .err();
+    assert!(err.contains("digest"), "{err}");
+    let wrong_secret = format!("{}-{}", &good[..good.rfind('-').unwrap()], "0badc0de");
+    let err = lab
+        .apiary(1, &["swarm", "join", "--token", &wrong_secret, &m])
+        .err();
+    assert!(err.contains("not valid for this swarm"), "{err}");
+    let err = lab
+        .apiary(1, &["swarm", "join", "--token", &good, "10.99.0.99"])
+        .err();
+    assert!(
+        err.contains("10.99.0.99") && err.contains("manager"),
+        "{err}"
+    );
+    // Nothing joined, and the node can still join properly.
+    assert_eq!(nodes(&lab, 0).unwrap().len(), 1);
+    assert!(lab
+        .apiary(1, &["node", "ls"])
+        .err()
+        .contains("not part of a swarm"));
+
+    // Rotation: the old token stops working, joined nodes stay.
+    lab.apiary(1, &["swarm", "join", "--token", &good, &m])
+        .out();
+    let rotated = lab
+        .apiary(0, &["swarm", "join-token", "--rotate", "worker"])
+        .out();
+    assert!(
+        rotated.contains("Successfully rotated worker join token"),
+        "{rotated}"
+    );
+    lab.apiary(2, &["swarm", "leave", "--force"]).out();
+    let err = lab
+        .apiary(2, &["swarm", "join", "--token", &good, &m])
+        .err();
+    assert!(err.contains("rotated"), "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(node(&v, "h2")["status"], "ready");
+    let fresh = token(&lab, "worker").unwrap();
+    lab.apiary(2, &["swarm", "join", "--token", &fresh, &m])
+        .out();
+    assert_eq!(nodes(&lab, 0).unwrap().len(), 3);
+}
+
+#[test]
+fn silent_node_goes_down_and_workers_find_another_manager() {
+    let mut lab = swarm(3, 2).unwrap();
+    // Worker h4's daemon dies: down within 2 s.
+    lab.daemon(3).kill9();
+    let (_, took) = until(Duration::from_secs(5), || {
+        (node(&nodes(&lab, 0).ok()?, "h4")["status"] == "down").then_some(())
+    })
+    .expect("h4 never marked down");
+    assert!(took < Duration::from_secs(2), "marked down after {took:?}");
+    lab.restart_daemon(3).unwrap();
+    until(Duration::from_secs(5), || {
+        (node(&nodes(&lab, 0).ok()?, "h4")["status"] == "ready").then_some(())
+    })
+    .expect("h4 back to ready");
+
+    // The leader (h1, which both workers joined through) dies: the workers
+    // report to another manager and stay ready.
+    lab.daemon(0).kill9();
+    let (new, _) = until(Duration::from_secs(5), || {
+        leader(&lab, 1).filter(|l| l != "h1")
+    })
+    .expect("a new leader");
+    assert!(new == "h2" || new == "h3");
+    std::thread::sleep(Duration::from_secs(3));
+    let v = nodes(&lab, 1).unwrap();
+    assert_eq!(node(&v, "h1")["status"], "down");
+    assert_eq!(node(&v, "h1")["manager_status"], "unreachable");
+    assert_eq!(node(&v, "h4")["status"], "ready", "{v:?}");
+    assert_eq!(node(&v, "h5")["status"], "ready", "{v:?}");
+}
+
+#[test]
+fn mutual_tls_refuses_strangers_and_renews_certificates() {
+    let lab = swarm_with(2, 1, &["--cert-expiry", "20s"]).unwrap();
+    let m = lab.hosts[0].addr.to_string();
+    let url = format!("https://{m}:2377/v1/nodes");
+    // No client certificate: refused.
+    let out = lab.hosts[2]
+        .ns
+        .run(
+            "curl",
+            &["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        )
+        .unwrap();
+    assert_eq!(out.trim(), "401", "{out}");
+    // A manager's certificate works from another host; a worker's does not.
+    let tls = |h: usize| lab.data_dir(h).join("control/tls");
+    let h2 = tls(1);
+    let ok = lab.apiary(
+        2,
+        &[
+            "--host",
+            &m,
+            "--tls-dir",
+            h2.to_str().unwrap(),
+            "node",
+            "ls",
+        ],
+    );
+    assert!(ok.ok, "{}", ok.stderr);
+    let h3 = tls(2);
+    let err = lab
+        .apiary(
+            2,
+            &[
+                "--host",
+                &m,
+                "--tls-dir",
+                h3.to_str().unwrap(),
+                "node",
+                "ls",
+            ],
+        )
+        .err();
+    assert!(err.contains("manager"), "{err}");
+    // Keys are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h3.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let sock = lab.daemons[0].socket.clone().unwrap();
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Certificates last 20 s and are renewed at half-life; the node stays.
+    let before = std::fs::read_to_string(h3.join("node.pem")).unwrap();
+    until(Duration::from_secs(20), || {
+        (std::fs::read_to_string(h3.join("node.pem")).ok()? != before).then_some(())
+    })
+    .expect("the worker's certificate was not renewed");
+    std::thread::sleep(Duration::from_secs(12));
+    let v = nodes(&lab, 0).unwrap();
+    assert!(v.iter().all(|n| n["status"] == "ready"), "{v:?}");
+}

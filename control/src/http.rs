@@ -16,6 +16,9 @@ use tokio::net::{TcpStream, UnixStream};
 
 pub type Body = Full<Bytes>;
 
+/// How long a TCP + TLS connection may take to set up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub enum Target {
     Unix(PathBuf),
@@ -103,7 +106,22 @@ impl Conn {
         let fut = async {
             let mut sender = match self.sender.take() {
                 Some(s) if !s.is_closed() => s,
-                _ => self.connect().await?,
+                // A dead peer's SYNs go unanswered: give up on it quickly
+                // (the caller tries another) even when the request may
+                // take long.
+                _ => match tokio::time::timeout(timeout.min(CONNECT_TIMEOUT), self.connect()).await
+                {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(CallError::Connect {
+                            target: target.clone(),
+                            reason: format!(
+                                "no answer within {:.1} s",
+                                timeout.min(CONNECT_TIMEOUT).as_secs_f64()
+                            ),
+                        })
+                    }
+                },
             };
             sender.ready().await.map_err(|e| CallError::Io {
                 target: target.clone(),

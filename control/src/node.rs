@@ -319,7 +319,13 @@ impl Joined {
         };
         let mut conn = conn;
         let res = conn
-            .call(method, uri, body, headers, Duration::from_secs(20))
+            .call(
+                method,
+                uri,
+                body,
+                headers,
+                crate::manager::QUORUM_WAIT + Duration::from_secs(2),
+            )
             .await;
         if res.is_ok() {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -402,7 +408,19 @@ async fn session(j: Arc<Joined>) {
         if managers.is_empty() {
             continue;
         }
-        let c = conn.get_or_insert_with(|| Conn::new(j.target(&managers[next % managers.len()])));
+        // A manager reports straight to the leader it knows; workers go
+        // round the managers, whom a follower forwards to the leader.
+        let target = match j.manager().leader() {
+            Some((_, addr)) if j.manager().is_voter() => addr,
+            _ => managers[next % managers.len()].clone(),
+        };
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.target().to_string() != target)
+        {
+            conn = None;
+        }
+        let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
         let res = c
             .call(
                 Method::POST,
@@ -495,6 +513,8 @@ async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Resu
     Ok(())
 }
 
+const NEW_LEADER_GRACE: Duration = Duration::from_secs(3);
+
 /// On the leader: nodes whose heartbeats stopped are marked down.
 async fn monitor(j: Arc<Joined>) {
     let mut was_leader = false;
@@ -519,8 +539,9 @@ async fn monitor(j: Arc<Joined>) {
         let stale: Vec<NodeId> = {
             let mut seen = j.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             if !was_leader {
-                // A new leader gives every node a full period to report.
-                let now = Instant::now();
+                // A new leader gives every node time to find it: their
+                // sessions may be trying the old one first.
+                let now = Instant::now() + NEW_LEADER_GRACE;
                 for (id, _) in &ids {
                     seen.insert(*id, now);
                 }

@@ -364,7 +364,11 @@ async fn forward(
             &[(FORWARDED_FOR, caller.header())],
         )
         .await
-        .map_err(|e| ApiError::Unavailable(format!("forwarding to the leader: {e}")))?;
+        .map_err(|e| {
+            ApiError::NoQuorum(format!(
+                "cannot reach the leader at {addr} ({e}): if a majority of managers is down, the swarm has no quorum and nothing can change until they return"
+            ))
+        })?;
     Ok(Response::builder()
         .status(status)
         .header("content-type", "application/json")

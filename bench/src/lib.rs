@@ -3,6 +3,8 @@
 
 pub mod lb;
 pub mod overlay;
+pub mod raft;
+pub mod raftload;
 pub mod sync;
 pub mod wrk;
 

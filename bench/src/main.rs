@@ -8,11 +8,13 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("lb") => apiary_bench::lb::run(&args[1..]),
         Some("overlay") => apiary_bench::overlay::run(&args[1..]),
+        Some("raft") => apiary_bench::raft::run(&args[1..]),
+        Some("raft-load") => raft_load(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark `{other}`: the benchmarks are: lb, overlay"
+            "unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: apiary-bench lb|overlay [--rounds N] [--seconds S]"
+            "usage: apiary-bench lb|overlay|raft [--rounds N] [--seconds S]"
         )),
     };
     match r {
@@ -22,4 +24,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `raft-load apiary|etcd ADDR CLIENTS SECONDS`: one load run inside a lab
+/// namespace (started by `bench raft`); prints its result as JSON.
+fn raft_load(args: &[String]) -> anyhow::Result<()> {
+    use apiary_bench::raftload::{run, Target};
+    let [kind, addr, clients, secs] = args else {
+        anyhow::bail!("usage: apiary-bench raft-load apiary|etcd ADDR CLIENTS SECONDS");
+    };
+    let t = match kind.as_str() {
+        "apiary" => Target::Apiary(addr.clone()),
+        "etcd" => Target::Etcd(addr.clone()),
+        other => anyhow::bail!("unknown system {other}"),
+    };
+    let r = run(t, clients.parse()?, secs.parse()?)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
 }

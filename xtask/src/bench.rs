@@ -12,7 +12,8 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     let packages: &[&str] = match name {
         "lb" => &["wrk", "haproxy", "nftables", "iproute2", "util-linux"],
         "overlay" => &["iperf3", "iproute2", "util-linux"],
-        other => bail!("unknown benchmark `{other}`: the benchmarks are: lb, overlay"),
+        "raft" => &["etcd-server", "etcd-client", "iproute2", "util-linux"],
+        other => bail!("unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft"),
     };
     ensure_packages(packages)?;
     exec(Command::new(env!("CARGO")).current_dir(root()).args([

@@ -513,7 +513,7 @@ async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Resu
     Ok(())
 }
 
-const NEW_LEADER_GRACE: Duration = Duration::from_secs(3);
+const NEW_LEADER_GRACE: Duration = Duration::from_secs(1);
 
 /// On the leader: nodes whose heartbeats stopped are marked down.
 async fn monitor(j: Arc<Joined>) {

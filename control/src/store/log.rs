@@ -1,6 +1,6 @@
-//! The Raft log and vote. Every append is one redb write transaction that is
-//! fsynced before openraft hears it is flushed: an acknowledged entry is on
-//! disk on a majority.
+//! The Raft log and vote. An append is reported flushed only once the
+//! writer thread has committed (fsynced) it: an acknowledged entry is on
+//! disk on a majority. Reads see appended entries at once.
 
 // openraft's trait methods return its (large) StorageError; the helpers follow.
 #![allow(clippy::result_large_err)]
@@ -13,17 +13,41 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::{get_meta, put_meta, LOGS, META};
+use std::sync::mpsc::Sender;
+
+use super::writer::{self, Op, Pending};
+use super::{get_meta, put_meta, put_meta_with, LOGS};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Pending,
+    writer: Sender<Op>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        let pending = Pending::default();
+        let writer = writer::spawn(db.clone(), pending.clone());
+        Self {
+            db,
+            pending,
+            writer,
+        }
+    }
+
+    async fn queue(
+        &self,
+        op: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> Op,
+    ) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(op(tx))
+            .map_err(|_| write_err(std::io::Error::other("the log writer stopped")))?;
+        rx.await
+            .map_err(|_| write_err(std::io::Error::other("the log writer stopped")))?
+            .map_err(|e| write_err(std::io::Error::other(e)))
     }
 }
 
@@ -68,8 +92,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(e - 1),
             Bound::Unbounded => None,
         };
+        // Pending first: an entry leaves it only after it is on disk.
+        let pending: Vec<Entry> = {
+            let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match end {
+                Some(e) if e < start => Vec::new(),
+                Some(e) => p.range(start..=e).map(|(_, v)| v.clone()).collect(),
+                None => p.range(start..).map(|(_, v)| v.clone()).collect(),
+            }
+        };
         let db = self.db.clone();
         blocking(move || {
+            let mut out: std::collections::BTreeMap<u64, Entry> = std::collections::BTreeMap::new();
             let txn = db.begin_read().map_err(read_err)?;
             let t = txn.open_table(LOGS).map_err(read_err)?;
             let iter = match end {
@@ -77,12 +111,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 None => t.range(start..),
             }
             .map_err(read_err)?;
-            let mut out = Vec::new();
             for item in iter {
-                let (_, v) = item.map_err(read_err)?;
-                out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+                let (k, v) = item.map_err(read_err)?;
+                out.insert(
+                    k.value(),
+                    serde_json::from_slice(v.value()).map_err(read_err)?,
+                );
             }
-            Ok(out)
+            for e in pending {
+                out.insert(e.log_id.index, e);
+            }
+            Ok(out.into_values().collect())
         })
         .await
     }
@@ -92,17 +131,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .next_back()
+            .map(|e| e.log_id);
         let db = self.db.clone();
         blocking(move || {
             let last_purged: Option<LogId> = get_meta(&db, "last_purged").map_err(read_err)?;
             let txn = db.begin_read().map_err(read_err)?;
             let t = txn.open_table(LOGS).map_err(read_err)?;
-            let last = match t.last().map_err(read_err)? {
+            let on_disk = match t.last().map_err(read_err)? {
                 Some((_, v)) => {
                     let e: Entry = serde_json::from_slice(v.value()).map_err(read_err)?;
                     Some(e.log_id)
                 }
                 None => last_purged,
+            };
+            let last = match pending {
+                Some(p) if Some(p) > on_disk => Some(p),
+                _ => on_disk,
             };
             Ok(LogState {
                 last_purged_log_id: last_purged,
@@ -135,7 +185,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = self.db.clone();
-        blocking(move || put_meta(&db, "committed", &committed).map_err(write_err)).await
+        blocking(move || {
+            put_meta_with(&db, "committed", &committed, redb::Durability::None).map_err(write_err)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -157,68 +210,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| {
-                (
-                    e.log_id.index,
-                    serde_json::to_vec(&e).expect("serializable entry"),
-                )
-            })
-            .collect();
-        let db = self.db.clone();
-        let res = blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let mut t = txn.open_table(LOGS).map_err(write_err)?;
-                for (i, bytes) in &encoded {
-                    t.insert(*i, bytes.as_slice()).map_err(write_err)?;
-                }
-            }
-            txn.commit().map_err(write_err)
-        })
-        .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &entries {
+                p.insert(e.log_id.index, e.clone());
             }
         }
+        // Flushed is reported by the writer once the entries are on disk.
+        self.writer
+            .send(Op::Append(entries, callback))
+            .map_err(|_| write_err(std::io::Error::other("the log writer stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let mut t = txn.open_table(LOGS).map_err(write_err)?;
-                t.retain_in(log_id.index.., |_, _| false)
-                    .map_err(write_err)?;
-            }
-            txn.commit().map_err(write_err)
-        })
-        .await
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|i, _| *i < log_id.index);
+        self.queue(|tx| Op::Truncate(log_id.index, tx)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let bytes = serde_json::to_vec(&Some(log_id)).expect("serializable log id");
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let mut meta = txn.open_table(META).map_err(write_err)?;
-                meta.insert("last_purged", bytes.as_slice())
-                    .map_err(write_err)?;
-                let mut t = txn.open_table(LOGS).map_err(write_err)?;
-                t.retain_in(..=log_id.index, |_, _| false)
-                    .map_err(write_err)?;
-            }
-            txn.commit().map_err(write_err)
-        })
-        .await
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|i, _| *i > log_id.index);
+        self.queue(|tx| Op::Purge(log_id, tx)).await
     }
 }

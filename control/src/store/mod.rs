@@ -4,6 +4,7 @@
 
 pub mod log;
 pub mod sm;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,8 +66,22 @@ pub(crate) fn put_meta<T: serde::Serialize>(
     key: &str,
     value: &T,
 ) -> Result<(), redb::Error> {
+    put_meta_with(db, key, value, redb::Durability::Immediate)
+}
+
+/// `Durability::None` for hints that may be lost in a crash (the committed
+/// index: a restarted member learns it again from the leader), so they cost
+/// no fsync on the commit path.
+pub(crate) fn put_meta_with<T: serde::Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: redb::Durability,
+) -> Result<(), redb::Error> {
     let bytes = serde_json::to_vec(value).expect("serializable meta");
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)
+        .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
     {
         let mut t = txn.open_table(META)?;
         t.insert(key, bytes.as_slice())?;

@@ -10,7 +10,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 
 use crate::api::ApiError;
-use crate::model::{Command, NodeId, Outcome};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::model::{Command, NodeId, Outcome, Proposal};
 use crate::network::Network;
 use crate::raft_types::Raft;
 use crate::store::{self, log::LogStore, sm::StateMachine};
@@ -22,6 +24,69 @@ pub struct Manager {
     pub id: NodeId,
     pub raft: Raft,
     pub sm: StateMachine,
+    proposals: mpsc::UnboundedSender<Pending>,
+}
+
+type Pending = (Command, oneshot::Sender<Result<Outcome, ApiError>>);
+
+/// Entries in flight at once; more requests wait and share the next entry.
+const MAX_IN_FLIGHT: usize = 4;
+/// Commands per entry at most.
+const MAX_BATCH: usize = 1024;
+
+/// Group commit: openraft flushes the log once per entry, so commands that
+/// arrive while entries are in flight go into one entry together.
+async fn propose(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let res = tokio::time::timeout(QUORUM_WAIT, raft.client_write(Proposal(cmds))).await;
+            drop(permit);
+            let fail = |e: &dyn Fn() -> ApiError, replies: Vec<oneshot::Sender<_>>| {
+                for r in replies {
+                    let _ = r.send(Err(e()));
+                }
+            };
+            match res {
+                Err(_) => fail(
+                    &|| {
+                        ApiError::NoQuorum(format!(
+                            "the change was not committed within {} s: fewer than a majority of managers answer (it takes effect if they return)",
+                            QUORUM_WAIT.as_secs()
+                        ))
+                    },
+                    replies,
+                ),
+                Ok(Ok(r)) => {
+                    for (reply, out) in replies.into_iter().zip(r.data) {
+                        let _ = reply.send(match out.error {
+                            Some(e) => Err(ApiError::Conflict(e)),
+                            None => Ok(out),
+                        });
+                    }
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    fail(&|| ApiError::NotLeader, replies)
+                }
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    fail(&|| ApiError::Internal(msg.clone()), replies)
+                }
+            }
+        });
+    }
 }
 
 impl Manager {
@@ -41,7 +106,14 @@ impl Manager {
         };
         let config = Arc::new(config.validate()?);
         let raft = Raft::new(id, config, net, log, sm.clone()).await?;
-        Ok(Self { id, raft, sm })
+        let (proposals, rx) = mpsc::unbounded_channel();
+        tokio::spawn(propose(raft.clone(), rx));
+        Ok(Self {
+            id,
+            raft,
+            sm,
+            proposals,
+        })
     }
 
     pub async fn initialize(&self, addr: &str) -> anyhow::Result<()> {
@@ -97,21 +169,14 @@ impl Manager {
     }
 
     /// Commits a command; only the leader may (callers forward otherwise).
+    /// Concurrent writes share Raft entries (see [`propose`]).
     pub async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
-        match tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(cmd)).await {
-            Err(_) => Err(ApiError::NoQuorum(format!(
-                "the change was not committed within {} s: fewer than a majority of managers answer (it takes effect if they return)",
-                QUORUM_WAIT.as_secs()
-            ))),
-            Ok(Ok(r)) => match r.data.error {
-                Some(e) => Err(ApiError::Conflict(e)),
-                None => Ok(r.data),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(ApiError::NotLeader)
-            }
-            Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
-        }
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send((cmd, tx))
+            .map_err(|_| ApiError::Unavailable("this manager is shutting down".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("this manager is shutting down".into()))?
     }
 
     /// Confirms with a quorum that this leader is still the leader, so what

@@ -146,6 +146,11 @@ pub enum Command {
     },
 }
 
+/// One Raft entry: the commands of concurrent requests, committed together
+/// (one log flush for all of them), applied in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal(pub Vec<Command>);
+
 /// What applying a command says back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {

@@ -2,13 +2,14 @@
 
 use std::io::Cursor;
 
-use crate::model::{Command, Outcome};
+use crate::model::{Outcome, Proposal};
 
 openraft::declare_raft_types!(
-    /// Commands are [`Command`]s; nodes are addressed by their API address.
+    /// Entries carry [`Proposal`]s (one outcome per command); nodes are
+    /// addressed by their API address.
     pub TypeConfig:
-        D = Command,
-        R = Outcome,
+        D = Proposal,
+        R = Vec<Outcome>,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -92,15 +92,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(e - 1),
             Bound::Unbounded => None,
         };
-        // Pending first: an entry leaves it only after it is on disk.
+        // Memory first: an entry leaves it only after it is on disk.
         let pending: Vec<Entry> = {
             let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             match end {
-                Some(e) if e < start => Vec::new(),
+                Some(e) if e < start => return Ok(Vec::new()),
                 Some(e) => p.range(start..=e).map(|(_, v)| v.clone()).collect(),
                 None => p.range(start..).map(|(_, v)| v.clone()).collect(),
             }
         };
+        // The usual case (replication of what was just appended): all in
+        // memory and contiguous, no disk read.
+        let covers = pending.first().map(|e| e.log_id.index) == Some(start)
+            && end.is_none_or(|e| pending.last().map(|x| x.log_id.index) == Some(e))
+            && pending.len() as u64
+                == pending.last().map(|x| x.log_id.index).unwrap_or(0) - start + 1;
+        if covers && end.is_some() {
+            return Ok(pending);
+        }
         let db = self.db.clone();
         blocking(move || {
             let mut out: std::collections::BTreeMap<u64, Entry> = std::collections::BTreeMap::new();

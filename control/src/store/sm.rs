@@ -117,7 +117,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(self.read(|a| (a.last_applied, a.membership.clone())))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -128,11 +128,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for e in entries {
                 a.last_applied = Some(e.log_id);
                 match e.payload {
-                    EntryPayload::Blank => out.push(Outcome::default()),
-                    EntryPayload::Normal(cmd) => out.push(a.state.apply(cmd)),
+                    EntryPayload::Blank => out.push(Vec::new()),
+                    EntryPayload::Normal(p) => {
+                        out.push(p.0.into_iter().map(|c| a.state.apply(c)).collect())
+                    }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(e.log_id), m);
-                        out.push(Outcome::default());
+                        out.push(Vec::new());
                     }
                 }
             }

@@ -15,8 +15,11 @@ use redb::Database;
 use super::{LOGS, META};
 use crate::raft_types::{Entry, LogId, TypeConfig};
 
-/// Appended entries not yet known to be on disk, by index.
+/// The latest entries by index: every one not yet on disk, and recent ones
+/// that are (followers catching up read them without touching the disk).
 pub type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+const KEEP_IN_MEMORY: usize = 4096;
 
 pub enum Op {
     Append(Vec<Entry>, LogFlushed<TypeConfig>),
@@ -90,6 +93,11 @@ fn flush(db: &Database, pending: &Pending, appends: Vec<(Vec<Entry>, LogFlushed<
     if appends.is_empty() {
         return;
     }
+    tracing::debug!(
+        appends = appends.len(),
+        entries = appends.iter().map(|(e, _)| e.len()).sum::<usize>(),
+        "log flush"
+    );
     let res = edit(db, |t, _| {
         for (entries, _) in &appends {
             for e in entries {
@@ -100,13 +108,21 @@ fn flush(db: &Database, pending: &Pending, appends: Vec<(Vec<Entry>, LogFlushed<
         Ok(())
     });
     if res.is_ok() {
-        // Keep an entry in memory if a newer one replaced it meanwhile.
+        // Recent entries stay in memory for replication to read; older
+        // ones (all on disk: the log is written in order) are dropped.
+        let flushed = appends
+            .iter()
+            .flat_map(|(e, _)| e.iter().map(|x| x.log_id.index))
+            .max()
+            .unwrap_or(0);
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (entries, _) in &appends {
-            for e in entries {
-                if p.get(&e.log_id.index).map(|x| x.log_id) == Some(e.log_id) {
-                    p.remove(&e.log_id.index);
+        while p.len() > KEEP_IN_MEMORY {
+            match p.first_key_value() {
+                Some((i, _)) if *i <= flushed => {
+                    let i = *i;
+                    p.remove(&i);
                 }
+                _ => break,
             }
         }
     }

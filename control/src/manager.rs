@@ -92,7 +92,8 @@ async fn propose(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
 impl Manager {
     pub async fn open(dir: &Path, id: NodeId, net: Network) -> anyhow::Result<Self> {
         let db = store::open(&dir.join("raft.redb"))?;
-        let log = LogStore::new(db.clone());
+        let wal = crate::store::wal::Wal::open(&dir.join("raft-log"))?;
+        let log = LogStore::new(db.clone(), wal);
         let sm = StateMachine::open(db)?;
         let config = Config {
             cluster_name: "apiary".into(),

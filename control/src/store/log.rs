@@ -11,27 +11,31 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::Database;
 
 use std::sync::mpsc::Sender;
 
-use super::writer::{self, Op, Pending};
-use super::{get_meta, put_meta, put_meta_with, LOGS};
+use super::wal::Wal;
+use super::writer::{self, Op, Pending, SharedWal};
+use super::{get_meta, put_meta, put_meta_with};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    wal: SharedWal,
     pending: Pending,
     writer: Sender<Op>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<Database>, wal: Wal) -> Self {
         let pending = Pending::default();
-        let writer = writer::spawn(db.clone(), pending.clone());
+        let wal = Arc::new(std::sync::Mutex::new(wal));
+        let writer = writer::spawn(db.clone(), wal.clone(), pending.clone());
         Self {
             db,
+            wal,
             pending,
             writer,
         }
@@ -110,23 +114,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if covers && end.is_some() {
             return Ok(pending);
         }
-        let db = self.db.clone();
+        let wal = self.wal.clone();
         blocking(move || {
-            let mut out: std::collections::BTreeMap<u64, Entry> = std::collections::BTreeMap::new();
-            let txn = db.begin_read().map_err(read_err)?;
-            let t = txn.open_table(LOGS).map_err(read_err)?;
-            let iter = match end {
-                Some(e) => t.range(start..=e),
-                None => t.range(start..),
-            }
-            .map_err(read_err)?;
-            for item in iter {
-                let (k, v) = item.map_err(read_err)?;
-                out.insert(
-                    k.value(),
-                    serde_json::from_slice(v.value()).map_err(read_err)?,
-                );
-            }
+            let mut out: std::collections::BTreeMap<u64, Entry> = wal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .range(start, end)
+                .map_err(read_err)?
+                .into_iter()
+                .map(|e| (e.log_id.index, e))
+                .collect();
             for e in pending {
                 out.insert(e.log_id.index, e);
             }
@@ -148,17 +145,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .next_back()
             .map(|e| e.log_id);
         let db = self.db.clone();
+        let wal = self.wal.clone();
         blocking(move || {
             let last_purged: Option<LogId> = get_meta(&db, "last_purged").map_err(read_err)?;
-            let txn = db.begin_read().map_err(read_err)?;
-            let t = txn.open_table(LOGS).map_err(read_err)?;
-            let on_disk = match t.last().map_err(read_err)? {
-                Some((_, v)) => {
-                    let e: Entry = serde_json::from_slice(v.value()).map_err(read_err)?;
-                    Some(e.log_id)
+            let on_disk = {
+                let w = wal.lock().unwrap_or_else(|p| p.into_inner());
+                match w.last_index() {
+                    Some(i) => w.get(i).map_err(read_err)?.map(|e| e.log_id),
+                    None => None,
                 }
-                None => last_purged,
             };
+            let on_disk = on_disk.max(last_purged);
             let last = match pending {
                 Some(p) if Some(p) > on_disk => Some(p),
                 _ => on_disk,

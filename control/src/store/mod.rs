@@ -1,9 +1,12 @@
-//! Durable Raft storage in one redb file: the log and vote (`log`), the
-//! latest snapshot (`sm`). The state machine itself lives in memory and is
-//! rebuilt from the snapshot plus the committed log on start.
+//! Durable Raft storage: the log in append-only segment files (`wal`,
+//! written by one thread with group commit, `writer`), the vote, purge
+//! point and latest snapshot in one redb file (`log`, `sm`). The state
+//! machine itself lives in memory and is rebuilt from the snapshot plus the
+//! committed log on start.
 
 pub mod log;
 pub mod sm;
+pub mod wal;
 mod writer;
 
 use std::path::Path;
@@ -11,7 +14,6 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +42,6 @@ pub fn open(path: &Path) -> Result<Arc<Database>, OpenError> {
     })?;
     let prepare = || -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
-        txn.open_table(LOGS)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(())

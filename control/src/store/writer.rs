@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::LogFlushed;
 use redb::Database;
 
-use super::{LOGS, META};
+use super::put_meta;
+use super::wal::Wal;
 use crate::raft_types::{Entry, LogId, TypeConfig};
+
+pub type SharedWal = Arc<Mutex<Wal>>;
 
 /// The latest entries by index: every one not yet on disk, and recent ones
 /// that are (followers catching up read them without touching the disk).
@@ -29,16 +32,16 @@ pub enum Op {
     Purge(LogId, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
-pub fn spawn(db: Arc<Database>, pending: Pending) -> Sender<Op> {
+pub fn spawn(db: Arc<Database>, wal: SharedWal, pending: Pending) -> Sender<Op> {
     let (tx, rx) = channel();
     std::thread::Builder::new()
         .name("raft-log-writer".into())
-        .spawn(move || run(db, pending, rx))
+        .spawn(move || run(db, wal, pending, rx))
         .expect("spawning the Raft log writer");
     tx
 }
 
-fn run(db: Arc<Database>, pending: Pending, rx: Receiver<Op>) {
+fn run(db: Arc<Database>, wal: SharedWal, pending: Pending, rx: Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -49,47 +52,35 @@ fn run(db: Arc<Database>, pending: Pending, rx: Receiver<Op>) {
             match op {
                 Op::Append(entries, cb) => appends.push((entries, cb)),
                 Op::Truncate(from, reply) => {
-                    flush(&db, &pending, std::mem::take(&mut appends));
-                    let r = edit(&db, |t, _| t.retain_in(from.., |_, _| false).map(|_| ()));
+                    flush(&wal, &pending, std::mem::take(&mut appends));
+                    let r = wal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .truncate(from)
+                        .map_err(|e| e.to_string());
                     let _ = reply.send(r);
                 }
                 Op::Purge(upto, reply) => {
-                    flush(&db, &pending, std::mem::take(&mut appends));
-                    let bytes = serde_json::to_vec(&Some(upto)).expect("serializable log id");
-                    let r = edit(&db, |t, meta| {
-                        meta.insert("last_purged", bytes.as_slice())?;
-                        t.retain_in(..=upto.index, |_, _| false).map(|_| ())
-                    });
+                    flush(&wal, &pending, std::mem::take(&mut appends));
+                    // Remember the purge point before the entries go.
+                    let r = put_meta(&db, "last_purged", &Some(upto))
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| {
+                            wal.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .purge(upto.index)
+                                .map_err(|e| e.to_string())
+                        });
                     let _ = reply.send(r);
                 }
             }
         }
-        flush(&db, &pending, appends);
+        flush(&wal, &pending, appends);
     }
 }
 
-fn edit(
-    db: &Database,
-    f: impl FnOnce(
-        &mut redb::Table<u64, &[u8]>,
-        &mut redb::Table<&str, &[u8]>,
-    ) -> Result<(), redb::StorageError>,
-) -> Result<(), String> {
-    let run = || -> Result<(), redb::Error> {
-        let txn = db.begin_write()?;
-        {
-            let mut t = txn.open_table(LOGS)?;
-            let mut meta = txn.open_table(META)?;
-            f(&mut t, &mut meta)?;
-        }
-        txn.commit()?;
-        Ok(())
-    };
-    run().map_err(|e| e.to_string())
-}
-
-/// One transaction, one fsync, for every queued append.
-fn flush(db: &Database, pending: &Pending, appends: Vec<(Vec<Entry>, LogFlushed<TypeConfig>)>) {
+/// One write and one fdatasync for every queued append.
+fn flush(wal: &SharedWal, pending: &Pending, appends: Vec<(Vec<Entry>, LogFlushed<TypeConfig>)>) {
     if appends.is_empty() {
         return;
     }
@@ -98,15 +89,12 @@ fn flush(db: &Database, pending: &Pending, appends: Vec<(Vec<Entry>, LogFlushed<
         entries = appends.iter().map(|(e, _)| e.len()).sum::<usize>(),
         "log flush"
     );
-    let res = edit(db, |t, _| {
-        for (entries, _) in &appends {
-            for e in entries {
-                let bytes = serde_json::to_vec(e).expect("serializable entry");
-                t.insert(e.log_id.index, bytes.as_slice())?;
-            }
-        }
-        Ok(())
-    });
+    let all: Vec<&Entry> = appends.iter().flat_map(|(e, _)| e.iter()).collect();
+    let res = wal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .append(&all)
+        .map_err(|e| e.to_string());
     if res.is_ok() {
         // Recent entries stay in memory for replication to read; older
         // ones (all on disk: the log is written in order) are dropped.

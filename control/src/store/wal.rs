@@ -1,0 +1,269 @@
+//! The Raft log on disk: append-only segment files of framed records
+//! (`len u32 | crc32 u32 | JSON entry`), one `write` and one `fdatasync`
+//! per flush. Like etcd's WAL beside its bbolt store: a redb commit rewrites
+//! about a dozen B-tree and allocator pages per transaction (0.8–0.9 ms
+//! here) where an append costs one write (0.3 ms), and the log is on the
+//! commit path twice per write (leader, then follower).
+//!
+//! A torn record at the tail (a crash mid-write) ends the log: it was never
+//! reported flushed, so nothing acknowledged is lost.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::raft_types::Entry;
+
+/// A new segment starts past this size; purging drops whole segments.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    /// Where each entry lives: (segment's first index, offset, length).
+    index: BTreeMap<u64, (u64, u64, u32)>,
+}
+
+fn seg_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+impl Wal {
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut firsts: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
+            .collect();
+        firsts.sort();
+        let mut wal = Self {
+            dir: dir.to_path_buf(),
+            segments: Vec::new(),
+            index: BTreeMap::new(),
+        };
+        for first in firsts {
+            let path = dir.join(seg_name(first));
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let bytes = fs::read(&path)?;
+            let mut off = 0usize;
+            while off + 8 <= bytes.len() {
+                let len =
+                    u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+                let crc = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().expect("4 bytes"));
+                let Some(body) = bytes.get(off + 8..off + 8 + len) else {
+                    break;
+                };
+                if crc32fast::hash(body) != crc {
+                    break;
+                }
+                let Ok(e) = serde_json::from_slice::<Entry>(body) else {
+                    break;
+                };
+                // A later record for an index replaces the earlier one and
+                // everything after it (a truncate that reached the disk
+                // only as new appends).
+                let i = e.log_id.index;
+                wal.index.split_off(&i);
+                wal.index.insert(i, (first, off as u64 + 8, len as u32));
+                off += 8 + len;
+            }
+            if off < bytes.len() {
+                tracing::warn!(segment = %path.display(), at = off, "Raft log ends in a torn record; cut there");
+                file.set_len(off as u64)?;
+                file.sync_all()?;
+            }
+            wal.segments.push(Segment {
+                first,
+                path,
+                file,
+                len: off as u64,
+            });
+        }
+        Ok(wal)
+    }
+
+    pub fn last_index(&self) -> Option<u64> {
+        self.index.keys().next_back().copied()
+    }
+
+    pub fn get(&self, i: u64) -> io::Result<Option<Entry>> {
+        let Some(&(first, off, len)) = self.index.get(&i) else {
+            return Ok(None);
+        };
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.first == first)
+            .ok_or_else(|| io::Error::other(format!("segment {first} of entry {i} missing")))?;
+        let mut buf = vec![0u8; len as usize];
+        seg.file.read_exact_at(&mut buf, off)?;
+        serde_json::from_slice(&buf)
+            .map(Some)
+            .map_err(io::Error::other)
+    }
+
+    pub fn range(&self, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
+        let keys: Vec<u64> = match end {
+            Some(e) if e < start => return Ok(Vec::new()),
+            Some(e) => self.index.range(start..=e).map(|(k, _)| *k).collect(),
+            None => self.index.range(start..).map(|(k, _)| *k).collect(),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(e) = self.get(k)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends and makes durable: one write, one fdatasync.
+    pub fn append(&mut self, entries: &[&Entry]) -> io::Result<()> {
+        let Some(first_new) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(());
+        };
+        // Replacing a suffix (openraft truncated first, but be sure).
+        self.index.split_off(&first_new);
+        let need_new = match self.segments.last() {
+            None => true,
+            Some(s) => s.len >= SEGMENT_BYTES,
+        };
+        if need_new {
+            let path = self.dir.join(seg_name(first_new));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            File::open(&self.dir)?.sync_all()?;
+            self.segments.push(Segment {
+                first: first_new,
+                path,
+                file,
+                len: 0,
+            });
+        }
+        let seg = self.segments.last_mut().expect("a segment");
+        let mut buf = Vec::new();
+        let mut placed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let body = serde_json::to_vec(e).map_err(io::Error::other)?;
+            let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            placed.push((e.log_id.index, seg.len + buf.len() as u64, len));
+            buf.extend_from_slice(&body);
+        }
+        seg.file.write_all_at(&buf, seg.len)?;
+        seg.file.sync_data()?;
+        seg.len += buf.len() as u64;
+        for (i, off, len) in placed {
+            self.index.insert(i, (seg.first, off, len));
+        }
+        Ok(())
+    }
+
+    /// Drops entries from `from` on.
+    pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        let Some(&(first, off, _)) = self.index.range(from..).next().map(|(_, v)| v) else {
+            return Ok(());
+        };
+        self.index.split_off(&from);
+        while self.segments.last().is_some_and(|s| s.first > first) {
+            let s = self.segments.pop().expect("a segment");
+            fs::remove_file(&s.path)?;
+        }
+        if let Some(s) = self.segments.last_mut() {
+            s.file.set_len(off - 8)?;
+            s.file.sync_all()?;
+            s.len = off - 8;
+        }
+        Ok(())
+    }
+
+    /// Forgets entries up to `upto`; whole segments below it are deleted.
+    pub fn purge(&mut self, upto: u64) -> io::Result<()> {
+        self.index = self.index.split_off(&(upto + 1));
+        // A segment goes once the next one starts at or below upto + 1.
+        while self.segments.len() > 1 && self.segments[1].first <= upto + 1 {
+            let s = self.segments.remove(0);
+            fs::remove_file(&s.path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(w: &Wal) -> Vec<(u64, u64)> {
+        w.range(0, None)
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("apiary-wal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn survives_reopen_truncate_and_a_torn_tail() {
+        let d = scratch("reopen");
+        let mut w = Wal::open(&d).unwrap();
+        let es: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
+        w.append(&es.iter().collect::<Vec<_>>()).unwrap();
+        w.truncate(4).unwrap();
+        w.append(&[&entry(2, 4)]).unwrap();
+        drop(w);
+        // A crash mid-write leaves half a record.
+        let seg = d.join(seg_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        use std::io::Write as _;
+        f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(indexes(&w), vec![(1, 1), (1, 2), (1, 3), (2, 4)]);
+        assert_eq!(w.last_index(), Some(4));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn purge_forgets_and_drops_old_segments() {
+        let d = scratch("purge");
+        let mut w = Wal::open(&d).unwrap();
+        w.append(&[&entry(1, 1), &entry(1, 2)]).unwrap();
+        // Force a second segment.
+        w.segments.last_mut().unwrap().len = SEGMENT_BYTES;
+        w.append(&[&entry(1, 3), &entry(1, 4)]).unwrap();
+        w.purge(2).unwrap();
+        assert_eq!(indexes(&w), vec![(1, 3), (1, 4)]);
+        assert!(!d.join(seg_name(1)).exists());
+        w.purge(3).unwrap();
+        assert_eq!(indexes(&w), vec![(1, 4)]);
+        assert!(d.join(seg_name(3)).exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

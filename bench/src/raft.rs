@@ -27,9 +27,86 @@ fn etcd_version() -> String {
         .unwrap_or_else(|| "etcd (unknown version)".into())
 }
 
+fn openssl(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("openssl").args(args).output()?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Peer certificates for etcd, so its members talk mutual TLS as Apiary's
+/// managers always do (ECDSA P-256, as Apiary's node certificates).
+fn etcd_certs(lab: &Lab) -> anyhow::Result<std::path::PathBuf> {
+    let dir = lab.dir.join("etcd-pki");
+    std::fs::create_dir_all(&dir)?;
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    ca.extend_from_slice(&[
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bench-etcd-ca",
+    ]);
+    openssl(&ca)?;
+    for h in 0..3 {
+        let n = format!("e{}", h + 1);
+        let (key, csr, pem, ext) = (
+            p(&format!("{n}.key")),
+            p(&format!("{n}.csr")),
+            p(&format!("{n}.pem")),
+            p(&format!("{n}.ext")),
+        );
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth,clientAuth\n",
+                lab.hosts[h].addr
+            ),
+        )?;
+        let mut req = vec!["req"];
+        req.extend_from_slice(&ec);
+        let subj = format!("/CN={n}");
+        req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&req)?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ])?;
+    }
+    Ok(dir)
+}
+
 fn start_etcd(lab: &mut Lab) -> anyhow::Result<()> {
+    let pki = etcd_certs(lab)?;
     let cluster: Vec<String> = (0..3)
-        .map(|h| format!("e{}=http://{}:2380", h + 1, lab.hosts[h].addr))
+        .map(|h| format!("e{}=https://{}:2380", h + 1, lab.hosts[h].addr))
         .collect();
     let cluster = cluster.join(",");
     for h in 0..3 {
@@ -38,7 +115,13 @@ fn start_etcd(lab: &mut Lab) -> anyhow::Result<()> {
         let dir = lab.dir.join(format!("h{}", h + 1)).join("etcd");
         std::fs::create_dir_all(&dir)?;
         let (name, data) = (format!("e{}", h + 1), dir.to_string_lossy().into_owned());
-        let (peer, client) = (format!("http://{ip}:2380"), format!("http://{ip}:2379"));
+        let (peer, client) = (format!("https://{ip}:2380"), format!("http://{ip}:2379"));
+        let f = |x: &str| pki.join(x).to_string_lossy().into_owned();
+        let (cert, key, ca) = (
+            f(&format!("{name}.pem")),
+            f(&format!("{name}.key")),
+            f("ca.pem"),
+        );
         lab.spawn_in(
             &ns,
             "etcd",
@@ -59,6 +142,13 @@ fn start_etcd(lab: &mut Lab) -> anyhow::Result<()> {
                 &cluster,
                 "--initial-cluster-state",
                 "new",
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-client-cert-auth",
                 "--log-level",
                 "warn",
             ],
@@ -182,7 +272,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     writeln!(
         table,
-        "raft: 3 managers vs {} (3 members), same namespaces and disk (fsync on commit); {cores} cores, Linux {}; {rounds} rounds x {seconds} s; 64-byte values; clients on each leader's host",
+        "raft: 3 managers vs {} (3 members, peer mutual TLS as Apiary's), same namespaces and disk (fsync on commit); {cores} cores, Linux {}; {rounds} rounds x {seconds} s; 64-byte values; clients on each leader's host",
         etcd_version(),
         kernel.trim()
     )?;

@@ -10,7 +10,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 
 use crate::api::ApiError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Command, NodeId, Outcome, Proposal};
 use crate::network::Network;
@@ -37,55 +38,65 @@ const MAX_BATCH: usize = 1024;
 /// Group commit: openraft flushes the log once per entry, so commands that
 /// arrive while entries are in flight go into one entry together.
 async fn propose(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    // The entries in flight are polled by this task itself: no hop through
+    // a spawned task on the commit path.
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            p = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match p {
+                None => open = false,
+                Some(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    in_flight.push(commit(raft.clone(), batch));
+                }
+            },
+            else => break,
+        }
+    }
+}
+
+async fn commit(raft: Raft, batch: Vec<Pending>) {
+    let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let res = tokio::time::timeout(QUORUM_WAIT, raft.client_write(Proposal(cmds))).await;
+    let fail = |e: &dyn Fn() -> ApiError, replies: Vec<oneshot::Sender<_>>| {
+        for r in replies {
+            let _ = r.send(Err(e()));
+        }
+    };
+    match res {
+        Err(_) => fail(
+            &|| {
+                ApiError::NoQuorum(format!(
+                    "the change was not committed within {} s: fewer than a majority of managers answer (it takes effect if they return)",
+                    QUORUM_WAIT.as_secs()
+                ))
+            },
+            replies,
+        ),
+        Ok(Ok(r)) => {
+            for (reply, out) in replies.into_iter().zip(r.data) {
+                let _ = reply.send(match out.error {
+                    Some(e) => Err(ApiError::Conflict(e)),
+                    None => Ok(out),
+                });
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            let res = tokio::time::timeout(QUORUM_WAIT, raft.client_write(Proposal(cmds))).await;
-            drop(permit);
-            let fail = |e: &dyn Fn() -> ApiError, replies: Vec<oneshot::Sender<_>>| {
-                for r in replies {
-                    let _ = r.send(Err(e()));
-                }
-            };
-            match res {
-                Err(_) => fail(
-                    &|| {
-                        ApiError::NoQuorum(format!(
-                            "the change was not committed within {} s: fewer than a majority of managers answer (it takes effect if they return)",
-                            QUORUM_WAIT.as_secs()
-                        ))
-                    },
-                    replies,
-                ),
-                Ok(Ok(r)) => {
-                    for (reply, out) in replies.into_iter().zip(r.data) {
-                        let _ = reply.send(match out.error {
-                            Some(e) => Err(ApiError::Conflict(e)),
-                            None => Ok(out),
-                        });
-                    }
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                    fail(&|| ApiError::NotLeader, replies)
-                }
-                Ok(Err(e)) => {
-                    let msg = e.to_string();
-                    fail(&|| ApiError::Internal(msg.clone()), replies)
-                }
-            }
-        });
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            fail(&|| ApiError::NotLeader, replies)
+        }
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            fail(&|| ApiError::Internal(msg.clone()), replies)
+        }
     }
 }
 
@@ -97,11 +108,14 @@ impl Manager {
         let sm = StateMachine::open(db)?;
         let config = Config {
             cluster_name: "apiary".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 500,
-            election_timeout_max: 900,
+            // Also openraft's deadline for one AppendEntries: a batch on a
+            // busy 2-core host can take more than 100 ms.
+            heartbeat_interval: 200,
+            election_timeout_min: 600,
+            election_timeout_max: 1000,
             install_snapshot_timeout: 2000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+            // Snapshots copy the whole state: not too often (etcd: 100k).
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         };

@@ -311,8 +311,14 @@ async fn raft_rpc(j: &Joined, c: Caller, rpc: &str, body: &Bytes) -> Reply {
         ));
     };
     // A node not yet in any membership accepts the leader that is adding it.
-    let members = j.manager().voters();
-    if !members.is_empty() && !j.manager().is_member(from) && !members.contains(&from) {
+    let m = j.manager();
+    let allowed = {
+        let metrics = m.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership.nodes().next().is_none() || membership.get_node(&from).is_some()
+    };
+    if !allowed {
         let known_manager = j
             .manager()
             .sm
@@ -323,7 +329,7 @@ async fn raft_rpc(j: &Joined, c: Caller, rpc: &str, body: &Bytes) -> Reply {
             )));
         }
     }
-    let raft = &j.manager().raft;
+    let raft = &m.raft;
     match rpc {
         "append" => ok(&raft.append_entries(parse(body)?).await),
         "vote" => ok(&raft.vote(parse(body)?).await),

@@ -71,8 +71,13 @@ impl StateMachine {
 
     fn snapshot_now(&self) -> Result<Snapshot, StorageError> {
         let (data, meta) = {
-            let a = self.applied.read().unwrap_or_else(|p| p.into_inner());
-            let data = serde_json::to_vec(&*a).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            // Copy under the lock, serialize outside it: applying goes on.
+            let a = self
+                .applied
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let data = serde_json::to_vec(&a).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             let id = match a.last_applied {
                 Some(l) => format!(
                     "{}-{}-{}",

@@ -11,6 +11,10 @@ pub enum LabCmd {
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
+        /// Start a swarm-mode `apiary daemon` on every host (not yet in a
+        /// swarm: `swarm init` / `swarm join` are yours to run).
+        #[arg(long)]
+        swarm: bool,
     },
     /// Remove every lab (namespaces and pinned maps), including crashed test runs.
     Down,
@@ -20,12 +24,20 @@ pub const LAB_ID: &str = "apylab";
 
 pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
     match cmd {
-        LabCmd::Up { hosts } => {
+        LabCmd::Up { hosts, swarm } => {
             build_agent()?;
             let _ = sweep(Some(LAB_ID));
             let mut lab = Lab::up_with_id(hosts, LAB_ID)?;
             lab.keep()?;
+            if swarm {
+                for h in 0..hosts {
+                    lab.start_swarm_daemon(h)?;
+                }
+            }
             print_lab(&lab);
+            if swarm {
+                print_swarm(&lab)?;
+            }
             Ok(())
         }
         LabCmd::Down => {
@@ -65,4 +77,37 @@ pub fn print_lab(lab: &Lab) {
         id = lab.id
     );
     println!("remove it:                 cargo xtask lab down");
+}
+
+/// Writes shell functions `h1`, `h2`, … that run `apiary` on that host
+/// against its daemon, and says how to use them.
+fn print_swarm(lab: &Lab) -> anyhow::Result<()> {
+    let bin = apiary_tests::apiary_bin();
+    let mut env = String::new();
+    for d in &lab.daemons {
+        let h = &lab.hosts[d.host];
+        let sock = d.socket.as_ref().expect("swarm daemon");
+        env += &format!(
+            "{}() {{ nsenter --net=/run/netns/{} -- {} --socket {} \"$@\"; }}\n",
+            h.name,
+            h.ns.name,
+            bin.display(),
+            sock.display()
+        );
+    }
+    let file = lab.dir.join("env.sh");
+    std::fs::write(&file, env)?;
+    println!(
+        "\nswarm-mode daemons run on every host (logs in {}/hN/daemon.log).",
+        lab.dir.display()
+    );
+    println!("shell functions h1, h2, … run apiary on that host:\n");
+    println!("  source {}", file.display());
+    println!("  h1 swarm init");
+    println!(
+        "  h2 swarm join --token <the token it prints> {}:2377",
+        lab.hosts[0].addr
+    );
+    println!("  h1 node ls");
+    Ok(())
 }

@@ -101,7 +101,14 @@ async fn commit(raft: Raft, batch: Vec<Pending>) {
 }
 
 impl Manager {
-    pub async fn open(dir: &Path, id: NodeId, net: Network) -> anyhow::Result<Self> {
+    /// `snapshot_every`: entries between snapshots (a tenth of that is
+    /// kept behind each for followers a little behind).
+    pub async fn open(
+        dir: &Path,
+        id: NodeId,
+        net: Network,
+        snapshot_every: u64,
+    ) -> anyhow::Result<Self> {
         let db = store::open(&dir.join("raft.redb"))?;
         let wal = crate::store::wal::Wal::open(&dir.join("raft-log"))?;
         let log = LogStore::new(db.clone(), wal);
@@ -114,9 +121,8 @@ impl Manager {
             election_timeout_min: 600,
             election_timeout_max: 1000,
             install_snapshot_timeout: 2000,
-            // Snapshots copy the whole state: not too often (etcd: 100k).
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(10)),
+            max_in_snapshot_log_to_keep: (snapshot_every / 10).max(1),
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);

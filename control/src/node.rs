@@ -31,7 +31,12 @@ pub struct DaemonConfig {
     /// Where the TLS API listens once the node is in a swarm.
     pub listen: SocketAddr,
     pub hostname: String,
+    /// Raft entries between snapshots.
+    pub snapshot_every: u64,
 }
+
+/// Snapshots copy the whole state: not too often (etcd: 100k entries).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
 /// What survives a restart besides the Raft store and the certificates.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,6 +77,7 @@ pub struct Joined {
     pub addr: String,
     pub cluster_id: String,
     pub dir: PathBuf,
+    snapshot_every: u64,
     identity: RwLock<Identity>,
     pub client_tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     server_tls: RwLock<Arc<rustls::ServerConfig>>,
@@ -194,6 +200,7 @@ impl Daemon {
             Network {
                 tls: client_tls.clone(),
             },
+            self.cfg.snapshot_every,
         )
         .await
         .context("opening the Raft store")?;
@@ -206,6 +213,7 @@ impl Daemon {
             addr: p.addr.clone(),
             cluster_id: p.cluster_id.clone(),
             dir,
+            snapshot_every: self.cfg.snapshot_every,
             identity: RwLock::new(id),
             client_tls,
             server_tls,
@@ -276,6 +284,7 @@ impl Joined {
             Network {
                 tls: self.client_tls.clone(),
             },
+            self.snapshot_every,
         )
         .await?;
         *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);

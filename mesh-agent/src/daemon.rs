@@ -33,6 +33,9 @@ pub struct DaemonArgs {
     /// Swarm mode: the name `node ls` shows [default: the host name].
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Swarm mode: Raft entries between snapshots of the state.
+    #[arg(long, hide = true, default_value_t = control::node::DEFAULT_SNAPSHOT_EVERY)]
+    pub raft_snapshot_every: u64,
     /// The daemon's own files [default: /var/lib/apiary].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -66,6 +69,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         socket: args.socket,
         listen: args.listen_addr,
         hostname,
+        snapshot_every: args.raft_snapshot_every,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -171,6 +171,8 @@ pub struct Daemon {
     pub host: usize,
     /// Swarm mode: the local API socket (no static config).
     pub socket: Option<PathBuf>,
+    /// More `apiary daemon` arguments, kept for restarts.
+    pub args: Vec<String>,
     pub config: PathBuf,
     pub log: PathBuf,
     pub data_dir: PathBuf,
@@ -517,6 +519,7 @@ impl Lab {
         let d = Daemon {
             host: h,
             socket: None,
+            args: Vec::new(),
             config: base.join("mesh.yaml"),
             log: base.join("daemon.log"),
             data_dir: self.data_dir(h),
@@ -533,12 +536,18 @@ impl Lab {
     /// A swarm-mode daemon on host `h` (no static config): `apiary swarm
     /// init|join` through [`Lab::apiary`] puts it in a swarm.
     pub fn start_swarm_daemon(&mut self, h: usize) -> anyhow::Result<usize> {
+        self.start_swarm_daemon_with(h, &[])
+    }
+
+    /// [`Lab::start_swarm_daemon`] with more daemon arguments.
+    pub fn start_swarm_daemon_with(&mut self, h: usize, args: &[&str]) -> anyhow::Result<usize> {
         let host = &self.hosts[h];
         let base = self.dir.join(&host.name);
         fs::create_dir_all(&base)?;
         let d = Daemon {
             host: h,
             socket: Some(base.join("apiary.sock")),
+            args: args.iter().map(|a| a.to_string()).collect(),
             config: base.join("mesh.yaml"),
             log: base.join("daemon.log"),
             data_dir: self.data_dir(h),
@@ -603,6 +612,7 @@ impl Lab {
                 .arg(format!("h{}", d.host + 1)),
             None => cmd.arg("--static-config").arg(&d.config),
         };
+        cmd.args(&d.args);
         let child = cmd
             .arg("--data-dir")
             .arg(&d.data_dir)

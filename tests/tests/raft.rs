@@ -194,3 +194,42 @@ fn five_managers_survive_two_losses_and_stop_safely_at_three() {
     let b = lab.apiary(4, &["kv", "get", "after3"]);
     assert_eq!((a.ok, a.stdout), (b.ok, b.stdout));
 }
+
+#[test]
+fn a_new_manager_catches_up_from_a_snapshot_and_keeps_it() {
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon_with(h, &["--raft-snapshot-every", "40"])
+            .unwrap();
+    }
+    lab.apiary(0, &["swarm", "init"]).out();
+    let m = lab.hosts[0].addr.to_string();
+    let mt = apiary_tests::swarm::token(&lab, "manager").unwrap();
+    let wt = apiary_tests::swarm::token(&lab, "worker").unwrap();
+    lab.apiary(1, &["swarm", "join", "--token", &mt, &m]).out();
+    lab.apiary(2, &["swarm", "join", "--token", &wt, &m]).out();
+    // Far more entries than one snapshot interval: the early ones are
+    // compacted away, so the new manager can only start from a snapshot.
+    for i in 0..150 {
+        lab.apiary(0, &["kv", "put", &format!("k{i}"), &i.to_string()])
+            .out();
+    }
+    lab.apiary(0, &["node", "promote", "h3"]).out();
+    lab.apiary(0, &["kv", "put", "after", "promotion"]).out();
+    let local = |lab: &Lab, key: &str| lab.apiary(2, &["kv", "get", "--stale", key]);
+    until(Duration::from_secs(5), || {
+        local(&lab, "after").ok.then_some(())
+    })
+    .expect("h3 never caught up");
+    for k in ["k0", "k77", "k149"] {
+        assert_eq!(local(&lab, k).out().trim(), &k[1..]);
+    }
+    // Its snapshot and log survive a restart.
+    lab.daemon(2).kill9();
+    lab.restart_daemon(2).unwrap();
+    until(Duration::from_secs(5), || {
+        local(&lab, "k149").ok.then_some(())
+    })
+    .expect("h3 lost its state in a restart");
+    assert_eq!(local(&lab, "k0").out().trim(), "0");
+}

@@ -195,6 +195,13 @@ async fn route(
         // A worker's own CLI: cluster state lives on managers.
         return Err(ApiError::Unavailable(NOT_MANAGER.into()));
     }
+    // `?stale=true`: this manager's own copy, no leader needed (like
+    // Consul's stale reads), for outages and for checking a member.
+    if method == Method::GET && query.split('&').any(|q| q == "stale=true") {
+        if let ["v1", "kv", key] = segs.as_slice() {
+            return nodes::kv_get_local(&j, key);
+        }
+    }
     if !j.manager().is_leader() {
         if forwarded.is_some() {
             return Err(ApiError::NotLeader);

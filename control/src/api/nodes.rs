@@ -228,6 +228,11 @@ pub async fn kv_put(j: &Joined, key: &str, v: KvValue) -> Reply {
 
 pub async fn kv_get(j: &Joined, key: &str) -> Reply {
     j.manager().ensure_current().await?;
+    kv_get_local(j, key)
+}
+
+/// This member's copy, current or not.
+pub fn kv_get_local(j: &Joined, key: &str) -> Reply {
     match j.manager().sm.read(|a| a.state.kv.get(key).cloned()) {
         Some(value) => ok(&KvValue { value }),
         None => Err(ApiError::NotFound(format!("key {key:?} not found"))),

@@ -65,7 +65,32 @@ pub enum KvCmd {
     /// Store a value (committed through Raft).
     Put { key: String, value: String },
     /// Read a value as of now (confirmed with a quorum).
-    Get { key: String },
+    Get {
+        /// This manager's own copy, without asking the leader (may be stale).
+        #[arg(long)]
+        stale: bool,
+        key: String,
+    },
+}
+
+/// Sorts `h2` before `h10`, as Docker's `node ls` orders hostnames.
+fn natural(s: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else {
+            if !num.is_empty() {
+                out.push((std::mem::take(&mut text), num.parse().unwrap_or(u64::MAX)));
+                num.clear();
+            }
+            text.push(c);
+        }
+    }
+    out.push((text, num.parse().unwrap_or(0)));
+    out
 }
 
 fn title(s: &str) -> String {
@@ -109,6 +134,8 @@ pub fn run(cmd: NodeCmd, conn: &Connect) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 let me = self_id(conn).await;
+                let mut nodes = nodes;
+                nodes.sort_by_key(|n| natural(&n.hostname));
                 let rows: Vec<Vec<String>> = nodes
                     .iter()
                     .map(|n| {
@@ -232,9 +259,10 @@ pub fn run_kv(cmd: KvCmd, conn: &Connect) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("writing {key}"))?;
             }
-            KvCmd::Get { key } => {
+            KvCmd::Get { stale, key } => {
+                let q = if stale { "?stale=true" } else { "" };
                 let v: KvValue = c
-                    .call(Method::GET, &format!("/v1/kv/{key}"), None::<&()>)
+                    .call(Method::GET, &format!("/v1/kv/{key}{q}"), None::<&()>)
                     .await?;
                 println!("{}", v.value);
             }

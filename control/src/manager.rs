@@ -118,8 +118,8 @@ impl Manager {
             // Also openraft's deadline for one AppendEntries: a batch on a
             // busy 2-core host can take more than 100 ms.
             heartbeat_interval: 200,
-            election_timeout_min: 600,
-            election_timeout_max: 1000,
+            election_timeout_min: 500,
+            election_timeout_max: 900,
             install_snapshot_timeout: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(10)),
             max_in_snapshot_log_to_keep: (snapshot_every / 10).max(1),

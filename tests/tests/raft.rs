@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 use apiary_tests::swarm::{leader, node, nodes, swarm, until};
 use apiary_tests::Lab;
 
+/// These tests time elections and failures: one at a time, so they do not
+/// starve each other of the two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Writes `c0, c1, …` through host `h` until told to stop; returns the keys
 /// the cluster acknowledged.
 fn writer(lab: &Arc<Lab>, h: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
@@ -28,6 +36,7 @@ fn writer(lab: &Arc<Lab>, h: usize, stop: Arc<AtomicBool>) -> std::thread::JoinH
 
 #[test]
 fn killed_leader_is_replaced_within_2s_and_no_acknowledged_write_is_lost() {
+    let _serial = serial();
     let lab = swarm(3, 0).unwrap();
     assert_eq!(leader(&lab, 1).as_deref(), Some("h1"));
     let lab = Arc::new(lab);
@@ -48,6 +57,7 @@ fn killed_leader_is_replaced_within_2s_and_no_acknowledged_write_is_lost() {
     })
     .expect("no new leader");
     let took = killed.elapsed();
+    eprintln!("new leader {new} after {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "new leader {new} after {took:?}"
@@ -83,6 +93,7 @@ fn nft(lab: &Lab, h: usize, script: &str) {
 
 #[test]
 fn partitioned_leader_commits_nothing_and_rejoins_as_follower() {
+    let _serial = serial();
     let lab = swarm(3, 0).unwrap();
     let others = format!("{}, {}", lab.hosts[1].addr, lab.hosts[2].addr);
     nft(
@@ -136,6 +147,7 @@ fn partitioned_leader_commits_nothing_and_rejoins_as_follower() {
 
 #[test]
 fn all_managers_restarted_keep_the_state() {
+    let _serial = serial();
     let mut lab = swarm(3, 1).unwrap();
     lab.apiary(0, &["node", "update", "--label-add", "zone=a", "h4"])
         .out();
@@ -163,6 +175,7 @@ fn all_managers_restarted_keep_the_state() {
 
 #[test]
 fn five_managers_survive_two_losses_and_stop_safely_at_three() {
+    let _serial = serial();
     let mut lab = swarm(5, 0).unwrap();
     lab.daemon(0).kill9();
     lab.daemon(1).kill9();
@@ -197,6 +210,7 @@ fn five_managers_survive_two_losses_and_stop_safely_at_three() {
 
 #[test]
 fn a_new_manager_catches_up_from_a_snapshot_and_keeps_it() {
+    let _serial = serial();
     let mut lab = Lab::up(3).unwrap();
     for h in 0..3 {
         lab.start_swarm_daemon_with(h, &["--raft-snapshot-every", "40"])

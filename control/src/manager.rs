@@ -117,9 +117,13 @@ impl Manager {
             cluster_name: "apiary".into(),
             // Also openraft's deadline for one AppendEntries: a batch on a
             // busy 2-core host can take more than 100 ms.
-            heartbeat_interval: 200,
-            election_timeout_min: 500,
-            election_timeout_max: 900,
+            heartbeat_interval: 150,
+            // The max is also openraft's leader lease: followers refuse to
+            // vote until it has passed since they last heard the leader.
+            election_timeout_min: 400,
+            election_timeout_max: 600,
+            // Small RPCs stay well inside the deadline above.
+            max_payload_entries: 64,
             install_snapshot_timeout: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(10)),
             max_in_snapshot_log_to_keep: (snapshot_every / 10).max(1),

@@ -95,6 +95,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::tls::TlsError> for ApiError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::Internal(format!("{e:#}"))

@@ -120,11 +120,9 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     }
     let cluster_id = tls::random_hex(12);
     let node_id = tls::random_u64();
-    let (ca_pem, ca_key) =
-        tls::new_ca(&cluster_id).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (key_pem, csr) = tls::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
-    let cert_pem = tls::sign_node(&ca_pem, &ca_key, &csr, node_id, settings.cert_expiry_s)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (ca_pem, ca_key) = tls::new_ca(&cluster_id)?;
+    let (key_pem, csr) = tls::new_key_and_csr()?;
+    let cert_pem = tls::sign_node(&ca_pem, &ca_key, &csr, node_id, settings.cert_expiry_s)?;
     let id = Identity {
         node_id,
         ca_pem: ca_pem.clone(),
@@ -138,18 +136,15 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         addr: addr.clone(),
         managers: vec![addr.clone()],
     };
-    let dir = control_dir(&d.cfg.data_dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    save_identity(&dir, &id, &p)?;
-    let j = match d.start(id, p).await {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(ApiError::BadRequest(format!("{e:#}")));
-        }
+    let j = enter(d, id, p).await?;
+    let created = async {
+        j.manager().initialize(&addr).await?;
+        wait_leader(&j).await
     };
-    j.manager().initialize(&addr).await?;
-    wait_leader(&j).await?;
+    if let Err(e) = created.await {
+        leave_quietly(d).await;
+        return Err(e);
+    }
     let at = now_ms();
     let cluster = ClusterInfo {
         id: cluster_id,
@@ -172,12 +167,36 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         created_at: at,
         updated_at: at,
     };
-    j.manager().write(Command::Init { cluster, node }).await?;
+    if let Err(e) = j.manager().write(Command::Init { cluster, node }).await {
+        leave_quietly(d).await;
+        return Err(e);
+    }
     ok(&InitReply {
         node_id: show_id(node_id),
         addr,
         worker_token,
     })
+}
+
+/// Stores the new identity and starts the Raft member and listeners;
+/// leaves nothing behind when that fails.
+async fn enter(d: &Arc<Daemon>, id: Identity, p: Persisted) -> Result<Arc<Joined>, ApiError> {
+    let dir = control_dir(&d.cfg.data_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    save_identity(&dir, &id, &p)?;
+    match d.start(id, p).await {
+        Ok(j) => Ok(j),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(ApiError::BadRequest(format!("{e:#}")))
+        }
+    }
+}
+
+/// Undoes [`enter`] after a later step failed.
+async fn leave_quietly(d: &Arc<Daemon>) {
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(control_dir(&d.cfg.data_dir));
 }
 
 async fn wait_leader(j: &Joined) -> Result<(), ApiError> {
@@ -194,7 +213,7 @@ async fn wait_leader(j: &Joined) -> Result<(), ApiError> {
 
 fn token(ca_pem: &str, secret: &str) -> Result<String, ApiError> {
     Ok(Token {
-        ca_digest: tls::ca_digest(ca_pem).map_err(|e| ApiError::Internal(e.to_string()))?,
+        ca_digest: tls::ca_digest(ca_pem)?,
         secret: secret.to_string(),
     }
     .render())
@@ -289,8 +308,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
             t.ca_digest
         )));
     }
-    let (key_pem, csr_pem) =
-        tls::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (key_pem, csr_pem) = tls::new_key_and_csr()?;
     let body = serde_json::to_vec(&JoinRequest {
         token: req.token.trim().to_string(),
         csr_pem,
@@ -298,7 +316,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
         addr: addr.clone(),
     })
     .expect("serializable");
-    let join_tls = tls::join_config(&ca_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let join_tls = tls::join_config(&ca_pem)?;
     let (s, b) = call(
         Target::Tls {
             addr: remote.clone(),
@@ -331,23 +349,23 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
             r.managers
         },
     };
-    let dir = control_dir(&d.cfg.data_dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    save_identity(&dir, &id, &p)?;
-    let j = match d.start(id, p).await {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(ApiError::BadRequest(format!("{e:#}")));
-        }
-    };
+    let j = enter(d, id, p).await?;
     if r.role == Role::Manager {
-        let (s, b) = j
+        let activated = match j
             .call_leader(&remote, Method::POST, "/v1/swarm/activate", None, &[])
             .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        if !s.is_success() {
-            return Err(remote_err(&remote, s, &b));
+        {
+            Ok((s, _)) if s.is_success() => Ok(()),
+            Ok((s, b)) => Err(remote_err(&remote, s, &b)),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        };
+        if let Err(e) = activated {
+            // The managers list it as a manager that never joined Raft:
+            // `node demote` then `node rm` there clears it.
+            leave_quietly(d).await;
+            return Err(ApiError::Unavailable(format!(
+                "joining the Raft group failed, so this node left again: {e}"
+            )));
         }
     }
     ok(&match r.role {
@@ -370,8 +388,7 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
     });
     let cluster =
         cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
-    let digest =
-        tls::ca_digest(&cluster.ca_cert_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let digest = tls::ca_digest(&cluster.ca_cert_pem)?;
     let role = if t.ca_digest != digest {
         None
     } else if t.secret == cluster.worker_secret {

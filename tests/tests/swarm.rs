@@ -297,3 +297,69 @@ fn mutual_tls_refuses_strangers_and_renews_certificates() {
     let v = nodes(&lab, 0).unwrap();
     assert!(v.iter().all(|n| n["status"] == "ready"), "{v:?}");
 }
+
+#[test]
+fn a_manager_leaves_by_stepping_out_of_raft_first() {
+    let lab = swarm(3, 0).unwrap();
+    let out = lab.apiary(1, &["swarm", "leave"]).out();
+    assert!(out.contains("left the swarm"), "{out}");
+    let (v, _) = until(Duration::from_secs(5), || {
+        let v = nodes(&lab, 0).ok()?;
+        (node(&v, "h2")["status"] == "down").then_some(v)
+    })
+    .expect("h2 not down after leaving");
+    assert_eq!(node(&v, "h2")["role"], "worker", "{v:?}");
+    // The two managers left make the quorum: writes go on.
+    lab.apiary(2, &["kv", "put", "after", "leave"]).out();
+    assert!(lab
+        .apiary(1, &["node", "ls"])
+        .err()
+        .contains("not part of a swarm"));
+}
+
+#[test]
+fn a_manager_leave_that_would_cost_the_quorum_is_refused() {
+    let mut lab = swarm(3, 0).unwrap();
+    lab.daemon(2).kill9();
+    until(Duration::from_secs(5), || {
+        (node(&nodes(&lab, 0).ok()?, "h3")["status"] == "down").then_some(())
+    })
+    .expect("h3 not marked down");
+    // Without h2, h1 and the dead h3 would have to agree: refused.
+    let err = lab.apiary(1, &["swarm", "leave"]).err();
+    assert!(err.contains("--force") && err.contains("quorum"), "{err}");
+    assert_eq!(node(&nodes(&lab, 0).unwrap(), "h2")["role"], "manager");
+    // --force leaves anyway, as Swarm's does.
+    lab.apiary(1, &["swarm", "leave", "--force"]).out();
+    assert!(lab
+        .apiary(1, &["node", "ls"])
+        .err()
+        .contains("not part of a swarm"));
+}
+
+#[test]
+fn a_certificate_of_another_swarm_is_refused() {
+    let mut lab = Lab::up(2).unwrap();
+    for h in 0..2 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    lab.apiary(0, &["swarm", "init"]).out();
+    lab.apiary(1, &["swarm", "init"]).out();
+    let foreign = lab.data_dir(1).join("control/tls");
+    let m = lab.hosts[0].addr.to_string();
+    let err = lab
+        .apiary(
+            1,
+            &[
+                "--host",
+                &m,
+                "--tls-dir",
+                foreign.to_str().unwrap(),
+                "node",
+                "ls",
+            ],
+        )
+        .err();
+    // The server is not trusted by the client, nor the client by the server.
+    assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
+}

@@ -268,6 +268,9 @@ impl Lab {
         }
         sweep_dead();
         let dir = std::env::temp_dir().join(format!("apiary-lab-{id}"));
+        // A lab kept earlier under this id left its daemons' state here: a
+        // new lab starts clean (swarm daemons would resume an old swarm).
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         fs::create_dir_all(OWNERS)?;
         fs::write(Path::new(OWNERS).join(id), std::process::id().to_string())?;
@@ -887,6 +890,14 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
     }
     remove_cgroups(prefix);
     remove_uapi_sockets(prefix);
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("apiary-lab-{prefix}")) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if let Some(id) = id {
         let _ = fs::remove_file(Path::new(OWNERS).join(id));
     } else {

@@ -411,6 +411,7 @@ async fn session(j: Arc<Joined>) {
     let mut conn: Option<Conn> = None;
     let mut next = 0usize;
     let mut last_ok = Instant::now();
+    let mut refusals = 0u64;
     loop {
         tokio::time::sleep(period).await;
         let managers = j.managers.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -442,7 +443,11 @@ async fn session(j: Arc<Joined>) {
         let reply: Option<HeartbeatReply> = match res {
             Ok((s, b)) if s.is_success() => serde_json::from_slice(&b).ok(),
             Ok((s, b)) => {
-                tracing::warn!(manager = %c.target(), status = %s, body = %String::from_utf8_lossy(&b), "heartbeat refused");
+                // A removed node hears this every period: say it now and then.
+                if refusals % 120 == 0 {
+                    tracing::warn!(manager = %c.target(), status = %s, body = %String::from_utf8_lossy(&b), "heartbeat refused");
+                }
+                refusals += 1;
                 None
             }
             Err(e) => {
@@ -600,8 +605,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let _ = std::fs::remove_file(&cfg.socket);
-    let unix = UnixListener::bind(&cfg.socket)
-        .with_context(|| format!("binding {}", cfg.socket.display()))?;
+    // Created owner-only from the start: no moment where others may connect.
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old_mask = unsafe { libc::umask(0o077) };
+    let unix = UnixListener::bind(&cfg.socket);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old_mask) };
+    let unix = unix.with_context(|| format!("binding {}", cfg.socket.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;

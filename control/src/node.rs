@@ -444,7 +444,7 @@ async fn session(j: Arc<Joined>) {
             Ok((s, b)) if s.is_success() => serde_json::from_slice(&b).ok(),
             Ok((s, b)) => {
                 // A removed node hears this every period: say it now and then.
-                if refusals % 120 == 0 {
+                if refusals.is_multiple_of(120) {
                     tracing::warn!(manager = %c.target(), status = %s, body = %String::from_utf8_lossy(&b), "heartbeat refused");
                 }
                 refusals += 1;

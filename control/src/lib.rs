@@ -10,5 +10,6 @@ pub mod model;
 pub mod network;
 pub mod node;
 pub mod raft_types;
+pub mod services;
 pub mod store;
 pub mod tls;

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::services::{Service, Task};
+
 /// Raft node ids; shown to users as 16 hex digits.
 pub type NodeId = u64;
 
@@ -101,6 +103,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, Node>,
     /// A small key-value space (tests, benchmarks, operators' notes).
     pub kv: BTreeMap<String, String>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Task>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +149,16 @@ pub enum Command {
     KvPut {
         key: String,
         value: String,
+    },
+    CreateService(Service),
+    UpdateService(Service),
+    RemoveService {
+        id: String,
+    },
+    /// The orchestrator's decisions: tasks created or changed, tasks gone.
+    Reconcile {
+        put: Vec<Task>,
+        remove: Vec<String>,
     },
 }
 
@@ -219,6 +235,38 @@ impl ClusterState {
             Command::KvPut { key, value } => {
                 self.kv.insert(key, value);
             }
+            Command::CreateService(svc) => {
+                if let Err(e) = self.service_fits(&svc) {
+                    return Outcome::err(e);
+                }
+                self.services.insert(svc.id.clone(), svc);
+            }
+            Command::UpdateService(svc) => {
+                if !self.services.contains_key(&svc.id) {
+                    return Outcome::err(format!("service {} not found", svc.spec.name));
+                }
+                if let Err(e) = self.service_fits(&svc) {
+                    return Outcome::err(e);
+                }
+                self.services.insert(svc.id.clone(), svc);
+            }
+            Command::RemoveService { id } => {
+                if self.services.remove(&id).is_none() {
+                    return Outcome::err(format!("service {id} not found"));
+                }
+                self.tasks.retain(|_, t| t.service != id);
+            }
+            Command::Reconcile { put, remove } => {
+                for id in remove {
+                    self.tasks.remove(&id);
+                }
+                for t in put {
+                    // A task of a service removed meanwhile is not revived.
+                    if self.services.contains_key(&t.service) {
+                        self.tasks.insert(t.id.clone(), t);
+                    }
+                }
+            }
         }
         Outcome::default()
     }
@@ -252,6 +300,61 @@ impl ClusterState {
             0 => Err(format!("node {name} not found")),
             k => Err(format!(
                 "node id prefix {name:?} is ambiguous ({k} nodes match): give more digits"
+            )),
+        }
+    }
+
+    /// A new or changed service must not take another's name, published
+    /// port or VIP.
+    pub fn service_fits(&self, svc: &Service) -> Result<(), String> {
+        for other in self.services.values().filter(|o| o.id != svc.id) {
+            if other.spec.name == svc.spec.name {
+                return Err(format!("service name {} already exists", svc.spec.name));
+            }
+            for p in &svc.spec.ports {
+                if other
+                    .spec
+                    .ports
+                    .iter()
+                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+                {
+                    return Err(format!(
+                        "port {}/{} is already published by service {}",
+                        p.published,
+                        if p.protocol == crate::services::Protocol::Udp {
+                            "udp"
+                        } else {
+                            "tcp"
+                        },
+                        other.spec.name
+                    ));
+                }
+            }
+            if other.vip == svc.vip {
+                return Err(format!(
+                    "VIP {} is taken by service {}",
+                    svc.vip, other.spec.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A service by name, full id or unique id prefix.
+    pub fn find_service(&self, name: &str) -> Result<&Service, String> {
+        if let Some(s) = self.services.values().find(|s| s.spec.name == name) {
+            return Ok(s);
+        }
+        let hits: Vec<&Service> = self
+            .services
+            .values()
+            .filter(|s| !name.is_empty() && s.id.starts_with(name))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits[0]),
+            0 => Err(format!("service {name} not found")),
+            k => Err(format!(
+                "service id prefix {name:?} is ambiguous ({k} services match)"
             )),
         }
     }

@@ -228,6 +228,7 @@ impl Daemon {
             tokio::spawn(serve_tls(self.clone(), j.clone(), listener)),
             tokio::spawn(session(j.clone())),
             tokio::spawn(monitor(j.clone())),
+            tokio::spawn(orchestrate(j.clone())),
         ];
         *j.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         *self.joined.write().await = Some(j.clone());
@@ -525,6 +526,32 @@ async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Resu
     j.set_certificate(r.cert_pem)?;
     tracing::info!("node certificate renewed");
     Ok(())
+}
+
+/// On the leader: keeps every service's tasks placed as its spec says,
+/// after every change of the state and once a second.
+async fn orchestrate(j: Arc<Joined>) {
+    loop {
+        let m = j.manager();
+        let mut changes = m.sm.changes.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+        if !m.is_leader() {
+            continue;
+        }
+        let plan = m.sm.read(|a| {
+            crate::services::orchestrator::reconcile(&a.state, now_ms(), &mut || {
+                tls::random_hex(12)
+            })
+        });
+        if plan.is_empty() {
+            continue;
+        }
+        let (put, remove) = (plan.put, plan.remove);
+        if let Err(e) = m.write(Command::Reconcile { put, remove }).await {
+            tracing::debug!(error = %e, "reconciling services");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 const NEW_LEADER_GRACE: Duration = Duration::from_secs(1);

@@ -4,6 +4,7 @@
 //! leader: another manager forwards them, as swarmkit's proxy does.
 
 mod nodes;
+mod services;
 mod swarm;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::model::{NodeId, Role};
 use crate::node::{Daemon, Joined};
 
 pub use nodes::{KvValue, NodeView, UpdateRequest};
+pub use services::{ScaleRequest, ServiceView, TaskView};
 pub use swarm::{
     HeartbeatReply, InitReply, InitRequest, JoinReply, LeaveRequest, LocalJoinRequest, RenewReply,
     RenewRequest, RotateRequest, SwarmView,
@@ -265,6 +267,14 @@ async fn admin_route(
         (&Method::DELETE, ["v1", "nodes", name]) => {
             nodes::remove(j, name, query.split('&').any(|q| q == "force=true")).await
         }
+        (&Method::POST, ["v1", "services"]) => services::create(j, parse(body)?).await,
+        (&Method::GET, ["v1", "services"]) => services::list(j).await,
+        (&Method::GET, ["v1", "services", name]) => services::inspect(j, name).await,
+        (&Method::GET, ["v1", "services", name, "tasks"]) => services::tasks(j, name).await,
+        (&Method::POST, ["v1", "services", name, "scale"]) => {
+            services::scale(j, name, parse(body)?).await
+        }
+        (&Method::DELETE, ["v1", "services", name]) => services::remove(j, name).await,
         (&Method::PUT, ["v1", "kv", key]) => nodes::kv_put(j, key, parse(body)?).await,
         (&Method::GET, ["v1", "kv", key]) => nodes::kv_get(j, key).await,
         _ => Err(ApiError::NotFound(format!(

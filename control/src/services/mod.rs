@@ -1,0 +1,222 @@
+//! Services and their tasks in the cluster state: the specs users give
+//! (`service create`), their validation, and the records the orchestrator
+//! and scheduler keep.
+
+pub mod constraint;
+pub mod orchestrator;
+pub mod scheduler;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::NodeId;
+
+/// Published ports a user leaves to the cluster come from here (as Swarm).
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+/// Service VIPs (east-west load balancing) come from here.
+pub const VIP_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// 0 in a request: pick one from [`AUTO_PORTS`].
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Mode {
+    Replicated { replicas: u64 },
+    Global,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub mode: Mode,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default)]
+    pub replicas_max_per_node: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub spec: ServiceSpec,
+    pub version: u64,
+    /// The spec before the last update (`service rollback`).
+    pub previous: Option<ServiceSpec>,
+    pub vip: Ipv4Addr,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A task's life, as Swarm names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    New,
+    Pending,
+    Assigned,
+    Preparing,
+    Starting,
+    Running,
+    Complete,
+    Shutdown,
+    Failed,
+    Rejected,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub service: String,
+    /// 1.. for replicated services; 0 for global ones (one per node).
+    pub slot: u64,
+    /// `None` while no node fits (state `pending`, with the reason).
+    pub node: Option<NodeId>,
+    pub spec_version: u64,
+    pub desired: TaskState,
+    pub state: TaskState,
+    pub message: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl Task {
+    pub fn name(&self, service: &str) -> String {
+        if self.slot == 0 {
+            match self.node {
+                Some(n) => format!("{service}.{}", crate::model::show_id(n)),
+                None => service.to_string(),
+            }
+        } else {
+            format!("{service}.{}", self.slot)
+        }
+    }
+}
+
+/// Service and task names as Docker accepts them.
+pub fn valid_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid service name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+}
+
+/// `-p 8080:80`, `-p 8080:80/udp`, `-p 80` (published port chosen by the
+/// cluster), and Docker's long form `published=8080,target=80,protocol=udp`.
+pub fn parse_port(s: &str) -> Result<PortSpec, String> {
+    let bad = || {
+        format!("invalid published port {s:?}: use PUBLISHED:TARGET[/tcp|udp], TARGET, or published=P,target=T[,protocol=udp]")
+    };
+    let num = |v: &str| v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    if s.contains('=') {
+        let (mut published, mut target, mut protocol) = (0, None, Protocol::Tcp);
+        for kv in s.split(',') {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            match k {
+                "published" => published = num(v)?,
+                "target" => target = Some(num(v)?),
+                "protocol" => protocol = proto(v).ok_or_else(bad)?,
+                "mode" if v == "ingress" => {}
+                _ => return Err(bad()),
+            }
+        }
+        return Ok(PortSpec {
+            published,
+            target: target.ok_or_else(bad)?,
+            protocol,
+        });
+    }
+    let (ports, protocol) = match s.split_once('/') {
+        Some((p, pr)) => (p, proto(pr).ok_or_else(bad)?),
+        None => (s, Protocol::Tcp),
+    };
+    let (published, target) = match ports.split_once(':') {
+        Some((p, t)) => (num(p)?, num(t)?),
+        None => (0, num(ports)?),
+    };
+    Ok(PortSpec {
+        published,
+        target,
+        protocol,
+    })
+}
+
+fn proto(s: &str) -> Option<Protocol> {
+    match s {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_in_every_form() {
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (8080, 80, Protocol::Tcp)
+        );
+        let p = parse_port("53:53/udp").unwrap();
+        assert_eq!(p.protocol, Protocol::Udp);
+        assert_eq!(parse_port("80").unwrap().published, 0);
+        let p = parse_port("published=9000,target=90,protocol=udp").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (9000, 90, Protocol::Udp)
+        );
+        for bad in [
+            "",
+            "x:80",
+            "8080:",
+            "0:80",
+            "8080:80/sctp",
+            "70000:80",
+            "target=0",
+        ] {
+            assert!(parse_port(bad).unwrap_err().contains(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("my_nginx").is_ok());
+        assert!(valid_name("-x").is_err());
+        assert!(valid_name("a b").is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! The leader's reconciliation: from services (desired) and tasks (actual)
+//! to the task changes that close the gap. Pure: the caller proposes the
+//! result through Raft, so every decision is in the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::constraint::Constraint;
+use super::scheduler::{pick, unfit, Load};
+use super::{Mode, Task, TaskState};
+use crate::model::{ClusterState, NodeId};
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub put: Vec<Task>,
+    pub remove: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.remove.is_empty()
+    }
+}
+
+pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let mut plan = Plan::default();
+    let mut load = Load::default();
+    for t in s.tasks.values() {
+        if let Some(n) = t.node {
+            *load.total.entry(n).or_default() += 1;
+        }
+    }
+    // Tasks of services that are gone.
+    for t in s.tasks.values() {
+        if !s.services.contains_key(&t.service) {
+            plan.remove.push(t.id.clone());
+        }
+    }
+    for svc in s.services.values() {
+        let constraints: Vec<Constraint> = svc
+            .spec
+            .constraints
+            .iter()
+            .filter_map(|c| Constraint::parse(c).ok())
+            .collect();
+        let mut mine: Vec<&Task> = s.tasks.values().filter(|t| t.service == svc.id).collect();
+        mine.sort_by_key(|t| (t.slot, t.created_at));
+        load.service.clear();
+        // Tasks whose node is gone, down or drained make way for new ones;
+        // a paused node keeps what it runs.
+        let mut keep: Vec<&Task> = Vec::new();
+        for t in mine {
+            let stays = match t.node.and_then(|n| s.nodes.get(&n)) {
+                Some(n) => match unfit(n, &constraints) {
+                    None | Some("paused") => true,
+                    Some(_) => false,
+                },
+                None => t.node.is_none(),
+            };
+            if stays {
+                if let Some(n) = t.node {
+                    *load.service.entry(n).or_default() += 1;
+                }
+                keep.push(t);
+            } else {
+                plan.remove.push(t.id.clone());
+                if let Some(n) = t.node {
+                    if let Some(x) = load.total.get_mut(&n) {
+                        *x = x.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        let mut place = |slot: u64,
+                         on: Option<NodeId>,
+                         old: Option<&Task>,
+                         plan: &mut Plan,
+                         load: &mut Load| {
+            let chosen = match on {
+                Some(n) => Ok(n),
+                None => pick(
+                    s.nodes.values(),
+                    &constraints,
+                    svc.spec.replicas_max_per_node,
+                    load,
+                ),
+            };
+            let (node, state, message) = match chosen {
+                Ok(n) => {
+                    load.add(n);
+                    (Some(n), TaskState::Assigned, "assigned".to_string())
+                }
+                Err(why) => (None, TaskState::Pending, why),
+            };
+            if let Some(o) = old {
+                if o.node == node && o.message == message {
+                    return;
+                }
+            }
+            plan.put.push(Task {
+                id: old.map(|o| o.id.clone()).unwrap_or_else(&mut *new_id),
+                service: svc.id.clone(),
+                slot,
+                node,
+                spec_version: svc.version,
+                desired: TaskState::Running,
+                state,
+                message,
+                created_at: old.map(|o| o.created_at).unwrap_or(now),
+                updated_at: now,
+            });
+        };
+        match svc.spec.mode {
+            Mode::Replicated { replicas } => {
+                let mut by_slot: BTreeMap<u64, &Task> = BTreeMap::new();
+                for t in &keep {
+                    if t.slot == 0 || t.slot > replicas || by_slot.contains_key(&t.slot) {
+                        plan.remove.push(t.id.clone());
+                        if let Some(n) = t.node {
+                            if let Some(x) = load.service.get_mut(&n) {
+                                *x = x.saturating_sub(1);
+                            }
+                        }
+                    } else {
+                        by_slot.insert(t.slot, t);
+                    }
+                }
+                for slot in 1..=replicas {
+                    match by_slot.get(&slot) {
+                        Some(t) if t.node.is_some() => {}
+                        Some(t) => place(slot, None, Some(t), &mut plan, &mut load),
+                        None => place(slot, None, None, &mut plan, &mut load),
+                    }
+                }
+            }
+            Mode::Global => {
+                let mut covered: BTreeSet<NodeId> = BTreeSet::new();
+                for t in &keep {
+                    match t.node {
+                        Some(n) if covered.insert(n) => {}
+                        _ => plan.remove.push(t.id.clone()),
+                    }
+                }
+                for n in s.nodes.values() {
+                    if !covered.contains(&n.id) && unfit(n, &constraints).is_none() {
+                        place(0, Some(n.id), None, &mut plan, &mut load);
+                    }
+                }
+            }
+        }
+    }
+    plan.remove.sort();
+    plan.remove.dedup();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Availability, Command, Node, Role, Status};
+    use crate::services::{Service, ServiceSpec};
+    use std::net::Ipv4Addr;
+
+    fn state(nodes: usize) -> ClusterState {
+        let mut s = ClusterState::default();
+        for i in 1..=nodes as u64 {
+            s.apply(Command::AddNode(Node {
+                id: i,
+                hostname: format!("h{i}"),
+                addr: format!("10.0.0.{i}:2377"),
+                role: if i == 1 { Role::Manager } else { Role::Worker },
+                availability: Availability::Active,
+                labels: Default::default(),
+                status: Status::Ready,
+                created_at: 0,
+                updated_at: 0,
+            }));
+        }
+        s
+    }
+
+    fn service(s: &mut ClusterState, name: &str, mode: Mode, constraints: &[&str]) {
+        let id = format!("svc-{name}");
+        s.apply(Command::CreateService(Service {
+            id: id.clone(),
+            spec: ServiceSpec {
+                name: name.into(),
+                image: "img".into(),
+                command: vec![],
+                env: vec![],
+                mode,
+                ports: vec![],
+                constraints: constraints.iter().map(|c| c.to_string()).collect(),
+                replicas_max_per_node: None,
+            },
+            version: 1,
+            previous: None,
+            vip: Ipv4Addr::new(10, 96, 0, 2 + s.services.len() as u8),
+            created_at: 0,
+            updated_at: 0,
+        }));
+    }
+
+    fn settle(s: &mut ClusterState) {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        for _ in 0..3 {
+            let plan = reconcile(s, 1, &mut || {
+                let n = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("t{n}")
+            });
+            s.apply(Command::Reconcile {
+                put: plan.put,
+                remove: plan.remove,
+            });
+        }
+        let again = reconcile(s, 1, &mut || unreachable!("a stable state creates nothing"));
+        assert!(again.is_empty(), "not stable: {again:?}");
+    }
+
+    fn per_node(s: &ClusterState) -> Vec<usize> {
+        let mut v: Vec<usize> = s
+            .nodes
+            .keys()
+            .map(|n| s.tasks.values().filter(|t| t.node == Some(*n)).count())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn spreads_replicas_and_follows_scale() {
+        let mut s = state(3);
+        service(&mut s, "web", Mode::Replicated { replicas: 5 }, &[]);
+        settle(&mut s);
+        assert_eq!(per_node(&s), vec![1, 2, 2]);
+        let mut svc = s.services["svc-web"].clone();
+        svc.spec.mode = Mode::Replicated { replicas: 2 };
+        s.apply(Command::UpdateService(svc));
+        settle(&mut s);
+        assert_eq!(s.tasks.len(), 2);
+        let slots: BTreeSet<u64> = s.tasks.values().map(|t| t.slot).collect();
+        assert_eq!(slots, [1, 2].into());
+    }
+
+    #[test]
+    fn drain_moves_tasks_and_pause_keeps_them() {
+        let mut s = state(3);
+        service(&mut s, "web", Mode::Replicated { replicas: 6 }, &[]);
+        settle(&mut s);
+        s.nodes.get_mut(&3).unwrap().availability = Availability::Drain;
+        s.nodes.get_mut(&2).unwrap().availability = Availability::Pause;
+        settle(&mut s);
+        assert_eq!(s.tasks.values().filter(|t| t.node == Some(3)).count(), 0);
+        assert_eq!(s.tasks.values().filter(|t| t.node == Some(2)).count(), 2);
+        assert_eq!(s.tasks.values().filter(|t| t.node == Some(1)).count(), 4);
+        // A node that goes down has its tasks placed elsewhere.
+        s.nodes.get_mut(&2).unwrap().availability = Availability::Active;
+        s.nodes.get_mut(&1).unwrap().status = Status::Down;
+        settle(&mut s);
+        assert_eq!(s.tasks.values().filter(|t| t.node == Some(2)).count(), 6);
+    }
+
+    #[test]
+    fn constraints_and_pending_reasons() {
+        let mut s = state(3);
+        service(
+            &mut s,
+            "db",
+            Mode::Replicated { replicas: 2 },
+            &["node.role==manager"],
+        );
+        service(
+            &mut s,
+            "none",
+            Mode::Replicated { replicas: 1 },
+            &["node.labels.gpu==yes"],
+        );
+        settle(&mut s);
+        assert!(s
+            .tasks
+            .values()
+            .filter(|t| t.service == "svc-db")
+            .all(|t| t.node == Some(1)));
+        let pending: Vec<&Task> = s
+            .tasks
+            .values()
+            .filter(|t| t.service == "svc-none")
+            .collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].state, TaskState::Pending);
+        assert!(
+            pending[0]
+                .message
+                .contains("3 not matching the constraints"),
+            "{}",
+            pending[0].message
+        );
+        // A label appears: the pending task is placed.
+        s.nodes
+            .get_mut(&3)
+            .unwrap()
+            .labels
+            .insert("gpu".into(), "yes".into());
+        settle(&mut s);
+        let t = s.tasks.values().find(|t| t.service == "svc-none").unwrap();
+        assert_eq!((t.node, t.state), (Some(3), TaskState::Assigned));
+    }
+
+    #[test]
+    fn global_services_follow_the_nodes() {
+        let mut s = state(2);
+        service(&mut s, "agent", Mode::Global, &[]);
+        settle(&mut s);
+        assert_eq!(per_node(&s), vec![1, 1]);
+        let mut more = state(3);
+        more.services = s.services.clone();
+        more.tasks = s.tasks.clone();
+        settle(&mut more);
+        assert_eq!(per_node(&more), vec![1, 1, 1]);
+        more.apply(Command::RemoveService {
+            id: "svc-agent".into(),
+        });
+        assert!(more.tasks.is_empty());
+    }
+}

@@ -45,6 +45,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::node::NodeCmd,
     },
+    /// Manage services (on a manager).
+    Service {
+        #[command(subcommand)]
+        cmd: cli::service::ServiceCmd,
+    },
     /// The swarm's small key-value space (committed through Raft).
     Kv {
         #[command(subcommand)]
@@ -185,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Swarm { cmd } => cli::swarm::run(cmd, &cli.connect),
         Cmd::Node { cmd } => cli::node::run(cmd, &cli.connect),
         Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
+        Cmd::Service { cmd } => cli::service::run(cmd, &cli.connect),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;

@@ -1,6 +1,7 @@
 //! Client verbs that talk to the daemon's API: `swarm`, `node`, `kv`.
 
 pub mod node;
+pub mod service;
 pub mod swarm;
 
 use std::path::PathBuf;

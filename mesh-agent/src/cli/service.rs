@@ -1,0 +1,348 @@
+//! `apiary service create|ls|ps|inspect|scale|rm`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hyper::Method;
+
+use super::{table, Connect};
+use control::api::{ScaleRequest, ServiceView, TaskView};
+use control::client::Client;
+use control::services::{parse_port, Mode, Protocol, ServiceSpec, TaskState};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+        /// Number of tasks (replicated mode).
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: Option<u64>,
+        /// replicated or global
+        #[arg(long, default_value = "replicated")]
+        mode: String,
+        /// PUBLISHED:TARGET[/tcp|udp], or TARGET alone (a port from 30000-32767).
+        #[arg(short, long = "publish")]
+        publish: Vec<String>,
+        /// node.role|node.hostname|node.id|node.labels.KEY ==|!= VALUE
+        #[arg(long)]
+        constraint: Vec<String>,
+        /// KEY=VALUE
+        #[arg(short, long)]
+        env: Vec<String>,
+        #[arg(long)]
+        replicas_max_per_node: Option<u64>,
+        /// Return at once instead of following the placement.
+        #[arg(short, long)]
+        detach: bool,
+        image: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List services.
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List a service's tasks.
+    Ps { service: String },
+    /// Details of services (JSON, or --pretty).
+    Inspect {
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// SERVICE=REPLICAS …
+    Scale {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove services.
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+fn ports(spec: &ServiceSpec) -> String {
+    spec.ports
+        .iter()
+        .map(|p| {
+            let proto = if p.protocol == Protocol::Udp {
+                "udp"
+            } else {
+                "tcp"
+            };
+            format!("*:{}->{}/{proto}", p.published, p.target)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn state_word(s: TaskState) -> String {
+    let w = serde_json::to_string(&s).unwrap_or_default();
+    let w = w.trim_matches('"');
+    let mut c = w.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn ago(ms: u64) -> String {
+    let now = control::model::now_ms();
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=1 => "Less than a second ago".into(),
+        2..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        _ => format!("{} hours ago", s / 3600),
+    }
+}
+
+async fn tasks(c: &mut Client, service: &str) -> anyhow::Result<Vec<TaskView>> {
+    c.call(
+        Method::GET,
+        &format!("/v1/services/{service}/tasks"),
+        None::<&()>,
+    )
+    .await
+}
+
+/// Follows a new service until every task has a node, like Docker's
+/// progress display; tasks that find none are shown with the reason.
+async fn follow(c: &mut Client, v: &ServiceView) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut shown = String::new();
+    loop {
+        let ts = tasks(c, &v.id).await?;
+        let placed = ts.iter().filter(|t| t.node.is_some()).count();
+        let mut lines = format!(
+            "overall progress: {placed} out of {} tasks placed\n",
+            v.desired
+        );
+        for t in &ts {
+            lines += &format!(
+                "{}: {:<10} {}\n",
+                t.name,
+                state_word(t.state).to_lowercase(),
+                t.node.clone().unwrap_or_else(|| t.message.clone())
+            );
+        }
+        if lines != shown {
+            print!("{lines}");
+            shown = lines;
+        }
+        if placed as u64 >= v.desired {
+            println!("verify: every task has a node (running them comes with the agents' part of issue 5)");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not every task could be placed within 10 s: see `apiary service ps {}`",
+                v.spec.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
+    super::runtime()?.block_on(async {
+        let mut c = conn.client()?;
+        match cmd {
+            ServiceCmd::Create {
+                name,
+                replicas,
+                mode,
+                publish,
+                constraint,
+                env,
+                replicas_max_per_node,
+                detach,
+                image,
+                command,
+            } => {
+                let mode = match mode.as_str() {
+                    "replicated" => Mode::Replicated {
+                        replicas: replicas.unwrap_or(1),
+                    },
+                    "global" => {
+                        if replicas.is_some() {
+                            bail!("--replicas can only be used with replicated mode");
+                        }
+                        Mode::Global
+                    }
+                    other => bail!("invalid --mode {other:?}: use replicated or global"),
+                };
+                let ports = publish
+                    .iter()
+                    .map(|p| parse_port(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(anyhow::Error::msg)?;
+                let name = name.unwrap_or_else(|| {
+                    // Docker makes up a name; ours is the image's, made unique.
+                    let base = image.rsplit('/').next().unwrap_or(&image);
+                    let base = base.split(':').next().unwrap_or(base);
+                    format!("{base}-{}", &control::tls::random_hex(3))
+                });
+                let spec = ServiceSpec {
+                    name,
+                    image,
+                    command,
+                    env,
+                    mode,
+                    ports,
+                    constraints: constraint,
+                    replicas_max_per_node,
+                };
+                let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
+                println!("{}", v.id);
+                if !detach {
+                    follow(&mut c, &v).await?;
+                }
+            }
+            ServiceCmd::Ls { quiet } => {
+                let mut v: Vec<ServiceView> =
+                    c.call(Method::GET, "/v1/services", None::<&()>).await?;
+                v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+                if quiet {
+                    for s in &v {
+                        println!("{}", s.id);
+                    }
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = v
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id[..12.min(s.id.len())].to_string(),
+                            s.spec.name.clone(),
+                            match s.spec.mode {
+                                Mode::Replicated { .. } => "replicated".into(),
+                                Mode::Global => "global".into(),
+                            },
+                            format!("{}/{}", s.running, s.desired),
+                            s.spec.image.clone(),
+                            ports(&s.spec),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows)
+                );
+            }
+            ServiceCmd::Ps { service } => {
+                let ts = tasks(&mut c, &service).await?;
+                let rows: Vec<Vec<String>> = ts
+                    .iter()
+                    .map(|t| {
+                        let err = if t.state == TaskState::Pending || t.state >= TaskState::Failed {
+                            t.message.clone()
+                        } else {
+                            String::new()
+                        };
+                        vec![
+                            t.id[..12.min(t.id.len())].to_string(),
+                            t.name.clone(),
+                            t.image.clone(),
+                            t.node.clone().unwrap_or_default(),
+                            state_word(t.desired),
+                            format!("{} {}", state_word(t.state), ago(t.updated_at)),
+                            err,
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "ID",
+                            "NAME",
+                            "IMAGE",
+                            "NODE",
+                            "DESIRED STATE",
+                            "CURRENT STATE",
+                            "ERROR"
+                        ],
+                        &rows
+                    )
+                );
+            }
+            ServiceCmd::Inspect { pretty, services } => {
+                let mut all = Vec::new();
+                for s in &services {
+                    let v: ServiceView = c
+                        .call(Method::GET, &format!("/v1/services/{s}"), None::<&()>)
+                        .await?;
+                    all.push(v);
+                }
+                if !pretty {
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                    return Ok(());
+                }
+                for v in all {
+                    println!("ID:\t\t{}\nName:\t\t{}", v.id, v.spec.name);
+                    match v.spec.mode {
+                        Mode::Replicated { replicas } => {
+                            println!("Service Mode:\tReplicated\n Replicas:\t{replicas}")
+                        }
+                        Mode::Global => println!("Service Mode:\tGlobal"),
+                    }
+                    if !v.spec.constraints.is_empty() {
+                        println!("Placement:\n Constraints:\t{:?}", v.spec.constraints);
+                    }
+                    println!("ContainerSpec:\n Image:\t\t{}", v.spec.image);
+                    if !v.spec.command.is_empty() {
+                        println!(" Args:\t\t{}", v.spec.command.join(" "));
+                    }
+                    if !v.spec.env.is_empty() {
+                        println!(" Env:\t\t{}", v.spec.env.join(" "));
+                    }
+                    println!("Endpoint Mode:\tvip\n VIP:\t\t{}", v.vip);
+                    if !v.spec.ports.is_empty() {
+                        println!("Ports:\t\t{}", ports(&v.spec));
+                    }
+                }
+            }
+            ServiceCmd::Scale { pairs } => {
+                // All names and numbers are checked before anything changes.
+                let mut parsed = Vec::new();
+                for p in &pairs {
+                    let Some((name, n)) = p.split_once('=') else {
+                        bail!("invalid scale specifier {p:?}: use SERVICE=REPLICAS");
+                    };
+                    let n: u64 = n.parse().map_err(|_| {
+                        anyhow::anyhow!("invalid replicas value {n:?} for {name}: use a number ≥ 0")
+                    })?;
+                    let _: ServiceView = c
+                        .call(Method::GET, &format!("/v1/services/{name}"), None::<&()>)
+                        .await?;
+                    parsed.push((name.to_string(), n));
+                }
+                for (name, n) in parsed {
+                    let _: ServiceView = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/services/{name}/scale"),
+                            Some(&ScaleRequest { replicas: n }),
+                        )
+                        .await?;
+                    println!("{name} scaled to {n}");
+                }
+            }
+            ServiceCmd::Rm { services } => {
+                for s in services {
+                    let _: String = c
+                        .call(Method::DELETE, &format!("/v1/services/{s}"), None::<&()>)
+                        .await?;
+                    println!("{s}");
+                }
+            }
+        }
+        Ok(())
+    })
+}

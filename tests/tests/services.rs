@@ -1,0 +1,208 @@
+//! Services on a real swarm (placement only: the agents do not run the
+//! tasks yet): the tutorial's create / scale / drain / rm through the CLI,
+//! global mode following the nodes, and bad input refused.
+
+use std::time::Duration;
+
+use apiary_tests::swarm::{swarm, until};
+use apiary_tests::Lab;
+use serde_json::Value;
+
+fn tasks(lab: &Lab, service: &str) -> Vec<(String, String)> {
+    let out = lab.apiary(0, &["service", "ps", service]).out();
+    out.lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[1].to_string(), cols[3].to_string())
+        })
+        .collect()
+}
+
+fn services(lab: &Lab) -> Vec<Value> {
+    let ids = lab.apiary(0, &["service", "ls", "-q"]).out();
+    let ids: Vec<&str> = ids.lines().collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["service", "inspect"];
+    args.extend(ids);
+    serde_json::from_str(&lab.apiary(0, &args).out()).unwrap()
+}
+
+#[test]
+fn the_tutorial_service_steps_place_tasks_across_the_swarm() {
+    let lab = swarm(1, 2).unwrap();
+    let id = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "my_nginx",
+                "-p",
+                "8080:80",
+                "apiary/busybox:dev",
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+            ],
+        )
+        .out();
+    assert!(id.contains("1 out of 1 tasks placed"), "{id}");
+    let out = lab.apiary(0, &["service", "scale", "my_nginx=5"]).out();
+    assert!(out.contains("my_nginx scaled to 5"), "{out}");
+    let (ts, _) = until(Duration::from_secs(5), || {
+        let t = tasks(&lab, "my_nginx");
+        (t.len() == 5).then_some(t)
+    })
+    .expect("5 tasks");
+    // Spread over all three nodes: 2, 2, 1.
+    let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, n) in &ts {
+        *per.entry(n.clone()).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, vec![1, 2, 2], "{ts:?}");
+    let ls = lab.apiary(0, &["service", "ls"]).out();
+    assert!(
+        ls.contains("my_nginx") && ls.contains("*:8080->80/tcp") && ls.contains("/5"),
+        "{ls}"
+    );
+
+    // Drain h3: its tasks move; back to active: nothing moves back.
+    lab.apiary(0, &["node", "update", "--availability", "drain", "h3"])
+        .out();
+    until(Duration::from_secs(5), || {
+        let t = tasks(&lab, "my_nginx");
+        (t.len() == 5 && t.iter().all(|(_, n)| n != "h3")).then_some(())
+    })
+    .expect("tasks left the drained node");
+    lab.apiary(0, &["node", "update", "--availability", "active", "h3"])
+        .out();
+
+    // A published port given as a target only gets one from 30000-32767.
+    lab.apiary(
+        0,
+        &[
+            "service", "create", "--name", "auto", "-p", "90", "--detach", "img",
+        ],
+    )
+    .out();
+    let v = services(&lab);
+    let auto = v.iter().find(|s| s["spec"]["name"] == "auto").unwrap();
+    let published = auto["spec"]["ports"][0]["published"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&published), "{published}");
+    assert_ne!(
+        auto["vip"],
+        v.iter().find(|s| s["spec"]["name"] == "my_nginx").unwrap()["vip"]
+    );
+
+    lab.apiary(0, &["service", "rm", "my_nginx", "auto"]).out();
+    assert!(services(&lab).is_empty());
+    assert!(lab
+        .apiary(0, &["service", "ps", "my_nginx"])
+        .err()
+        .contains("not found"));
+}
+
+#[test]
+fn global_services_put_one_task_on_every_node_including_late_ones() {
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    lab.apiary(0, &["swarm", "init"]).out();
+    let t = apiary_tests::swarm::token(&lab, "worker").unwrap();
+    let m = lab.hosts[0].addr.to_string();
+    lab.apiary(1, &["swarm", "join", "--token", &t, &m]).out();
+    lab.apiary(
+        0,
+        &[
+            "service", "create", "--name", "agent", "--mode", "global", "img",
+        ],
+    )
+    .out();
+    until(Duration::from_secs(5), || {
+        (tasks(&lab, "agent").len() == 2).then_some(())
+    })
+    .expect("one task per node");
+    lab.apiary(2, &["swarm", "join", "--token", &t, &m]).out();
+    let (ts, _) = until(Duration::from_secs(5), || {
+        let t = tasks(&lab, "agent");
+        (t.len() == 3).then_some(t)
+    })
+    .expect("the late node got its task");
+    let nodes: std::collections::BTreeSet<&str> = ts.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "{ts:?}");
+}
+
+#[test]
+fn bad_service_input_is_refused_and_changes_nothing() {
+    let lab = swarm(1, 1).unwrap();
+    lab.apiary(
+        0,
+        &[
+            "service", "create", "--name", "web", "-p", "8080:80", "--detach", "img",
+        ],
+    )
+    .out();
+    let before = services(&lab);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["service", "create", "--name", "web", "img"],
+            "already exists",
+        ),
+        (
+            &[
+                "service", "create", "--name", "other", "-p", "8080:81", "img",
+            ],
+            "8080/tcp is already published by service web",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--constraint",
+                "node.color==red",
+                "img",
+            ],
+            "node.color",
+        ),
+        (&["service", "create", "--replicas", "-1", "img"], "-1"),
+        (&["service", "create", "-p", "http", "img"], "http"),
+        (
+            &["service", "create", "--name", "bad name", "img"],
+            "bad name",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--mode",
+                "global",
+                "--replicas",
+                "2",
+                "img",
+            ],
+            "replicated mode",
+        ),
+        (&["service", "scale", "nope=2"], "nope"),
+        (&["service", "scale", "web=two"], "two"),
+        (&["service", "rm", "nope"], "nope"),
+    ];
+    for (args, needle) in cases {
+        let err = lab.apiary(0, args).err();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(services(&lab), before);
+    // A scale of several services changes none when one name is wrong.
+    let err = lab
+        .apiary(0, &["service", "scale", "web=3", "nope=1"])
+        .err();
+    assert!(err.contains("nope"), "{err}");
+    assert_eq!(services(&lab)[0]["spec"]["mode"]["replicas"], 1);
+}

@@ -5,6 +5,7 @@ pub mod lb;
 pub mod overlay;
 pub mod raft;
 pub mod raftload;
+pub mod scheduler;
 pub mod sync;
 pub mod wrk;
 

@@ -9,12 +9,13 @@ fn main() -> ExitCode {
         Some("lb") => apiary_bench::lb::run(&args[1..]),
         Some("overlay") => apiary_bench::overlay::run(&args[1..]),
         Some("raft") => apiary_bench::raft::run(&args[1..]),
+        Some("scheduler") => apiary_bench::scheduler::run(&args[1..]),
         Some("raft-load") => raft_load(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft"
+            "unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft, scheduler"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: apiary-bench lb|overlay|raft [--rounds N] [--seconds S]"
+            "usage: apiary-bench lb|overlay|raft|scheduler [--rounds N] [--seconds S]"
         )),
     };
     match r {

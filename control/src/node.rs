@@ -546,8 +546,7 @@ async fn orchestrate(j: Arc<Joined>) {
         if plan.is_empty() {
             continue;
         }
-        let (put, remove) = (plan.put, plan.remove);
-        if let Err(e) = m.write(Command::Reconcile { put, remove }).await {
+        if let Err(e) = crate::services::orchestrator::commit(&m, plan).await {
             tracing::debug!(error = %e, "reconciling services");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -13,7 +13,10 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
         "lb" => &["wrk", "haproxy", "nftables", "iproute2", "util-linux"],
         "overlay" => &["iperf3", "iproute2", "util-linux"],
         "raft" => &["etcd-server", "etcd-client", "iproute2", "util-linux"],
-        other => bail!("unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft"),
+        "scheduler" => &[],
+        other => {
+            bail!("unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft, scheduler")
+        }
     };
     ensure_packages(packages)?;
     exec(Command::new(env!("CARGO")).current_dir(root()).args([

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::constraint::Constraint;
-use super::scheduler::{pick, unfit, Load};
+use super::scheduler::{unfit, Load, Placer};
 use super::{Mode, Task, TaskState};
-use crate::model::{ClusterState, NodeId};
+use crate::model::{ClusterState, Command, NodeId};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
@@ -19,6 +19,36 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.put.is_empty() && self.remove.is_empty()
     }
+}
+
+/// Tasks per Raft command: entries stay small enough to replicate well
+/// inside one heartbeat's deadline.
+pub const CHUNK: usize = 2000;
+
+/// Proposes a plan in chunks, in order; returns how many task changes
+/// were committed.
+pub async fn commit(
+    m: &crate::manager::Manager,
+    plan: Plan,
+) -> Result<usize, crate::api::ApiError> {
+    let mut done = 0;
+    for ids in plan.remove.chunks(CHUNK) {
+        m.write(Command::Reconcile {
+            put: Vec::new(),
+            remove: ids.to_vec(),
+        })
+        .await?;
+        done += ids.len();
+    }
+    for tasks in plan.put.chunks(CHUNK) {
+        m.write(Command::Reconcile {
+            put: tasks.to_vec(),
+            remove: Vec::new(),
+        })
+        .await?;
+        done += tasks.len();
+    }
+    Ok(done)
 }
 
 pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
@@ -70,25 +100,31 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 }
             }
         }
+        // Built on first use, once the service's own tasks are counted.
+        let mut placer: Option<Placer> = None;
         let mut place = |slot: u64,
                          on: Option<NodeId>,
                          old: Option<&Task>,
                          plan: &mut Plan,
                          load: &mut Load| {
             let chosen = match on {
-                Some(n) => Ok(n),
-                None => pick(
-                    s.nodes.values(),
-                    &constraints,
-                    svc.spec.replicas_max_per_node,
-                    load,
-                ),
+                Some(n) => {
+                    load.add(n);
+                    Ok(n)
+                }
+                None => placer
+                    .get_or_insert_with(|| {
+                        Placer::new(
+                            s.nodes.values(),
+                            &constraints,
+                            svc.spec.replicas_max_per_node,
+                            load,
+                        )
+                    })
+                    .next(load),
             };
             let (node, state, message) = match chosen {
-                Ok(n) => {
-                    load.add(n);
-                    (Some(n), TaskState::Assigned, "assigned".to_string())
-                }
+                Ok(n) => (Some(n), TaskState::Assigned, "assigned".to_string()),
                 Err(why) => (None, TaskState::Pending, why),
             };
             if let Some(o) = old {

@@ -1,6 +1,7 @@
-//! Picks a node for a new task: the nodes that may take it (ready, active,
+//! Picks nodes for new tasks: the nodes that may take them (ready, active,
 //! constraints, at most N of the service per node), then the one running
-//! the fewest of this service's tasks, then the fewest tasks at all (spread).
+//! the fewest of this service's tasks, then the fewest tasks at all
+//! (spread), then the lowest id.
 
 use std::collections::HashMap;
 
@@ -37,45 +38,67 @@ pub fn unfit(n: &Node, constraints: &[Constraint]) -> Option<&'static str> {
     None
 }
 
-pub fn pick<'a>(
-    nodes: impl Iterator<Item = &'a Node>,
-    constraints: &[Constraint],
+/// Places the tasks of one service: the fitting nodes in a heap in that
+/// order, so a placement costs O(log nodes), not a scan (100,000 tasks on
+/// 5,000 nodes).
+pub struct Placer {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64, NodeId)>>,
     max_per_node: Option<u64>,
-    load: &Load,
-) -> Result<NodeId, String> {
-    let mut why: HashMap<&'static str, usize> = HashMap::new();
-    let mut best: Option<(u64, u64, NodeId)> = None;
-    let mut seen = 0;
-    for n in nodes {
-        seen += 1;
-        if let Some(r) = unfit(n, constraints) {
-            *why.entry(r).or_default() += 1;
-            continue;
+    why_none: String,
+}
+
+impl Placer {
+    pub fn new<'a>(
+        nodes: impl Iterator<Item = &'a Node>,
+        constraints: &[Constraint],
+        max_per_node: Option<u64>,
+        load: &Load,
+    ) -> Self {
+        let mut why: HashMap<&'static str, usize> = HashMap::new();
+        let mut heap = std::collections::BinaryHeap::new();
+        let mut seen = 0;
+        for n in nodes {
+            seen += 1;
+            match unfit(n, constraints) {
+                Some(r) => *why.entry(r).or_default() += 1,
+                None => heap.push(std::cmp::Reverse((
+                    load.service.get(&n.id).copied().unwrap_or(0),
+                    load.total.get(&n.id).copied().unwrap_or(0),
+                    n.id,
+                ))),
+            }
         }
-        let mine = load.service.get(&n.id).copied().unwrap_or(0);
-        if max_per_node.is_some_and(|m| mine >= m) {
-            *why.entry("at --replicas-max-per-node").or_default() += 1;
-            continue;
+        let mut reasons: Vec<String> = why.into_iter().map(|(r, k)| format!("{k} {r}")).collect();
+        if max_per_node.is_some() && !heap.is_empty() {
+            reasons.push(format!("{} at --replicas-max-per-node", heap.len()));
         }
-        let key = (mine, load.total.get(&n.id).copied().unwrap_or(0), n.id);
-        if best.is_none_or(|b| key < b) {
-            best = Some(key);
+        reasons.sort();
+        let why_none = format!(
+            "no suitable node ({seen} nodes: {})",
+            if reasons.is_empty() {
+                "none in the swarm".to_string()
+            } else {
+                reasons.join(", ")
+            }
+        );
+        Self {
+            heap,
+            max_per_node,
+            why_none,
         }
     }
-    match best {
-        Some((_, _, id)) => Ok(id),
-        None => {
-            let mut reasons: Vec<String> =
-                why.into_iter().map(|(r, k)| format!("{k} {r}")).collect();
-            reasons.sort();
-            Err(format!(
-                "no suitable node ({seen} nodes: {})",
-                if reasons.is_empty() {
-                    "none in the swarm".to_string()
-                } else {
-                    reasons.join(", ")
-                }
-            ))
+
+    pub fn next(&mut self, load: &mut Load) -> Result<NodeId, String> {
+        let Some(std::cmp::Reverse((mine, total, id))) = self.heap.pop() else {
+            return Err(self.why_none.clone());
+        };
+        if self.max_per_node.is_some_and(|m| mine >= m) {
+            // The least loaded node is full, so all are.
+            self.heap.push(std::cmp::Reverse((mine, total, id)));
+            return Err(self.why_none.clone());
         }
+        load.add(id);
+        self.heap.push(std::cmp::Reverse((mine + 1, total + 1, id)));
+        Ok(id)
     }
 }

@@ -64,6 +64,7 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
         },
         version: 1,
         previous: None,
+        task_version: 1,
         vip: Ipv4Addr::new(10, 96, 0, 2),
         created_at: 0,
         updated_at: 0,

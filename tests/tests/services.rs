@@ -206,3 +206,83 @@ fn bad_service_input_is_refused_and_changes_nothing() {
     assert!(err.contains("nope"), "{err}");
     assert_eq!(services(&lab)[0]["spec"]["mode"]["replicas"], 1);
 }
+
+#[test]
+fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
+    let lab = swarm(1, 1).unwrap();
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "-p",
+            "8080:80",
+            "img:1",
+        ],
+    )
+    .out();
+    lab.apiary(
+        0,
+        &[
+            "service", "create", "--name", "db", "-p", "9000:90", "--detach", "img",
+        ],
+    )
+    .out();
+    let err = lab.apiary(0, &["service", "rollback", "web"]).err();
+    assert!(err.contains("no previous spec"), "{err}");
+    let ids =
+        |lab: &Lab| -> Vec<String> { tasks(lab, "web").into_iter().map(|(n, _)| n).collect() };
+    let ps_ids = |lab: &Lab| -> Vec<String> {
+        lab.apiary(0, &["service", "ps", "web"])
+            .out()
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let first = ps_ids(&lab);
+    assert_eq!(ids(&lab).len(), 2);
+
+    // A port another service has is refused; a free one is added.
+    let err = lab
+        .apiary(0, &["service", "update", "--publish-add", "9000:80", "web"])
+        .err();
+    assert!(err.contains("already published by service db"), "{err}");
+    lab.apiary(0, &["service", "update", "--publish-add", "8081:81", "web"])
+        .out();
+    let ls = lab.apiary(0, &["service", "ls"]).out();
+    assert!(ls.contains("*:8080->80/tcp, *:8081->81/tcp"), "{ls}");
+    // Ports and counts keep the tasks; an image change replaces them.
+    assert_eq!(ps_ids(&lab), first);
+    lab.apiary(0, &["service", "update", "--image", "img:2", "web"])
+        .out();
+    let second = until(Duration::from_secs(5), || {
+        let now = ps_ids(&lab);
+        (now.len() == 2 && now.iter().all(|i| !first.contains(i))).then_some(now)
+    })
+    .expect("tasks replaced after the image changed")
+    .0;
+    // Rollback returns to the spec before the last update: img:1 again.
+    let out = lab.apiary(0, &["service", "rollback", "web"]).out();
+    assert!(out.contains("rollback"), "{out}");
+    let v: Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "web"]).out()).unwrap();
+    assert_eq!(v[0]["spec"]["image"], "img:1");
+    until(Duration::from_secs(5), || {
+        let now = ps_ids(&lab);
+        (now.len() == 2 && now.iter().all(|i| !second.contains(i))).then_some(())
+    })
+    .expect("tasks replaced after the rollback");
+    let err = lab
+        .apiary(0, &["service", "update", "--publish-rm", "7777", "web"])
+        .err();
+    assert!(err.contains("7777"), "{err}");
+    let err = lab
+        .apiary(0, &["service", "update", "--image", "x", "nope"])
+        .err();
+    assert!(err.contains("nope"), "{err}");
+}

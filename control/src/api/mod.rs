@@ -20,7 +20,7 @@ use crate::model::{NodeId, Role};
 use crate::node::{Daemon, Joined};
 
 pub use nodes::{KvValue, NodeView, UpdateRequest};
-pub use services::{ScaleRequest, ServiceView, TaskView};
+pub use services::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
 pub use swarm::{
     HeartbeatReply, InitReply, InitRequest, JoinReply, LeaveRequest, LocalJoinRequest, RenewReply,
     RenewRequest, RotateRequest, SwarmView,
@@ -274,6 +274,10 @@ async fn admin_route(
         (&Method::POST, ["v1", "services", name, "scale"]) => {
             services::scale(j, name, parse(body)?).await
         }
+        (&Method::POST, ["v1", "services", name, "update"]) => {
+            services::update(j, name, parse(body)?).await
+        }
+        (&Method::POST, ["v1", "services", name, "rollback"]) => services::rollback(j, name).await,
         (&Method::DELETE, ["v1", "services", name]) => services::remove(j, name).await,
         (&Method::PUT, ["v1", "kv", key]) => nodes::kv_put(j, key, parse(body)?).await,
         (&Method::GET, ["v1", "kv", key]) => nodes::kv_get(j, key).await,

@@ -146,6 +146,7 @@ pub async fn create(j: &Joined, spec: ServiceSpec) -> Reply {
             spec,
             version: 1,
             previous: None,
+            task_version: 1,
             vip: free_vip(s)?,
             created_at: now,
             updated_at: now,
@@ -222,24 +223,149 @@ pub struct ScaleRequest {
 }
 
 pub async fn scale(j: &Joined, name: &str, req: ScaleRequest) -> Reply {
-    let m = j.manager();
-    let svc =
-        m.sm.read(|a| a.state.find_service(name).cloned())
-            .map_err(ApiError::NotFound)?;
-    if svc.spec.mode == Mode::Global {
+    let mode = j
+        .manager()
+        .sm
+        .read(|a| a.state.find_service(name).map(|s| s.spec.mode.clone()))
+        .map_err(ApiError::NotFound)?;
+    if mode == Mode::Global {
         return Err(ApiError::BadRequest(format!(
             "{name}: scale can only be used with replicated mode"
         )));
     }
-    let mut next = svc.clone();
-    next.spec.mode = Mode::Replicated {
-        replicas: req.replicas,
+    let u = ServiceUpdate {
+        replicas: Some(req.replicas),
+        ..Default::default()
     };
-    next.previous = Some(svc.spec.clone());
-    next.version += 1;
-    next.updated_at = now_ms();
+    update(j, name, u).await
+}
+
+/// `service update`: each field changes the spec only when given.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct ServiceUpdate {
+    pub image: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub replicas: Option<u64>,
+    #[serde(default)]
+    pub env_add: Vec<String>,
+    /// Keys.
+    #[serde(default)]
+    pub env_rm: Vec<String>,
+    #[serde(default)]
+    pub publish_add: Vec<PortSpec>,
+    /// Published ports.
+    #[serde(default)]
+    pub publish_rm: Vec<u16>,
+    #[serde(default)]
+    pub constraint_add: Vec<String>,
+    #[serde(default)]
+    pub constraint_rm: Vec<String>,
+}
+
+fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
+    let name = &old.spec.name;
+    let mut spec = old.spec.clone();
+    if let Some(i) = u.image {
+        spec.image = i;
+    }
+    if let Some(a) = u.args {
+        spec.command = a;
+    }
+    if let Some(r) = u.replicas {
+        if spec.mode == Mode::Global {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: --replicas can only be used with replicated mode"
+            )));
+        }
+        spec.mode = Mode::Replicated { replicas: r };
+    }
+    for k in &u.env_rm {
+        let before = spec.env.len();
+        spec.env.retain(|e| e.split('=').next() != Some(k.as_str()));
+        if spec.env.len() == before {
+            return Err(ApiError::NotFound(format!(
+                "{name} has no environment variable {k}"
+            )));
+        }
+    }
+    for e in u.env_add {
+        let key = e.split('=').next().unwrap_or("").to_string();
+        spec.env
+            .retain(|x| x.split('=').next() != Some(key.as_str()));
+        spec.env.push(e);
+    }
+    for p in &u.publish_rm {
+        let before = spec.ports.len();
+        spec.ports.retain(|q| q.published != *p);
+        if spec.ports.len() == before {
+            return Err(ApiError::NotFound(format!(
+                "{name} does not publish port {p}"
+            )));
+        }
+    }
+    spec.ports.extend(u.publish_add);
+    for c in &u.constraint_rm {
+        let before = spec.constraints.len();
+        spec.constraints.retain(|x| x != c);
+        if spec.constraints.len() == before {
+            return Err(ApiError::NotFound(format!(
+                "{name} has no constraint {c:?}"
+            )));
+        }
+    }
+    spec.constraints.extend(u.constraint_add);
+    Ok(spec)
+}
+
+/// Commits `spec` as the service's new spec, the current one becoming the
+/// one `rollback` returns to.
+async fn replace(j: &Joined, old: Service, spec: ServiceSpec) -> Reply {
+    let m = j.manager();
+    let next = m.sm.read(|a| -> Result<Service, ApiError> {
+        let spec = settle(&a.state, Some(&old.id), spec)?;
+        let version = old.version + 1;
+        let next = Service {
+            task_version: if spec.tasks_differ(&old.spec) {
+                version
+            } else {
+                old.task_version
+            },
+            previous: Some(old.spec.clone()),
+            version,
+            spec,
+            updated_at: now_ms(),
+            ..old.clone()
+        };
+        a.state.service_fits(&next).map_err(ApiError::Conflict)?;
+        Ok(next)
+    })?;
     m.write(Command::UpdateService(next.clone())).await?;
     ok(&m.sm.read(|a| view(&a.state, &next)))
+}
+
+pub async fn update(j: &Joined, name: &str, u: ServiceUpdate) -> Reply {
+    let old = j
+        .manager()
+        .sm
+        .read(|a| a.state.find_service(name).cloned())
+        .map_err(ApiError::NotFound)?;
+    let spec = next_spec(&old, u)?;
+    replace(j, old, spec).await
+}
+
+pub async fn rollback(j: &Joined, name: &str) -> Reply {
+    let old = j
+        .manager()
+        .sm
+        .read(|a| a.state.find_service(name).cloned())
+        .map_err(ApiError::NotFound)?;
+    let Some(prev) = old.previous.clone() else {
+        return Err(ApiError::Conflict(format!(
+            "service {} has no previous spec to roll back to",
+            old.spec.name
+        )));
+    };
+    replace(j, old, prev).await
 }
 
 pub async fn remove(j: &Joined, name: &str) -> Reply {

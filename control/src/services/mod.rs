@@ -63,6 +63,10 @@ pub struct Service {
     pub version: u64,
     /// The spec before the last update (`service rollback`).
     pub previous: Option<ServiceSpec>,
+    /// The version at which what a task runs (image, command, env) last
+    /// changed: tasks made for an older one are replaced.
+    #[serde(default)]
+    pub task_version: u64,
     pub vip: Ipv4Addr,
     pub created_at: u64,
     pub updated_at: u64,
@@ -110,6 +114,13 @@ impl Task {
         } else {
             format!("{service}.{}", self.slot)
         }
+    }
+}
+
+impl ServiceSpec {
+    /// Whether `other` runs different tasks (not just more or fewer).
+    pub fn tasks_differ(&self, other: &ServiceSpec) -> bool {
+        self.image != other.image || self.command != other.command || self.env != other.env
     }
 }
 

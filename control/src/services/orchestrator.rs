@@ -79,13 +79,15 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
         // a paused node keeps what it runs.
         let mut keep: Vec<&Task> = Vec::new();
         for t in mine {
-            let stays = match t.node.and_then(|n| s.nodes.get(&n)) {
-                Some(n) => match unfit(n, &constraints) {
-                    None | Some("paused") => true,
-                    Some(_) => false,
-                },
-                None => t.node.is_none(),
-            };
+            let current = t.spec_version >= svc.task_version;
+            let stays = current
+                && match t.node.and_then(|n| s.nodes.get(&n)) {
+                    Some(n) => match unfit(n, &constraints) {
+                        None | Some("paused") => true,
+                        Some(_) => false,
+                    },
+                    None => t.node.is_none(),
+                };
             if stays {
                 if let Some(n) = t.node {
                     *load.service.entry(n).or_default() += 1;
@@ -230,6 +232,7 @@ mod tests {
             },
             version: 1,
             previous: None,
+            task_version: 1,
             vip: Ipv4Addr::new(10, 96, 0, 2 + s.services.len() as u8),
             created_at: 0,
             updated_at: 0,
@@ -339,6 +342,32 @@ mod tests {
         settle(&mut s);
         let t = s.tasks.values().find(|t| t.service == "svc-none").unwrap();
         assert_eq!((t.node, t.state), (Some(3), TaskState::Assigned));
+    }
+
+    #[test]
+    fn a_new_image_replaces_tasks_a_new_count_does_not() {
+        let mut s = state(3);
+        service(&mut s, "web", Mode::Replicated { replicas: 3 }, &[]);
+        settle(&mut s);
+        let before: BTreeSet<String> = s.tasks.keys().cloned().collect();
+        let mut svc = s.services["svc-web"].clone();
+        svc.version = 2;
+        svc.spec.mode = Mode::Replicated { replicas: 4 };
+        s.apply(Command::UpdateService(svc.clone()));
+        settle(&mut s);
+        let after: BTreeSet<String> = s.tasks.keys().cloned().collect();
+        assert!(before.is_subset(&after), "scaling kept the tasks");
+        svc.version = 3;
+        svc.task_version = 3;
+        svc.spec.image = "img:2".into();
+        s.apply(Command::UpdateService(svc));
+        settle(&mut s);
+        assert_eq!(s.tasks.len(), 4);
+        assert!(
+            s.tasks.keys().all(|k| !after.contains(k)),
+            "every task replaced"
+        );
+        assert!(s.tasks.values().all(|t| t.spec_version == 3));
     }
 
     #[test]

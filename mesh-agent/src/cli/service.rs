@@ -6,7 +6,7 @@ use anyhow::bail;
 use hyper::Method;
 
 use super::{table, Connect};
-use control::api::{ScaleRequest, ServiceView, TaskView};
+use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
 use control::client::Client;
 use control::services::{parse_port, Mode, Protocol, ServiceSpec, TaskState};
 
@@ -58,6 +58,40 @@ pub enum ServiceCmd {
     Scale {
         #[arg(required = true)]
         pairs: Vec<String>,
+    },
+    /// Change a service; the spec before becomes the one `rollback` returns to.
+    Update {
+        #[arg(long)]
+        image: Option<String>,
+        /// The command's arguments, as one string split at spaces.
+        #[arg(long)]
+        args: Option<String>,
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: Option<u64>,
+        #[arg(long)]
+        env_add: Vec<String>,
+        #[arg(long)]
+        env_rm: Vec<String>,
+        /// PUBLISHED:TARGET[/tcp|udp] or TARGET
+        #[arg(long)]
+        publish_add: Vec<String>,
+        /// A published port.
+        #[arg(long)]
+        publish_rm: Vec<u16>,
+        #[arg(long)]
+        constraint_add: Vec<String>,
+        #[arg(long)]
+        constraint_rm: Vec<String>,
+        /// Return at once instead of following the placement.
+        #[arg(short, long)]
+        detach: bool,
+        service: String,
+    },
+    /// Return a service to its spec before the last update.
+    Rollback {
+        #[arg(short, long)]
+        detach: bool,
+        service: String,
     },
     /// Remove services.
     Rm {
@@ -332,6 +366,59 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                         )
                         .await?;
                     println!("{name} scaled to {n}");
+                }
+            }
+            ServiceCmd::Update {
+                image,
+                args,
+                replicas,
+                env_add,
+                env_rm,
+                publish_add,
+                publish_rm,
+                constraint_add,
+                constraint_rm,
+                detach,
+                service,
+            } => {
+                let u = ServiceUpdate {
+                    image,
+                    args: args.map(|a| a.split_whitespace().map(str::to_string).collect()),
+                    replicas,
+                    env_add,
+                    env_rm,
+                    publish_add: publish_add
+                        .iter()
+                        .map(|p| parse_port(p))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(anyhow::Error::msg)?,
+                    publish_rm,
+                    constraint_add,
+                    constraint_rm,
+                };
+                let v: ServiceView = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/services/{service}/update"),
+                        Some(&u),
+                    )
+                    .await?;
+                println!("{service}");
+                if !detach {
+                    follow(&mut c, &v).await?;
+                }
+            }
+            ServiceCmd::Rollback { detach, service } => {
+                let v: ServiceView = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/services/{service}/rollback"),
+                        None::<&()>,
+                    )
+                    .await?;
+                println!("{service}\nrollback: manually requested rollback");
+                if !detach {
+                    follow(&mut c, &v).await?;
                 }
             }
             ServiceCmd::Rm { services } => {

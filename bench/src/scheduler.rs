@@ -45,6 +45,8 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
             status: Status::Ready,
             created_at: 0,
             updated_at: 0,
+            task_subnet: None,
+            wg_public_key: None,
         }))
     });
     for r in futures::future::join_all(writes).await {

@@ -81,6 +81,21 @@ pub struct ClusterInfo {
     pub worker_secret: String,
     pub manager_secret: String,
     pub settings: Settings,
+    /// Nodes' task subnets are cut from this (`--default-addr-pool`).
+    #[serde(default = "default_pool")]
+    pub address_pool: ipnet::Ipv4Net,
+    #[serde(default = "default_subnet_size")]
+    pub subnet_size: u8,
+}
+
+pub const DEFAULT_POOL: &str = "10.200.0.0/16";
+
+fn default_pool() -> ipnet::Ipv4Net {
+    DEFAULT_POOL.parse().expect("valid pool")
+}
+
+fn default_subnet_size() -> u8 {
+    24
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +110,12 @@ pub struct Node {
     pub status: Status,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Where this node's tasks get their addresses (from the pool).
+    #[serde(default)]
+    pub task_subnet: Option<ipnet::Ipv4Net>,
+    /// The node's WireGuard key, for the other nodes' overlay peers.
+    #[serde(default)]
+    pub wg_public_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +211,14 @@ impl ClusterState {
                 self.nodes.insert(node.id, node);
             }
             Command::AddNode(node) => {
+                if let Some(net) = node.task_subnet {
+                    if let Some(o) = self.nodes.values().find(|o| o.task_subnet == Some(net)) {
+                        return Outcome::err(format!(
+                            "task subnet {net} is already node {}'s",
+                            o.hostname
+                        ));
+                    }
+                }
                 self.nodes.insert(node.id, node);
             }
             Command::SetRole { id, role, at } => match self.nodes.get_mut(&id) {
@@ -269,6 +298,26 @@ impl ClusterState {
             }
         }
         Outcome::default()
+    }
+
+    /// The first subnet of the pool no node holds.
+    pub fn free_subnet(&self) -> Result<ipnet::Ipv4Net, String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("the swarm is not initialized")?;
+        let taken: std::collections::BTreeSet<ipnet::Ipv4Net> =
+            self.nodes.values().filter_map(|n| n.task_subnet).collect();
+        c.address_pool
+            .subnets(c.subnet_size)
+            .map_err(|e| e.to_string())?
+            .find(|n| !taken.contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "the address pool {} has no free /{} left for this node's tasks: remove nodes that left (`apiary node rm`), or start a swarm with a larger --default-addr-pool",
+                    c.address_pool, c.subnet_size
+                )
+            })
     }
 
     /// A node by full id, unique id prefix, or hostname (as Docker resolves).
@@ -386,6 +435,8 @@ mod tests {
             status: Status::Ready,
             created_at: 0,
             updated_at: 0,
+            task_subnet: None,
+            wg_public_key: None,
         }
     }
 

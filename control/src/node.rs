@@ -33,6 +33,8 @@ pub struct DaemonConfig {
     pub hostname: String,
     /// Raft entries between snapshots.
     pub snapshot_every: u64,
+    /// This node's WireGuard public key, published in the cluster state.
+    pub wg_public_key: Option<String>,
 }
 
 /// Snapshots copy the whole state: not too often (etcd: 100k entries).

@@ -62,14 +62,22 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         Some(h) => h,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/apiary"));
+    // The overlay key is made once per node; the cluster learns its public
+    // half at init/join.
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let wg_key =
+        crate::overlay::keys::load_or_create(&data_dir.join(crate::overlay::keys::KEY_FILE))?;
     let cfg = control::node::DaemonConfig {
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/apiary")),
+        data_dir,
         socket: args.socket,
         listen: args.listen_addr,
         hostname,
         snapshot_every: args.raft_snapshot_every,
+        wg_public_key: Some(wg_key.get_public().to_base64()),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

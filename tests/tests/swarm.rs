@@ -363,3 +363,59 @@ fn a_certificate_of_another_swarm_is_refused() {
     // The server is not trusted by the client, nor the client by the server.
     assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
 }
+
+#[test]
+fn nodes_get_task_subnets_from_the_pool_and_publish_their_overlay_keys() {
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    let err = lab
+        .apiary(
+            0,
+            &["swarm", "init", "--default-addr-pool", "10.250.0.0/25"],
+        )
+        .err();
+    assert!(err.contains("too small"), "{err}");
+    // Room for two nodes' /24s.
+    lab.apiary(
+        0,
+        &["swarm", "init", "--default-addr-pool", "10.250.0.0/23"],
+    )
+    .out();
+    let t = token(&lab, "worker").unwrap();
+    let m = lab.hosts[0].addr.to_string();
+    lab.apiary(1, &["swarm", "join", "--token", &t, &m]).out();
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(node(&v, "h1")["task_subnet"], "10.250.0.0/24");
+    assert_eq!(node(&v, "h2")["task_subnet"], "10.250.1.0/24");
+    for h in ["h1", "h2"] {
+        let k = node(&v, h)["wg_public_key"].as_str().unwrap().to_string();
+        assert_eq!(k.len(), 44, "{k}");
+    }
+    assert_ne!(
+        node(&v, "h1")["wg_public_key"],
+        node(&v, "h2")["wg_public_key"]
+    );
+    // The pool is full: the third node is refused, and nothing is stored.
+    let err = lab.apiary(2, &["swarm", "join", "--token", &t, &m]).err();
+    assert!(
+        err.contains("no free /24") && err.contains("--default-addr-pool"),
+        "{err}"
+    );
+    assert_eq!(nodes(&lab, 0).unwrap().len(), 2);
+    assert!(lab
+        .apiary(2, &["node", "ls"])
+        .err()
+        .contains("not part of a swarm"));
+    // A node that leaves and is removed frees its subnet.
+    lab.apiary(1, &["swarm", "leave"]).out();
+    until(Duration::from_secs(5), || {
+        (node(&nodes(&lab, 0).ok()?, "h2")["status"] == "down").then_some(())
+    })
+    .expect("h2 down");
+    lab.apiary(0, &["node", "rm", "h2"]).out();
+    lab.apiary(2, &["swarm", "join", "--token", &t, &m]).out();
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(node(&v, "h3")["task_subnet"], "10.250.1.0/24");
+}

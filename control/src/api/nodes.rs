@@ -22,6 +22,8 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     pub created_at: u64,
     pub updated_at: u64,
+    pub task_subnet: Option<ipnet::Ipv4Net>,
+    pub wg_public_key: Option<String>,
 }
 
 fn view(j: &Joined, n: &Node) -> NodeView {
@@ -47,6 +49,8 @@ fn view(j: &Joined, n: &Node) -> NodeView {
         labels: n.labels.clone(),
         created_at: n.created_at,
         updated_at: n.updated_at,
+        task_subnet: n.task_subnet,
+        wg_public_key: n.wg_public_key.clone(),
     }
 }
 

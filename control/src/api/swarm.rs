@@ -24,6 +24,9 @@ pub struct InitRequest {
     pub advertise_addr: Option<String>,
     pub heartbeat_ms: Option<u64>,
     pub cert_expiry_s: Option<u64>,
+    /// Where nodes' task subnets come from [default: 10.200.0.0/16].
+    #[serde(default)]
+    pub default_addr_pool: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -118,6 +121,22 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         }
         settings.cert_expiry_s = c;
     }
+    let pool_text = req
+        .default_addr_pool
+        .clone()
+        .unwrap_or_else(|| crate::model::DEFAULT_POOL.to_string());
+    let pool: ipnet::Ipv4Net = pool_text.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid --default-addr-pool {pool_text:?}: give an IPv4 CIDR such as 10.200.0.0/16"
+        ))
+    })?;
+    if pool.prefix_len() > 24 {
+        return Err(ApiError::BadRequest(format!(
+            "--default-addr-pool {pool} is too small: each node takes a /24 from it"
+        )));
+    }
+    let pool = pool.trunc();
+    let first_subnet = pool.subnets(24).ok().and_then(|mut s| s.next());
     let cluster_id = tls::random_hex(12);
     let node_id = tls::random_u64();
     let (ca_pem, ca_key) = tls::new_ca(&cluster_id)?;
@@ -154,6 +173,8 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         worker_secret: tls::random_hex(16),
         manager_secret: tls::random_hex(16),
         settings,
+        address_pool: pool,
+        subnet_size: 24,
     };
     let worker_token = token(&ca_pem, &cluster.worker_secret)?;
     let node = Node {
@@ -166,6 +187,8 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         status: Status::Ready,
         created_at: at,
         updated_at: at,
+        task_subnet: first_subnet,
+        wg_public_key: d.cfg.wg_public_key.clone(),
     };
     if let Err(e) = j.manager().write(Command::Init { cluster, node }).await {
         leave_quietly(d).await;
@@ -232,6 +255,8 @@ pub struct JoinRequest {
     pub csr_pem: String,
     pub hostname: String,
     pub addr: String,
+    #[serde(default)]
+    pub wg_public_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -314,6 +339,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
         csr_pem,
         hostname: d.cfg.hostname.clone(),
         addr: addr.clone(),
+        wg_public_key: d.cfg.wg_public_key.clone(),
     })
     .expect("serializable");
     let join_tls = tls::join_config(&ca_pem)?;
@@ -409,6 +435,20 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
             req.addr, req.hostname
         )));
     }
+    // Every node gets its task subnet now: a full pool refuses the join
+    // before anything is issued or stored.
+    let subnet = j
+        .manager()
+        .sm
+        .read(|a| a.state.free_subnet())
+        .map_err(ApiError::Conflict)?;
+    if let Some(k) = &req.wg_public_key {
+        if k.len() != 44 || !k.ends_with('=') {
+            return Err(ApiError::BadRequest(format!(
+                "invalid WireGuard public key {k:?}: expected 32 bytes in base64"
+            )));
+        }
+    }
     let node_id = tls::random_u64();
     let cert_pem = tls::sign_node(
         &cluster.ca_cert_pem,
@@ -430,6 +470,8 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
             status: Status::Ready,
             created_at: at,
             updated_at: at,
+            task_subnet: Some(subnet),
+            wg_public_key: req.wg_public_key,
         }))
         .await?;
     j.last_seen

@@ -211,6 +211,8 @@ mod tests {
                 status: Status::Ready,
                 created_at: 0,
                 updated_at: 0,
+                task_subnet: None,
+                wg_public_key: None,
             }));
         }
         s

@@ -183,6 +183,12 @@ pub fn run(cmd: NodeCmd, conn: &Connect) -> anyhow::Result<()> {
                     }
                     println!("Hostname:\t\t{}", v.hostname);
                     println!("Address:\t\t{}", v.addr);
+                    if let Some(net) = v.task_subnet {
+                        println!("Task subnet:\t\t{net}");
+                    }
+                    if let Some(k) = &v.wg_public_key {
+                        println!("WireGuard key:\t\t{k}");
+                    }
                     println!("Status:\n State:\t\t\t{}", title(&to_json(&v.status)));
                     println!(" Availability:\t\t{}", title(&to_json(&v.availability)));
                     if let Some(ms) = &v.manager_status {

@@ -24,6 +24,9 @@ pub enum SwarmCmd {
         /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
         #[arg(long, value_parser = super::parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Where each node's /24 task subnet comes from [default: 10.200.0.0/16].
+        #[arg(long)]
+        default_addr_pool: Option<String>,
     },
     /// Join a swarm as a worker or manager, as the token says.
     Join {
@@ -61,6 +64,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 advertise_addr,
                 dispatcher_heartbeat,
                 cert_expiry,
+                default_addr_pool,
             } => {
                 let r: InitReply = c
                     .call(
@@ -70,6 +74,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                             advertise_addr,
                             heartbeat_ms: dispatcher_heartbeat.map(|d| d.as_millis() as u64),
                             cert_expiry_s: cert_expiry.map(|d| d.as_secs()),
+                            default_addr_pool,
                         }),
                     )
                     .await?;

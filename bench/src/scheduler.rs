@@ -63,6 +63,7 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
             ports: vec![],
             constraints: vec![],
             replicas_max_per_node: None,
+            placement_prefs: vec![],
         },
         version: 1,
         previous: None,

@@ -286,3 +286,39 @@ fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
         .err();
     assert!(err.contains("nope"), "{err}");
 }
+
+#[test]
+fn placement_preferences_spread_over_label_values() {
+    let lab = swarm(1, 2).unwrap();
+    lab.apiary(0, &["node", "update", "--label-add", "dc=a", "h1"])
+        .out();
+    for h in ["h2", "h3"] {
+        lab.apiary(0, &["node", "update", "--label-add", "dc=b", h])
+            .out();
+    }
+    let err = lab
+        .apiary(
+            0,
+            &["service", "create", "--placement-pref", "spread=dc", "img"],
+        )
+        .err();
+    assert!(err.contains("spread=node.labels.KEY"), "{err}");
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "--placement-pref",
+            "spread=node.labels.dc",
+            "img",
+        ],
+    )
+    .out();
+    let ts = tasks(&lab, "web");
+    let on = |h: &str| ts.iter().filter(|(_, n)| n == h).count();
+    assert_eq!((on("h1"), on("h2") + on("h3")), (2, 2), "{ts:?}");
+}

@@ -78,6 +78,15 @@ fn settle(
     for c in &spec.constraints {
         Constraint::parse(c).map_err(bad)?;
     }
+    for p in &spec.placement_prefs {
+        crate::services::scheduler::parse_pref(p).map_err(bad)?;
+    }
+    if spec.placement_prefs.len() > 1 {
+        return Err(bad(
+            "one --placement-pref at most for now (Swarm nests several; Apiary does not yet)"
+                .into(),
+        ));
+    }
     for e in &spec.env {
         if !e.contains('=') || e.starts_with('=') {
             return Err(bad(format!(

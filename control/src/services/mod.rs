@@ -54,6 +54,9 @@ pub struct ServiceSpec {
     pub constraints: Vec<String>,
     #[serde(default)]
     pub replicas_max_per_node: Option<u64>,
+    /// `spread=node.labels.KEY` (one level).
+    #[serde(default)]
+    pub placement_prefs: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,6 +72,11 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
             .iter()
             .filter_map(|c| Constraint::parse(c).ok())
             .collect();
+        let spread = svc
+            .spec
+            .placement_prefs
+            .first()
+            .and_then(|p| super::scheduler::parse_pref(p).ok());
         let mut mine: Vec<&Task> = s.tasks.values().filter(|t| t.service == svc.id).collect();
         mine.sort_by_key(|t| (t.slot, t.created_at));
         load.service.clear();
@@ -120,6 +125,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                             s.nodes.values(),
                             &constraints,
                             svc.spec.replicas_max_per_node,
+                            spread.as_deref(),
                             load,
                         )
                     })
@@ -231,6 +237,7 @@ mod tests {
                 ports: vec![],
                 constraints: constraints.iter().map(|c| c.to_string()).collect(),
                 replicas_max_per_node: None,
+                placement_prefs: vec![],
             },
             version: 1,
             previous: None,
@@ -370,6 +377,32 @@ mod tests {
             "every task replaced"
         );
         assert!(s.tasks.values().all(|t| t.spec_version == 3));
+    }
+
+    #[test]
+    fn spread_preference_balances_label_values_before_nodes() {
+        // dc=a has one node, dc=b three: 6 tasks go 3 + 3, not 1.5 per node.
+        let mut s = state(4);
+        s.nodes
+            .get_mut(&1)
+            .unwrap()
+            .labels
+            .insert("dc".into(), "a".into());
+        for i in 2..=4 {
+            s.nodes
+                .get_mut(&i)
+                .unwrap()
+                .labels
+                .insert("dc".into(), "b".into());
+        }
+        service(&mut s, "web", Mode::Replicated { replicas: 6 }, &[]);
+        s.services.get_mut("svc-web").unwrap().spec.placement_prefs =
+            vec!["spread=node.labels.dc".into()];
+        settle(&mut s);
+        let on = |n: u64| s.tasks.values().filter(|t| t.node == Some(n)).count();
+        assert_eq!(on(1), 3);
+        assert_eq!(on(2) + on(3) + on(4), 3);
+        assert!((2..=4).all(|n| on(n) == 1));
     }
 
     #[test]

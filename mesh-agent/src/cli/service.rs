@@ -33,6 +33,9 @@ pub enum ServiceCmd {
         env: Vec<String>,
         #[arg(long)]
         replicas_max_per_node: Option<u64>,
+        /// spread=node.labels.KEY: spread tasks over the label's values first.
+        #[arg(long)]
+        placement_pref: Vec<String>,
         /// Return at once instead of following the placement.
         #[arg(short, long)]
         detach: bool,
@@ -195,6 +198,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 constraint,
                 env,
                 replicas_max_per_node,
+                placement_pref,
                 detach,
                 image,
                 command,
@@ -231,6 +235,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     ports,
                     constraints: constraint,
                     replicas_max_per_node,
+                    placement_prefs: placement_pref,
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);

@@ -400,18 +400,20 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
     })
 }
 
+/// The cluster's settings and secrets, and where its managers listen.
+fn cluster_and_managers(j: &Joined) -> (Option<ClusterInfo>, Vec<String>) {
+    j.manager().sm.read(|a| {
+        (
+            a.state.cluster.clone(),
+            a.state.managers().map(|m| m.addr.clone()).collect(),
+        )
+    })
+}
+
 /// On the leader: a node presents a token and a CSR.
 pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
     let t = Token::parse(&req.token).map_err(ApiError::BadRequest)?;
-    let (cluster, managers) = j.manager().sm.read(|a| {
-        (
-            a.state.cluster.clone(),
-            a.state
-                .managers()
-                .map(|m| m.addr.clone())
-                .collect::<Vec<_>>(),
-        )
-    });
+    let (cluster, managers) = cluster_and_managers(j);
     let cluster =
         cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
     let digest = tls::ca_digest(&cluster.ca_cert_pem)?;
@@ -592,15 +594,7 @@ pub struct SwarmView {
 
 pub async fn inspect(j: &Joined) -> Reply {
     j.manager().ensure_current().await?;
-    let (cluster, managers) = j.manager().sm.read(|a| {
-        (
-            a.state.cluster.clone(),
-            a.state
-                .managers()
-                .map(|m| m.addr.clone())
-                .collect::<Vec<_>>(),
-        )
-    });
+    let (cluster, managers) = cluster_and_managers(j);
     let c = cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
     ok(&SwarmView {
         id: c.id.clone(),

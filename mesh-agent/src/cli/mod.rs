@@ -45,6 +45,22 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// `GET {prefix}/{name}` for every name, in order; the first error stops it.
+pub async fn fetch_all<T: serde::de::DeserializeOwned>(
+    c: &mut Client,
+    prefix: &str,
+    names: &[String],
+) -> anyhow::Result<Vec<T>> {
+    let mut all = Vec::with_capacity(names.len());
+    for n in names {
+        all.push(
+            c.call(hyper::Method::GET, &format!("{prefix}/{n}"), None::<&()>)
+                .await?,
+        );
+    }
+    Ok(all)
+}
+
 /// `500ms`, `5s`, `2m`, `1h`, `90d` (Docker's duration flags).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad =

@@ -162,13 +162,7 @@ pub fn run(cmd: NodeCmd, conn: &Connect) -> anyhow::Result<()> {
                 );
             }
             NodeCmd::Inspect { pretty, nodes } => {
-                let mut all = Vec::new();
-                for n in &nodes {
-                    let v: NodeView = c
-                        .call(Method::GET, &format!("/v1/nodes/{n}"), None::<&()>)
-                        .await?;
-                    all.push(v);
-                }
+                let all: Vec<NodeView> = super::fetch_all(&mut c, "/v1/nodes", &nodes).await?;
                 if !pretty {
                     println!("{}", serde_json::to_string_pretty(&all)?);
                     return Ok(());

@@ -312,13 +312,8 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 );
             }
             ServiceCmd::Inspect { pretty, services } => {
-                let mut all = Vec::new();
-                for s in &services {
-                    let v: ServiceView = c
-                        .call(Method::GET, &format!("/v1/services/{s}"), None::<&()>)
-                        .await?;
-                    all.push(v);
-                }
+                let all: Vec<ServiceView> =
+                    super::fetch_all(&mut c, "/v1/services", &services).await?;
                 if !pretty {
                     println!("{}", serde_json::to_string_pretty(&all)?);
                     return Ok(());

@@ -35,7 +35,19 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
 
 impl Ns {
     pub fn create(name: &str) -> anyhow::Result<Ns> {
-        ip(&["netns", "add", name])?;
+        // Two `ip netns add` at once, while /run/netns is not yet a mount
+        // point (a fresh machine), can hide each other's file under the
+        // bind mount the first one makes: one at a time in this process.
+        static ADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        {
+            let _one = ADD.lock().unwrap_or_else(|p| p.into_inner());
+            if ip(&["netns", "add", name]).is_err() {
+                // A stale name from a crashed run, or the race above with
+                // another process: clear and try once more.
+                let _ = ip(&["netns", "delete", name]);
+                ip(&["netns", "add", name])?;
+            }
+        }
         let ns = Ns {
             name: name.to_string(),
         };

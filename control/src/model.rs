@@ -176,6 +176,12 @@ pub enum Command {
     RemoveService {
         id: String,
     },
+    /// Agents' reports on their tasks (only the node's own tasks change).
+    TaskStatus {
+        node: NodeId,
+        reports: Vec<crate::services::TaskReport>,
+        at: u64,
+    },
     /// The orchestrator's decisions: tasks created or changed, tasks gone.
     Reconcile {
         put: Vec<Task>,
@@ -284,6 +290,18 @@ impl ClusterState {
                     return Outcome::err(format!("service {id} not found"));
                 }
                 self.tasks.retain(|_, t| t.service != id);
+            }
+            Command::TaskStatus { node, reports, at } => {
+                for r in reports {
+                    if let Some(t) = self.tasks.get_mut(&r.id).filter(|t| t.node == Some(node)) {
+                        t.state = r.state;
+                        t.message = r.message;
+                        if r.address.is_some() {
+                            t.address = r.address;
+                        }
+                        t.updated_at = at;
+                    }
+                }
             }
             Command::Reconcile { put, remove } => {
                 for id in remove {

@@ -322,3 +322,124 @@ fn placement_preferences_spread_over_label_values() {
     let on = |h: &str| ts.iter().filter(|(_, n)| n == h).count();
     assert_eq!((on("h1"), on("h2") + on("h3")), (2, 2), "{ts:?}");
 }
+
+/// `curl` to the leader's API with host `h`'s node certificate.
+fn as_node(lab: &Lab, h: usize, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let tls = lab.data_dir(h).join("control/tls");
+    let f = |x: &str| tls.join(x).to_string_lossy().into_owned();
+    let (ca, cert, key) = (f("ca.pem"), f("node.pem"), f("node.key"));
+    let resolve = format!("apiary-node:2377:{}", lab.hosts[0].addr);
+    let url = format!("https://apiary-node:2377{path}");
+    let mut args = vec![
+        "-s",
+        "-o",
+        "/dev/stdout",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--resolve",
+        &resolve,
+        "-X",
+        method,
+        &url,
+    ];
+    if let Some(b) = body {
+        args.extend(["-H", "content-type: application/json", "--data", b]);
+    }
+    let out = lab.hosts[h].ns.run("curl", &args).unwrap();
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn agents_read_their_assignments_and_report_task_states() {
+    let lab = swarm(1, 1).unwrap();
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "-p",
+            "8080:80",
+            "img",
+        ],
+    )
+    .out();
+    let (code, body) = as_node(&lab, 1, "GET", "/v1/node/state", None);
+    assert_eq!(code, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let mine: Vec<String> = st["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(mine.len(), 2, "h2 runs half of 4: {body}");
+    assert_eq!(st["tasks"][0]["spec"]["image"], "img");
+    assert_eq!(st["peers"][0]["hostname"], "h1");
+    assert_eq!(st["peers"][0]["wg_public_key"].as_str().unwrap().len(), 44);
+    let subnet = st["task_subnet"].as_str().unwrap().to_string();
+
+    // h2 reports its tasks running, with addresses from its subnet.
+    let base = subnet.trim_end_matches(".0/24");
+    let reports: Vec<Value> = mine
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            serde_json::json!({"id": id, "state": "running", "address": format!("{base}.{}", i + 2)})
+        })
+        .collect();
+    let (code, body) = as_node(
+        &lab,
+        1,
+        "POST",
+        "/v1/node/status",
+        Some(&serde_json::to_string(&reports).unwrap()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let ls = lab.apiary(0, &["service", "ls"]).out();
+    assert!(ls.contains(" 2/4 "), "{ls}");
+    let ps = lab.apiary(0, &["service", "ps", "web"]).out();
+    // DESIRED STATE is Running for all; CURRENT STATE too for h2's two.
+    let running = ps
+        .lines()
+        .filter(|l| l.matches("Running").count() == 2)
+        .count();
+    assert_eq!(running, 2, "{ps}");
+    let (_, body) = as_node(&lab, 1, "GET", "/v1/node/state", None);
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        st["services"][0]["backends"].as_array().unwrap().len(),
+        2,
+        "{body}"
+    );
+
+    // A report on a task of another node is refused, and changes nothing.
+    let theirs: Vec<String> = {
+        let (_, b) = as_node(&lab, 0, "GET", "/v1/node/state", None);
+        let v: Value = serde_json::from_str(&b).unwrap();
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let bad = format!("[{{\"id\": \"{}\", \"state\": \"failed\"}}]", theirs[0]);
+    let (code, body) = as_node(&lab, 1, "POST", "/v1/node/status", Some(&bad));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("not assigned"), "{body}");
+    assert!(!lab
+        .apiary(0, &["service", "ps", "web"])
+        .out()
+        .contains("Failed"));
+}

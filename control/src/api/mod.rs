@@ -3,6 +3,7 @@
 //! TLS (other daemons, remote CLIs). Cluster requests are answered by the
 //! leader: another manager forwards them, as swarmkit's proxy does.
 
+mod agent;
 mod nodes;
 mod services;
 mod swarm;
@@ -19,6 +20,7 @@ use crate::http::{error_response, json_response, Body};
 use crate::model::{NodeId, Role};
 use crate::node::{Daemon, Joined};
 
+pub use agent::{AssignedTask, Backend, Endpoints, NodeState, Peer};
 pub use nodes::{KvValue, NodeView, UpdateRequest};
 pub use services::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
 pub use swarm::{
@@ -236,6 +238,10 @@ async fn route(
         (&Method::POST, ["v1", "heartbeat"]) => swarm::heartbeat(&j, node_caller(caller)?).await,
         (&Method::POST, ["v1", "swarm", "activate"]) => {
             swarm::activate(&j, node_caller(caller)?).await
+        }
+        (&Method::GET, ["v1", "node", "state"]) => agent::state(&j, node_caller(caller)?).await,
+        (&Method::POST, ["v1", "node", "status"]) => {
+            agent::status(&j, node_caller(caller)?, parse(body)?).await
         }
         (&Method::POST, ["v1", "node", "renew"]) => {
             swarm::renew(&j, node_caller(caller)?, parse(body)?).await

@@ -105,6 +105,20 @@ pub struct Task {
     pub message: String,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The task's address on its node's task subnet, as its agent reports.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// What an agent reports about one of its tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub id: String,
+    pub state: TaskState,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
 }
 
 impl Task {

@@ -151,6 +151,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 message,
                 created_at: old.map(|o| o.created_at).unwrap_or(now),
                 updated_at: now,
+                address: None,
             });
         };
         match svc.spec.mode {

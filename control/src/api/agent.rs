@@ -1,0 +1,148 @@
+//! What an agent asks the managers for: its desired state (tasks to run,
+//! overlay peers, every service's endpoints for the data plane), and where
+//! it reports its tasks' states.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ok, ApiError, Reply};
+use crate::model::{now_ms, show_id, Command, NodeId, Status};
+use crate::node::Joined;
+use crate::services::{PortSpec, ServiceSpec, Task, TaskReport, TaskState};
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AssignedTask {
+    pub task: Task,
+    pub service_name: String,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Peer {
+    pub node_id: String,
+    pub hostname: String,
+    /// Its API address's IP: where its WireGuard listens too.
+    pub addr: String,
+    pub task_subnet: Option<ipnet::Ipv4Net>,
+    pub wg_public_key: Option<String>,
+    pub ready: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Backend {
+    pub task: String,
+    pub node: String,
+    pub address: Ipv4Addr,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Endpoints {
+    pub service: String,
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub ports: Vec<PortSpec>,
+    /// Tasks reported running, with their addresses.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NodeState {
+    pub node_id: String,
+    pub task_subnet: Option<ipnet::Ipv4Net>,
+    pub tasks: Vec<AssignedTask>,
+    pub peers: Vec<Peer>,
+    pub services: Vec<Endpoints>,
+}
+
+pub async fn state(j: &Joined, node: NodeId) -> Reply {
+    let v = j.manager().sm.read(|a| {
+        let s = &a.state;
+        let me = s.nodes.get(&node);
+        let tasks = s
+            .tasks
+            .values()
+            .filter(|t| t.node == Some(node) && t.desired == TaskState::Running)
+            .filter_map(|t| {
+                let svc = s.services.get(&t.service)?;
+                Some(AssignedTask {
+                    task: t.clone(),
+                    service_name: svc.spec.name.clone(),
+                    spec: svc.spec.clone(),
+                })
+            })
+            .collect();
+        let peers = s
+            .nodes
+            .values()
+            .filter(|n| n.id != node)
+            .map(|n| Peer {
+                node_id: show_id(n.id),
+                hostname: n.hostname.clone(),
+                addr: n.addr.clone(),
+                task_subnet: n.task_subnet,
+                wg_public_key: n.wg_public_key.clone(),
+                ready: n.status == Status::Ready,
+            })
+            .collect();
+        let services = s
+            .services
+            .values()
+            .map(|svc| Endpoints {
+                service: svc.id.clone(),
+                name: svc.spec.name.clone(),
+                vip: svc.vip,
+                ports: svc.spec.ports.clone(),
+                backends: s
+                    .tasks
+                    .values()
+                    .filter(|t| t.service == svc.id && t.state == TaskState::Running)
+                    .filter_map(|t| {
+                        Some(Backend {
+                            task: t.id.clone(),
+                            node: show_id(t.node?),
+                            address: t.address?,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        NodeState {
+            node_id: show_id(node),
+            task_subnet: me.and_then(|n| n.task_subnet),
+            tasks,
+            peers,
+            services,
+        }
+    });
+    ok(&v)
+}
+
+pub async fn status(j: &Joined, node: NodeId, reports: Vec<TaskReport>) -> Reply {
+    let m = j.manager();
+    // Only the node's own tasks: a report on another's is refused whole.
+    let foreign = m.sm.read(|a| {
+        reports
+            .iter()
+            .find(|r| {
+                a.state
+                    .tasks
+                    .get(&r.id)
+                    .is_some_and(|t| t.node != Some(node))
+            })
+            .map(|r| r.id.clone())
+    });
+    if let Some(id) = foreign {
+        return Err(ApiError::Forbidden(format!(
+            "task {id} is not assigned to node {}",
+            show_id(node)
+        )));
+    }
+    m.write(Command::TaskStatus {
+        node,
+        reports,
+        at: now_ms(),
+    })
+    .await?;
+    ok(&"ok")
+}

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use control::manager::Manager;
-use control::model::{Availability, Command, Node, Role, Status};
+use control::model::{Command, Node, Role};
 use control::network::Network;
 use control::services::orchestrator::{commit, reconcile};
 use control::services::{Mode, Service, ServiceSpec, TaskState};
@@ -35,19 +35,15 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let writes = (1..=nodes).map(|i| {
-        m.write(Command::AddNode(Node {
-            id: i,
-            hostname: format!("sim{i}"),
-            addr: format!("10.{}.{}.{}:2377", i >> 16 & 255, i >> 8 & 255, i & 255),
-            role: if i <= 3 { Role::Manager } else { Role::Worker },
-            availability: Availability::Active,
-            labels: BTreeMap::new(),
-            status: Status::Ready,
-            created_at: 0,
-            updated_at: 0,
-            task_subnet: None,
-            wg_public_key: None,
-        }))
+        let addr = format!("10.{}.{}.{}:2377", i >> 16 & 255, i >> 8 & 255, i & 255);
+        let role = if i <= 3 { Role::Manager } else { Role::Worker };
+        m.write(Command::AddNode(Node::new(
+            i,
+            format!("sim{i}"),
+            addr,
+            role,
+            0,
+        )))
     });
     for r in futures::future::join_all(writes).await {
         r.map_err(|e| anyhow::anyhow!("adding nodes: {e}"))?;

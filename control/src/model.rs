@@ -118,6 +118,25 @@ pub struct Node {
     pub wg_public_key: Option<String>,
 }
 
+impl Node {
+    /// A node as it enters the swarm: ready, active, no labels.
+    pub fn new(id: NodeId, hostname: String, addr: String, role: Role, at: u64) -> Self {
+        Self {
+            id,
+            hostname,
+            addr,
+            role,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            status: Status::Ready,
+            created_at: at,
+            updated_at: at,
+            task_subnet: None,
+            wg_public_key: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster: Option<ClusterInfo>,
@@ -443,19 +462,7 @@ mod tests {
     use super::*;
 
     fn node(id: NodeId, host: &str) -> Node {
-        Node {
-            id,
-            hostname: host.into(),
-            addr: "10.0.0.1:2377".into(),
-            role: Role::Worker,
-            availability: Availability::Active,
-            labels: BTreeMap::new(),
-            status: Status::Ready,
-            created_at: 0,
-            updated_at: 0,
-            task_subnet: None,
-            wg_public_key: None,
-        }
+        Node::new(id, host.into(), "10.0.0.1:2377".into(), Role::Worker, 0)
     }
 
     #[test]

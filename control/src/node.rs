@@ -533,10 +533,18 @@ async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Resu
 /// On the leader: keeps every service's tasks placed as its spec says,
 /// after every change of the state and once a second.
 async fn orchestrate(j: Arc<Joined>) {
+    // One receiver for as long as the Raft member lasts: a change made
+    // between two rounds is then seen, not lost until the next tick.
+    let mut m = j.manager();
+    let mut changes = m.sm.changes.subscribe();
     loop {
-        let m = j.manager();
-        let mut changes = m.sm.changes.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+        let now = j.manager();
+        if !Arc::ptr_eq(&now, &m) {
+            // A demoted member was replaced by a fresh one.
+            m = now;
+            changes = m.sm.changes.subscribe();
+        }
         if !m.is_leader() {
             continue;
         }

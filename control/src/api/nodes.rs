@@ -1,12 +1,14 @@
 //! `node ls|inspect|update|promote|demote|rm` and the key-value space, on
 //! the leader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ok, ApiError, Reply};
-use crate::model::{now_ms, show_id, Availability, Command, Node, NodeUpdate, Role, Status};
+use crate::model::{
+    now_ms, show_id, Availability, Command, Node, NodeId, NodeUpdate, Role, Status,
+};
 use crate::node::Joined;
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -26,12 +28,27 @@ pub struct NodeView {
     pub wg_public_key: Option<String>,
 }
 
-fn view(j: &Joined, n: &Node) -> NodeView {
-    let leader = j.manager().leader().map(|(id, _)| id);
+/// What a node's manager status is judged by: read once per request.
+struct Raft {
+    leader: Option<NodeId>,
+    voters: BTreeSet<NodeId>,
+}
+
+impl Raft {
+    fn of(j: &Joined) -> Self {
+        let m = j.manager();
+        Self {
+            leader: m.leader().map(|(id, _)| id),
+            voters: m.voters(),
+        }
+    }
+}
+
+fn view(r: &Raft, n: &Node) -> NodeView {
     let manager_status = (n.role == Role::Manager).then(|| {
-        if Some(n.id) == leader {
+        if Some(n.id) == r.leader {
             "leader"
-        } else if n.status == Status::Ready && j.manager().voters().contains(&n.id) {
+        } else if n.status == Status::Ready && r.voters.contains(&n.id) {
             "reachable"
         } else {
             "unreachable"
@@ -63,17 +80,18 @@ fn find(j: &Joined, name: &str) -> Result<Node, ApiError> {
 
 pub async fn list(j: &Joined) -> Reply {
     j.manager().ensure_current().await?;
+    let r = Raft::of(j);
     let nodes: Vec<NodeView> = j
         .manager()
         .sm
-        .read(|a| a.state.nodes.values().map(|n| view(j, n)).collect());
+        .read(|a| a.state.nodes.values().map(|n| view(&r, n)).collect());
     ok(&nodes)
 }
 
 pub async fn inspect(j: &Joined, name: &str) -> Reply {
     j.manager().ensure_current().await?;
     let n = find(j, name)?;
-    ok(&view(j, &n))
+    ok(&view(&Raft::of(j), &n))
 }
 
 #[derive(Serialize, Deserialize, Debug, Default)]

@@ -1,7 +1,6 @@
 //! `swarm init|join|join-token|leave`, the join handshake, heartbeats and
 //! certificate renewal.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ok, ApiError, Reply};
 use crate::http::{Conn, Target};
-use crate::model::{
-    now_ms, show_id, Availability, ClusterInfo, Command, Node, Role, Settings, Status,
-};
+use crate::model::{now_ms, show_id, ClusterInfo, Command, Node, Role, Settings, Status};
 use crate::node::{control_dir, save_identity, Daemon, Joined, Persisted};
 use crate::tls::{self, Identity, Token};
 
@@ -178,17 +175,15 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     };
     let worker_token = token(&ca_pem, &cluster.worker_secret)?;
     let node = Node {
-        id: node_id,
-        hostname: d.cfg.hostname.clone(),
-        addr: addr.clone(),
-        role: Role::Manager,
-        availability: Availability::Active,
-        labels: BTreeMap::new(),
-        status: Status::Ready,
-        created_at: at,
-        updated_at: at,
         task_subnet: first_subnet,
         wg_public_key: d.cfg.wg_public_key.clone(),
+        ..Node::new(
+            node_id,
+            d.cfg.hostname.clone(),
+            addr.clone(),
+            Role::Manager,
+            at,
+        )
     };
     if let Err(e) = j.manager().write(Command::Init { cluster, node }).await {
         leave_quietly(d).await;
@@ -463,17 +458,9 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
     let at = now_ms();
     j.manager()
         .write(Command::AddNode(Node {
-            id: node_id,
-            hostname: req.hostname,
-            addr: req.addr,
-            role,
-            availability: Availability::Active,
-            labels: BTreeMap::new(),
-            status: Status::Ready,
-            created_at: at,
-            updated_at: at,
             task_subnet: Some(subnet),
             wg_public_key: req.wg_public_key,
+            ..Node::new(node_id, req.hostname, req.addr, role, at)
         }))
         .await?;
     j.last_seen

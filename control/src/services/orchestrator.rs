@@ -208,19 +208,15 @@ mod tests {
     fn state(nodes: usize) -> ClusterState {
         let mut s = ClusterState::default();
         for i in 1..=nodes as u64 {
-            s.apply(Command::AddNode(Node {
-                id: i,
-                hostname: format!("h{i}"),
-                addr: format!("10.0.0.{i}:2377"),
-                role: if i == 1 { Role::Manager } else { Role::Worker },
-                availability: Availability::Active,
-                labels: Default::default(),
-                status: Status::Ready,
-                created_at: 0,
-                updated_at: 0,
-                task_subnet: None,
-                wg_public_key: None,
-            }));
+            let role = if i == 1 { Role::Manager } else { Role::Worker };
+            let addr = format!("10.0.0.{i}:2377");
+            s.apply(Command::AddNode(Node::new(
+                i,
+                format!("h{i}"),
+                addr,
+                role,
+                0,
+            )));
         }
         s
     }

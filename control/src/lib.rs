@@ -3,6 +3,7 @@
 //! API the CLI and other daemons use.
 
 pub mod api;
+pub mod assignments;
 pub mod client;
 pub mod http;
 pub mod manager;

@@ -69,6 +69,9 @@ pub struct Info {
 
 pub struct Daemon {
     pub cfg: DaemonConfig,
+    /// The node's runtime, when this daemon runs tasks (not in control-
+    /// plane-only tests and benches).
+    pub agent: Option<Arc<crate::assignments::AgentLink>>,
     joined: tokio::sync::RwLock<Option<Arc<Joined>>>,
     /// Serializes init, join and leave.
     pub lifecycle: tokio::sync::Mutex<()>,
@@ -232,6 +235,17 @@ impl Daemon {
             tokio::spawn(monitor(j.clone())),
             tokio::spawn(orchestrate(j.clone())),
         ];
+        let mut tasks = tasks;
+        if let Some(link) = &self.agent {
+            tasks.push(tokio::spawn(crate::assignments::follow(
+                j.clone(),
+                link.clone(),
+            )));
+            tasks.push(tokio::spawn(crate::assignments::report(
+                j.clone(),
+                link.clone(),
+            )));
+        }
         *j.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         *self.joined.write().await = Some(j.clone());
         tracing::info!(node = %show_id(p.node_id), addr = %p.addr, "in the swarm");
@@ -299,6 +313,18 @@ impl Joined {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Where this node's calls to the managers go: a manager straight to
+    /// the leader it knows, others round the managers (`next` picks), whom
+    /// a follower forwards to the leader.
+    pub fn manager_target(&self, next: usize) -> Option<String> {
+        let managers = self.managers.lock().unwrap_or_else(|p| p.into_inner());
+        match self.manager().leader() {
+            Some((_, addr)) if self.manager().is_voter() => Some(addr),
+            _ if managers.is_empty() => None,
+            _ => Some(managers[next % managers.len()].clone()),
+        }
     }
 
     pub fn target(&self, addr: &str) -> Target {
@@ -417,15 +443,8 @@ async fn session(j: Arc<Joined>) {
     let mut refusals = 0u64;
     loop {
         tokio::time::sleep(period).await;
-        let managers = j.managers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if managers.is_empty() {
+        let Some(target) = j.manager_target(next) else {
             continue;
-        }
-        // A manager reports straight to the leader it knows; workers go
-        // round the managers, whom a follower forwards to the leader.
-        let target = match j.manager().leader() {
-            Some((_, addr)) if j.manager().is_voter() => addr,
-            _ => managers[next % managers.len()].clone(),
         };
         if conn
             .as_ref()
@@ -627,9 +646,13 @@ async fn monitor(j: Arc<Joined>) {
 
 /// `apiary daemon` in swarm mode: serves the unix socket, resumes the swarm
 /// membership found in the data dir, and runs until SIGTERM/SIGINT.
-pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: DaemonConfig,
+    agent: Option<Arc<crate::assignments::AgentLink>>,
+) -> anyhow::Result<()> {
     let d = Arc::new(Daemon {
         cfg: cfg.clone(),
+        agent,
         joined: tokio::sync::RwLock::new(None),
         lifecycle: tokio::sync::Mutex::new(()),
     });

@@ -100,6 +100,10 @@ pub struct TaskSpecConfig {
     /// Program and arguments (exec); overrides the image's command (docker).
     #[serde(default)]
     pub command: Vec<String>,
+    /// `KEY=VALUE` pairs added to the task's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// 0.0.0.0 (swarm mode): the node's IPAM picks one.
     pub address: Ipv4Addr,
     #[serde(default)]
     pub service: Option<String>,

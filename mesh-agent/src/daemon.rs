@@ -6,17 +6,18 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::attach::AttachConfig;
 use crate::config::{self, StaticConfig};
-use crate::dataplane::{Dataplane, Options};
-use crate::overlay::Overlay;
-use crate::tasks::{DriverConfig, Reconciled, TaskManager};
+use crate::dataplane::Options;
+use crate::runtime::{interface_with, log_tasks, Runtime, RuntimeConfig};
+use crate::tasks::DriverConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
@@ -33,6 +34,12 @@ pub struct DaemonArgs {
     /// Swarm mode: the name `node ls` shows [default: the host name].
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Swarm mode: the overlay's WireGuard interface (unique on the machine).
+    #[arg(long, default_value = "apiary0")]
+    pub overlay_interface: String,
+    /// Swarm mode: the overlay's UDP port (the same on every node).
+    #[arg(long, default_value_t = 51820)]
+    pub overlay_port: u16,
     /// Swarm mode: Raft entries between snapshots of the state.
     #[arg(long, hide = true, default_value_t = control::node::DEFAULT_SNAPSHOT_EVERY)]
     pub raft_snapshot_every: u64,
@@ -71,6 +78,17 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let wg_key =
         crate::overlay::keys::load_or_create(&data_dir.join(crate::overlay::keys::KEY_FILE))?;
+    let local = crate::assigned::LocalConfig {
+        hostname: hostname.clone(),
+        data_dir: data_dir.clone(),
+        pin_path: args.pin_path.clone(),
+        max_services: args.max_services,
+        max_backends: args.max_backends,
+        cgroup_parent: args.cgroup_parent.clone(),
+        docker_socket: args.docker_socket.clone(),
+        overlay_interface: args.overlay_interface.clone(),
+        overlay_port: args.overlay_port,
+    };
     let cfg = control::node::DaemonConfig {
         data_dir,
         socket: args.socket,
@@ -79,10 +97,19 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         snapshot_every: args.raft_snapshot_every,
         wg_public_key: Some(wg_key.get_public().to_base64()),
     };
-    tokio::runtime::Builder::new_multi_thread()
+    // The node's runtime (tasks, data plane, overlay) is a plain thread
+    // fed by the control plane; it keeps the tasks running over a restart.
+    let (agent, runtime_link) = control::assignments::link();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = crate::assigned::spawn(local, runtime_link, stop.clone())
+        .context("starting the runtime thread")?;
+    let res = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(control::node::run(cfg))
+        .block_on(control::node::run(cfg, Some(agent)));
+    stop.store(true, Ordering::Relaxed);
+    let _ = runtime.join();
+    res
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -108,72 +135,45 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/apiary"));
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    let opts = Options {
-        pin_path: args
-            .pin_path
-            .unwrap_or_else(|| PathBuf::from(crate::dataplane::PIN_ROOT).join(&cfg.node)),
-        data_dir: data_dir.clone(),
-        max_services: args.max_services,
-        max_backends: args.max_backends,
-        host_iface: iface.clone(),
-        task_prefix: cfg.task_interface_prefix.clone(),
+    let rcfg = RuntimeConfig {
+        node: cfg.node.clone(),
+        dataplane: Options {
+            pin_path: args
+                .pin_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::dataplane::PIN_ROOT).join(&cfg.node)),
+            data_dir: data_dir.clone(),
+            max_services: args.max_services,
+            max_backends: args.max_backends,
+            host_iface: iface.clone(),
+            task_prefix: cfg.task_interface_prefix.clone(),
+        },
+        path_mtu: cfg.mtu.unwrap_or(mtu),
+        overlay: cfg.overlay_spec(&data_dir, mtu),
+        task_subnet: me.task_subnet,
+        drivers: DriverConfig {
+            bin: std::env::current_exe().context("finding the apiary binary for task shims")?,
+            cgroup_parent: args
+                .cgroup_parent
+                .clone()
+                .unwrap_or_else(|| format!("apiary/{}", cfg.node)),
+            docker_socket: args.docker_socket.clone(),
+        },
+        restart_locally: true,
     };
-    tracing::info!(node = %cfg.node, %iface, mtu, pin_path = %opts.pin_path.display(), "starting data plane");
-    let mut dp = Dataplane::start(opts).context("starting the data plane")?;
-    if dp.adopted {
-        tracing::info!("re-adopted pinned maps and attached programs of an earlier agent");
-    }
-    let mut overlay = match cfg.overlay_spec(&data_dir, mtu) {
-        Some(spec) => {
-            let o = Overlay::start(spec).context("starting the overlay")?;
-            dp.attach_overlay(o.iface())
-                .context("attaching the overlay program")?;
-            tracing::info!(interface = o.iface(), backend = ?o.kind, "overlay up");
-            Some(o)
-        }
-        None => None,
-    };
-    // Task links fit the smaller of the overlay's MTU and the node-to-node
-    // encapsulation's.
-    let path_mtu = cfg
-        .overlay_spec(&data_dir, mtu)
-        .map(|o| o.mtu)
-        .unwrap_or(cfg.mtu.unwrap_or(mtu));
-    // IPv4 needs 576; less than that left for tasks means a broken underlay setting.
-    let task_mtu = path_mtu.saturating_sub(mesh_common::ENCAP_OVERHEAD);
-    if task_mtu < 576 {
-        anyhow::bail!(
-            "the path MTU {path_mtu} (interface {iface}, less {} for the overlay if on) leaves tasks only {task_mtu}: set a larger `mtu` or fix the interface",
-            crate::overlay::WIREGUARD_OVERHEAD
-        );
-    }
-    let attach = AttachConfig {
-        subnet: me.task_subnet,
-        mtu: u32::from(task_mtu),
-        prefix: cfg.task_interface_prefix.clone(),
-        data_dir: data_dir.clone(),
-        dns: Vec::new(),
-    };
-    let drivers = DriverConfig {
-        bin: std::env::current_exe().context("finding the apiary binary for task shims")?,
-        cgroup_parent: args
-            .cgroup_parent
-            .clone()
-            .unwrap_or_else(|| format!("apiary/{}", cfg.node)),
-        docker_socket: args.docker_socket.clone(),
-    };
-    let (mut tasks, adopted) =
-        TaskManager::open(attach, drivers, &cfg.my_tasks()).context("opening the task manager")?;
+    let (mut rt, adopted) = Runtime::start(rcfg, &cfg.my_tasks())?;
     log_tasks(&adopted);
-    log_tasks(&tasks.reconcile(&cfg.my_tasks()));
-    let mut not_ready = tasks.not_ready(&cfg.my_tasks());
-    let report = dp
+    log_tasks(&rt.tasks.reconcile(&cfg.my_tasks()));
+    let mut not_ready = rt.tasks.not_ready(&cfg.my_tasks());
+    let report = rt
+        .dp
         .apply(&desired_without(&cfg, mtu, &not_ready))
         .context("programming the data plane")?;
     tracing::info!(?report, "data plane programmed");
     // New task links get their program before the node says it is ready.
-    dp.scan_task_links().context("attaching task interfaces")?;
+    rt.dp
+        .scan_task_links()
+        .context("attaching task interfaces")?;
     tracing::info!("ready");
     let mut current = cfg;
 
@@ -197,7 +197,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                     Err(e) => tracing::error!("reload rejected, data plane unchanged: {e}"),
                     Ok(cfg) => {
                         if let (Some(o), Some(spec)) =
-                            (overlay.as_mut(), cfg.overlay_spec(&data_dir, mtu))
+                            (rt.overlay.as_mut(), cfg.overlay_spec(&data_dir, mtu))
                         {
                             if let Err(e) = o.set_peers(&spec.peers) {
                                 tracing::error!("updating overlay peers: {e}");
@@ -209,21 +209,19 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 },
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     tracing::info!("stopping; the data plane stays programmed and attached");
-                    if let Some(o) = overlay.take() {
-                        o.stop();
-                    }
+                    rt.stop();
                     return Ok(());
                 }
                 _ => {}
             }
         }
         // Restart tasks that ended; start and stop what the config says.
-        log_tasks(&tasks.reconcile(&current.my_tasks()));
+        log_tasks(&rt.tasks.reconcile(&current.my_tasks()));
         // Tasks whose health check has not passed serve no traffic; the data
         // plane is re-diffed only when that set or the config changed.
-        let now_not_ready = tasks.not_ready(&current.my_tasks());
+        let now_not_ready = rt.tasks.not_ready(&current.my_tasks());
         if reloaded || now_not_ready != not_ready {
-            match dp.apply(&desired_without(&current, mtu, &now_not_ready)) {
+            match rt.dp.apply(&desired_without(&current, mtu, &now_not_ready)) {
                 Ok(report) if reloaded => tracing::info!(?report, "reloaded"),
                 Ok(report) => tracing::info!(?report, "backends follow task health"),
                 Err(e) if reloaded => tracing::error!("reload failed while programming: {e}"),
@@ -232,11 +230,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             not_ready = now_not_ready;
         }
         links.drain();
-        match dp.scan_task_links() {
-            Ok(added) if !added.is_empty() => tracing::info!(?added, "attached task interfaces"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("scanning task interfaces: {e}"),
-        }
+        rt.scan_task_links();
     }
 }
 
@@ -253,30 +247,4 @@ fn desired_without(
         }
     }
     want
-}
-
-fn log_tasks(r: &Reconciled) {
-    if r.is_empty() {
-        return;
-    }
-    for (id, how) in &r.restarted {
-        tracing::warn!(task = %id, "task ended ({how}); restarted");
-    }
-    for (id, why) in &r.failed {
-        tracing::error!(task = %id, "task could not be started: {why}");
-    }
-    if !r.started.is_empty() || !r.adopted.is_empty() || !r.stopped.is_empty() {
-        tracing::info!(started = ?r.started, adopted = ?r.adopted, stopped = ?r.stopped, "tasks");
-    }
-}
-
-fn interface_with(addr: Ipv4Addr) -> anyhow::Result<String> {
-    for ifa in nix::ifaddrs::getifaddrs().context("listing interfaces")? {
-        if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-            if sin.ip() == addr {
-                return Ok(ifa.interface_name);
-            }
-        }
-    }
-    Err(anyhow!("no interface holds this node's address {addr}: set `interface` in the static config or fix `nodes[].address`"))
 }

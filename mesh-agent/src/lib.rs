@@ -2,6 +2,7 @@
 //! standalone static configuration, and small tools. The `apiary` binary
 //! (`src/main.rs`) is the command-line front of this library.
 
+pub mod assigned;
 pub mod attach;
 pub mod cli;
 pub mod config;
@@ -11,5 +12,6 @@ pub mod driver;
 pub mod netdev;
 pub mod netwatch;
 pub mod overlay;
+pub mod runtime;
 pub mod tasks;
 pub mod tool;

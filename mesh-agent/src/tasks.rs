@@ -35,6 +35,9 @@ pub struct TaskManager {
     scope: String,
     /// The spec each running task was started with.
     running: BTreeMap<String, TaskSpecConfig>,
+    /// Standalone mode restarts a task that ended; in a swarm the
+    /// orchestrator decides (restart policy) and makes a new task.
+    restart_locally: bool,
 }
 
 /// Where the agent finds its tasks' drivers.
@@ -55,6 +58,9 @@ pub struct Reconciled {
     pub stopped: Vec<String>,
     pub restarted: Vec<(String, String)>,
     pub failed: Vec<(String, String)>,
+    /// Ended and not restarted (no local restarts): id, how, whether it
+    /// exited with 0.
+    pub ended: Vec<(String, String, bool)>,
 }
 
 impl Reconciled {
@@ -64,6 +70,7 @@ impl Reconciled {
             && self.stopped.is_empty()
             && self.restarted.is_empty()
             && self.failed.is_empty()
+            && self.ended.is_empty()
     }
 }
 
@@ -84,6 +91,7 @@ impl TaskManager {
             docker_socket: drivers.docker_socket,
             scope,
             running: BTreeMap::new(),
+            restart_locally: true,
         };
         let mut r = Reconciled::default();
         let wanted: BTreeMap<&str, &TaskSpecConfig> =
@@ -103,7 +111,10 @@ impl TaskManager {
             for (id, state) in m.driver(kind)?.adopt()? {
                 let keep = matches!(state, TaskState::Running(_))
                     && wanted.get(id.as_str()).is_some_and(|spec| {
-                        spec.driver == kind && m.attacher.lookup(&id) == Some(spec.address)
+                        spec.driver == kind
+                            && m.attacher
+                                .lookup(&id)
+                                .is_some_and(|a| spec.address.is_unspecified() || a == spec.address)
                     });
                 if keep {
                     m.running.insert(id.clone(), (*wanted[id.as_str()]).clone());
@@ -138,13 +149,40 @@ impl TaskManager {
         }
     }
 
+    /// Ended tasks are reported (`Reconciled::ended`), not restarted.
+    pub fn no_local_restarts(&mut self) {
+        self.restart_locally = false;
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running.contains_key(id)
+    }
+
+    /// The address a task is attached with.
+    pub fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.attacher.lookup(id)
+    }
+
+    /// A running task's health (`None`: not running here).
+    pub fn health(&mut self, id: &str) -> Option<Health> {
+        let kind = self.running.get(id)?.driver;
+        Some(
+            self.driver(kind)
+                .and_then(|d| d.health(id))
+                .unwrap_or(Health::Starting),
+        )
+    }
+
     /// Addresses of this node's tasks whose health check has not passed
     /// (starting, unhealthy, or not running): no backends while so.
     pub fn not_ready(&mut self, want: &[TaskSpecConfig]) -> HashSet<std::net::Ipv4Addr> {
         let tasks: Vec<(String, DriverKind, std::net::Ipv4Addr)> = self
             .running
             .iter()
-            .map(|(id, s)| (id.clone(), s.driver, s.address))
+            .map(|(id, s)| {
+                let addr = self.attacher.lookup(id).unwrap_or(s.address);
+                (id.clone(), s.driver, addr)
+            })
             .collect();
         // A checked task that is not running has not passed its check.
         let mut out: HashSet<std::net::Ipv4Addr> = want
@@ -167,6 +205,7 @@ impl TaskManager {
         let wanted: BTreeMap<&str, &TaskSpecConfig> =
             want.iter().map(|t| (t.name.as_str(), t)).collect();
         let ids: Vec<String> = self.running.keys().cloned().collect();
+        let mut ended = HashSet::new();
         for id in ids {
             let changed = wanted
                 .get(id.as_str())
@@ -184,8 +223,12 @@ impl TaskManager {
                         TaskState::Exited(rec) => rec.to_string(),
                         _ => "lost".to_string(),
                     };
+                    let ok = matches!(s, TaskState::Exited(rec) if rec.code == Some(0));
                     self.retire(&id);
-                    if !changed {
+                    if !self.restart_locally {
+                        ended.insert(id.clone());
+                        r.ended.push((id, how, ok));
+                    } else if !changed {
                         r.restarted.push((id, how));
                     }
                 }
@@ -196,7 +239,7 @@ impl TaskManager {
             }
         }
         for spec in want {
-            if self.running.contains_key(&spec.name) {
+            if self.running.contains_key(&spec.name) || ended.contains(&spec.name) {
                 continue;
             }
             match self.start(spec) {
@@ -216,12 +259,13 @@ impl TaskManager {
             id: spec.name.clone(),
             image: spec.image.clone(),
             command: spec.command.clone(),
+            env: spec.env.clone(),
             resolv_conf: Some(self.attacher.resolv_conf_path(&spec.name)),
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
             health_cmd: spec.health_cmd.clone(),
             cpus: spec.cpus,
         };
-        let addr = spec.address;
+        let fixed = (!spec.address.is_unspecified()).then_some(spec.address);
         if spec.driver == DriverKind::Docker {
             self.docker()?;
         }
@@ -232,7 +276,7 @@ impl TaskManager {
         };
         driver.start(&task, &mut |id, netns| {
             attacher
-                .attach_at(id, netns, Some(addr))
+                .attach_at(id, netns, fixed)
                 .map(|a| a.addr)
                 .map_err(|e| e.to_string())
         })?;

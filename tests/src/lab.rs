@@ -547,10 +547,17 @@ impl Lab {
         let host = &self.hosts[h];
         let base = self.dir.join(&host.name);
         fs::create_dir_all(&base)?;
+        // The overlay's interface name also names its UAPI socket, which
+        // every namespace shares: unique per lab and host.
+        let mut all = vec![
+            "--overlay-interface".to_string(),
+            format!("{}w{}", self.id, h + 1),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
         let d = Daemon {
             host: h,
             socket: Some(base.join("apiary.sock")),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args: all,
             config: base.join("mesh.yaml"),
             log: base.join("daemon.log"),
             data_dir: self.data_dir(h),

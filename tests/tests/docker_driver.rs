@@ -33,6 +33,7 @@ fn spec(lab: &Lab, id: &str, image: &str, command: &[&str]) -> TaskSpec {
         id: id.into(),
         image: Some(image.into()),
         command: command.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
         resolv_conf: Some(lab.dir.join("agent/net").join(id).join("resolv.conf")),
         health_cmd: None,
         memory_max: Some(64 << 20),

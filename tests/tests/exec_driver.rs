@@ -31,6 +31,7 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         id: id.into(),
         image: None,
         command: command.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
         resolv_conf: None,
         health_cmd: None,
         memory_max: None,

@@ -3,6 +3,7 @@
 //! it reports its tasks' states.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,14 +12,14 @@ use crate::model::{now_ms, show_id, Command, NodeId, Status};
 use crate::node::Joined;
 use crate::services::{PortSpec, ServiceSpec, Task, TaskReport, TaskState};
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct AssignedTask {
     pub task: Task,
     pub service_name: String,
     pub spec: ServiceSpec,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Peer {
     pub node_id: String,
     pub hostname: String,
@@ -29,14 +30,17 @@ pub struct Peer {
     pub ready: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Backend {
     pub task: String,
     pub node: String,
     pub address: Ipv4Addr,
+    /// Being retired: keeps the connections it has, takes no new ones.
+    #[serde(default)]
+    pub draining: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Endpoints {
     pub service: String,
     pub name: String,
@@ -46,23 +50,45 @@ pub struct Endpoints {
     pub backends: Vec<Backend>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct NodeState {
+    /// The Raft index this answer reflects: ask again with `?since=` it to
+    /// wait for the next change.
+    #[serde(default)]
+    pub version: u64,
     pub node_id: String,
+    /// The node's own address (its API address's IP): published ports
+    /// answer on it.
+    #[serde(default)]
+    pub addr: String,
     pub task_subnet: Option<ipnet::Ipv4Net>,
     pub tasks: Vec<AssignedTask>,
     pub peers: Vec<Peer>,
     pub services: Vec<Endpoints>,
 }
 
-pub async fn state(j: &Joined, node: NodeId) -> Reply {
-    let v = j.manager().sm.read(|a| {
+/// The longest a `?since=` request waits for a change (below the 6 s a
+/// follower waits for the leader when it forwards).
+const LONG_POLL: Duration = Duration::from_secs(4);
+
+pub async fn state(j: &Joined, node: NodeId, query: &str) -> Reply {
+    let since = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+        .and_then(|v| v.parse::<u64>().ok());
+    let m = j.manager();
+    if let Some(since) = since {
+        let mut changes = m.sm.changes.subscribe();
+        let _ = tokio::time::timeout(LONG_POLL, changes.wait_for(|v| *v > since)).await;
+    }
+    let version = *m.sm.changes.borrow();
+    let v = m.sm.read(|a| {
         let s = &a.state;
         let me = s.nodes.get(&node);
         let tasks = s
             .tasks
             .values()
-            .filter(|t| t.node == Some(node) && t.desired == TaskState::Running)
+            .filter(|t| t.node == Some(node) && !t.state.is_terminal())
             .filter_map(|t| {
                 let svc = s.services.get(&t.service)?;
                 Some(AssignedTask {
@@ -79,7 +105,7 @@ pub async fn state(j: &Joined, node: NodeId) -> Reply {
             .map(|n| Peer {
                 node_id: show_id(n.id),
                 hostname: n.hostname.clone(),
-                addr: n.addr.clone(),
+                addr: host_of(&n.addr),
                 task_subnet: n.task_subnet,
                 wg_public_key: n.wg_public_key.clone(),
                 ready: n.status == Status::Ready,
@@ -102,13 +128,16 @@ pub async fn state(j: &Joined, node: NodeId) -> Reply {
                             task: t.id.clone(),
                             node: show_id(t.node?),
                             address: t.address?,
+                            draining: t.desired != TaskState::Running,
                         })
                     })
                     .collect(),
             })
             .collect();
         NodeState {
+            version,
             node_id: show_id(node),
+            addr: me.map(|n| host_of(&n.addr)).unwrap_or_default(),
             task_subnet: me.and_then(|n| n.task_subnet),
             tasks,
             peers,
@@ -116,6 +145,14 @@ pub async fn state(j: &Joined, node: NodeId) -> Reply {
         }
     });
     ok(&v)
+}
+
+/// `10.0.0.1:2377` → `10.0.0.1`.
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(addr)
+        .to_string()
 }
 
 pub async fn status(j: &Joined, node: NodeId, reports: Vec<TaskReport>) -> Reply {

@@ -239,7 +239,9 @@ async fn route(
         (&Method::POST, ["v1", "swarm", "activate"]) => {
             swarm::activate(&j, node_caller(caller)?).await
         }
-        (&Method::GET, ["v1", "node", "state"]) => agent::state(&j, node_caller(caller)?).await,
+        (&Method::GET, ["v1", "node", "state"]) => {
+            agent::state(&j, node_caller(caller)?, query).await
+        }
         (&Method::POST, ["v1", "node", "status"]) => {
             agent::status(&j, node_caller(caller)?, parse(body)?).await
         }

@@ -43,7 +43,7 @@ fn view(s: &ClusterState, svc: &Service) -> ServiceView {
     let tasks = s.tasks.values().filter(|t| t.service == svc.id);
     let running = tasks
         .clone()
-        .filter(|t| t.state == TaskState::Running)
+        .filter(|t| t.state == TaskState::Running && t.desired == TaskState::Running)
         .count() as u64;
     let desired = match svc.spec.mode {
         Mode::Replicated { replicas } => replicas,
@@ -196,13 +196,20 @@ pub async fn tasks(j: &Joined, name: &str) -> Reply {
     m.sm.read(|a| {
         let s = &a.state;
         let svc = s.find_service(name).map_err(ApiError::NotFound)?;
-        let mut v: Vec<(u64, TaskView)> = s
+        // As `docker service ps`: by slot, the current task first, then
+        // the ones it replaced, newest first.
+        type Order = (u64, bool, std::cmp::Reverse<u64>);
+        let mut v: Vec<(Order, TaskView)> = s
             .tasks
             .values()
             .filter(|t| t.service == svc.id)
             .map(|t| {
                 (
-                    t.slot,
+                    (
+                        t.slot,
+                        t.desired != TaskState::Running,
+                        std::cmp::Reverse(t.created_at),
+                    ),
                     TaskView {
                         id: t.id.clone(),
                         name: t.name(&svc.spec.name),

@@ -214,6 +214,9 @@ async fn enter(d: &Arc<Daemon>, id: Identity, p: Persisted) -> Result<Arc<Joined
 /// Undoes [`enter`] after a later step failed.
 async fn leave_quietly(d: &Arc<Daemon>) {
     d.stop().await;
+    if let Some(a) = &d.agent {
+        a.left();
+    }
     let _ = std::fs::remove_dir_all(control_dir(&d.cfg.data_dir));
 }
 
@@ -646,6 +649,9 @@ pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
         }
     }
     d.stop().await;
+    if let Some(a) = &d.agent {
+        a.left();
+    }
     let dir = control_dir(&d.cfg.data_dir);
     std::fs::remove_dir_all(&dir)
         .map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;

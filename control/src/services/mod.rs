@@ -57,6 +57,57 @@ pub struct ServiceSpec {
     /// `spread=node.labels.KEY` (one level).
     #[serde(default)]
     pub placement_prefs: Vec<String>,
+    /// What runs the tasks: Docker (`image` is an image) or `exec` (`image`
+    /// is the program, `command` its arguments).
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// A shell command run in the task; until it passes, the task gets no
+    /// traffic (state `starting`), and once it fails it is replaced.
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Docker,
+    Exec,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    #[default]
+    Any,
+}
+
+/// When an ended task is replaced (Docker's `--restart-*` flags).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    pub delay_ms: u64,
+    /// 0: no limit.
+    pub max_attempts: u64,
+    /// Attempts count within this window (0: since the service began).
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        // Docker's defaults.
+        Self {
+            condition: RestartCondition::Any,
+            delay_ms: 5000,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +140,13 @@ pub enum TaskState {
     Shutdown,
     Failed,
     Rejected,
+}
+
+impl TaskState {
+    /// The task has ended and will not run again.
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +195,11 @@ impl Task {
 impl ServiceSpec {
     /// Whether `other` runs different tasks (not just more or fewer).
     pub fn tasks_differ(&self, other: &ServiceSpec) -> bool {
-        self.image != other.image || self.command != other.command || self.env != other.env
+        self.image != other.image
+            || self.command != other.command
+            || self.env != other.env
+            || self.driver != other.driver
+            || self.health_cmd != other.health_cmd
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::constraint::Constraint;
 use super::scheduler::{unfit, Load, Placer};
-use super::{Mode, Task, TaskState};
-use crate::model::{ClusterState, Command, NodeId};
+use super::{Mode, RestartCondition, Service, Task, TaskState};
+use crate::model::{ClusterState, Command, NodeId, Status};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
@@ -51,11 +51,110 @@ pub async fn commit(
     Ok(done)
 }
 
+/// Ended tasks kept per slot (per node for global services) for `service
+/// ps`, besides the current one (Swarm keeps 5 in all).
+pub const HISTORY: usize = 4;
+
+/// What the orchestrator does with a task that ended.
+enum Restart {
+    /// The policy says no more: the slot stays as it is.
+    Never,
+    /// After the restart delay.
+    Later,
+    Now,
+}
+
+fn restart(svc: &Service, t: &Task, history: &[&Task], now: u64) -> Restart {
+    let p = &svc.spec.restart;
+    let wanted = match p.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => t.state != TaskState::Complete,
+        RestartCondition::Any => true,
+    };
+    if !wanted {
+        return Restart::Never;
+    }
+    if p.max_attempts > 0 {
+        let since = if p.window_ms == 0 {
+            0
+        } else {
+            now.saturating_sub(p.window_ms)
+        };
+        let attempts = history
+            .iter()
+            .filter(|h| slot_key(h) == slot_key(t) && h.created_at >= since)
+            .filter(|h| {
+                matches!(
+                    h.state,
+                    TaskState::Failed | TaskState::Rejected | TaskState::Complete
+                )
+            })
+            .count() as u64;
+        if attempts >= p.max_attempts {
+            return Restart::Never;
+        }
+    }
+    if now < t.updated_at.saturating_add(p.delay_ms) {
+        Restart::Later
+    } else {
+        Restart::Now
+    }
+}
+
+/// Tasks of one slot (replicated) or one node (global) follow each other.
+fn slot_key(t: &Task) -> (u64, Option<NodeId>) {
+    if t.slot == 0 {
+        (0, t.node)
+    } else {
+        (t.slot, None)
+    }
+}
+
+/// Takes a task out of service. One its node may be running is kept with
+/// desired state `shutdown`: backends drain it at once, and its agent
+/// stops it and reports. One no agent will report on is dropped.
+fn retire(s: &ClusterState, t: &Task, plan: &mut Plan) {
+    let node_ready = t
+        .node
+        .and_then(|n| s.nodes.get(&n))
+        .is_some_and(|n| n.status == Status::Ready);
+    if t.node.is_some() && (node_ready || t.state.is_terminal()) {
+        // `updated_at` stays: it dates the task's last reported state.
+        let mut old = t.clone();
+        old.desired = TaskState::Shutdown;
+        plan.put.push(old);
+    } else {
+        plan.remove.push(t.id.clone());
+    }
+}
+
+/// Retired tasks: dropped when their node is gone or down (nobody will
+/// report them stopped), and beyond [`HISTORY`] per slot once ended.
+fn prune(s: &ClusterState, retired: &[&Task], plan: &mut Plan) {
+    let mut ended: BTreeMap<(u64, Option<NodeId>), Vec<&Task>> = BTreeMap::new();
+    for t in retired {
+        let node_ready = t
+            .node
+            .and_then(|n| s.nodes.get(&n))
+            .is_some_and(|n| n.status == Status::Ready);
+        if t.state.is_terminal() {
+            ended.entry(slot_key(t)).or_default().push(t);
+        } else if !node_ready {
+            plan.remove.push(t.id.clone());
+        }
+    }
+    for mut v in ended.into_values() {
+        v.sort_by_key(|t| std::cmp::Reverse((t.updated_at, t.created_at)));
+        plan.remove
+            .extend(v.iter().skip(HISTORY).map(|t| t.id.clone()));
+    }
+}
+
 pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut plan = Plan::default();
     let mut load = Load::default();
     for t in s.tasks.values() {
-        if let Some(n) = t.node {
+        if let (Some(n), true) = (t.node, t.desired == TaskState::Running) {
             *load.total.entry(n).or_default() += 1;
         }
     }
@@ -79,12 +178,32 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
             .and_then(|p| super::scheduler::parse_pref(p).ok());
         let mut mine: Vec<&Task> = s.tasks.values().filter(|t| t.service == svc.id).collect();
         mine.sort_by_key(|t| (t.slot, t.created_at));
+        let (live, retired): (Vec<&Task>, Vec<&Task>) = mine
+            .into_iter()
+            .partition(|t| t.desired == TaskState::Running);
+        prune(s, &retired, &mut plan);
         load.service.clear();
+        let unload = |load: &mut Load, t: &Task| {
+            if let Some(n) = t.node {
+                if let Some(x) = load.total.get_mut(&n) {
+                    *x = x.saturating_sub(1);
+                }
+            }
+        };
         // Tasks whose node is gone, down or drained make way for new ones;
-        // a paused node keeps what it runs.
+        // a paused node keeps what it runs. An ended task holds its slot
+        // until the restart policy replaces it.
         let mut keep: Vec<&Task> = Vec::new();
-        for t in mine {
+        for t in live {
             let current = t.spec_version >= svc.task_version;
+            if t.state.is_terminal() && current {
+                unload(&mut load, t);
+                match restart(svc, t, &retired, now) {
+                    Restart::Never | Restart::Later => keep.push(t),
+                    Restart::Now => retire(s, t, &mut plan),
+                }
+                continue;
+            }
             let stays = current
                 && match t.node.and_then(|n| s.nodes.get(&n)) {
                     Some(n) => match unfit(n, &constraints) {
@@ -99,12 +218,8 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 }
                 keep.push(t);
             } else {
-                plan.remove.push(t.id.clone());
-                if let Some(n) = t.node {
-                    if let Some(x) = load.total.get_mut(&n) {
-                        *x = x.saturating_sub(1);
-                    }
-                }
+                retire(s, t, &mut plan);
+                unload(&mut load, t);
             }
         }
         // Built on first use, once the service's own tasks are counted.
@@ -159,7 +274,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 let mut by_slot: BTreeMap<u64, &Task> = BTreeMap::new();
                 for t in &keep {
                     if t.slot == 0 || t.slot > replicas || by_slot.contains_key(&t.slot) {
-                        plan.remove.push(t.id.clone());
+                        retire(s, t, &mut plan);
                         if let Some(n) = t.node {
                             if let Some(x) = load.service.get_mut(&n) {
                                 *x = x.saturating_sub(1);
@@ -182,7 +297,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 for t in &keep {
                     match t.node {
                         Some(n) if covered.insert(n) => {}
-                        _ => plan.remove.push(t.id.clone()),
+                        _ => retire(s, t, &mut plan),
                     }
                 }
                 for n in s.nodes.values() {
@@ -195,6 +310,9 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
     }
     plan.remove.sort();
     plan.remove.dedup();
+    // A task both retired and dropped is dropped.
+    let removed: BTreeSet<&String> = plan.remove.iter().collect();
+    plan.put.retain(|t| !removed.contains(&t.id));
     plan
 }
 
@@ -202,7 +320,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
 mod tests {
     use super::*;
     use crate::model::{Availability, Command, Node, Role, Status};
-    use crate::services::{Service, ServiceSpec};
+    use crate::services::{Service, ServiceSpec, TaskReport};
     use std::net::Ipv4Addr;
 
     fn state(nodes: usize) -> ClusterState {
@@ -235,6 +353,9 @@ mod tests {
                 constraints: constraints.iter().map(|c| c.to_string()).collect(),
                 replicas_max_per_node: None,
                 placement_prefs: vec![],
+                driver: Default::default(),
+                restart: Default::default(),
+                health_cmd: None,
             },
             version: 1,
             previous: None,
@@ -256,16 +377,30 @@ mod tests {
                 put: plan.put,
                 remove: plan.remove,
             });
+            // The agents stop what was retired.
+            for t in s.tasks.values_mut() {
+                if t.desired == TaskState::Shutdown {
+                    t.state = TaskState::Shutdown;
+                }
+            }
         }
         let again = reconcile(s, 1, &mut || unreachable!("a stable state creates nothing"));
         assert!(again.is_empty(), "not stable: {again:?}");
+    }
+
+    /// Tasks meant to run (not the retired ones kept for `service ps`).
+    fn live(s: &ClusterState) -> Vec<&Task> {
+        s.tasks
+            .values()
+            .filter(|t| t.desired == TaskState::Running)
+            .collect()
     }
 
     fn per_node(s: &ClusterState) -> Vec<usize> {
         let mut v: Vec<usize> = s
             .nodes
             .keys()
-            .map(|n| s.tasks.values().filter(|t| t.node == Some(*n)).count())
+            .map(|n| live(s).iter().filter(|t| t.node == Some(*n)).count())
             .collect();
         v.sort();
         v
@@ -281,8 +416,8 @@ mod tests {
         svc.spec.mode = Mode::Replicated { replicas: 2 };
         s.apply(Command::UpdateService(svc));
         settle(&mut s);
-        assert_eq!(s.tasks.len(), 2);
-        let slots: BTreeSet<u64> = s.tasks.values().map(|t| t.slot).collect();
+        assert_eq!(live(&s).len(), 2);
+        let slots: BTreeSet<u64> = live(&s).iter().map(|t| t.slot).collect();
         assert_eq!(slots, [1, 2].into());
     }
 
@@ -294,14 +429,26 @@ mod tests {
         s.nodes.get_mut(&3).unwrap().availability = Availability::Drain;
         s.nodes.get_mut(&2).unwrap().availability = Availability::Pause;
         settle(&mut s);
-        assert_eq!(s.tasks.values().filter(|t| t.node == Some(3)).count(), 0);
-        assert_eq!(s.tasks.values().filter(|t| t.node == Some(2)).count(), 2);
-        assert_eq!(s.tasks.values().filter(|t| t.node == Some(1)).count(), 4);
+        assert_eq!(
+            live(&s).into_iter().filter(|t| t.node == Some(3)).count(),
+            0
+        );
+        assert_eq!(
+            live(&s).into_iter().filter(|t| t.node == Some(2)).count(),
+            2
+        );
+        assert_eq!(
+            live(&s).into_iter().filter(|t| t.node == Some(1)).count(),
+            4
+        );
         // A node that goes down has its tasks placed elsewhere.
         s.nodes.get_mut(&2).unwrap().availability = Availability::Active;
         s.nodes.get_mut(&1).unwrap().status = Status::Down;
         settle(&mut s);
-        assert_eq!(s.tasks.values().filter(|t| t.node == Some(2)).count(), 6);
+        assert_eq!(
+            live(&s).into_iter().filter(|t| t.node == Some(2)).count(),
+            6
+        );
     }
 
     #[test]
@@ -320,14 +467,12 @@ mod tests {
             &["node.labels.gpu==yes"],
         );
         settle(&mut s);
-        assert!(s
-            .tasks
-            .values()
+        assert!(live(&s)
+            .iter()
             .filter(|t| t.service == "svc-db")
             .all(|t| t.node == Some(1)));
-        let pending: Vec<&Task> = s
-            .tasks
-            .values()
+        let pending: Vec<&Task> = live(&s)
+            .into_iter()
             .filter(|t| t.service == "svc-none")
             .collect();
         assert_eq!(pending.len(), 1);
@@ -346,7 +491,10 @@ mod tests {
             .labels
             .insert("gpu".into(), "yes".into());
         settle(&mut s);
-        let t = s.tasks.values().find(|t| t.service == "svc-none").unwrap();
+        let t = live(&s)
+            .into_iter()
+            .find(|t| t.service == "svc-none")
+            .unwrap();
         assert_eq!((t.node, t.state), (Some(3), TaskState::Assigned));
     }
 
@@ -355,25 +503,30 @@ mod tests {
         let mut s = state(3);
         service(&mut s, "web", Mode::Replicated { replicas: 3 }, &[]);
         settle(&mut s);
-        let before: BTreeSet<String> = s.tasks.keys().cloned().collect();
+        let ids = |s: &ClusterState| -> BTreeSet<String> {
+            live(s).iter().map(|t| t.id.clone()).collect()
+        };
+        let before = ids(&s);
         let mut svc = s.services["svc-web"].clone();
         svc.version = 2;
         svc.spec.mode = Mode::Replicated { replicas: 4 };
         s.apply(Command::UpdateService(svc.clone()));
         settle(&mut s);
-        let after: BTreeSet<String> = s.tasks.keys().cloned().collect();
+        let after = ids(&s);
         assert!(before.is_subset(&after), "scaling kept the tasks");
         svc.version = 3;
         svc.task_version = 3;
         svc.spec.image = "img:2".into();
         s.apply(Command::UpdateService(svc));
         settle(&mut s);
-        assert_eq!(s.tasks.len(), 4);
+        assert_eq!(live(&s).len(), 4);
         assert!(
-            s.tasks.keys().all(|k| !after.contains(k)),
+            ids(&s).iter().all(|k| !after.contains(k)),
             "every task replaced"
         );
-        assert!(s.tasks.values().all(|t| t.spec_version == 3));
+        assert!(live(&s).iter().all(|t| t.spec_version == 3));
+        // The replaced ones stay as history, stopped.
+        assert_eq!(s.tasks.len(), 8);
     }
 
     #[test]
@@ -396,10 +549,76 @@ mod tests {
         s.services.get_mut("svc-web").unwrap().spec.placement_prefs =
             vec!["spread=node.labels.dc".into()];
         settle(&mut s);
-        let on = |n: u64| s.tasks.values().filter(|t| t.node == Some(n)).count();
+        let on = |n: u64| live(&s).into_iter().filter(|t| t.node == Some(n)).count();
         assert_eq!(on(1), 3);
         assert_eq!(on(2) + on(3) + on(4), 3);
         assert!((2..=4).all(|n| on(n) == 1));
+    }
+
+    #[test]
+    fn ended_tasks_follow_the_restart_policy() {
+        let mut s = state(2);
+        service(&mut s, "job", Mode::Replicated { replicas: 1 }, &[]);
+        s.services.get_mut("svc-job").unwrap().spec.restart = super::super::RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            delay_ms: 1000,
+            max_attempts: 2,
+            window_ms: 0,
+        };
+        settle(&mut s);
+        let mut ids = 0;
+        let fail = |s: &mut ClusterState, at: u64, state: TaskState| {
+            let t = live(s)[0].clone();
+            s.apply(Command::TaskStatus {
+                node: t.node.unwrap(),
+                reports: vec![TaskReport {
+                    id: t.id.clone(),
+                    state,
+                    message: "exit 1".into(),
+                    address: None,
+                }],
+                at,
+            });
+            t.id
+        };
+        let mut step = |s: &mut ClusterState, now: u64| {
+            let plan = reconcile(s, now, &mut || {
+                ids += 1;
+                format!("r{ids}")
+            });
+            s.apply(Command::Reconcile {
+                put: plan.put,
+                remove: plan.remove,
+            });
+        };
+        let first = fail(&mut s, 10_000, TaskState::Failed);
+        step(&mut s, 10_500);
+        assert_eq!(live(&s)[0].id, first, "not before the delay");
+        step(&mut s, 11_000);
+        assert_ne!(live(&s)[0].id, first, "replaced after the delay");
+        assert_eq!(
+            s.tasks[&first].desired,
+            TaskState::Shutdown,
+            "kept as history"
+        );
+        fail(&mut s, 20_000, TaskState::Failed);
+        step(&mut s, 30_000);
+        let third = fail(&mut s, 40_000, TaskState::Failed);
+        step(&mut s, 50_000);
+        assert_eq!(live(&s)[0].id, third, "two attempts, then no more");
+        // A task that completes under on-failure is not restarted either.
+        let mut s2 = state(1);
+        service(&mut s2, "once", Mode::Replicated { replicas: 1 }, &[]);
+        s2.services
+            .get_mut("svc-once")
+            .unwrap()
+            .spec
+            .restart
+            .condition = RestartCondition::OnFailure;
+        settle(&mut s2);
+        let done = fail(&mut s2, 1, TaskState::Complete);
+        step(&mut s2, 60_000);
+        assert_eq!(live(&s2)[0].id, done);
     }
 
     #[test]

@@ -8,7 +8,22 @@ use hyper::Method;
 use super::{table, Connect};
 use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
 use control::client::Client;
-use control::services::{parse_port, Mode, Protocol, ServiceSpec, TaskState};
+use control::services::{
+    parse_port, Driver, Mode, Protocol, RestartCondition, RestartPolicy, ServiceSpec, TaskState,
+};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DriverArg {
+    Docker,
+    Exec,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RestartArg {
+    None,
+    OnFailure,
+    Any,
+}
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ServiceCmd {
@@ -36,7 +51,26 @@ pub enum ServiceCmd {
         /// spread=node.labels.KEY: spread tasks over the label's values first.
         #[arg(long)]
         placement_pref: Vec<String>,
-        /// Return at once instead of following the placement.
+        /// docker (IMAGE is an image) or exec (IMAGE is a program run as a
+        /// plain process).
+        #[arg(long, value_enum, default_value = "docker")]
+        driver: DriverArg,
+        /// When an ended task is replaced: none, on-failure or any.
+        #[arg(long, value_enum, default_value = "any")]
+        restart_condition: RestartArg,
+        /// Wait between a task's end and its replacement.
+        #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+        restart_delay: Duration,
+        /// Replacements of one task before giving up (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        restart_max_attempts: u64,
+        /// The window --restart-max-attempts counts in (0s: unbounded).
+        #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
+        restart_window: Duration,
+        /// A shell command run in the task; traffic only once it passes.
+        #[arg(long)]
+        health_cmd: Option<String>,
+        /// Return at once instead of following the tasks until they run.
         #[arg(short, long)]
         detach: bool,
         image: String,
@@ -148,38 +182,68 @@ async fn tasks(c: &mut Client, service: &str) -> anyhow::Result<Vec<TaskView>> {
     .await
 }
 
-/// Follows a new service until every task has a node, like Docker's
-/// progress display; tasks that find none are shown with the reason.
+/// How long `create`/`update` follow the tasks before giving up waiting
+/// (the cluster goes on converging).
+const FOLLOW_FOR: Duration = Duration::from_secs(120);
+
+/// Follows a service until every task it wants runs and the tasks it
+/// replaces have stopped, like Docker's progress display; a task that
+/// cannot run shows why.
 async fn follow(c: &mut Client, v: &ServiceView) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + FOLLOW_FOR;
     let mut shown = String::new();
     loop {
+        let now: ServiceView = c
+            .call(Method::GET, &format!("/v1/services/{}", v.id), None::<&()>)
+            .await?;
         let ts = tasks(c, &v.id).await?;
-        let placed = ts.iter().filter(|t| t.node.is_some()).count();
+        let live: Vec<&TaskView> = ts
+            .iter()
+            .filter(|t| t.desired == TaskState::Running)
+            .collect();
+        let stopping = ts
+            .iter()
+            .filter(|t| t.desired != TaskState::Running && !t.state.is_terminal())
+            .count();
+        let running = live
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count() as u64;
         let mut lines = format!(
-            "overall progress: {placed} out of {} tasks placed\n",
-            v.desired
+            "overall progress: {running} out of {} tasks
+",
+            now.desired
         );
-        for t in &ts {
+        for t in &live {
+            let why = if t.state == TaskState::Running {
+                String::new()
+            } else {
+                format!(" {}", t.message)
+            };
             lines += &format!(
-                "{}: {:<10} {}\n",
+                "{}: {:<9} {}{why}
+",
                 t.name,
                 state_word(t.state).to_lowercase(),
-                t.node.clone().unwrap_or_else(|| t.message.clone())
+                t.node.as_deref().unwrap_or("-"),
             );
+        }
+        if stopping > 0 {
+            lines += &format!("{stopping} replaced tasks stopping\n");
         }
         if lines != shown {
             print!("{lines}");
             shown = lines;
         }
-        if placed as u64 >= v.desired {
-            println!("verify: every task has a node (running them comes with the agents' part of issue 5)");
+        if running >= now.desired && live.len() as u64 == now.desired && stopping == 0 {
+            println!("verify: Service {} converged", now.spec.name);
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "not every task could be placed within 10 s: see `apiary service ps {}`",
-                v.spec.name
+                "service {} has not converged within {FOLLOW_FOR:?} (it goes on trying): see `apiary service ps {}`",
+                now.spec.name,
+                now.spec.name
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -199,6 +263,12 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 env,
                 replicas_max_per_node,
                 placement_pref,
+                driver,
+                restart_condition,
+                restart_delay,
+                restart_max_attempts,
+                restart_window,
+                health_cmd,
                 detach,
                 image,
                 command,
@@ -236,6 +306,21 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     constraints: constraint,
                     replicas_max_per_node,
                     placement_prefs: placement_pref,
+                    driver: match driver {
+                        DriverArg::Docker => Driver::Docker,
+                        DriverArg::Exec => Driver::Exec,
+                    },
+                    restart: RestartPolicy {
+                        condition: match restart_condition {
+                            RestartArg::None => RestartCondition::None,
+                            RestartArg::OnFailure => RestartCondition::OnFailure,
+                            RestartArg::Any => RestartCondition::Any,
+                        },
+                        delay_ms: restart_delay.as_millis() as u64,
+                        max_attempts: restart_max_attempts,
+                        window_ms: restart_window.as_millis() as u64,
+                    },
+                    health_cmd,
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);

@@ -158,6 +158,7 @@ impl TaskDriver for DockerDriver {
         let body = ContainerCreateBody {
             image: Some(image),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
             labels: Some(labels),
             healthcheck: spec.health_cmd.as_ref().map(|cmd| HealthConfig {
                 test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),

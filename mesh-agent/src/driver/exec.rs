@@ -136,6 +136,7 @@ impl TaskDriver for ExecDriver {
             )
             .arg("--")
             .args(&spec.command)
+            .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(shim_log)

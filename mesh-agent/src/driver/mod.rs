@@ -49,6 +49,8 @@ pub struct TaskSpec {
     pub image: Option<String>,
     /// Program and arguments (docker: overrides the image's command when not empty).
     pub command: Vec<String>,
+    /// `KEY=VALUE` pairs added to the task's environment.
+    pub env: Vec<String>,
     /// File to mount on /etc/resolv.conf (docker driver).
     pub resolv_conf: Option<std::path::PathBuf>,
     /// Health check command run inside the task (docker: `CMD-SHELL`).

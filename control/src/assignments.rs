@@ -1,0 +1,174 @@
+//! What links the control plane to the node's runtime (the data plane,
+//! overlay and task drivers, in `mesh-agent`): the managers' assignment
+//! for this node, long-polled and handed over whenever it changes, and
+//! the runtime's task reports, delivered to the leader in batches.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::sync::mpsc;
+
+use crate::api::NodeState;
+use crate::http::Conn;
+use crate::node::Joined;
+use crate::services::TaskReport;
+
+/// A change of assignment for the runtime: `None` once the node has left
+/// the swarm (it stops its tasks), as opposed to the daemon stopping (its
+/// tasks go on running).
+pub type Assignment = Option<NodeState>;
+
+/// The control plane's ends of the link.
+pub struct AgentLink {
+    assignments: std_mpsc::Sender<Assignment>,
+    reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<TaskReport>>>,
+}
+
+/// The runtime's ends: a blocking receiver (the runtime is a plain thread)
+/// and a sender that never blocks.
+pub struct RuntimeLink {
+    pub assignments: std_mpsc::Receiver<Assignment>,
+    pub reports: mpsc::UnboundedSender<Vec<TaskReport>>,
+}
+
+pub fn link() -> (Arc<AgentLink>, RuntimeLink) {
+    let (atx, arx) = std_mpsc::channel();
+    let (rtx, rrx) = mpsc::unbounded_channel();
+    (
+        Arc::new(AgentLink {
+            assignments: atx,
+            reports: tokio::sync::Mutex::new(rrx),
+        }),
+        RuntimeLink {
+            assignments: arx,
+            reports: rtx,
+        },
+    )
+}
+
+impl AgentLink {
+    /// The node left the swarm: nothing is assigned to it any more.
+    pub fn left(&self) {
+        let _ = self.assignments.send(None);
+    }
+}
+
+/// How long a failed call waits before the next manager is tried.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Follows this node's assignment: asks a manager (the leader answers) and
+/// then asks again with the version it got, which waits for the next change.
+pub async fn follow(j: Arc<Joined>, link: Arc<AgentLink>) {
+    let mut conn: Option<Conn> = None;
+    let mut next = 0usize;
+    let mut since: Option<u64> = None;
+    let mut last: Option<NodeState> = None;
+    loop {
+        let Some(target) = j.manager_target(next) else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.target().to_string() != target)
+        {
+            conn = None;
+        }
+        let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
+        let uri = match since {
+            Some(v) => format!("/v1/node/state?since={v}"),
+            None => "/v1/node/state".to_string(),
+        };
+        let got = match c
+            .call(Method::GET, &uri, None, &[], Duration::from_secs(10))
+            .await
+        {
+            Ok((s, b)) if s.is_success() => serde_json::from_slice::<NodeState>(&b).ok(),
+            Ok((s, b)) => {
+                tracing::debug!(status = %s, body = %String::from_utf8_lossy(&b), "assignment refused");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "asking for the assignment");
+                None
+            }
+        };
+        let Some(state) = got else {
+            next += 1;
+            conn = None;
+            since = None;
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        since = Some(state.version);
+        let changed = last.as_ref().is_none_or(|l| {
+            let mut l = l.clone();
+            l.version = state.version;
+            l != state
+        });
+        if changed {
+            last = Some(state.clone());
+            if link.assignments.send(Some(state)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Delivers the runtime's task reports; what could not be delivered is
+/// merged with newer reports (the latest per task wins) and sent again.
+pub async fn report(j: Arc<Joined>, link: Arc<AgentLink>) {
+    let mut rx = link.reports.lock().await;
+    let mut pending: BTreeMap<String, TaskReport> = BTreeMap::new();
+    let mut conn: Option<Conn> = None;
+    let mut next = 0usize;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(batch) => pending.extend(batch.into_iter().map(|r| (r.id.clone(), r))),
+                None => return,
+            }
+        }
+        while let Ok(batch) = rx.try_recv() {
+            pending.extend(batch.into_iter().map(|r| (r.id.clone(), r)));
+        }
+        let Some(target) = j.manager_target(next) else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.target().to_string() != target)
+        {
+            conn = None;
+        }
+        let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
+        let body: Vec<&TaskReport> = pending.values().collect();
+        let body = serde_json::to_vec(&body).expect("reports serialize");
+        match c
+            .call(
+                Method::POST,
+                "/v1/node/status",
+                Some(body),
+                &[],
+                Duration::from_secs(8),
+            )
+            .await
+        {
+            Ok((s, _)) if s.is_success() => pending.clear(),
+            Ok((s, b)) if s.is_client_error() => {
+                // Not ours to report (the task moved): retrying cannot help.
+                tracing::warn!(status = %s, body = %String::from_utf8_lossy(&b), "task reports refused");
+                pending.clear();
+            }
+            other => {
+                tracing::debug!(result = ?other.map(|(s, _)| s), "delivering task reports");
+                next += 1;
+                conn = None;
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}

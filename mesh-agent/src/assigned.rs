@@ -1,0 +1,493 @@
+//! Swarm mode's runtime: runs what the managers assign this node. The
+//! control plane (tokio) hands over each new assignment on a channel; this
+//! thread turns it into the runtime's inputs (tasks, data plane, overlay
+//! peers), applies them as diffs, and reports the tasks' states back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use control::api::{AssignedTask, NodeState};
+use control::assignments::{Assignment, RuntimeLink};
+use control::services::{Driver, TaskReport, TaskState};
+use ipnet::Ipv4Net;
+
+use crate::attach::ipam::gateway;
+use crate::config::{DriverKind, TaskSpecConfig};
+use crate::dataplane::desired::{Desired, DesiredBackend, DesiredService, Frontend, Protocol};
+use crate::dataplane::Options;
+use crate::driver::Health;
+use crate::overlay::{self, OverlaySpec};
+use crate::runtime::{interface_with, log_tasks, Runtime, RuntimeConfig};
+use crate::tasks::DriverConfig;
+
+/// A retired task keeps running this long as a draining backend (no new
+/// connections, open ones go on) before it is stopped.
+const DRAIN: Duration = Duration::from_secs(2);
+/// A report the managers have not taken in yet is sent again after this.
+const RESEND: Duration = Duration::from_secs(2);
+/// How often tasks are checked (ended, health) besides on assignments.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The node's local settings (the daemon's flags).
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub pin_path: Option<PathBuf>,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub cgroup_parent: Option<String>,
+    pub docker_socket: String,
+    pub overlay_interface: String,
+    pub overlay_port: u16,
+}
+
+/// Runs the runtime on its own thread until `stop` is set.
+pub fn spawn(
+    cfg: LocalConfig,
+    link: RuntimeLink,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("runtime".into())
+        .spawn(move || run(cfg, link, stop))
+}
+
+fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
+    let mut node: Option<Node> = None;
+    // An assignment whose runtime could not start yet: tried again.
+    let mut waiting: Option<NodeState> = None;
+    let mut last_error = String::new();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            if let Some(n) = node.take() {
+                n.rt.stop();
+            }
+            return;
+        }
+        let mut latest: Option<Assignment> = None;
+        match link.assignments.recv_timeout(TICK) {
+            Ok(a) => latest = Some(a),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                // The control plane is gone: the process is ending.
+                std::thread::sleep(TICK);
+                continue;
+            }
+        }
+        while let Ok(a) = link.assignments.try_recv() {
+            latest = Some(a);
+        }
+        match latest {
+            Some(None) => {
+                waiting = None;
+                if let Some(n) = node.take() {
+                    n.leave();
+                }
+            }
+            Some(Some(state)) => match node.as_mut() {
+                Some(n) => n.state = state,
+                None => waiting = Some(state),
+            },
+            None => {}
+        }
+        if node.is_none() {
+            if let Some(state) = waiting.take() {
+                match Node::start(&cfg, state.clone()) {
+                    Ok(n) => node = Some(n),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        if e != last_error {
+                            tracing::error!("starting the node's runtime (retrying): {e}");
+                            last_error = e;
+                        }
+                        waiting = Some(state);
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        if let Some(n) = node.as_mut() {
+            let reports = n.step();
+            if !reports.is_empty() {
+                let _ = link.reports.send(reports);
+            }
+        }
+    }
+}
+
+struct Node {
+    rt: Runtime,
+    /// The node's underlay address (published ports answer on it).
+    me: Ipv4Addr,
+    subnet: Ipv4Net,
+    mtu: u16,
+    overlay_port: u16,
+    state: NodeState,
+    /// Tasks that ended here or could not start, with what to report,
+    /// until the managers forget them.
+    finished: HashMap<String, TaskReport>,
+    /// When a task was first seen retired.
+    retiring: HashMap<String, Instant>,
+    sent: HashMap<String, (TaskReport, Instant)>,
+    applied: Option<Desired>,
+    peers: Option<Vec<overlay::Peer>>,
+}
+
+impl Node {
+    fn start(cfg: &LocalConfig, state: NodeState) -> anyhow::Result<Self> {
+        let me: Ipv4Addr = state.addr.parse().with_context(|| {
+            format!(
+                "the managers list this node at {:?}, not an IPv4 address",
+                state.addr
+            )
+        })?;
+        let subnet = state
+            .task_subnet
+            .context("the managers have not given this node a task subnet")?;
+        let iface = interface_with(me)?;
+        let mtu = crate::netdev::mtu(&iface)?;
+        let rcfg = RuntimeConfig {
+            node: cfg.hostname.clone(),
+            dataplane: Options {
+                pin_path: cfg.pin_path.clone().unwrap_or_else(|| {
+                    PathBuf::from(crate::dataplane::PIN_ROOT).join(&cfg.hostname)
+                }),
+                data_dir: cfg.data_dir.clone(),
+                max_services: cfg.max_services,
+                max_backends: cfg.max_backends,
+                host_iface: iface,
+                task_prefix: "apt".into(),
+            },
+            path_mtu: mtu,
+            overlay: Some(OverlaySpec {
+                iface: cfg.overlay_interface.clone(),
+                port: cfg.overlay_port,
+                key_path: cfg.data_dir.join(overlay::keys::KEY_FILE),
+                address: gateway(subnet),
+                mtu: mtu.saturating_sub(overlay::WIREGUARD_OVERHEAD),
+                peers: peers(&state, cfg.overlay_port),
+            }),
+            task_subnet: subnet,
+            drivers: DriverConfig {
+                bin: std::env::current_exe().context("finding the apiary binary for task shims")?,
+                cgroup_parent: cfg
+                    .cgroup_parent
+                    .clone()
+                    .unwrap_or_else(|| format!("apiary/{}", cfg.hostname)),
+                docker_socket: cfg.docker_socket.clone(),
+            },
+            restart_locally: false,
+        };
+        let want: Vec<TaskSpecConfig> = state
+            .tasks
+            .iter()
+            .filter(|t| t.task.desired == TaskState::Running)
+            .map(task_spec)
+            .collect();
+        let (rt, adopted) = Runtime::start(rcfg, &want)?;
+        log_tasks(&adopted);
+        tracing::info!(node = %state.node_id, addr = %me, %subnet, "running the node's assignment");
+        Ok(Node {
+            rt,
+            me,
+            subnet,
+            mtu,
+            overlay_port: cfg.overlay_port,
+            state,
+            finished: HashMap::new(),
+            retiring: HashMap::new(),
+            sent: HashMap::new(),
+            applied: None,
+            peers: None,
+        })
+    }
+
+    /// The node left the swarm: its tasks stop and its services go.
+    fn leave(mut self) {
+        log_tasks(&self.rt.tasks.reconcile(&[]));
+        let mut empty = self.desired();
+        empty.services.clear();
+        if let Err(e) = self.rt.dp.apply(&empty) {
+            tracing::warn!("clearing the data plane: {e}");
+        }
+        self.rt.stop();
+        tracing::info!("left the swarm: tasks stopped, services removed");
+    }
+
+    /// One pass: tasks, data plane, overlay peers; returns the reports due.
+    fn step(&mut self) -> Vec<TaskReport> {
+        let now = Instant::now();
+        let assigned: HashSet<String> =
+            self.state.tasks.iter().map(|t| t.task.id.clone()).collect();
+        self.finished.retain(|id, _| assigned.contains(id));
+        self.retiring.retain(|id, _| assigned.contains(id));
+        self.sent.retain(|id, _| assigned.contains(id));
+        for t in &self.state.tasks {
+            if t.task.desired != TaskState::Running {
+                self.retiring.entry(t.task.id.clone()).or_insert(now);
+            }
+        }
+        // A task whose health check fails ends here; the orchestrator
+        // replaces it.
+        for t in &self.state.tasks {
+            let id = &t.task.id;
+            if t.task.desired == TaskState::Running
+                && !self.finished.contains_key(id)
+                && self.rt.tasks.health(id) == Some(Health::Unhealthy)
+            {
+                tracing::warn!(task = %id, "unhealthy: stopping it");
+                self.finished.insert(
+                    id.clone(),
+                    report(
+                        id,
+                        TaskState::Failed,
+                        "task unhealthy: its health check failed",
+                    ),
+                );
+            }
+        }
+        let want: Vec<TaskSpecConfig> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| !self.finished.contains_key(&t.task.id))
+            .filter(|t| {
+                t.task.desired == TaskState::Running
+                    || self
+                        .retiring
+                        .get(&t.task.id)
+                        .is_some_and(|at| at.elapsed() < DRAIN)
+            })
+            .map(task_spec)
+            .collect();
+        let r = self.rt.tasks.reconcile(&want);
+        log_tasks(&r);
+        for (id, why) in &r.failed {
+            self.finished
+                .insert(id.clone(), report(id, TaskState::Rejected, why));
+        }
+        for (id, how, ok) in &r.ended {
+            let retired = self.retiring.contains_key(id);
+            let (state, msg) = match (retired, ok) {
+                (true, _) => (TaskState::Shutdown, "shutdown".to_string()),
+                (false, true) => (TaskState::Complete, "finished".to_string()),
+                (false, false) => (TaskState::Failed, format!("task ended: {how}")),
+            };
+            self.finished.insert(id.clone(), report(id, state, &msg));
+        }
+        let want = self.desired();
+        if self.applied.as_ref() != Some(&want) {
+            match self.rt.dp.apply(&want) {
+                Ok(report) => {
+                    tracing::info!(?report, "data plane follows the cluster");
+                    self.applied = Some(want);
+                }
+                Err(e) => tracing::error!("programming the data plane: {e}"),
+            }
+        }
+        let peers = peers(&self.state, self.overlay_port);
+        if self.peers.as_ref() != Some(&peers) {
+            if let Some(o) = self.rt.overlay.as_mut() {
+                match o.set_peers(&peers) {
+                    Ok(()) => self.peers = Some(peers),
+                    Err(e) => tracing::error!("updating overlay peers: {e}"),
+                }
+            }
+        }
+        self.rt.scan_task_links();
+        self.reports(now)
+    }
+
+    /// What each assigned task's state is here, where the managers do not
+    /// know it yet.
+    fn reports(&mut self, now: Instant) -> Vec<TaskReport> {
+        let mut out = Vec::new();
+        for t in &self.state.tasks {
+            let id = &t.task.id;
+            let r = if let Some(f) = self.finished.get(id) {
+                f.clone()
+            } else if self.rt.tasks.is_running(id) {
+                if t.task.desired != TaskState::Running {
+                    continue;
+                }
+                let mut r = match self.rt.tasks.health(id) {
+                    Some(Health::Starting) => {
+                        report(id, TaskState::Starting, "waiting for the health check")
+                    }
+                    _ => report(id, TaskState::Running, "running"),
+                };
+                r.address = self.rt.tasks.address(id);
+                r
+            } else if t.task.desired != TaskState::Running {
+                report(id, TaskState::Shutdown, "shutdown")
+            } else {
+                continue;
+            };
+            let known = t.task.state == r.state
+                && (r.address.is_none() || t.task.address == r.address)
+                && t.task.message == r.message;
+            if known {
+                continue;
+            }
+            if let Some((prev, at)) = self.sent.get(id) {
+                if *prev == r && now.duration_since(*at) < RESEND {
+                    continue;
+                }
+            }
+            self.sent.insert(id.clone(), (r.clone(), now));
+            out.push(r);
+        }
+        out
+    }
+
+    /// The data plane the cluster state asks for on this node: every
+    /// service's published ports here and its VIP, balanced over its
+    /// running tasks, less local ones that stopped passing their check.
+    fn desired(&self) -> Desired {
+        let unready: HashSet<Ipv4Addr> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| self.finished.contains_key(&t.task.id))
+            .filter_map(|t| self.rt.tasks.address(&t.task.id).or(t.task.address))
+            .collect();
+        let gateways: HashMap<&str, Ipv4Addr> = self
+            .state
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.node_id.as_str(), gateway(p.task_subnet?))))
+            .collect();
+        let mut services = BTreeMap::new();
+        for e in &self.state.services {
+            for p in &e.ports {
+                let proto = match p.protocol {
+                    control::services::Protocol::Tcp => Protocol::Tcp,
+                    control::services::Protocol::Udp => Protocol::Udp,
+                };
+                let mut frontends = vec![Frontend {
+                    addr: e.vip,
+                    port: p.target,
+                    proto,
+                    vip: true,
+                }];
+                if p.published != 0 {
+                    frontends.push(Frontend {
+                        addr: self.me,
+                        port: p.published,
+                        proto,
+                        vip: false,
+                    });
+                }
+                let backends = e
+                    .backends
+                    .iter()
+                    .filter(|b| !unready.contains(&b.address))
+                    .filter_map(|b| {
+                        let node_addr = if b.node == self.state.node_id {
+                            None
+                        } else {
+                            Some(*gateways.get(b.node.as_str())?)
+                        };
+                        Some(DesiredBackend {
+                            addr: b.address,
+                            port: p.target,
+                            draining: b.draining,
+                            node_addr,
+                        })
+                    })
+                    .collect();
+                let name = if e.ports.len() == 1 {
+                    e.name.clone()
+                } else {
+                    format!("{}:{}/{proto}", e.name, p.target)
+                };
+                services.insert(
+                    name.clone(),
+                    DesiredService {
+                        name,
+                        frontends,
+                        backends,
+                    },
+                );
+            }
+        }
+        let ct = crate::config::Conntrack::default();
+        Desired {
+            node_addr: gateway(self.subnet),
+            encap_port: mesh_common::DEFAULT_ENCAP_PORT,
+            mtu: self.mtu,
+            tcp_timeout_s: ct.tcp_timeout_s,
+            udp_timeout_s: ct.udp_timeout_s,
+            services,
+        }
+    }
+}
+
+fn report(id: &str, state: TaskState, message: &str) -> TaskReport {
+    TaskReport {
+        id: id.to_string(),
+        state,
+        message: message.to_string(),
+        address: None,
+    }
+}
+
+/// The other nodes as overlay peers (those that published a key and have
+/// a task subnet).
+fn peers(state: &NodeState, port: u16) -> Vec<overlay::Peer> {
+    let mut v: Vec<overlay::Peer> = state
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let key = overlay::keys::parse_public(p.wg_public_key.as_deref()?, "peer key").ok()?;
+            let addr: Ipv4Addr = p.addr.parse().ok()?;
+            Some(overlay::Peer {
+                name: p.hostname.clone(),
+                public_key: key,
+                endpoint: SocketAddr::from((addr, port)),
+                allowed: vec![p.task_subnet?],
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// An assigned task as the task manager runs it: its id names it, its
+/// address comes from this node's IPAM.
+fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
+    let (driver, image, command) = match t.spec.driver {
+        Driver::Docker => (
+            DriverKind::Docker,
+            Some(t.spec.image.clone()),
+            t.spec.command.clone(),
+        ),
+        Driver::Exec => (
+            DriverKind::Exec,
+            None,
+            std::iter::once(t.spec.image.clone())
+                .chain(t.spec.command.iter().cloned())
+                .collect(),
+        ),
+    };
+    TaskSpecConfig {
+        name: t.task.id.clone(),
+        node: String::new(),
+        driver,
+        image,
+        command,
+        env: t.spec.env.clone(),
+        address: Ipv4Addr::UNSPECIFIED,
+        service: Some(t.service_name.clone()),
+        memory: None,
+        health_cmd: t.spec.health_cmd.clone(),
+        cpus: None,
+    }
+}

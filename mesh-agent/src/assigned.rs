@@ -31,6 +31,8 @@ use crate::tasks::DriverConfig;
 const DRAIN: Duration = Duration::from_secs(2);
 /// A report the managers have not taken in yet is sent again after this.
 const RESEND: Duration = Duration::from_secs(2);
+/// A connection probe to a starting task gives up after this.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often tasks are checked (ended, health) besides on assignments.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -136,6 +138,8 @@ struct Node {
     /// When a task was first seen retired.
     retiring: HashMap<String, Instant>,
     sent: HashMap<String, (TaskReport, Instant)>,
+    /// Running tasks found accepting connections on their ports.
+    listening: HashSet<String>,
     applied: Option<Desired>,
     peers: Option<Vec<overlay::Peer>>,
 }
@@ -204,6 +208,7 @@ impl Node {
             finished: HashMap::new(),
             retiring: HashMap::new(),
             sent: HashMap::new(),
+            listening: HashSet::new(),
             applied: None,
             peers: None,
         })
@@ -229,6 +234,7 @@ impl Node {
         self.finished.retain(|id, _| assigned.contains(id));
         self.retiring.retain(|id, _| assigned.contains(id));
         self.sent.retain(|id, _| assigned.contains(id));
+        self.listening.retain(|id| assigned.contains(id));
         for t in &self.state.tasks {
             if t.task.desired != TaskState::Running {
                 self.retiring.entry(t.task.id.clone()).or_insert(now);
@@ -309,7 +315,8 @@ impl Node {
     /// know it yet.
     fn reports(&mut self, now: Instant) -> Vec<TaskReport> {
         let mut out = Vec::new();
-        for t in &self.state.tasks {
+        let tasks = self.state.tasks.clone();
+        for t in &tasks {
             let id = &t.task.id;
             let r = if let Some(f) = self.finished.get(id) {
                 f.clone()
@@ -321,6 +328,11 @@ impl Node {
                     Some(Health::Starting) => {
                         report(id, TaskState::Starting, "waiting for the health check")
                     }
+                    Some(Health::None) if !self.accepts(t) => report(
+                        id,
+                        TaskState::Starting,
+                        "waiting for its port to accept connections",
+                    ),
                     _ => report(id, TaskState::Running, "running"),
                 };
                 r.address = self.rt.tasks.address(id);
@@ -347,6 +359,34 @@ impl Node {
         out
     }
 
+    /// Whether a task without a health check accepts TCP connections on
+    /// its service's first TCP port: until then it gets no traffic (a
+    /// process that has started is not yet a server).
+    fn accepts(&mut self, t: &AssignedTask) -> bool {
+        let id = &t.task.id;
+        if self.listening.contains(id) {
+            return true;
+        }
+        let port = t
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.protocol == control::services::Protocol::Tcp);
+        let ok = match (port, self.rt.tasks.address(id)) {
+            (None, _) => true,
+            (Some(p), Some(a)) => std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((a, p.target)),
+                PROBE_TIMEOUT,
+            )
+            .is_ok(),
+            (Some(_), None) => false,
+        };
+        if ok {
+            self.listening.insert(id.clone());
+        }
+        ok
+    }
+
     /// The data plane the cluster state asks for on this node: every
     /// service's published ports here and its VIP, balanced over its
     /// running tasks, less local ones that stopped passing their check.
@@ -366,17 +406,23 @@ impl Node {
             .collect();
         let mut services = BTreeMap::new();
         for e in &self.state.services {
+            // Published ports sharing a target share the VIP's frontend:
+            // only the first one gets it.
+            let mut vip_ports = HashSet::new();
             for p in &e.ports {
                 let proto = match p.protocol {
                     control::services::Protocol::Tcp => Protocol::Tcp,
                     control::services::Protocol::Udp => Protocol::Udp,
                 };
-                let mut frontends = vec![Frontend {
-                    addr: e.vip,
-                    port: p.target,
-                    proto,
-                    vip: true,
-                }];
+                let mut frontends = Vec::new();
+                if vip_ports.insert((p.target, proto)) {
+                    frontends.push(Frontend {
+                        addr: e.vip,
+                        port: p.target,
+                        proto,
+                        vip: true,
+                    });
+                }
                 if p.published != 0 {
                     frontends.push(Frontend {
                         addr: self.me,
@@ -403,10 +449,11 @@ impl Node {
                         })
                     })
                     .collect();
+                // Two published ports may share a target port.
                 let name = if e.ports.len() == 1 {
                     e.name.clone()
                 } else {
-                    format!("{}:{}/{proto}", e.name, p.target)
+                    format!("{}:{}->{}/{proto}", e.name, p.published, p.target)
                 };
                 services.insert(
                     name.clone(),

@@ -1,6 +1,8 @@
-//! Services on a real swarm (placement only: the agents do not run the
-//! tasks yet): the tutorial's create / scale / drain / rm through the CLI,
-//! global mode following the nodes, and bad input refused.
+//! Services on a real swarm whose agents run the tasks (exec driver:
+//! `sleep`): global mode following the nodes, update and rollback
+//! replacing tasks only when needed, placement preferences, the agents'
+//! API, and bad input refused. The tutorial's own steps with containers
+//! and traffic are in tutorial.rs.
 
 use std::time::Duration;
 
@@ -8,15 +10,23 @@ use apiary_tests::swarm::{swarm, until};
 use apiary_tests::Lab;
 use serde_json::Value;
 
+/// The current tasks (desired state running) as (name, node).
 fn tasks(lab: &Lab, service: &str) -> Vec<(String, String)> {
     let out = lab.apiary(0, &["service", "ps", service]).out();
     out.lines()
         .skip(1)
-        .map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols[1].to_string(), cols[3].to_string())
-        })
+        .map(|l| l.split_whitespace().collect::<Vec<&str>>())
+        .filter(|cols| cols[4] == "Running")
+        .map(|cols| (cols[1].to_string(), cols[3].to_string()))
         .collect()
+}
+
+/// `service create --driver exec … ARGS… sleep 600`: a task that runs.
+fn create(lab: &Lab, args: &[&str]) -> String {
+    let mut all = vec!["service", "create", "--driver", "exec"];
+    all.extend_from_slice(args);
+    all.extend(["sleep", "600"]);
+    lab.apiary(0, &all).out()
 }
 
 fn services(lab: &Lab) -> Vec<Value> {
@@ -31,80 +41,22 @@ fn services(lab: &Lab) -> Vec<Value> {
 }
 
 #[test]
-fn the_tutorial_service_steps_place_tasks_across_the_swarm() {
-    let lab = swarm(1, 2).unwrap();
-    let id = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "my_nginx",
-                "-p",
-                "8080:80",
-                "apiary/busybox:dev",
-                "httpd",
-                "-f",
-                "-p",
-                "80",
-            ],
-        )
-        .out();
-    assert!(id.contains("1 out of 1 tasks placed"), "{id}");
-    let out = lab.apiary(0, &["service", "scale", "my_nginx=5"]).out();
-    assert!(out.contains("my_nginx scaled to 5"), "{out}");
-    let (ts, _) = until(Duration::from_secs(5), || {
-        let t = tasks(&lab, "my_nginx");
-        (t.len() == 5).then_some(t)
-    })
-    .expect("5 tasks");
-    // Spread over all three nodes: 2, 2, 1.
-    let mut per: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, n) in &ts {
-        *per.entry(n.clone()).or_default() += 1;
-    }
-    let mut counts: Vec<usize> = per.values().copied().collect();
-    counts.sort();
-    assert_eq!(counts, vec![1, 2, 2], "{ts:?}");
-    let ls = lab.apiary(0, &["service", "ls"]).out();
-    assert!(
-        ls.contains("my_nginx") && ls.contains("*:8080->80/tcp") && ls.contains("/5"),
-        "{ls}"
-    );
-
-    // Drain h3: its tasks move; back to active: nothing moves back.
-    lab.apiary(0, &["node", "update", "--availability", "drain", "h3"])
-        .out();
-    until(Duration::from_secs(5), || {
-        let t = tasks(&lab, "my_nginx");
-        (t.len() == 5 && t.iter().all(|(_, n)| n != "h3")).then_some(())
-    })
-    .expect("tasks left the drained node");
-    lab.apiary(0, &["node", "update", "--availability", "active", "h3"])
-        .out();
-
-    // A published port given as a target only gets one from 30000-32767.
-    lab.apiary(
-        0,
-        &[
-            "service", "create", "--name", "auto", "-p", "90", "--detach", "img",
-        ],
-    )
-    .out();
+fn a_target_port_alone_gets_a_published_port_from_the_auto_range() {
+    let lab = swarm(1, 0).unwrap();
+    create(&lab, &["--name", "web", "-p", "8080:80"]);
+    create(&lab, &["--name", "auto", "-p", "90"]);
     let v = services(&lab);
     let auto = v.iter().find(|s| s["spec"]["name"] == "auto").unwrap();
     let published = auto["spec"]["ports"][0]["published"].as_u64().unwrap();
     assert!((30000..=32767).contains(&published), "{published}");
     assert_ne!(
         auto["vip"],
-        v.iter().find(|s| s["spec"]["name"] == "my_nginx").unwrap()["vip"]
+        v.iter().find(|s| s["spec"]["name"] == "web").unwrap()["vip"]
     );
-
-    lab.apiary(0, &["service", "rm", "my_nginx", "auto"]).out();
+    lab.apiary(0, &["service", "rm", "web", "auto"]).out();
     assert!(services(&lab).is_empty());
     assert!(lab
-        .apiary(0, &["service", "ps", "my_nginx"])
+        .apiary(0, &["service", "ps", "web"])
         .err()
         .contains("not found"));
 }
@@ -119,13 +71,7 @@ fn global_services_put_one_task_on_every_node_including_late_ones() {
     let t = apiary_tests::swarm::token(&lab, "worker").unwrap();
     let m = lab.hosts[0].addr.to_string();
     lab.apiary(1, &["swarm", "join", "--token", &t, &m]).out();
-    lab.apiary(
-        0,
-        &[
-            "service", "create", "--name", "agent", "--mode", "global", "img",
-        ],
-    )
-    .out();
+    create(&lab, &["--name", "agent", "--mode", "global"]);
     until(Duration::from_secs(5), || {
         (tasks(&lab, "agent").len() == 2).then_some(())
     })
@@ -143,13 +89,7 @@ fn global_services_put_one_task_on_every_node_including_late_ones() {
 #[test]
 fn bad_service_input_is_refused_and_changes_nothing() {
     let lab = swarm(1, 1).unwrap();
-    lab.apiary(
-        0,
-        &[
-            "service", "create", "--name", "web", "-p", "8080:80", "--detach", "img",
-        ],
-    )
-    .out();
+    create(&lab, &["--name", "web", "-p", "8080:80", "--detach"]);
     let before = services(&lab);
     let cases: &[(&[&str], &str)] = &[
         (
@@ -210,28 +150,8 @@ fn bad_service_input_is_refused_and_changes_nothing() {
 #[test]
 fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
     let lab = swarm(1, 1).unwrap();
-    lab.apiary(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "2",
-            "-p",
-            "8080:80",
-            "img:1",
-        ],
-    )
-    .out();
-    lab.apiary(
-        0,
-        &[
-            "service", "create", "--name", "db", "-p", "9000:90", "--detach", "img",
-        ],
-    )
-    .out();
+    create(&lab, &["--name", "web", "--replicas", "2", "-p", "8080:80"]);
+    create(&lab, &["--name", "db", "-p", "9000:90", "--detach"]);
     let err = lab.apiary(0, &["service", "rollback", "web"]).err();
     assert!(err.contains("no previous spec"), "{err}");
     let ids =
@@ -241,7 +161,9 @@ fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
             .out()
             .lines()
             .skip(1)
-            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .map(|l| l.split_whitespace().collect::<Vec<&str>>())
+            .filter(|cols| cols[4] == "Running")
+            .map(|cols| cols[0].to_string())
             .collect()
     };
     let first = ps_ids(&lab);
@@ -258,7 +180,7 @@ fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
     assert!(ls.contains("*:8080->80/tcp, *:8081->81/tcp"), "{ls}");
     // Ports and counts keep the tasks; an image change replaces them.
     assert_eq!(ps_ids(&lab), first);
-    lab.apiary(0, &["service", "update", "--image", "img:2", "web"])
+    lab.apiary(0, &["service", "update", "--image", "/bin/sleep", "web"])
         .out();
     let second = until(Duration::from_secs(5), || {
         let now = ps_ids(&lab);
@@ -271,7 +193,7 @@ fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
     assert!(out.contains("rollback"), "{out}");
     let v: Value =
         serde_json::from_str(&lab.apiary(0, &["service", "inspect", "web"]).out()).unwrap();
-    assert_eq!(v[0]["spec"]["image"], "img:1");
+    assert_eq!(v[0]["spec"]["image"], "sleep");
     until(Duration::from_secs(5), || {
         let now = ps_ids(&lab);
         (now.len() == 2 && now.iter().all(|i| !second.contains(i))).then_some(())
@@ -303,21 +225,17 @@ fn placement_preferences_spread_over_label_values() {
         )
         .err();
     assert!(err.contains("spread=node.labels.KEY"), "{err}");
-    lab.apiary(
-        0,
+    create(
+        &lab,
         &[
-            "service",
-            "create",
             "--name",
             "web",
             "--replicas",
             "4",
             "--placement-pref",
             "spread=node.labels.dc",
-            "img",
         ],
-    )
-    .out();
+    );
     let ts = tasks(&lab, "web");
     let on = |h: &str| ts.iter().filter(|(_, n)| n == h).count();
     assert_eq!((on("h1"), on("h2") + on("h3")), (2, 2), "{ts:?}");
@@ -359,69 +277,34 @@ fn as_node(lab: &Lab, h: usize, method: &str, path: &str, body: Option<&str>) ->
 #[test]
 fn agents_read_their_assignments_and_report_task_states() {
     let lab = swarm(1, 1).unwrap();
-    lab.apiary(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "4",
-            "-p",
-            "8080:80",
-            "img",
-        ],
-    )
-    .out();
+    let out = create(&lab, &["--name", "web", "--replicas", "4", "-p", "8080:80"]);
+    assert!(out.contains("verify: Service web converged"), "{out}");
     let (code, body) = as_node(&lab, 1, "GET", "/v1/node/state", None);
     assert_eq!(code, 200, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();
-    let mine: Vec<String> = st["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["task"]["id"].as_str().unwrap().to_string())
-        .collect();
+    let mine: Vec<&Value> = st["tasks"].as_array().unwrap().iter().collect();
     assert_eq!(mine.len(), 2, "h2 runs half of 4: {body}");
-    assert_eq!(st["tasks"][0]["spec"]["image"], "img");
+    assert_eq!(mine[0]["spec"]["image"], "sleep");
     assert_eq!(st["peers"][0]["hostname"], "h1");
     assert_eq!(st["peers"][0]["wg_public_key"].as_str().unwrap().len(), 44);
-    let subnet = st["task_subnet"].as_str().unwrap().to_string();
-
-    // h2 reports its tasks running, with addresses from its subnet.
-    let base = subnet.trim_end_matches(".0/24");
-    let reports: Vec<Value> = mine
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            serde_json::json!({"id": id, "state": "running", "address": format!("{base}.{}", i + 2)})
-        })
-        .collect();
-    let (code, body) = as_node(
-        &lab,
-        1,
-        "POST",
-        "/v1/node/status",
-        Some(&serde_json::to_string(&reports).unwrap()),
-    );
-    assert_eq!(code, 200, "{body}");
-    let ls = lab.apiary(0, &["service", "ls"]).out();
-    assert!(ls.contains(" 2/4 "), "{ls}");
-    let ps = lab.apiary(0, &["service", "ps", "web"]).out();
-    // DESIRED STATE is Running for all; CURRENT STATE too for h2's two.
-    let running = ps
-        .lines()
-        .filter(|l| l.matches("Running").count() == 2)
-        .count();
-    assert_eq!(running, 2, "{ps}");
-    let (_, body) = as_node(&lab, 1, "GET", "/v1/node/state", None);
-    let st: Value = serde_json::from_str(&body).unwrap();
+    // The agent reported its tasks running, with addresses of its subnet.
+    let subnet = st["task_subnet"].as_str().unwrap();
+    assert!(subnet.ends_with(".0/24"), "{subnet}");
+    for t in &mine {
+        assert_eq!(t["task"]["state"], "running", "{t}");
+        let a = t["task"]["address"].as_str().unwrap();
+        assert!(
+            a.starts_with(subnet.trim_end_matches("0/24")),
+            "{a} in {subnet}"
+        );
+    }
     assert_eq!(
         st["services"][0]["backends"].as_array().unwrap().len(),
-        2,
+        4,
         "{body}"
     );
+    let ls = lab.apiary(0, &["service", "ls"]).out();
+    assert!(ls.contains(" 4/4 "), "{ls}");
 
     // A report on a task of another node is refused, and changes nothing.
     let theirs: Vec<String> = {

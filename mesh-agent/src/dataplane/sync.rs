@@ -321,6 +321,13 @@ fn adopt_by_frontend(have: &mut Programmed, want: &DesiredService) -> Option<Pro
 fn delete_frontend(maps: &mut Maps, f: &super::desired::Frontend) -> Result<(), DataplaneError> {
     match maps.services.remove(&frontend_key(f)) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        // A delete of a key that is gone fails with ENOENT (not
+        // `KeyNotFound`): it is what we wanted.
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(DataplaneError::map(MAP_LB4_SERVICES, e)),
     }
 }

@@ -81,7 +81,7 @@ pub fn print_lab(lab: &Lab) {
 
 /// Writes shell functions `h1`, `h2`, … that run `apiary` on that host
 /// against its daemon, and says how to use them.
-fn print_swarm(lab: &Lab) -> anyhow::Result<()> {
+pub fn print_swarm(lab: &Lab) -> anyhow::Result<()> {
     let bin = apiary_tests::apiary_bin();
     let mut env = String::new();
     for d in &lab.daemons {

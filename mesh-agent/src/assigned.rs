@@ -31,6 +31,9 @@ use crate::tasks::DriverConfig;
 const DRAIN: Duration = Duration::from_secs(2);
 /// A report the managers have not taken in yet is sent again after this.
 const RESEND: Duration = Duration::from_secs(2);
+/// How long a task without a health check may take to accept connections
+/// before it is taken as running anyway.
+const PROBE_FOR: Duration = Duration::from_secs(10);
 /// A connection probe to a starting task gives up after this.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often tasks are checked (ended, health) besides on assignments.
@@ -140,6 +143,8 @@ struct Node {
     sent: HashMap<String, (TaskReport, Instant)>,
     /// Running tasks found accepting connections on their ports.
     listening: HashSet<String>,
+    /// When each task still starting was first probed.
+    probing: HashMap<String, Instant>,
     applied: Option<Desired>,
     peers: Option<Vec<overlay::Peer>>,
 }
@@ -209,6 +214,7 @@ impl Node {
             retiring: HashMap::new(),
             sent: HashMap::new(),
             listening: HashSet::new(),
+            probing: HashMap::new(),
             applied: None,
             peers: None,
         })
@@ -235,6 +241,7 @@ impl Node {
         self.retiring.retain(|id, _| assigned.contains(id));
         self.sent.retain(|id, _| assigned.contains(id));
         self.listening.retain(|id| assigned.contains(id));
+        self.probing.retain(|id, _| assigned.contains(id));
         for t in &self.state.tasks {
             if t.task.desired != TaskState::Running {
                 self.retiring.entry(t.task.id.clone()).or_insert(now);
@@ -381,10 +388,17 @@ impl Node {
             .is_ok(),
             (Some(_), None) => false,
         };
-        if ok {
-            self.listening.insert(id.clone());
+        // A task that never listens on its port (a worker behind a port
+        // it does not serve, say) is not held back for ever.
+        let since = *self.probing.entry(id.clone()).or_insert_with(Instant::now);
+        if !ok && since.elapsed() > PROBE_FOR {
+            tracing::warn!(task = %id, "its port does not accept connections after {PROBE_FOR:?}: taking it as running");
         }
-        ok
+        if ok || since.elapsed() > PROBE_FOR {
+            self.listening.insert(id.clone());
+            return true;
+        }
+        false
     }
 
     /// The data plane the cluster state asks for on this node: every

@@ -1,5 +1,5 @@
 //! Services on a real swarm whose agents run the tasks (exec driver:
-//! `sleep`): global mode following the nodes, update and rollback
+//! `apiary tool whoami`): global mode following the nodes, update and rollback
 //! replacing tasks only when needed, placement preferences, the agents'
 //! API, and bad input refused. The tutorial's own steps with containers
 //! and traffic are in tutorial.rs.
@@ -21,11 +21,19 @@ fn tasks(lab: &Lab, service: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `service create --driver exec … ARGS… sleep 600`: a task that runs.
+/// `service create --driver exec ARGS… apiary tool whoami`: a task that
+/// serves on port 80.
 fn create(lab: &Lab, args: &[&str]) -> String {
+    let bin = apiary_tests::apiary_bin();
     let mut all = vec!["service", "create", "--driver", "exec"];
     all.extend_from_slice(args);
-    all.extend(["sleep", "600"]);
+    all.extend([
+        bin.to_str().unwrap(),
+        "tool",
+        "whoami",
+        "--listen",
+        "0.0.0.0:80",
+    ]);
     lab.apiary(0, &all).out()
 }
 
@@ -44,7 +52,7 @@ fn services(lab: &Lab) -> Vec<Value> {
 fn a_target_port_alone_gets_a_published_port_from_the_auto_range() {
     let lab = swarm(1, 0).unwrap();
     create(&lab, &["--name", "web", "-p", "8080:80"]);
-    create(&lab, &["--name", "auto", "-p", "90"]);
+    create(&lab, &["--name", "auto", "-p", "80"]);
     let v = services(&lab);
     let auto = v.iter().find(|s| s["spec"]["name"] == "auto").unwrap();
     let published = auto["spec"]["ports"][0]["published"].as_u64().unwrap();
@@ -151,7 +159,7 @@ fn bad_service_input_is_refused_and_changes_nothing() {
 fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
     let lab = swarm(1, 1).unwrap();
     create(&lab, &["--name", "web", "--replicas", "2", "-p", "8080:80"]);
-    create(&lab, &["--name", "db", "-p", "9000:90", "--detach"]);
+    create(&lab, &["--name", "db", "-p", "9000:80", "--detach"]);
     let err = lab.apiary(0, &["service", "rollback", "web"]).err();
     assert!(err.contains("no previous spec"), "{err}");
     let ids =
@@ -178,22 +186,22 @@ fn update_and_rollback_change_the_spec_and_replace_tasks_only_when_needed() {
         .out();
     let ls = lab.apiary(0, &["service", "ls"]).out();
     assert!(ls.contains("*:8080->80/tcp, *:8081->81/tcp"), "{ls}");
-    // Ports and counts keep the tasks; an image change replaces them.
+    // Ports and counts keep the tasks; an environment change replaces them.
     assert_eq!(ps_ids(&lab), first);
-    lab.apiary(0, &["service", "update", "--image", "/bin/sleep", "web"])
+    lab.apiary(0, &["service", "update", "--env-add", "V=2", "web"])
         .out();
     let second = until(Duration::from_secs(5), || {
         let now = ps_ids(&lab);
         (now.len() == 2 && now.iter().all(|i| !first.contains(i))).then_some(now)
     })
-    .expect("tasks replaced after the image changed")
+    .expect("tasks replaced after the environment changed")
     .0;
-    // Rollback returns to the spec before the last update: img:1 again.
+    // Rollback returns to the spec before the last update: no V again.
     let out = lab.apiary(0, &["service", "rollback", "web"]).out();
     assert!(out.contains("rollback"), "{out}");
     let v: Value =
         serde_json::from_str(&lab.apiary(0, &["service", "inspect", "web"]).out()).unwrap();
-    assert_eq!(v[0]["spec"]["image"], "sleep");
+    assert_eq!(v[0]["spec"]["env"], serde_json::json!([]));
     until(Duration::from_secs(5), || {
         let now = ps_ids(&lab);
         (now.len() == 2 && now.iter().all(|i| !second.contains(i))).then_some(())
@@ -282,9 +290,17 @@ fn agents_read_their_assignments_and_report_task_states() {
     let (code, body) = as_node(&lab, 1, "GET", "/v1/node/state", None);
     assert_eq!(code, 200, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();
-    let mine: Vec<&Value> = st["tasks"].as_array().unwrap().iter().collect();
+    let mine: Vec<&Value> = st["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["task"]["desired"] == "running")
+        .collect();
     assert_eq!(mine.len(), 2, "h2 runs half of 4: {body}");
-    assert_eq!(mine[0]["spec"]["image"], "sleep");
+    assert_eq!(
+        mine[0]["spec"]["image"],
+        apiary_tests::apiary_bin().to_str().unwrap()
+    );
     assert_eq!(st["peers"][0]["hostname"], "h1");
     assert_eq!(st["peers"][0]["wg_public_key"].as_str().unwrap().len(), 44);
     // The agent reported its tasks running, with addresses of its subnet.

@@ -273,7 +273,11 @@ impl Lab {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         fs::create_dir_all(OWNERS)?;
-        fs::write(Path::new(OWNERS).join(id), std::process::id().to_string())?;
+        // Written whole (rename): another test's sweep reading a half-
+        // written file would take the lab for a dead one and delete it.
+        let tmp = Path::new(OWNERS).join(format!(".{id}.tmp"));
+        fs::write(&tmp, std::process::id().to_string())?;
+        fs::rename(&tmp, Path::new(OWNERS).join(id))?;
         let fabric = Ns::create(&format!("{id}-fab"))?;
         let mut lab = Lab {
             id: id.to_string(),
@@ -859,14 +863,17 @@ fn sweep_dead() {
     };
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
-        let pid: i32 = fs::read_to_string(e.path())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
-        if fs::read_to_string(e.path()).is_ok_and(|s| s.trim() == "kept") {
+        if id.starts_with('.') {
             continue;
         }
+        // Unreadable or not a pid (kept, or being written): not ours to judge.
+        let Some(pid) = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
         if !alive {
             let _ = sweep(Some(&id));
         }

@@ -63,6 +63,8 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
             driver: Default::default(),
             restart: Default::default(),
             health_cmd: None,
+            update: Default::default(),
+            rollback: Default::default(),
         },
         version: 1,
         previous: None,
@@ -70,6 +72,7 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
         vip: Ipv4Addr::new(10, 96, 0, 2),
         created_at: 0,
         updated_at: 0,
+        update_status: None,
     }))
     .await
     .map_err(|e| anyhow::anyhow!("creating the service: {e}"))?;

@@ -201,6 +201,13 @@ pub enum Command {
         reports: Vec<crate::services::TaskReport>,
         at: u64,
     },
+    /// The orchestrator's view of a rollout; with `rollback`, the service
+    /// also returns to its previous spec (a failed update's action).
+    SetUpdateStatus {
+        id: String,
+        status: crate::services::UpdateStatus,
+        rollback: bool,
+    },
     /// The orchestrator's decisions: tasks created or changed, tasks gone.
     Reconcile {
         put: Vec<Task>,
@@ -321,6 +328,25 @@ impl ClusterState {
                         t.updated_at = at;
                     }
                 }
+            }
+            Command::SetUpdateStatus {
+                id,
+                status,
+                rollback,
+            } => {
+                let Some(svc) = self.services.get_mut(&id) else {
+                    return Outcome::err(format!("service {id} not found"));
+                };
+                if rollback {
+                    if let Some(prev) = svc.previous.take() {
+                        let now = std::mem::replace(&mut svc.spec, prev);
+                        svc.previous = Some(now);
+                        svc.version += 1;
+                        svc.task_version = svc.version;
+                        svc.updated_at = status.started_at;
+                    }
+                }
+                svc.update_status = Some(status);
             }
             Command::Reconcile { put, remove } => {
                 for id in remove {

@@ -607,6 +607,10 @@ async fn monitor(j: Arc<Joined>) {
         });
         let stale: Vec<NodeId> = {
             let mut seen = j.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            // The leader is alive: it is running this. (Its own heartbeat
+            // travels over HTTP like the others' and can lag on a busy
+            // machine.)
+            seen.insert(j.node_id, Instant::now());
             if !was_leader {
                 // A new leader gives every node time to find it: their
                 // sessions may be trying the old one first.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use control::api::{AssignedTask, NodeState};
 use control::assignments::{Assignment, RuntimeLink};
-use control::services::{Driver, TaskReport, TaskState};
+use control::services::{Driver, TaskReport, TaskRun, TaskState};
 use ipnet::Ipv4Net;
 
 use crate::attach::ipam::gateway;
@@ -23,7 +23,8 @@ use crate::dataplane::desired::{Desired, DesiredBackend, DesiredService, Fronten
 use crate::dataplane::Options;
 use crate::driver::Health;
 use crate::overlay::{self, OverlaySpec};
-use crate::runtime::{interface_with, log_tasks, Runtime, RuntimeConfig};
+use crate::runtime::{interface_with, log_tasks, Net, Runtime, RuntimeConfig};
+use crate::task_worker::{Pass, Seen, TaskWorker};
 use crate::tasks::DriverConfig;
 
 /// A retired task keeps running this long as a draining backend (no new
@@ -72,7 +73,7 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
     loop {
         if stop.load(Ordering::Relaxed) {
             if let Some(n) = node.take() {
-                n.rt.stop();
+                n.net.stop();
             }
             return;
         }
@@ -128,7 +129,13 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
 }
 
 struct Node {
-    rt: Runtime,
+    net: Net,
+    /// Runs the tasks on its own thread.
+    worker: TaskWorker,
+    /// The node's running tasks, as the worker last saw them.
+    seen: HashMap<String, Seen>,
+    /// The task list last sent to the worker.
+    wanted: Vec<TaskSpecConfig>,
     /// The node's underlay address (published ports answer on it).
     me: Ipv4Addr,
     subnet: Ipv4Net,
@@ -202,9 +209,13 @@ impl Node {
             .collect();
         let (rt, adopted) = Runtime::start(rcfg, &want)?;
         log_tasks(&adopted);
+        let worker = TaskWorker::spawn(rt.tasks).context("starting the task worker")?;
         tracing::info!(node = %state.node_id, addr = %me, %subnet, "running the node's assignment");
         Ok(Node {
-            rt,
+            net: rt.net,
+            worker,
+            seen: HashMap::new(),
+            wanted: Vec::new(),
             me,
             subnet,
             mtu,
@@ -222,13 +233,24 @@ impl Node {
 
     /// The node left the swarm: its tasks stop and its services go.
     fn leave(mut self) {
-        log_tasks(&self.rt.tasks.reconcile(&[]));
+        self.worker.want(Vec::new());
+        // Passes already under way may still list tasks: wait for one that
+        // ran after the empty list (stops can take their grace period).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(p) = self.worker.next_pass(Duration::from_secs(1)) {
+                log_tasks(&p.done);
+                if p.running.is_empty() && p.done.stopped.is_empty() {
+                    break;
+                }
+            }
+        }
         let mut empty = self.desired();
         empty.services.clear();
-        if let Err(e) = self.rt.dp.apply(&empty) {
+        if let Err(e) = self.net.dp.apply(&empty) {
             tracing::warn!("clearing the data plane: {e}");
         }
-        self.rt.stop();
+        self.net.stop();
         tracing::info!("left the swarm: tasks stopped, services removed");
     }
 
@@ -247,13 +269,16 @@ impl Node {
                 self.retiring.entry(t.task.id.clone()).or_insert(now);
             }
         }
+        for p in self.worker.passes() {
+            self.take_pass(p);
+        }
         // A task whose health check fails ends here; the orchestrator
         // replaces it.
         for t in &self.state.tasks {
             let id = &t.task.id;
             if t.task.desired == TaskState::Running
                 && !self.finished.contains_key(id)
-                && self.rt.tasks.health(id) == Some(Health::Unhealthy)
+                && self.seen.get(id).map(|s| s.health) == Some(Health::Unhealthy)
             {
                 tracing::warn!(task = %id, "unhealthy: stopping it");
                 self.finished.insert(
@@ -280,24 +305,13 @@ impl Node {
             })
             .map(task_spec)
             .collect();
-        let r = self.rt.tasks.reconcile(&want);
-        log_tasks(&r);
-        for (id, why) in &r.failed {
-            self.finished
-                .insert(id.clone(), report(id, TaskState::Rejected, why));
-        }
-        for (id, how, ok) in &r.ended {
-            let retired = self.retiring.contains_key(id);
-            let (state, msg) = match (retired, ok) {
-                (true, _) => (TaskState::Shutdown, "shutdown".to_string()),
-                (false, true) => (TaskState::Complete, "finished".to_string()),
-                (false, false) => (TaskState::Failed, format!("task ended: {how}")),
-            };
-            self.finished.insert(id.clone(), report(id, state, &msg));
+        if want != self.wanted {
+            self.worker.want(want.clone());
+            self.wanted = want;
         }
         let want = self.desired();
         if self.applied.as_ref() != Some(&want) {
-            match self.rt.dp.apply(&want) {
+            match self.net.dp.apply(&want) {
                 Ok(report) => {
                     tracing::info!(?report, "data plane follows the cluster");
                     self.applied = Some(want);
@@ -307,15 +321,34 @@ impl Node {
         }
         let peers = peers(&self.state, self.overlay_port);
         if self.peers.as_ref() != Some(&peers) {
-            if let Some(o) = self.rt.overlay.as_mut() {
+            if let Some(o) = self.net.overlay.as_mut() {
                 match o.set_peers(&peers) {
                     Ok(()) => self.peers = Some(peers),
                     Err(e) => tracing::error!("updating overlay peers: {e}"),
                 }
             }
         }
-        self.rt.scan_task_links();
+        self.net.scan_task_links();
         self.reports(now)
+    }
+
+    /// Takes in what a pass of the task worker did.
+    fn take_pass(&mut self, p: Pass) {
+        log_tasks(&p.done);
+        for (id, why) in &p.done.failed {
+            self.finished
+                .insert(id.clone(), report(id, TaskState::Rejected, why));
+        }
+        for (id, how, ok) in &p.done.ended {
+            let retired = self.retiring.contains_key(id);
+            let (state, msg) = match (retired, ok) {
+                (true, _) => (TaskState::Shutdown, "shutdown".to_string()),
+                (false, true) => (TaskState::Complete, "finished".to_string()),
+                (false, false) => (TaskState::Failed, format!("task ended: {how}")),
+            };
+            self.finished.insert(id.clone(), report(id, state, &msg));
+        }
+        self.seen = p.running;
     }
 
     /// What each assigned task's state is here, where the managers do not
@@ -327,11 +360,11 @@ impl Node {
             let id = &t.task.id;
             let r = if let Some(f) = self.finished.get(id) {
                 f.clone()
-            } else if self.rt.tasks.is_running(id) {
+            } else if let Some(seen) = self.seen.get(id).cloned() {
                 if t.task.desired != TaskState::Running {
                     continue;
                 }
-                let mut r = match self.rt.tasks.health(id) {
+                let mut r = match Some(seen.health) {
                     Some(Health::Starting) => {
                         report(id, TaskState::Starting, "waiting for the health check")
                     }
@@ -342,7 +375,7 @@ impl Node {
                     ),
                     _ => report(id, TaskState::Running, "running"),
                 };
-                r.address = self.rt.tasks.address(id);
+                r.address = seen.address;
                 r
             } else if t.task.desired != TaskState::Running {
                 report(id, TaskState::Shutdown, "shutdown")
@@ -379,7 +412,7 @@ impl Node {
             .ports
             .iter()
             .find(|p| p.protocol == control::services::Protocol::Tcp);
-        let ok = match (port, self.rt.tasks.address(id)) {
+        let ok = match (port, self.seen.get(id).and_then(|s| s.address)) {
             (None, _) => true,
             (Some(p), Some(a)) => std::net::TcpStream::connect_timeout(
                 &SocketAddr::from((a, p.target)),
@@ -410,7 +443,12 @@ impl Node {
             .tasks
             .iter()
             .filter(|t| self.finished.contains_key(&t.task.id))
-            .filter_map(|t| self.rt.tasks.address(&t.task.id).or(t.task.address))
+            .filter_map(|t| {
+                self.seen
+                    .get(&t.task.id)
+                    .and_then(|s| s.address)
+                    .or(t.task.address)
+            })
             .collect();
         let gateways: HashMap<&str, Ipv4Addr> = self
             .state
@@ -524,18 +562,14 @@ fn peers(state: &NodeState, port: u16) -> Vec<overlay::Peer> {
 /// An assigned task as the task manager runs it: its id names it, its
 /// address comes from this node's IPAM.
 fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
-    let (driver, image, command) = match t.spec.driver {
-        Driver::Docker => (
-            DriverKind::Docker,
-            Some(t.spec.image.clone()),
-            t.spec.command.clone(),
-        ),
+    // The task's own spec: during a rollout the service's is the new one.
+    let run = t.task.run.clone().unwrap_or_else(|| TaskRun::from(&t.spec));
+    let (driver, image, command) = match run.driver {
+        Driver::Docker => (DriverKind::Docker, Some(run.image), run.command),
         Driver::Exec => (
             DriverKind::Exec,
             None,
-            std::iter::once(t.spec.image.clone())
-                .chain(t.spec.command.iter().cloned())
-                .collect(),
+            std::iter::once(run.image).chain(run.command).collect(),
         ),
     };
     TaskSpecConfig {
@@ -544,11 +578,11 @@ fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
         driver,
         image,
         command,
-        env: t.spec.env.clone(),
+        env: run.env,
         address: Ipv4Addr::UNSPECIFIED,
         service: Some(t.service_name.clone()),
         memory: None,
-        health_cmd: t.spec.health_cmd.clone(),
+        health_cmd: run.health_cmd,
         cpus: None,
     }
 }

@@ -166,12 +166,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     log_tasks(&rt.tasks.reconcile(&cfg.my_tasks()));
     let mut not_ready = rt.tasks.not_ready(&cfg.my_tasks());
     let report = rt
+        .net
         .dp
         .apply(&desired_without(&cfg, mtu, &not_ready))
         .context("programming the data plane")?;
     tracing::info!(?report, "data plane programmed");
     // New task links get their program before the node says it is ready.
-    rt.dp
+    rt.net
+        .dp
         .scan_task_links()
         .context("attaching task interfaces")?;
     tracing::info!("ready");
@@ -197,7 +199,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                     Err(e) => tracing::error!("reload rejected, data plane unchanged: {e}"),
                     Ok(cfg) => {
                         if let (Some(o), Some(spec)) =
-                            (rt.overlay.as_mut(), cfg.overlay_spec(&data_dir, mtu))
+                            (rt.net.overlay.as_mut(), cfg.overlay_spec(&data_dir, mtu))
                         {
                             if let Err(e) = o.set_peers(&spec.peers) {
                                 tracing::error!("updating overlay peers: {e}");
@@ -221,7 +223,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         // plane is re-diffed only when that set or the config changed.
         let now_not_ready = rt.tasks.not_ready(&current.my_tasks());
         if reloaded || now_not_ready != not_ready {
-            match rt.dp.apply(&desired_without(&current, mtu, &now_not_ready)) {
+            match rt
+                .net
+                .dp
+                .apply(&desired_without(&current, mtu, &now_not_ready))
+            {
                 Ok(report) if reloaded => tracing::info!(?report, "reloaded"),
                 Ok(report) => tracing::info!(?report, "backends follow task health"),
                 Err(e) if reloaded => tracing::error!("reload failed while programming: {e}"),
@@ -230,7 +236,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             not_ready = now_not_ready;
         }
         links.drain();
-        rt.scan_task_links();
+        rt.net.scan_task_links();
     }
 }
 

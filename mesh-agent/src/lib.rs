@@ -13,5 +13,6 @@ pub mod netdev;
 pub mod netwatch;
 pub mod overlay;
 pub mod runtime;
+pub mod task_worker;
 pub mod tasks;
 pub mod tool;

@@ -26,9 +26,14 @@ pub struct RuntimeConfig {
     pub restart_locally: bool,
 }
 
-pub struct Runtime {
+/// The node's network side: the data plane and the overlay.
+pub struct Net {
     pub dp: Dataplane,
     pub overlay: Option<Overlay>,
+}
+
+pub struct Runtime {
+    pub net: Net,
     pub tasks: TaskManager,
 }
 
@@ -82,9 +87,22 @@ impl Runtime {
         if !cfg.restart_locally {
             tasks.no_local_restarts();
         }
-        Ok((Runtime { dp, overlay, tasks }, adopted))
+        Ok((
+            Runtime {
+                net: Net { dp, overlay },
+                tasks,
+            },
+            adopted,
+        ))
     }
 
+    /// See [`Net::stop`].
+    pub fn stop(self) {
+        self.net.stop();
+    }
+}
+
+impl Net {
     /// Brings the overlay down; tasks go on running and the data plane
     /// stays programmed (pinned) for the next agent.
     pub fn stop(mut self) {

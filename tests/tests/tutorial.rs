@@ -128,6 +128,7 @@ fn the_swarm_tutorial_runs_on_apiary() {
     )
     .out();
     answers_everywhere(&lab, 8081);
+    answers_everywhere(&lab, 8080);
 
     // docker service scale my_nginx=5: spread 2/2/1, all answering.
     let out = lab.apiary(0, &["service", "scale", "my_nginx=5"]).out();

@@ -10,7 +10,8 @@ use crate::model::{now_ms, show_id, ClusterState, Command};
 use crate::node::Joined;
 use crate::services::constraint::Constraint;
 use crate::services::{
-    valid_name, Mode, PortSpec, Service, ServiceSpec, TaskState, AUTO_PORTS, VIP_NET,
+    valid_name, Mode, PortSpec, Service, ServiceSpec, TaskState, UpdatePatch, UpdateState,
+    UpdateStatus, AUTO_PORTS, VIP_NET,
 };
 use crate::tls::random_hex;
 
@@ -25,6 +26,8 @@ pub struct ServiceView {
     pub desired: u64,
     pub created_at: u64,
     pub updated_at: u64,
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -58,6 +61,7 @@ fn view(s: &ClusterState, svc: &Service) -> ServiceView {
         desired,
         created_at: svc.created_at,
         updated_at: svc.updated_at,
+        update_status: svc.update_status.clone(),
     }
 }
 
@@ -159,6 +163,7 @@ pub async fn create(j: &Joined, spec: ServiceSpec) -> Reply {
             vip: free_vip(s)?,
             created_at: now,
             updated_at: now,
+            update_status: None,
         };
         s.service_fits(&svc).map_err(ApiError::Conflict)?;
         Ok(svc)
@@ -213,7 +218,11 @@ pub async fn tasks(j: &Joined, name: &str) -> Reply {
                     TaskView {
                         id: t.id.clone(),
                         name: t.name(&svc.spec.name),
-                        image: svc.spec.image.clone(),
+                        image: t
+                            .run
+                            .as_ref()
+                            .map(|r| r.image.clone())
+                            .unwrap_or_else(|| svc.spec.image.clone()),
                         node: t.node.map(|n| {
                             s.nodes
                                 .get(&n)
@@ -276,6 +285,10 @@ pub struct ServiceUpdate {
     pub constraint_add: Vec<String>,
     #[serde(default)]
     pub constraint_rm: Vec<String>,
+    #[serde(default)]
+    pub update: UpdatePatch,
+    #[serde(default)]
+    pub rollback: UpdatePatch,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
@@ -287,6 +300,8 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
     if let Some(a) = u.args {
         spec.command = a;
     }
+    u.update.apply(&mut spec.update);
+    u.rollback.apply(&mut spec.rollback);
     if let Some(r) = u.replicas {
         if spec.mode == Mode::Global {
             return Err(ApiError::BadRequest(format!(
@@ -335,17 +350,35 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
 
 /// Commits `spec` as the service's new spec, the current one becoming the
 /// one `rollback` returns to.
-async fn replace(j: &Joined, old: Service, spec: ServiceSpec) -> Reply {
+async fn replace(j: &Joined, old: Service, spec: ServiceSpec, rollback: bool) -> Reply {
     let m = j.manager();
     let next = m.sm.read(|a| -> Result<Service, ApiError> {
         let spec = settle(&a.state, Some(&old.id), spec)?;
         let version = old.version + 1;
+        let differ = spec.tasks_differ(&old.spec);
+        // New tasks roll out: the orchestrator paces them and records how
+        // it goes here.
+        let update_status = if differ {
+            Some(UpdateStatus {
+                state: if rollback {
+                    UpdateState::RollbackStarted
+                } else {
+                    UpdateState::Updating
+                },
+                started_at: now_ms(),
+                completed_at: None,
+                message: if rollback {
+                    "manually requested rollback".into()
+                } else {
+                    "update in progress".into()
+                },
+            })
+        } else {
+            old.update_status.clone()
+        };
         let next = Service {
-            task_version: if spec.tasks_differ(&old.spec) {
-                version
-            } else {
-                old.task_version
-            },
+            task_version: if differ { version } else { old.task_version },
+            update_status,
             previous: Some(old.spec.clone()),
             version,
             spec,
@@ -366,7 +399,7 @@ pub async fn update(j: &Joined, name: &str, u: ServiceUpdate) -> Reply {
         .read(|a| a.state.find_service(name).cloned())
         .map_err(ApiError::NotFound)?;
     let spec = next_spec(&old, u)?;
-    replace(j, old, spec).await
+    replace(j, old, spec, false).await
 }
 
 pub async fn rollback(j: &Joined, name: &str) -> Reply {
@@ -381,7 +414,7 @@ pub async fn rollback(j: &Joined, name: &str) -> Reply {
             old.spec.name
         )));
     };
-    replace(j, old, prev).await
+    replace(j, old, prev, true).await
 }
 
 pub async fn remove(j: &Joined, name: &str) -> Reply {

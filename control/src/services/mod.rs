@@ -67,6 +67,133 @@ pub struct ServiceSpec {
     /// traffic (state `starting`), and once it fails it is replaced.
     #[serde(default)]
     pub health_cmd: Option<String>,
+    /// How a change of what tasks run rolls out (`--update-*`).
+    #[serde(default)]
+    pub update: UpdateConfig,
+    /// How a rollback rolls out (`--rollback-*`).
+    #[serde(default)]
+    pub rollback: UpdateConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task is retired before its replacement starts.
+    #[default]
+    StopFirst,
+    /// The replacement runs (and passes its checks) before the old task
+    /// is retired: capacity never drops.
+    StartFirst,
+}
+
+/// A rolling update's pace and what a failure does (Docker's defaults).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once (0: all).
+    pub parallelism: u64,
+    /// Wait after a batch runs before the next one.
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// A new task failing this long after it started fails the update.
+    pub monitor_ms: u64,
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5000,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+/// Changes to an [`UpdateConfig`]; what is left out stays.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdatePatch {
+    pub parallelism: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub failure_action: Option<FailureAction>,
+    pub monitor_ms: Option<u64>,
+    pub order: Option<UpdateOrder>,
+}
+
+impl UpdatePatch {
+    pub fn apply(&self, c: &mut UpdateConfig) {
+        if let Some(v) = self.parallelism {
+            c.parallelism = v;
+        }
+        if let Some(v) = self.delay_ms {
+            c.delay_ms = v;
+        }
+        if let Some(v) = self.failure_action {
+            c.failure_action = v;
+        }
+        if let Some(v) = self.monitor_ms {
+            c.monitor_ms = v;
+        }
+        if let Some(v) = self.order {
+            c.order = v;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+/// Where the service's last rollout stands (`service inspect`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_at: u64,
+    #[serde(default)]
+    pub completed_at: Option<u64>,
+    pub message: String,
+}
+
+impl UpdateStatus {
+    pub fn rolling_back(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::RollbackStarted | UpdateState::RollbackPaused
+        )
+    }
+
+    pub fn paused(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::Paused | UpdateState::RollbackPaused
+        )
+    }
+
+    pub fn in_progress(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::Updating | UpdateState::RollbackStarted
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +251,9 @@ pub struct Service {
     pub vip: Ipv4Addr,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The last rollout of new tasks, if any.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }
 
 /// A task's life, as Swarm names it.
@@ -166,6 +296,36 @@ pub struct Task {
     /// The task's address on its node's task subnet, as its agent reports.
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
+    /// What the task runs, fixed when it is made: during a rollout the
+    /// old tasks keep running the old spec.
+    #[serde(default)]
+    pub run: Option<TaskRun>,
+}
+
+/// The part of a service's spec a task runs (what `tasks_differ` compares).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+}
+
+impl From<&ServiceSpec> for TaskRun {
+    fn from(s: &ServiceSpec) -> Self {
+        TaskRun {
+            image: s.image.clone(),
+            command: s.command.clone(),
+            env: s.env.clone(),
+            driver: s.driver,
+            health_cmd: s.health_cmd.clone(),
+        }
+    }
 }
 
 /// What an agent reports about one of its tasks.
@@ -195,11 +355,7 @@ impl Task {
 impl ServiceSpec {
     /// Whether `other` runs different tasks (not just more or fewer).
     pub fn tasks_differ(&self, other: &ServiceSpec) -> bool {
-        self.image != other.image
-            || self.command != other.command
-            || self.env != other.env
-            || self.driver != other.driver
-            || self.health_cmd != other.health_cmd
+        TaskRun::from(self) != TaskRun::from(other)
     }
 }
 

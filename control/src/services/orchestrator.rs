@@ -6,18 +6,23 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::constraint::Constraint;
 use super::scheduler::{unfit, Load, Placer};
-use super::{Mode, RestartCondition, Service, Task, TaskState};
+use super::{
+    FailureAction, Mode, RestartCondition, Service, Task, TaskState, UpdateOrder, UpdateState,
+    UpdateStatus,
+};
 use crate::model::{ClusterState, Command, NodeId, Status};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
     pub put: Vec<Task>,
     pub remove: Vec<String>,
+    /// Rollout states to record: (service, status, roll back to previous).
+    pub status: Vec<(String, UpdateStatus, bool)>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.remove.is_empty()
+        self.put.is_empty() && self.remove.is_empty() && self.status.is_empty()
     }
 }
 
@@ -47,6 +52,15 @@ pub async fn commit(
         })
         .await?;
         done += tasks.len();
+    }
+    for (id, status, rollback) in plan.status {
+        m.write(Command::SetUpdateStatus {
+            id,
+            status,
+            rollback,
+        })
+        .await?;
+        done += 1;
     }
     Ok(done)
 }
@@ -150,6 +164,164 @@ fn prune(s: &ClusterState, retired: &[&Task], plan: &mut Plan) {
     }
 }
 
+/// What a rollout step decided for one service.
+#[derive(Default)]
+struct Rollout<'a> {
+    /// Old tasks retired now (stop-first, or their replacement runs).
+    retire: Vec<&'a Task>,
+    /// Old tasks that keep serving while their replacement starts.
+    holders: Vec<&'a Task>,
+    /// Slots (start-first) that get a new task beside the old one now.
+    start: BTreeSet<(u64, Option<NodeId>)>,
+}
+
+/// Paces the replacement of tasks of an older spec: `parallelism` at a
+/// time, `delay` after each batch runs, stop-first or start-first, and
+/// on a new task's failure the configured action (pause, continue, or
+/// rollback to the previous spec). Old tasks not yet due join `keep`.
+fn rollout<'a>(
+    s: &ClusterState,
+    svc: &Service,
+    retired: &[&'a Task],
+    keep: &mut Vec<&'a Task>,
+    mut outdated: Vec<&'a Task>,
+    now: u64,
+    plan: &mut Plan,
+) -> Rollout<'a> {
+    let mut r = Rollout::default();
+    let status = svc.update_status.clone().unwrap_or(UpdateStatus {
+        state: UpdateState::Updating,
+        started_at: svc.updated_at,
+        completed_at: None,
+        message: "update in progress".into(),
+    });
+    let cfg = if status.rolling_back() {
+        &svc.spec.rollback
+    } else {
+        &svc.spec.update
+    };
+    let is_new = |t: &Task| t.spec_version >= svc.task_version;
+    // New tasks still on their way to running.
+    let in_flight = keep
+        .iter()
+        .filter(|t| t.node.is_some() && t.state < TaskState::Running)
+        .count();
+    let last_batch = keep
+        .iter()
+        .filter(|t| t.created_at >= status.started_at && t.state == TaskState::Running)
+        .map(|t| t.updated_at)
+        .max();
+    // A new task that failed during the rollout fails it.
+    let failed = keep
+        .iter()
+        .chain(retired.iter())
+        .filter(|t| is_new(t) && t.created_at >= status.started_at)
+        .find(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected));
+    let mut hold = status.paused() || !status.in_progress();
+    if let (false, Some(f), false) = (hold, failed, cfg.failure_action == FailureAction::Continue) {
+        hold = true;
+        let why = format!("failure or early termination of task {}", f.id);
+        if cfg.failure_action == FailureAction::Rollback
+            && !status.rolling_back()
+            && svc.previous.is_some()
+        {
+            plan.status.push((
+                svc.id.clone(),
+                UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    started_at: now,
+                    completed_at: None,
+                    message: format!("update rolled back due to {why}"),
+                },
+                true,
+            ));
+        } else {
+            let state = if status.rolling_back() {
+                UpdateState::RollbackPaused
+            } else {
+                UpdateState::Paused
+            };
+            plan.status.push((
+                svc.id.clone(),
+                UpdateStatus {
+                    state,
+                    message: format!("update paused due to {why}"),
+                    ..status.clone()
+                },
+                false,
+            ));
+        }
+    }
+    if outdated.is_empty() && !hold {
+        // Done once the last new tasks ran for `monitor` without failing.
+        let stable = last_batch.is_none_or(|at| now >= at.saturating_add(cfg.monitor_ms));
+        if status.in_progress() && in_flight == 0 && stable && svc.update_status.is_some() {
+            // An automatic rollback keeps saying why it happened.
+            let (state, message) = if !status.rolling_back() {
+                (UpdateState::Completed, "update completed".to_string())
+            } else if status.message.starts_with("update rolled back") {
+                (
+                    UpdateState::RollbackCompleted,
+                    format!("rollback completed: {}", status.message),
+                )
+            } else {
+                (UpdateState::RollbackCompleted, "rollback completed".into())
+            };
+            plan.status.push((
+                svc.id.clone(),
+                UpdateStatus {
+                    state,
+                    completed_at: Some(now),
+                    message,
+                    ..status
+                },
+                false,
+            ));
+        }
+        return r;
+    }
+    outdated.sort_by_key(|t| slot_key(t));
+    let current: BTreeMap<(u64, Option<NodeId>), &Task> =
+        keep.iter().map(|t| (slot_key(t), *t)).collect();
+    let mut due = Vec::new();
+    for t in outdated {
+        match current.get(&slot_key(t)) {
+            // Its replacement runs: the old one goes.
+            Some(c) if c.state == TaskState::Running => r.retire.push(t),
+            // Its replacement is starting: the old one serves meanwhile.
+            Some(_) => r.holders.push(t),
+            None if hold => keep.push(t),
+            None => due.push(t),
+        }
+    }
+    if !hold {
+        let waiting = in_flight > 0 && cfg.parallelism > 0
+            || last_batch.is_some_and(|at| now < at.saturating_add(cfg.delay_ms));
+        let budget = match (waiting, cfg.parallelism) {
+            (true, _) => 0,
+            (false, 0) => usize::MAX,
+            (false, p) => (p as usize).saturating_sub(in_flight),
+        };
+        for (i, t) in due.into_iter().enumerate() {
+            if i >= budget {
+                keep.push(t);
+            } else if cfg.order == UpdateOrder::StartFirst {
+                r.holders.push(t);
+                r.start.insert(slot_key(t));
+            } else {
+                r.retire.push(t);
+            }
+        }
+    } else {
+        keep.extend(due);
+    }
+    for t in &r.retire {
+        retire(s, t, plan);
+    }
+    keep.extend(r.holders.iter().copied());
+    r
+}
+
 pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut plan = Plan::default();
     let mut load = Load::default();
@@ -192,36 +364,55 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
         };
         // Tasks whose node is gone, down or drained make way for new ones;
         // a paused node keeps what it runs. An ended task holds its slot
-        // until the restart policy replaces it.
+        // until the restart policy replaces it. Tasks of an older spec
+        // are replaced at the rollout's pace (`rollout`).
         let mut keep: Vec<&Task> = Vec::new();
+        let mut outdated: Vec<&Task> = Vec::new();
         for t in live {
             let current = t.spec_version >= svc.task_version;
-            if t.state.is_terminal() && current {
+            if t.state.is_terminal() {
                 unload(&mut load, t);
+                if !current {
+                    retire(s, t, &mut plan);
+                    continue;
+                }
                 match restart(svc, t, &retired, now) {
                     Restart::Never | Restart::Later => keep.push(t),
                     Restart::Now => retire(s, t, &mut plan),
                 }
                 continue;
             }
-            let stays = current
-                && match t.node.and_then(|n| s.nodes.get(&n)) {
-                    Some(n) => match unfit(n, &constraints) {
-                        None | Some("paused") => true,
-                        Some(_) => false,
-                    },
-                    None => t.node.is_none(),
-                };
-            if stays {
-                if let Some(n) = t.node {
-                    *load.service.entry(n).or_default() += 1;
-                }
-                keep.push(t);
-            } else {
+            let fits = match t.node.and_then(|n| s.nodes.get(&n)) {
+                Some(n) => matches!(unfit(n, &constraints), None | Some("paused")),
+                None => t.node.is_none(),
+            };
+            if !fits || (!current && t.node.is_none()) {
                 retire(s, t, &mut plan);
                 unload(&mut load, t);
+                continue;
+            }
+            if let Some(n) = t.node {
+                *load.service.entry(n).or_default() += 1;
+            }
+            if current {
+                keep.push(t);
+            } else {
+                outdated.push(t);
             }
         }
+        let fresh = rollout(s, svc, &retired, &mut keep, outdated, now, &mut plan);
+        for t in &fresh.retire {
+            unload(&mut load, t);
+            if let Some(n) = t.node {
+                if let Some(x) = load.service.get_mut(&n) {
+                    *x = x.saturating_sub(1);
+                }
+            }
+        }
+        // Old tasks kept while their replacement starts (start-first).
+        let holders: BTreeSet<&str> = fresh.holders.iter().map(|t| t.id.as_str()).collect();
+        // Current tasks first in each slot, so an old one is the extra.
+        keep.sort_by_key(|t| (slot_key(t), t.spec_version < svc.task_version, t.created_at));
         // Built on first use, once the service's own tasks are counted.
         let mut placer: Option<Placer> = None;
         let mut place = |slot: u64,
@@ -256,6 +447,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 }
             }
             plan.put.push(Task {
+                run: Some(super::TaskRun::from(&svc.spec)),
                 id: old.map(|o| o.id.clone()).unwrap_or_else(&mut *new_id),
                 service: svc.id.clone(),
                 slot,
@@ -273,6 +465,10 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
             Mode::Replicated { replicas } => {
                 let mut by_slot: BTreeMap<u64, &Task> = BTreeMap::new();
                 for t in &keep {
+                    let holder = holders.contains(t.id.as_str()) && t.slot <= replicas;
+                    if holder && by_slot.contains_key(&t.slot) {
+                        continue;
+                    }
                     if t.slot == 0 || t.slot > replicas || by_slot.contains_key(&t.slot) {
                         retire(s, t, &mut plan);
                         if let Some(n) = t.node {
@@ -286,6 +482,9 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 }
                 for slot in 1..=replicas {
                     match by_slot.get(&slot) {
+                        Some(_) if fresh.start.contains(&(slot, None)) => {
+                            place(slot, None, None, &mut plan, &mut load)
+                        }
                         Some(t) if t.node.is_some() => {}
                         Some(t) => place(slot, None, Some(t), &mut plan, &mut load),
                         None => place(slot, None, None, &mut plan, &mut load),
@@ -297,11 +496,13 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 for t in &keep {
                     match t.node {
                         Some(n) if covered.insert(n) => {}
+                        Some(_) if holders.contains(t.id.as_str()) => {}
                         _ => retire(s, t, &mut plan),
                     }
                 }
                 for n in s.nodes.values() {
-                    if !covered.contains(&n.id) && unfit(n, &constraints).is_none() {
+                    let start = fresh.start.contains(&(0, Some(n.id)));
+                    if (start || !covered.contains(&n.id)) && unfit(n, &constraints).is_none() {
                         place(0, Some(n.id), None, &mut plan, &mut load);
                     }
                 }
@@ -320,7 +521,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
 mod tests {
     use super::*;
     use crate::model::{Availability, Command, Node, Role, Status};
-    use crate::services::{Service, ServiceSpec, TaskReport};
+    use crate::services::{Service, ServiceSpec, TaskReport, UpdateStatus};
     use std::net::Ipv4Addr;
 
     fn state(nodes: usize) -> ClusterState {
@@ -356,6 +557,8 @@ mod tests {
                 driver: Default::default(),
                 restart: Default::default(),
                 health_cmd: None,
+                update: Default::default(),
+                rollback: Default::default(),
             },
             version: 1,
             previous: None,
@@ -363,6 +566,7 @@ mod tests {
             vip: Ipv4Addr::new(10, 96, 0, 2 + s.services.len() as u8),
             created_at: 0,
             updated_at: 0,
+            update_status: None,
         }));
     }
 
@@ -510,6 +714,8 @@ mod tests {
         let mut svc = s.services["svc-web"].clone();
         svc.version = 2;
         svc.spec.mode = Mode::Replicated { replicas: 4 };
+        // All at once: this test's agents never report tasks running.
+        svc.spec.update.parallelism = 0;
         s.apply(Command::UpdateService(svc.clone()));
         settle(&mut s);
         let after = ids(&s);
@@ -619,6 +825,148 @@ mod tests {
         let done = fail(&mut s2, 1, TaskState::Complete);
         step(&mut s2, 60_000);
         assert_eq!(live(&s2)[0].id, done);
+    }
+
+    /// One orchestrator round at `now`, applied; then the agents run what
+    /// was assigned and stop what was retired.
+    fn round(s: &mut ClusterState, now: u64, start: bool) {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let plan = reconcile(s, now, &mut || {
+            let n = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("u{n}")
+        });
+        s.apply(Command::Reconcile {
+            put: plan.put,
+            remove: plan.remove,
+        });
+        for (id, status, rollback) in plan.status {
+            s.apply(Command::SetUpdateStatus {
+                id,
+                status,
+                rollback,
+            });
+        }
+        for t in s.tasks.values_mut() {
+            if t.desired == TaskState::Shutdown {
+                t.state = TaskState::Shutdown;
+            } else if start && t.node.is_some() && t.state < TaskState::Running {
+                t.state = TaskState::Running;
+                t.updated_at = now;
+            }
+        }
+    }
+
+    fn begin_update(s: &mut ClusterState, image: &str, now: u64) {
+        let mut svc = s.services["svc-web"].clone();
+        svc.previous = Some(svc.spec.clone());
+        svc.version += 1;
+        svc.task_version = svc.version;
+        svc.spec.image = image.into();
+        svc.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: now,
+            completed_at: None,
+            message: "update in progress".into(),
+        });
+        s.apply(Command::UpdateService(svc));
+    }
+
+    fn images(s: &ClusterState) -> (usize, usize) {
+        let v = s.services["svc-web"].task_version;
+        let l = live(s);
+        let new = l.iter().filter(|t| t.spec_version >= v).count();
+        (l.len() - new, new)
+    }
+
+    #[test]
+    fn rolling_updates_go_batch_by_batch() {
+        let mut s = state(3);
+        service(&mut s, "web", Mode::Replicated { replicas: 4 }, &[]);
+        round(&mut s, 1, true);
+        // Stop-first, one at a time (Docker's defaults).
+        begin_update(&mut s, "img:2", 1000);
+        round(&mut s, 1000, false);
+        assert_eq!(images(&s), (3, 1), "one old retired, one new");
+        round(&mut s, 1100, false);
+        assert_eq!(images(&s), (3, 1), "nothing more until the new one runs");
+        round(&mut s, 1200, true);
+        round(&mut s, 1300, true);
+        assert_eq!(images(&s), (2, 2));
+        for t in 0..6 {
+            round(&mut s, 1400 + t * 100, true);
+        }
+        assert_eq!(images(&s), (0, 4));
+        let st = s.services["svc-web"].update_status.clone().unwrap();
+        assert_eq!(st.state, UpdateState::Updating, "monitored for 5 s first");
+        round(&mut s, 9000, true);
+        let st = s.services["svc-web"].update_status.clone().unwrap();
+        assert_eq!(st.state, UpdateState::Completed);
+
+        // Start-first, two at a time: the old ones serve until the new run.
+        s.services.get_mut("svc-web").unwrap().spec.update.order = UpdateOrder::StartFirst;
+        s.services
+            .get_mut("svc-web")
+            .unwrap()
+            .spec
+            .update
+            .parallelism = 2;
+        begin_update(&mut s, "img:3", 10_000);
+        round(&mut s, 10_000, false);
+        assert_eq!(images(&s), (4, 2), "two new beside all four old");
+        round(&mut s, 10_100, true);
+        round(&mut s, 10_200, false);
+        assert_eq!(
+            images(&s),
+            (2, 4),
+            "their old ones retired once they run; the next two start"
+        );
+    }
+
+    #[test]
+    fn a_failing_update_rolls_back_by_itself() {
+        let mut s = state(2);
+        service(&mut s, "web", Mode::Replicated { replicas: 3 }, &[]);
+        s.services
+            .get_mut("svc-web")
+            .unwrap()
+            .spec
+            .update
+            .failure_action = FailureAction::Rollback;
+        round(&mut s, 1, true);
+        begin_update(&mut s, "nope:1", 1000);
+        round(&mut s, 1000, false);
+        let new = live(&s)
+            .into_iter()
+            .find(|t| t.spec_version == s.services["svc-web"].task_version)
+            .unwrap()
+            .clone();
+        s.apply(Command::TaskStatus {
+            node: new.node.unwrap(),
+            reports: vec![TaskReport {
+                id: new.id,
+                state: TaskState::Rejected,
+                message: "unknown image `nope:1`".into(),
+                address: None,
+            }],
+            at: 1100,
+        });
+        round(&mut s, 1200, false);
+        let svc = &s.services["svc-web"];
+        assert_eq!(svc.spec.image, "img", "back to the previous spec");
+        let st = svc.update_status.clone().unwrap();
+        assert_eq!(st.state, UpdateState::RollbackStarted);
+        assert!(st.message.contains("rolled back"), "{}", st.message);
+        for t in 0..10 {
+            round(&mut s, 1300 + t * 1000, true);
+        }
+        assert!(live(&s)
+            .iter()
+            .all(|t| t.spec_version >= s.services["svc-web"].task_version));
+        assert_eq!(live(&s).len(), 3);
+        assert_eq!(
+            s.services["svc-web"].update_status.clone().unwrap().state,
+            UpdateState::RollbackCompleted
+        );
     }
 
     #[test]

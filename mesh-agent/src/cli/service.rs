@@ -9,8 +9,103 @@ use super::{table, Connect};
 use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
 use control::client::Client;
 use control::services::{
-    parse_port, Driver, Mode, Protocol, RestartCondition, RestartPolicy, ServiceSpec, TaskState,
+    parse_port, Driver, FailureAction, Mode, Protocol, RestartCondition, RestartPolicy,
+    ServiceSpec, TaskState, UpdateOrder, UpdatePatch, UpdateState,
 };
+
+/// `--update-*` and `--rollback-*` (create and update).
+#[derive(clap::Args, Debug, Default)]
+pub struct RolloutArgs {
+    /// Tasks replaced at once (0: all at once).
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    /// Wait between batches.
+    #[arg(long, value_parser = super::parse_duration)]
+    update_delay: Option<Duration>,
+    /// What a failed new task does to the update: pause, continue or rollback.
+    #[arg(long, value_enum)]
+    update_failure_action: Option<FailureArg>,
+    /// How long new tasks are watched for failure before the update completes.
+    #[arg(long, value_parser = super::parse_duration)]
+    update_monitor: Option<Duration>,
+    /// stop-first (default) or start-first (the new task runs before the old one goes).
+    #[arg(long, value_enum)]
+    update_order: Option<OrderArg>,
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    #[arg(long, value_parser = super::parse_duration)]
+    rollback_delay: Option<Duration>,
+    /// pause or continue.
+    #[arg(long, value_enum)]
+    rollback_failure_action: Option<FailureArg>,
+    #[arg(long, value_parser = super::parse_duration)]
+    rollback_monitor: Option<Duration>,
+    #[arg(long, value_enum)]
+    rollback_order: Option<OrderArg>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum FailureArg {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OrderArg {
+    StopFirst,
+    StartFirst,
+}
+
+fn patch(
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    failure: Option<FailureArg>,
+    monitor: Option<Duration>,
+    order: Option<OrderArg>,
+) -> UpdatePatch {
+    UpdatePatch {
+        parallelism,
+        delay_ms: delay.map(|d| d.as_millis() as u64),
+        failure_action: failure.map(|f| match f {
+            FailureArg::Pause => FailureAction::Pause,
+            FailureArg::Continue => FailureAction::Continue,
+            FailureArg::Rollback => FailureAction::Rollback,
+        }),
+        monitor_ms: monitor.map(|d| d.as_millis() as u64),
+        order: order.map(|o| match o {
+            OrderArg::StopFirst => UpdateOrder::StopFirst,
+            OrderArg::StartFirst => UpdateOrder::StartFirst,
+        }),
+    }
+}
+
+impl RolloutArgs {
+    /// (update, rollback) changes.
+    fn patches(&self) -> anyhow::Result<(UpdatePatch, UpdatePatch)> {
+        if matches!(self.rollback_failure_action, Some(FailureArg::Rollback)) {
+            bail!(
+                "invalid --rollback-failure-action rollback: a rollback can only pause or continue"
+            );
+        }
+        Ok((
+            patch(
+                self.update_parallelism,
+                self.update_delay,
+                self.update_failure_action,
+                self.update_monitor,
+                self.update_order,
+            ),
+            patch(
+                self.rollback_parallelism,
+                self.rollback_delay,
+                self.rollback_failure_action,
+                self.rollback_monitor,
+                self.rollback_order,
+            ),
+        ))
+    }
+}
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum DriverArg {
@@ -70,6 +165,8 @@ pub enum ServiceCmd {
         /// A shell command run in the task; traffic only once it passes.
         #[arg(long)]
         health_cmd: Option<String>,
+        #[command(flatten)]
+        rollout: RolloutArgs,
         /// Return at once instead of following the tasks until they run.
         #[arg(short, long)]
         detach: bool,
@@ -119,7 +216,9 @@ pub enum ServiceCmd {
         constraint_add: Vec<String>,
         #[arg(long)]
         constraint_rm: Vec<String>,
-        /// Return at once instead of following the placement.
+        #[command(flatten)]
+        rollout: RolloutArgs,
+        /// Return at once instead of following the tasks until they run.
         #[arg(short, long)]
         detach: bool,
         service: String,
@@ -173,6 +272,13 @@ fn ago(ms: u64) -> String {
     }
 }
 
+fn rollout_word(s: UpdateState) -> &'static str {
+    match s {
+        UpdateState::Updating | UpdateState::Paused | UpdateState::Completed => "update",
+        _ => "rollback",
+    }
+}
+
 async fn tasks(c: &mut Client, service: &str) -> anyhow::Result<Vec<TaskView>> {
     c.call(
         Method::GET,
@@ -189,7 +295,7 @@ const FOLLOW_FOR: Duration = Duration::from_secs(120);
 /// Follows a service until every task it wants runs and the tasks it
 /// replaces have stopped, like Docker's progress display; a task that
 /// cannot run shows why.
-async fn follow(c: &mut Client, v: &ServiceView) -> anyhow::Result<()> {
+async fn follow(c: &mut Client, v: &ServiceView, asked_rollback: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + FOLLOW_FOR;
     let mut shown = String::new();
     loop {
@@ -231,11 +337,30 @@ async fn follow(c: &mut Client, v: &ServiceView) -> anyhow::Result<()> {
         if stopping > 0 {
             lines += &format!("{stopping} replaced tasks stopping\n");
         }
+        let rollout = now.update_status.clone();
+        if let Some(st) = &rollout {
+            if st.in_progress() {
+                lines += &format!("{}: {}\n", rollout_word(st.state), st.message);
+            }
+        }
         if lines != shown {
             print!("{lines}");
             shown = lines;
         }
-        if running >= now.desired && live.len() as u64 == now.desired && stopping == 0 {
+        if let Some(st) = &rollout {
+            let name = &now.spec.name;
+            if st.paused() {
+                bail!("service {name}: {}; change it again with `apiary service update` or go back with `apiary service rollback {name}`", st.message);
+            }
+            if !asked_rollback && st.state == UpdateState::RollbackCompleted {
+                bail!(
+                    "service {name}: the update was rolled back, the previous spec runs again ({})",
+                    st.message
+                );
+            }
+        }
+        let settled = rollout.as_ref().is_none_or(|st| !st.in_progress());
+        if settled && running >= now.desired && live.len() as u64 == now.desired && stopping == 0 {
             println!("verify: Service {} converged", now.spec.name);
             return Ok(());
         }
@@ -269,10 +394,15 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 restart_max_attempts,
                 restart_window,
                 health_cmd,
+                rollout,
                 detach,
                 image,
                 command,
             } => {
+                let (up, back) = rollout.patches()?;
+                let (mut update, mut rollback) = Default::default();
+                up.apply(&mut update);
+                back.apply(&mut rollback);
                 let mode = match mode.as_str() {
                     "replicated" => Mode::Replicated {
                         replicas: replicas.unwrap_or(1),
@@ -321,11 +451,13 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                         window_ms: restart_window.as_millis() as u64,
                     },
                     health_cmd,
+                    update,
+                    rollback,
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
                 if !detach {
-                    follow(&mut c, &v).await?;
+                    follow(&mut c, &v, false).await?;
                 }
             }
             ServiceCmd::Ls { quiet } => {
@@ -421,6 +553,17 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     if !v.spec.env.is_empty() {
                         println!(" Env:\t\t{}", v.spec.env.join(" "));
                     }
+                    let u = &v.spec.update;
+                    println!(
+                        "UpdateConfig:\n Parallelism:\t{}\n Delay:\t\t{}ms\n On failure:\t{:?}\n Monitoring Period: {}ms\n Update order:\t{:?}",
+                        u.parallelism, u.delay_ms, u.failure_action, u.monitor_ms, u.order
+                    );
+                    if let Some(st) = &v.update_status {
+                        println!(
+                            "UpdateStatus:\n State:\t\t{:?}\n Message:\t{}",
+                            st.state, st.message
+                        );
+                    }
                     println!("Endpoint Mode:\tvip\n VIP:\t\t{}", v.vip);
                     if !v.spec.ports.is_empty() {
                         println!("Ports:\t\t{}", ports(&v.spec));
@@ -463,10 +606,14 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 publish_rm,
                 constraint_add,
                 constraint_rm,
+                rollout,
                 detach,
                 service,
             } => {
+                let (update, rollback) = rollout.patches()?;
                 let u = ServiceUpdate {
+                    update,
+                    rollback,
                     image,
                     args: args.map(|a| a.split_whitespace().map(str::to_string).collect()),
                     replicas,
@@ -490,7 +637,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     .await?;
                 println!("{service}");
                 if !detach {
-                    follow(&mut c, &v).await?;
+                    follow(&mut c, &v, false).await?;
                 }
             }
             ServiceCmd::Rollback { detach, service } => {
@@ -503,7 +650,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     .await?;
                 println!("{service}\nrollback: manually requested rollback");
                 if !detach {
-                    follow(&mut c, &v).await?;
+                    follow(&mut c, &v, true).await?;
                 }
             }
             ServiceCmd::Rm { services } => {

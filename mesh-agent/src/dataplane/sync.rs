@@ -112,8 +112,15 @@ pub fn apply(
         .filter(|n| !want.services.contains_key(*n))
         .cloned()
         .collect();
+    // A frontend that moved to another service (a service renamed, say)
+    // was rewritten above: it is not deleted with its old service.
+    let kept: std::collections::HashSet<super::desired::Frontend> = want
+        .services
+        .values()
+        .flat_map(|s| s.frontends.iter().copied())
+        .collect();
     for name in gone {
-        remove_service(maps, have, &name)?;
+        remove_service(maps, have, &name, &kept)?;
         report.services_removed += 1;
     }
 
@@ -336,9 +343,10 @@ pub fn remove_service(
     maps: &mut Maps,
     have: &mut Programmed,
     name: &str,
+    kept: &std::collections::HashSet<super::desired::Frontend>,
 ) -> Result<(), DataplaneError> {
     if let Some(svc) = have.services.remove(name) {
-        for f in svc.frontends.keys() {
+        for f in svc.frontends.keys().filter(|f| !kept.contains(f)) {
             delete_frontend(maps, f)?;
         }
         zero_counters(maps, Some(svc.svc_id), None)?;

@@ -1,11 +1,14 @@
 //! Benchmarks that measure Apiary and its baselines in the same run and
 //! report ratios (see `BENCH.md` of the project notes and `bench/RESULTS.md`).
 
+pub mod converge;
+pub mod failover;
 pub mod lb;
 pub mod overlay;
 pub mod raft;
 pub mod raftload;
 pub mod scheduler;
+pub mod swarmlab;
 pub mod sync;
 pub mod wrk;
 

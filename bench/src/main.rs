@@ -7,15 +7,17 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("lb") => apiary_bench::lb::run(&args[1..]),
+        Some("converge") => apiary_bench::converge::run(&args[1..]),
+        Some("failover") => apiary_bench::failover::run(&args[1..]),
         Some("overlay") => apiary_bench::overlay::run(&args[1..]),
         Some("raft") => apiary_bench::raft::run(&args[1..]),
         Some("scheduler") => apiary_bench::scheduler::run(&args[1..]),
         Some("raft-load") => raft_load(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft, scheduler"
+            "unknown benchmark `{other}`: the benchmarks are: converge, failover, lb, overlay, raft, scheduler"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: apiary-bench lb|overlay|raft|scheduler [--rounds N] [--seconds S]"
+            "usage: apiary-bench converge|failover|lb|overlay|raft|scheduler [--rounds N] [--seconds S]"
         )),
     };
     match r {

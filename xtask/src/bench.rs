@@ -14,11 +14,21 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
         "overlay" => &["iperf3", "iproute2", "util-linux"],
         "raft" => &["etcd-server", "etcd-client", "iproute2", "util-linux"],
         "scheduler" => &[],
+        "converge" | "failover" => &["iproute2", "util-linux"],
         other => {
-            bail!("unknown benchmark `{other}`: the benchmarks are: lb, overlay, raft, scheduler")
+            bail!("unknown benchmark `{other}`: the benchmarks are: converge, failover, lb, overlay, raft, scheduler")
         }
     };
     ensure_packages(packages)?;
+    // Containers for `converge` (and the images it runs): Docker Engine
+    // started if it is not running, left running for the benchmark.
+    let _dockerd = if name == "converge" {
+        let d = crate::docker::ensure_dockerd()?;
+        crate::docker::build_images()?;
+        Some(d)
+    } else {
+        None
+    };
     exec(Command::new(env!("CARGO")).current_dir(root()).args([
         "build",
         "--release",

@@ -1,0 +1,60 @@
+//! What the swarm benchmarks share: a 3-host swarm lab and reading how many
+//! backends a published port has in each host's pinned BPF maps.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use apiary_tests::Lab;
+
+/// Backends behind `port` (published) in the maps pinned at `pin`
+/// (active ones only with `active_only`); `None` while the port has no
+/// frontend there.
+pub fn backends_at(pin: &Path, port: u16) -> Option<usize> {
+    let maps = mesh_agent::dataplane::maps::Maps::open_pinned(pin).ok()?;
+    maps.services
+        .iter()
+        .filter_map(|r| r.ok())
+        .find(|(k, v)| u16::from_be(k.port) == port && v.flags & mesh_common::SVC_F_PUBLISHED != 0)
+        .map(|(_, v)| {
+            if v.flags & mesh_common::SVC_F_EMPTY != 0 {
+                0
+            } else {
+                usize::from(v.count)
+            }
+        })
+}
+
+/// Backends behind `port` on every host of the lab.
+pub fn backends_everywhere(lab: &Lab, port: u16) -> Vec<Option<usize>> {
+    lab.daemons
+        .iter()
+        .map(|d| backends_at(&d.pin_path, port))
+        .collect()
+}
+
+/// Polls `f` every 20 ms until it holds; the time it took.
+pub fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
+/// `apiary ARGS` on host `h`, failing with its error output.
+pub fn apiary(lab: &Lab, h: usize, args: &[&str]) -> anyhow::Result<String> {
+    let out = lab.apiary(h, args);
+    if !out.ok {
+        bail!("apiary {}: {}", args.join(" "), out.stderr.trim());
+    }
+    Ok(out.stdout)
+}
+
+/// A swarm of one manager and two workers on three lab hosts.
+pub fn three_hosts() -> anyhow::Result<Lab> {
+    apiary_tests::swarm::swarm(1, 2).context("setting up a 3-host swarm")
+}

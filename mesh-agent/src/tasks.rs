@@ -238,24 +238,79 @@ impl TaskManager {
                 }
             }
         }
+        let mut results: Vec<(String, Result<(), String>)> = Vec::new();
+        let mut containers: Vec<&TaskSpecConfig> = Vec::new();
         for spec in want {
             if self.running.contains_key(&spec.name) || ended.contains(&spec.name) {
                 continue;
             }
-            match self.start(spec) {
+            if spec.driver == DriverKind::Docker {
+                containers.push(spec);
+                continue;
+            }
+            let res = self.start(spec).map_err(|e| e.to_string());
+            results.push((spec.name.clone(), res));
+        }
+        results.extend(self.start_containers(&containers));
+        for (name, res) in results {
+            match res {
                 Ok(()) => {
-                    if !r.restarted.iter().any(|(id, _)| *id == spec.name) {
-                        r.started.push(spec.name.clone());
+                    if !r.restarted.iter().any(|(id, _)| *id == name) {
+                        r.started.push(name);
                     }
                 }
-                Err(e) => r.failed.push((spec.name.clone(), e.to_string())),
+                Err(e) => r.failed.push((name, e)),
             }
         }
         r
     }
 
-    fn start(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
-        let task = TaskSpec {
+    /// Starts docker tasks together (Docker Engine works on them at once).
+    fn start_containers(&mut self, specs: &[&TaskSpecConfig]) -> Vec<(String, Result<(), String>)> {
+        if specs.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = self.docker() {
+            let e = e.to_string();
+            return specs
+                .iter()
+                .map(|s| (s.name.clone(), Err(e.clone())))
+                .collect();
+        }
+        let tasks: Vec<TaskSpec> = specs.iter().map(|s| self.driver_spec(s)).collect();
+        let fixed: BTreeMap<String, Option<std::net::Ipv4Addr>> = specs
+            .iter()
+            .map(|s| {
+                let a = (!s.address.is_unspecified()).then_some(s.address);
+                (s.name.clone(), a)
+            })
+            .collect();
+        let (attacher, docker) = (
+            &mut self.attacher,
+            self.docker.as_mut().expect("connected above"),
+        );
+        let results = docker.start_many(&tasks, &mut |id, netns| {
+            attacher
+                .attach_at(id, netns, fixed.get(id).copied().flatten())
+                .map(|a| a.addr)
+                .map_err(|e| e.to_string())
+        });
+        let mut out = Vec::new();
+        for (spec, res) in specs.iter().zip(results) {
+            match res {
+                Ok(_) => {
+                    self.running.insert(spec.name.clone(), (*spec).clone());
+                    out.push((spec.name.clone(), Ok(())));
+                }
+                Err(e) => out.push((spec.name.clone(), Err(e.to_string()))),
+            }
+        }
+        out
+    }
+
+    /// What the driver is given for `spec`.
+    fn driver_spec(&self, spec: &TaskSpecConfig) -> TaskSpec {
+        TaskSpec {
             id: spec.name.clone(),
             image: spec.image.clone(),
             command: spec.command.clone(),
@@ -264,7 +319,11 @@ impl TaskManager {
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
             health_cmd: spec.health_cmd.clone(),
             cpus: spec.cpus,
-        };
+        }
+    }
+
+    fn start(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
+        let task = self.driver_spec(spec);
         let fixed = (!spec.address.is_unspecified()).then_some(spec.address);
         if spec.driver == DriverKind::Docker {
             self.docker()?;

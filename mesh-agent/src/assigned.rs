@@ -21,6 +21,7 @@ use crate::attach::ipam::gateway;
 use crate::config::{DriverKind, TaskSpecConfig};
 use crate::dataplane::desired::{Desired, DesiredBackend, DesiredService, Frontend, Protocol};
 use crate::dataplane::Options;
+use crate::dns::{host_resolvers, Names};
 use crate::driver::Health;
 use crate::overlay::{self, OverlaySpec};
 use crate::runtime::{interface_with, log_tasks, Net, Runtime, RuntimeConfig};
@@ -129,6 +130,8 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
 }
 
 struct Node {
+    /// What the node's DNS answers.
+    names: Names,
     net: Net,
     /// Runs the tasks on its own thread.
     worker: TaskWorker,
@@ -200,6 +203,8 @@ impl Node {
                 docker_socket: cfg.docker_socket.clone(),
             },
             restart_locally: false,
+            // The agent's own DNS, on the node's task gateway.
+            dns: vec![gateway(subnet)],
         };
         let want: Vec<TaskSpecConfig> = state
             .tasks
@@ -210,8 +215,16 @@ impl Node {
         let (rt, adopted) = Runtime::start(rcfg, &want)?;
         log_tasks(&adopted);
         let worker = TaskWorker::spawn(rt.tasks).context("starting the task worker")?;
+        let names = Names::default();
+        let dns_at = SocketAddr::from((gateway(subnet), 53));
+        if let Err(e) = crate::dns::serve(dns_at, names.clone(), host_resolvers(gateway(subnet))) {
+            tracing::error!(
+                "serving DNS for the tasks on {dns_at}: {e}; service names will not resolve"
+            );
+        }
         tracing::info!(node = %state.node_id, addr = %me, %subnet, "running the node's assignment");
         Ok(Node {
+            names,
             net: rt.net,
             worker,
             seen: HashMap::new(),
@@ -329,7 +342,27 @@ impl Node {
             }
         }
         self.net.scan_task_links();
+        if self.names.set(self.name_table()) {
+            tracing::debug!("service names updated");
+        }
         self.reports(now)
+    }
+
+    /// `<service>` → its VIP, `tasks.<service>` → its running tasks.
+    fn name_table(&self) -> HashMap<String, Vec<Ipv4Addr>> {
+        let mut t = HashMap::new();
+        for e in &self.state.services {
+            let name = e.name.to_ascii_lowercase();
+            let tasks: Vec<Ipv4Addr> = e
+                .backends
+                .iter()
+                .filter(|b| !b.draining)
+                .map(|b| b.address)
+                .collect();
+            t.insert(format!("tasks.{name}"), tasks);
+            t.insert(name, vec![e.vip]);
+        }
+        t
     }
 
     /// Takes in what a pass of the task worker did.

@@ -160,6 +160,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             docker_socket: args.docker_socket.clone(),
         },
         restart_locally: true,
+        dns: Vec::new(),
     };
     let (mut rt, adopted) = Runtime::start(rcfg, &cfg.my_tasks())?;
     log_tasks(&adopted);

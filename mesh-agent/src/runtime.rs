@@ -24,6 +24,8 @@ pub struct RuntimeConfig {
     /// Standalone mode restarts ended tasks itself; a swarm's orchestrator
     /// replaces them instead.
     pub restart_locally: bool,
+    /// The tasks' resolvers (empty: the host's).
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// The node's network side: the data plane and the overlay.
@@ -80,7 +82,7 @@ impl Runtime {
             mtu: u32::from(task_mtu),
             prefix,
             data_dir,
-            dns: Vec::new(),
+            dns: cfg.dns,
         };
         let (mut tasks, adopted) =
             TaskManager::open(attach, cfg.drivers, want).context("opening the task manager")?;

@@ -41,21 +41,28 @@ fn remove_uapi_sockets(prefix: &str) {
 }
 
 /// Removes the Docker containers a lab daemon made (labelled with its scope).
-fn remove_containers(scope: &str) {
+/// Removes the Docker containers of the lab daemons whose scope (the
+/// `io.apiary.node` label, `apiary-<namespace>`) starts with
+/// `apiary-<prefix>`: one daemon's, or every daemon's of a lab.
+fn remove_containers(prefix: &str) {
     let Ok(out) = Command::new("docker")
         .args([
             "ps",
-            "-aq",
+            "-a",
             "--filter",
-            &format!("label=io.apiary.node={scope}"),
+            "label=io.apiary.node",
+            "--format",
+            "{{.ID}} {{.Label \"io.apiary.node\"}}",
         ])
         .output()
     else {
         return;
     };
     let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, scope)| scope.starts_with(prefix))
+        .map(|(id, _)| id.to_string())
         .collect();
     if !ids.is_empty() {
         let _ = Command::new("docker")
@@ -904,6 +911,7 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
     }
     remove_cgroups(prefix);
     remove_uapi_sockets(prefix);
+    remove_containers(&cgroup_parent(prefix).replace('/', "-"));
     if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -1,0 +1,112 @@
+//! Service discovery from inside a task: a container resolves another
+//! service by name through its node's agent (`db` → the VIP, `tasks.db` →
+//! the task addresses), reaches it through the VIP balanced over its
+//! tasks, and still resolves names outside the swarm through the host.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use apiary_tests::swarm::{swarm, until};
+use apiary_tests::Lab;
+use serde_json::Value;
+
+/// `docker exec` in the container of service `service`'s first task.
+fn exec_in(lab: &Lab, service: &str, cmd: &[&str]) -> (bool, String) {
+    let ps = lab.apiary(0, &["service", "ps", service]).out();
+    let id = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a task")
+        .to_string();
+    let cid = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name={id}")])
+        .output()
+        .unwrap();
+    let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
+    assert!(!cid.is_empty(), "no container for task {id}");
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(&cid)
+        .args(cmd)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_task_finds_another_service_by_name_and_reaches_it_through_its_vip() {
+    let lab = swarm(1, 2).unwrap();
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "db",
+                "--replicas",
+                "2",
+                "-p",
+                "9000:80",
+                "apiary/whoami:dev",
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "client",
+                "apiary/busybox:dev",
+                "sleep",
+                "600",
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+    let v: Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "db"]).out()).unwrap();
+    let vip = v[0]["vip"].as_str().unwrap().to_string();
+
+    let (ok, text) = exec_in(&lab, "client", &["nslookup", "db"]);
+    assert!(ok && text.contains(&vip), "db → {vip}: {text}");
+    let (ok, text) = exec_in(&lab, "client", &["nslookup", "tasks.db"]);
+    // Answers are `Address: IP` lines; the server's own ends in `:53`.
+    let addrs = text
+        .lines()
+        .filter(|l| l.starts_with("Address") && l.contains("10.200.") && !l.ends_with(":53"))
+        .count();
+    assert!(ok && addrs == 2, "tasks.db → both tasks: {text}");
+    let (ok, text) = exec_in(&lab, "client", &["nslookup", "nope-no-such-service"]);
+    assert!(
+        !ok || text.contains("NXDOMAIN") || text.contains("can't resolve"),
+        "{text}"
+    );
+
+    // Through the VIP by name, balanced over both tasks.
+    let (names, _) = until(Duration::from_secs(10), || {
+        let mut names = BTreeSet::new();
+        for _ in 0..12 {
+            let (ok, body) = exec_in(&lab, "client", &["wget", "-q", "-O", "-", "http://db/"]);
+            if !ok {
+                return None;
+            }
+            names.extend(
+                body.lines()
+                    .filter_map(|l| l.strip_prefix("name="))
+                    .map(str::to_string),
+            );
+        }
+        (names.len() == 2).then_some(names)
+    })
+    .expect("both db tasks answer through the VIP");
+    assert_eq!(names.len(), 2);
+}

@@ -24,26 +24,35 @@ pub type Assignment = Option<NodeState>;
 pub struct AgentLink {
     assignments: std_mpsc::Sender<Assignment>,
     reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<TaskReport>>>,
+    images: Images,
 }
+
+/// The images the node's Docker Engine has (`None`: no engine), kept by
+/// the runtime, read by the heartbeats.
+pub type Images = Arc<std::sync::RwLock<Option<Vec<String>>>>;
 
 /// The runtime's ends: a blocking receiver (the runtime is a plain thread)
 /// and a sender that never blocks.
 pub struct RuntimeLink {
     pub assignments: std_mpsc::Receiver<Assignment>,
     pub reports: mpsc::UnboundedSender<Vec<TaskReport>>,
+    pub images: Images,
 }
 
 pub fn link() -> (Arc<AgentLink>, RuntimeLink) {
     let (atx, arx) = std_mpsc::channel();
     let (rtx, rrx) = mpsc::unbounded_channel();
+    let images = Images::default();
     (
         Arc::new(AgentLink {
             assignments: atx,
             reports: tokio::sync::Mutex::new(rrx),
+            images: images.clone(),
         }),
         RuntimeLink {
             assignments: arx,
             reports: rtx,
+            images,
         },
     )
 }
@@ -52,6 +61,13 @@ impl AgentLink {
     /// The node left the swarm: nothing is assigned to it any more.
     pub fn left(&self) {
         let _ = self.assignments.send(None);
+    }
+
+    pub fn images(&self) -> Option<Vec<String>> {
+        self.images
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

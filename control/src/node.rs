@@ -92,6 +92,11 @@ pub struct Joined {
     pub managers: Mutex<Vec<String>>,
     /// On the leader: when each node last reported.
     pub last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// On the leader: the images each node's Docker Engine has, as its
+    /// heartbeats say (nodes without an engine are absent).
+    pub images: Mutex<HashMap<NodeId, std::collections::BTreeSet<String>>>,
+    /// What this node's runtime says about itself (heartbeats carry it).
+    agent: Option<Arc<crate::assignments::AgentLink>>,
     pool: Mutex<Vec<Conn>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -226,6 +231,8 @@ impl Daemon {
             role: Mutex::new(role),
             managers: Mutex::new(p.managers.clone()),
             last_seen: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            agent: self.agent.clone(),
             pool: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
         });
@@ -453,11 +460,15 @@ async fn session(j: Arc<Joined>) {
             conn = None;
         }
         let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
+        let body = j.agent.as_ref().map(|a| {
+            serde_json::to_vec(&api::HeartbeatRequest { images: a.images() })
+                .expect("heartbeat serializes")
+        });
         let res = c
             .call(
                 Method::POST,
                 "/v1/heartbeat",
-                None,
+                body,
                 &[],
                 period.max(Duration::from_secs(1)),
             )

@@ -106,7 +106,7 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
         }
         if node.is_none() {
             if let Some(state) = waiting.take() {
-                match Node::start(&cfg, state.clone()) {
+                match Node::start(&cfg, state.clone(), link.images.clone()) {
                     Ok(n) => node = Some(n),
                     Err(e) => {
                         let e = format!("{e:#}");
@@ -130,6 +130,8 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
 }
 
 struct Node {
+    /// Where the heartbeats find the engine's images.
+    images: control::assignments::Images,
     /// What the node's DNS answers.
     names: Names,
     net: Net,
@@ -160,7 +162,11 @@ struct Node {
 }
 
 impl Node {
-    fn start(cfg: &LocalConfig, state: NodeState) -> anyhow::Result<Self> {
+    fn start(
+        cfg: &LocalConfig,
+        state: NodeState,
+        images: control::assignments::Images,
+    ) -> anyhow::Result<Self> {
         let me: Ipv4Addr = state.addr.parse().with_context(|| {
             format!(
                 "the managers list this node at {:?}, not an IPv4 address",
@@ -224,6 +230,7 @@ impl Node {
         }
         tracing::info!(node = %state.node_id, addr = %me, %subnet, "running the node's assignment");
         Ok(Node {
+            images,
             names,
             net: rt.net,
             worker,
@@ -382,6 +389,9 @@ impl Node {
             self.finished.insert(id.clone(), report(id, state, &msg));
         }
         self.seen = p.running;
+        if let Some(images) = p.images {
+            *self.images.write().unwrap_or_else(|p| p.into_inner()) = images;
+        }
     }
 
     /// What each assigned task's state is here, where the managers do not

@@ -28,7 +28,12 @@ pub struct Seen {
 pub struct Pass {
     pub done: Reconciled,
     pub running: HashMap<String, Seen>,
+    /// The engine's images, now and then (see [`IMAGES_EVERY`]).
+    pub images: Option<Option<Vec<String>>>,
 }
+
+/// Passes between two listings of the engine's images.
+const IMAGES_EVERY: u32 = 8;
 
 pub struct TaskWorker {
     want: mpsc::Sender<Vec<TaskSpecConfig>>,
@@ -70,6 +75,7 @@ fn run(
     pass_tx: mpsc::Sender<Pass>,
 ) {
     let mut want: Vec<TaskSpecConfig> = Vec::new();
+    let mut n: u32 = 0;
     loop {
         match want_rx.recv_timeout(TICK) {
             Ok(w) => want = w,
@@ -87,7 +93,16 @@ fn run(
                 running.insert(t.name.clone(), Seen { address, health });
             }
         }
-        if pass_tx.send(Pass { done, running }).is_err() {
+        let images = n.is_multiple_of(IMAGES_EVERY).then(|| tasks.images());
+        n = n.wrapping_add(1);
+        if pass_tx
+            .send(Pass {
+                done,
+                running,
+                images,
+            })
+            .is_err()
+        {
             return;
         }
     }

@@ -154,6 +154,14 @@ impl TaskManager {
         self.restart_locally = false;
     }
 
+    /// The images the node's Docker Engine has (`None`: no engine here).
+    pub fn images(&mut self) -> Option<Vec<String>> {
+        if self.docker.is_none() && !std::path::Path::new(&self.docker_socket).exists() {
+            return None;
+        }
+        self.docker().ok()?.images().ok()
+    }
+
     pub fn is_running(&self, id: &str) -> bool {
         self.running.contains_key(id)
     }

@@ -108,13 +108,30 @@ struct Tag(String);
 
 impl Tag {
     fn new(lab: &Lab) -> Self {
-        let t = format!("apiary/busybox:{}", lab.id);
-        let ok = std::process::Command::new("docker")
-            .args(["tag", IMAGE, &t])
+        Self::of(IMAGE, &format!("apiary/busybox:{}", lab.id))
+    }
+
+    /// An image with nothing in it: no program of a task can start.
+    fn empty(tag: &str) -> Self {
+        let ok = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("tar cf - -T /dev/null | docker import - {tag}"),
+            ])
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(ok.success());
-        Tag(t)
+        Tag(tag.to_string())
+    }
+
+    fn of(image: &str, tag: &str) -> Self {
+        let ok = std::process::Command::new("docker")
+            .args(["tag", image, tag])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Tag(tag.to_string())
     }
 }
 
@@ -130,6 +147,8 @@ impl Drop for Tag {
 fn start_first_rolling_update_loses_no_request_and_a_failing_one_rolls_back() {
     let lab = swarm(1, 2).unwrap();
     let tag = Tag::new(&lab);
+    // Made up front: nodes report their images every few seconds.
+    let broken = Tag::empty(&format!("apiary/broken:{}", lab.id));
     let args = create_args("web");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = lab.apiary(0, &args).out();
@@ -164,15 +183,43 @@ fn start_first_rolling_update_loses_no_request_and_a_failing_one_rolls_back() {
     assert_eq!(v["spec"]["image"], IMAGE);
     assert_eq!(v["update_status"]["state"], "rollback_completed");
 
-    // A new image that does not exist: the first new task is rejected and
-    // the service goes back to the running image by itself.
+    // An image no node has is refused up front, and nothing changes.
+    for args in [
+        &[
+            "service",
+            "create",
+            "--name",
+            "other",
+            "apiary/no-such-image:1",
+        ][..],
+        &[
+            "service",
+            "update",
+            "--image",
+            "apiary/no-such-image:1",
+            "web",
+        ][..],
+    ] {
+        let err = lab.apiary(0, args).err();
+        assert!(
+            err.contains("unknown image apiary/no-such-image:1"),
+            "{err}"
+        );
+    }
+    let ls = lab.apiary(0, &["service", "ls"]).out();
+    assert_eq!(ls.lines().count(), 2, "{ls}");
+    assert_eq!(inspect(&lab, "web")["spec"]["image"], IMAGE);
+
+    // A new image whose tasks cannot start (an empty one: no shell for
+    // the command): the first new task is rejected and the service goes
+    // back to the running image by itself.
     let out = lab.apiary(
         0,
         &[
             "service",
             "update",
             "--image",
-            "apiary/no-such-image:1",
+            &broken.0,
             "--update-failure-action",
             "rollback",
             "web",
@@ -187,5 +234,5 @@ fn start_first_rolling_update_loses_no_request_and_a_failing_one_rolls_back() {
     .expect("rolled back");
     assert_eq!(v["spec"]["image"], IMAGE);
     let ps = lab.apiary(0, &["service", "ps", "web"]).out();
-    assert!(ps.contains("unknown image"), "{ps}");
+    assert!(ps.contains(&broken.0) && ps.contains("Rejected"), "{ps}");
 }

@@ -24,8 +24,8 @@ pub use agent::{AssignedTask, Backend, Endpoints, NodeState, Peer};
 pub use nodes::{KvValue, NodeView, UpdateRequest};
 pub use services::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
 pub use swarm::{
-    HeartbeatReply, InitReply, InitRequest, JoinReply, LeaveRequest, LocalJoinRequest, RenewReply,
-    RenewRequest, RotateRequest, SwarmView,
+    HeartbeatReply, HeartbeatRequest, InitReply, InitRequest, JoinReply, LeaveRequest,
+    LocalJoinRequest, RenewReply, RenewRequest, RotateRequest, SwarmView,
 };
 
 /// Who is asking, as the transport proves it.
@@ -235,7 +235,14 @@ async fn route(
     }
     match (method, segs.as_slice()) {
         (&Method::POST, ["v1", "swarm", "join"]) => swarm::join(&j, parse(body)?).await,
-        (&Method::POST, ["v1", "heartbeat"]) => swarm::heartbeat(&j, node_caller(caller)?).await,
+        (&Method::POST, ["v1", "heartbeat"]) => {
+            let req = if body.is_empty() {
+                swarm::HeartbeatRequest::default()
+            } else {
+                parse(body)?
+            };
+            swarm::heartbeat(&j, node_caller(caller)?, req).await
+        }
         (&Method::POST, ["v1", "swarm", "activate"]) => {
             swarm::activate(&j, node_caller(caller)?).await
         }

@@ -65,6 +65,37 @@ fn view(s: &ClusterState, svc: &Service) -> ServiceView {
     }
 }
 
+/// A docker service's image must be on some node's Docker Engine (there is
+/// no registry to pull from): refused up front rather than every task
+/// rejected. Unknown when no node has reported its images yet.
+fn check_image(j: &Joined, spec: &ServiceSpec) -> Result<(), ApiError> {
+    if spec.driver != crate::services::Driver::Docker {
+        return Ok(());
+    }
+    let image = &spec.image;
+    let by_id = image.contains('@')
+        || image.starts_with("sha256:")
+        || (image.len() >= 12 && image.chars().all(|c| c.is_ascii_hexdigit()));
+    if by_id {
+        return Ok(());
+    }
+    let tagged = match image
+        .rsplit_once('/')
+        .map_or(image.as_str(), |(_, n)| n)
+        .contains(':')
+    {
+        true => image.clone(),
+        false => format!("{image}:latest"),
+    };
+    let known = j.images.lock().unwrap_or_else(|p| p.into_inner());
+    if known.is_empty() || known.values().any(|imgs| imgs.contains(&tagged)) {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "unknown image {image}: no node's Docker Engine has it (build, import or pull it on the nodes first; `docker images` lists what an engine has)"
+    )))
+}
+
 /// Checks a spec and fills what the cluster chooses (published ports left
 /// at 0).
 fn settle(
@@ -168,6 +199,7 @@ pub async fn create(j: &Joined, spec: ServiceSpec) -> Reply {
         s.service_fits(&svc).map_err(ApiError::Conflict)?;
         Ok(svc)
     })?;
+    check_image(j, &svc.spec)?;
     m.write(Command::CreateService(svc.clone())).await?;
     let v = m.sm.read(|a| view(&a.state, &svc));
     ok(&v)
@@ -388,6 +420,9 @@ async fn replace(j: &Joined, old: Service, spec: ServiceSpec, rollback: bool) ->
         a.state.service_fits(&next).map_err(ApiError::Conflict)?;
         Ok(next)
     })?;
+    if next.spec.image != old.spec.image || next.spec.driver != old.spec.driver {
+        check_image(j, &next.spec)?;
+    }
     m.write(Command::UpdateService(next.clone())).await?;
     ok(&m.sm.read(|a| view(&a.state, &next)))
 }

@@ -503,11 +503,25 @@ pub struct HeartbeatReply {
     pub cert_expiry_s: u64,
 }
 
-pub async fn heartbeat(j: &Joined, id: u64) -> Reply {
+/// What a node says with its heartbeat.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct HeartbeatRequest {
+    /// The images its Docker Engine has (`None`: no engine).
+    #[serde(default)]
+    pub images: Option<Vec<String>>,
+}
+
+pub async fn heartbeat(j: &Joined, id: u64, req: HeartbeatRequest) -> Reply {
     j.last_seen
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, std::time::Instant::now());
+    if let Some(images) = req.images {
+        j.images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, images.into_iter().collect());
+    }
     let (down, role, managers, settings) = j.manager().sm.read(|a| {
         (
             a.state.nodes.get(&id).map(|n| n.status) == Some(Status::Down),

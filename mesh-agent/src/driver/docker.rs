@@ -77,6 +77,22 @@ impl DockerDriver {
         })
     }
 
+    /// The images the engine has, by repository:tag.
+    pub fn images(&self) -> Result<Vec<String>, DriverError> {
+        let list = self
+            .rt
+            .block_on(
+                self.docker
+                    .list_images(None::<bollard::query_parameters::ListImagesOptions>),
+            )
+            .map_err(docker_err("", "listing images"))?;
+        Ok(list
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t != "<none>:<none>")
+            .collect())
+    }
+
     /// Containers are named after the node and the task.
     pub fn container_name(&self, id: &str) -> String {
         format!("apiary-{}-{id}", self.node)

@@ -25,7 +25,11 @@ pub struct AgentLink {
     assignments: std_mpsc::Sender<Assignment>,
     reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<TaskReport>>>,
     images: Images,
+    logs: LogReader,
 }
+
+/// Reads a task's (stdout, stderr) on this node; blocking.
+pub type LogReader = Arc<dyn Fn(&str) -> Result<(String, String), String> + Send + Sync>;
 
 /// The images the node's Docker Engine has (`None`: no engine), kept by
 /// the runtime, read by the heartbeats.
@@ -39,7 +43,7 @@ pub struct RuntimeLink {
     pub images: Images,
 }
 
-pub fn link() -> (Arc<AgentLink>, RuntimeLink) {
+pub fn link(logs: LogReader) -> (Arc<AgentLink>, RuntimeLink) {
     let (atx, arx) = std_mpsc::channel();
     let (rtx, rrx) = mpsc::unbounded_channel();
     let images = Images::default();
@@ -48,6 +52,7 @@ pub fn link() -> (Arc<AgentLink>, RuntimeLink) {
             assignments: atx,
             reports: tokio::sync::Mutex::new(rrx),
             images: images.clone(),
+            logs,
         }),
         RuntimeLink {
             assignments: arx,
@@ -61,6 +66,14 @@ impl AgentLink {
     /// The node left the swarm: nothing is assigned to it any more.
     pub fn left(&self) {
         let _ = self.assignments.send(None);
+    }
+
+    /// Task `id`'s output on this node.
+    pub async fn logs(&self, id: &str) -> Result<(String, String), String> {
+        let (read, id) = (self.logs.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || read(&id))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     pub fn images(&self) -> Option<Vec<String>> {

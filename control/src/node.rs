@@ -278,6 +278,11 @@ impl Joined {
             .clone()
     }
 
+    /// This node's runtime, when the daemon runs tasks.
+    pub fn agent(&self) -> Option<&Arc<crate::assignments::AgentLink>> {
+        self.agent.as_ref()
+    }
+
     pub fn role(&self) -> Role {
         *self.role.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -99,7 +99,18 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     };
     // The node's runtime (tasks, data plane, overlay) is a plain thread
     // fed by the control plane; it keeps the tasks running over a restart.
-    let (agent, runtime_link) = control::assignments::link();
+    let (data, cgroups, socket) = (
+        local.data_dir.clone(),
+        local
+            .cgroup_parent
+            .clone()
+            .unwrap_or_else(|| format!("apiary/{}", local.hostname)),
+        local.docker_socket.clone(),
+    );
+    let logs: control::assignments::LogReader = Arc::new(move |id: &str| {
+        crate::tasks::logs(&data, &cgroups, &socket, id).map_err(|e| e.to_string())
+    });
+    let (agent, runtime_link) = control::assignments::link(logs);
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = crate::assigned::spawn(local, runtime_link, stop.clone())
         .context("starting the runtime thread")?;

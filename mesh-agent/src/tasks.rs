@@ -436,6 +436,23 @@ pub fn list(
     Ok(out)
 }
 
+/// A task's (stdout, stderr) so far, read the way `list` reads tasks:
+/// from the exec driver's files, else from Docker Engine.
+pub fn logs(
+    data_dir: &std::path::Path,
+    cgroup_parent: &str,
+    docker_socket: &str,
+    id: &str,
+) -> Result<(String, String), TaskError> {
+    let exec = ExecDriver::new(data_dir, PathBuf::from("apiary"), cgroup_parent);
+    match exec.logs(id) {
+        Err(DriverError::NoTask(_)) => {}
+        other => return Ok(other?),
+    }
+    let docker = DockerDriver::connect(docker_socket, &cgroup_parent.replace('/', "-"))?;
+    Ok(docker.logs(id)?)
+}
+
 pub fn render(rows: &[TaskView]) -> String {
     use std::fmt::Write as _;
     let mut s = format!(

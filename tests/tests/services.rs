@@ -342,3 +342,30 @@ fn agents_read_their_assignments_and_report_task_states() {
         .out()
         .contains("Failed"));
 }
+
+#[test]
+fn service_logs_gather_every_tasks_output_from_its_node() {
+    let lab = swarm(1, 2).unwrap();
+    create(&lab, &["--name", "web", "--replicas", "3", "-p", "8080:80"]);
+    // whoami says where it listens on stderr as it starts.
+    let out = lab.apiary(0, &["service", "logs", "web"]);
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("listening on 0.0.0.0:80"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", out.stderr);
+    let nodes: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.split('@').nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "one task per node, each asked of its node: {lines:?}"
+    );
+    assert!(lines.iter().all(|l| l.starts_with("web.")), "{lines:?}");
+    let err = lab.apiary(0, &["service", "logs", "nope"]).err();
+    assert!(err.contains("nope"), "{err}");
+}

@@ -22,7 +22,7 @@ use crate::node::{Daemon, Joined};
 
 pub use agent::{AssignedTask, Backend, Endpoints, NodeState, Peer};
 pub use nodes::{KvValue, NodeView, UpdateRequest};
-pub use services::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
+pub use services::{NodeLogs, ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView};
 pub use swarm::{
     HeartbeatReply, HeartbeatRequest, InitReply, InitRequest, JoinReply, LeaveRequest,
     LocalJoinRequest, RenewReply, RenewRequest, RotateRequest, SwarmView,
@@ -193,6 +193,9 @@ async fn route(
                 .expect("valid response"))
         }
         (&Method::POST, ["v1", "raft", rpc]) => return raft_rpc(&j, transport, rpc, body).await,
+        (&Method::GET, ["v1", "node", "logs", task]) => {
+            return services::node_logs(&j, transport, task).await
+        }
         _ => {}
     }
     // Cluster requests: the leader answers.
@@ -286,6 +289,7 @@ async fn admin_route(
         (&Method::GET, ["v1", "services"]) => services::list(j).await,
         (&Method::GET, ["v1", "services", name]) => services::inspect(j, name).await,
         (&Method::GET, ["v1", "services", name, "tasks"]) => services::tasks(j, name).await,
+        (&Method::GET, ["v1", "services", name, "logs"]) => services::logs(j, name).await,
         (&Method::POST, ["v1", "services", name, "scale"]) => {
             services::scale(j, name, parse(body)?).await
         }

@@ -274,6 +274,117 @@ pub async fn tasks(j: &Joined, name: &str) -> Reply {
     })
 }
 
+/// A task's output as its node has it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NodeLogs {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One task's part of `service logs`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TaskLog {
+    /// `service.slot.id` (as Docker names it).
+    pub task: String,
+    pub node: String,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Why the node could not say (down, task gone).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A task's output on this node, for the leader gathering `service logs`
+/// (any node certificate of the swarm, or the local socket).
+pub async fn node_logs(j: &Joined, caller: super::Caller, task: &str) -> Reply {
+    if caller == super::Caller::Anonymous {
+        return Err(ApiError::Unauthorized(
+            "a node certificate of this swarm is required".into(),
+        ));
+    }
+    let agent = j
+        .agent()
+        .ok_or_else(|| ApiError::NotFound("this daemon runs no tasks".into()))?;
+    let (stdout, stderr) = agent.logs(task).await.map_err(ApiError::NotFound)?;
+    ok(&NodeLogs { stdout, stderr })
+}
+
+/// `service logs`: every task's output, asked of the node it runs on.
+pub async fn logs(j: &Joined, name: &str) -> Reply {
+    let m = j.manager();
+    let wanted = m.sm.read(
+        |a| -> Result<Vec<(String, String, String, String)>, ApiError> {
+            let s = &a.state;
+            let svc = s.find_service(name).map_err(ApiError::NotFound)?;
+            let mut v: Vec<_> = s
+                .tasks
+                .values()
+                .filter(|t| t.service == svc.id)
+                .filter_map(|t| {
+                    let node = s.nodes.get(&t.node?)?;
+                    let label =
+                        format!("{}.{}", t.name(&svc.spec.name), &t.id[..12.min(t.id.len())]);
+                    Some((
+                        label,
+                        t.id.clone(),
+                        node.hostname.clone(),
+                        node.addr.clone(),
+                    ))
+                })
+                .collect();
+            v.sort();
+            Ok(v)
+        },
+    )?;
+    let fetches = wanted
+        .into_iter()
+        .map(|(label, id, host, addr)| async move {
+            let got = if addr == j.addr {
+                match j.agent() {
+                    Some(a) => a.logs(&id).await,
+                    None => Err("this daemon runs no tasks".to_string()),
+                }
+            } else {
+                match j
+                    .call_leader(
+                        &addr,
+                        hyper::Method::GET,
+                        &format!("/v1/node/logs/{id}"),
+                        None,
+                        &[],
+                    )
+                    .await
+                {
+                    Ok((s, b)) if s.is_success() => serde_json::from_slice::<NodeLogs>(&b)
+                        .map(|l| (l.stdout, l.stderr))
+                        .map_err(|e| e.to_string()),
+                    Ok((s, b)) => Err(format!("{s}: {}", String::from_utf8_lossy(&b))),
+                    Err(e) => Err(format!("node {host} at {addr} is unreachable: {e}")),
+                }
+            };
+            match got {
+                Ok((stdout, stderr)) => TaskLog {
+                    task: label,
+                    node: host,
+                    stdout,
+                    stderr,
+                    error: None,
+                },
+                Err(e) => TaskLog {
+                    task: label,
+                    node: host,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    error: Some(e),
+                },
+            }
+        });
+    let v: Vec<TaskLog> = futures::future::join_all(fetches).await;
+    ok(&v)
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct ScaleRequest {
     pub replicas: u64,

@@ -6,7 +6,7 @@ use anyhow::bail;
 use hyper::Method;
 
 use super::{table, Connect};
-use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskView};
+use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView};
 use control::client::Client;
 use control::services::{
     parse_port, Driver, FailureAction, Mode, Protocol, RestartCondition, RestartPolicy,
@@ -227,6 +227,13 @@ pub enum ServiceCmd {
     Rollback {
         #[arg(short, long)]
         detach: bool,
+        service: String,
+    },
+    /// The output of a service's tasks, gathered from their nodes.
+    Logs {
+        /// Keep printing what the tasks write.
+        #[arg(short, long)]
+        follow: bool,
         service: String,
     },
     /// Remove services.
@@ -651,6 +658,46 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 println!("{service}\nrollback: manually requested rollback");
                 if !detach {
                     follow(&mut c, &v, true).await?;
+                }
+            }
+            ServiceCmd::Logs { follow, service } => {
+                // What was printed of each task's stdout and stderr.
+                let mut shown: std::collections::HashMap<String, (usize, usize)> =
+                    Default::default();
+                loop {
+                    let logs: Vec<TaskLog> = c
+                        .call(
+                            Method::GET,
+                            &format!("/v1/services/{service}/logs"),
+                            None::<&()>,
+                        )
+                        .await?;
+                    let width = logs
+                        .iter()
+                        .map(|l| l.task.len() + l.node.len() + 1)
+                        .max()
+                        .unwrap_or(0);
+                    for l in &logs {
+                        let who = format!("{}@{}", l.task, l.node);
+                        let seen = shown.entry(who.clone()).or_default();
+                        if let Some(e) = &l.error {
+                            if seen.0 == 0 && seen.1 == 0 && !follow {
+                                eprintln!("{who:<width$} | error: {e}");
+                            }
+                            continue;
+                        }
+                        for line in l.stdout.get(seen.0..).unwrap_or("").lines() {
+                            println!("{who:<width$} | {line}");
+                        }
+                        for line in l.stderr.get(seen.1..).unwrap_or("").lines() {
+                            eprintln!("{who:<width$} | {line}");
+                        }
+                        *seen = (l.stdout.len(), l.stderr.len());
+                    }
+                    if !follow {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             ServiceCmd::Rm { services } => {

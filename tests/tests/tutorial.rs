@@ -32,6 +32,7 @@ fn tasks(lab: &Lab, service: &str) -> Vec<(String, String, String)> {
 
 #[derive(Debug)]
 struct Failure {
+    /// When the failed request began.
     at: Instant,
     to: SocketAddr,
     /// Shown (Debug) when an assertion fails.
@@ -58,10 +59,13 @@ impl Loop {
                 let mut i = 0;
                 while !flag.load(Ordering::Relaxed) {
                     let to = targets[i % targets.len()];
+                    // A failure dates from when its request began (a
+                    // timeout is noticed seconds later).
+                    let began = Instant::now();
                     match http_once(to, None) {
                         Ok(_) => ok += 1,
                         Err(e) => failed.push(Failure {
-                            at: Instant::now(),
+                            at: began,
                             to,
                             error: e.to_string(),
                         }),

@@ -65,6 +65,8 @@ async fn one_round(nodes: u64, tasks: u64) -> anyhow::Result<(f64, f64)> {
             health_cmd: None,
             update: Default::default(),
             rollback: Default::default(),
+            reserve: Default::default(),
+            limit: Default::default(),
         },
         version: 1,
         previous: None,

@@ -116,6 +116,9 @@ pub struct Node {
     /// The node's WireGuard key, for the other nodes' overlay peers.
     #[serde(default)]
     pub wg_public_key: Option<String>,
+    /// Its CPUs and memory, as it said when it joined.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 impl Node {
@@ -133,7 +136,52 @@ impl Node {
             updated_at: at,
             task_subnet: None,
             wg_public_key: None,
+            resources: Resources::default(),
         }
+    }
+}
+
+/// CPUs (in billionths) and memory (bytes); 0 means not given / unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+}
+
+impl Resources {
+    pub fn is_zero(&self) -> bool {
+        self.nano_cpus == 0 && self.memory_bytes == 0
+    }
+
+    /// This machine's CPUs and memory.
+    pub fn of_this_machine() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u64);
+        let mem_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        Resources {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes: mem_kib * 1024,
+        }
+    }
+
+    /// Whether `want` more fits in `self` (as capacity left); an unknown
+    /// capacity (0) takes anything.
+    pub fn fits(&self, used: &Resources, want: &Resources) -> bool {
+        (self.nano_cpus == 0 || used.nano_cpus + want.nano_cpus <= self.nano_cpus)
+            && (self.memory_bytes == 0
+                || used.memory_bytes + want.memory_bytes <= self.memory_bytes)
+    }
+
+    pub fn add(&mut self, o: &Resources) {
+        self.nano_cpus += o.nano_cpus;
+        self.memory_bytes += o.memory_bytes;
     }
 }
 

@@ -624,8 +624,8 @@ fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
         env: run.env,
         address: Ipv4Addr::UNSPECIFIED,
         service: Some(t.service_name.clone()),
-        memory: None,
+        memory: (run.limit.memory_bytes > 0).then(|| run.limit.memory_bytes.to_string()),
         health_cmd: run.health_cmd,
-        cpus: None,
+        cpus: (run.limit.nano_cpus > 0).then(|| run.limit.nano_cpus as f64 / 1e9),
     }
 }

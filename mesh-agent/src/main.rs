@@ -47,8 +47,9 @@ enum Cmd {
     },
     /// Manage services (on a manager).
     Service {
+        // Boxed: `service create` has many flags.
         #[command(subcommand)]
-        cmd: cli::service::ServiceCmd,
+        cmd: Box<cli::service::ServiceCmd>,
     },
     /// The swarm's small key-value space (committed through Raft).
     Kv {
@@ -190,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Swarm { cmd } => cli::swarm::run(cmd, &cli.connect),
         Cmd::Node { cmd } => cli::node::run(cmd, &cli.connect),
         Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
-        Cmd::Service { cmd } => cli::service::run(cmd, &cli.connect),
+        Cmd::Service { cmd } => cli::service::run(*cmd, &cli.connect),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;

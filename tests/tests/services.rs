@@ -369,3 +369,28 @@ fn service_logs_gather_every_tasks_output_from_its_node() {
     let err = lab.apiary(0, &["service", "logs", "nope"]).err();
     assert!(err.contains("nope"), "{err}");
 }
+
+#[test]
+fn reservations_hold_tasks_back_until_a_node_has_room() {
+    let lab = swarm(1, 1).unwrap();
+    // More memory than any node has: the task waits, saying why.
+    create(
+        &lab,
+        &["--name", "big", "--reserve-memory", "100000G", "--detach"],
+    );
+    let (ps, _) = until(Duration::from_secs(5), || {
+        let ps = lab.apiary(0, &["service", "ps", "big"]).out();
+        ps.contains("insufficient resources").then_some(ps)
+    })
+    .expect("pending with the reason");
+    assert!(ps.contains("Pending"), "{ps}");
+    let err = lab
+        .apiary(0, &["service", "update", "--limit-cpu=-1", "big"])
+        .err();
+    assert!(err.contains("--limit-cpu"), "{err}");
+    // A reservation that fits: placed and running.
+    let out = lab
+        .apiary(0, &["service", "update", "--reserve-memory", "64M", "big"])
+        .out();
+    assert!(out.contains("converged"), "{out}");
+}

@@ -432,6 +432,15 @@ pub struct ServiceUpdate {
     pub update: UpdatePatch,
     #[serde(default)]
     pub rollback: UpdatePatch,
+    /// New reservations and limits (nano CPUs, bytes; 0 clears).
+    #[serde(default)]
+    pub reserve_nano_cpus: Option<u64>,
+    #[serde(default)]
+    pub reserve_memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub limit_nano_cpus: Option<u64>,
+    #[serde(default)]
+    pub limit_memory_bytes: Option<u64>,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
@@ -445,6 +454,16 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
     }
     u.update.apply(&mut spec.update);
     u.rollback.apply(&mut spec.rollback);
+    for (v, field) in [
+        (u.reserve_nano_cpus, &mut spec.reserve.nano_cpus),
+        (u.reserve_memory_bytes, &mut spec.reserve.memory_bytes),
+        (u.limit_nano_cpus, &mut spec.limit.nano_cpus),
+        (u.limit_memory_bytes, &mut spec.limit.memory_bytes),
+    ] {
+        if let Some(v) = v {
+            *field = v;
+        }
+    }
     if let Some(r) = u.replicas {
         if spec.mode == Mode::Global {
             return Err(ApiError::BadRequest(format!(

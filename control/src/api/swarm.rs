@@ -177,6 +177,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     let node = Node {
         task_subnet: first_subnet,
         wg_public_key: d.cfg.wg_public_key.clone(),
+        resources: crate::model::Resources::of_this_machine(),
         ..Node::new(
             node_id,
             d.cfg.hostname.clone(),
@@ -255,6 +256,8 @@ pub struct JoinRequest {
     pub addr: String,
     #[serde(default)]
     pub wg_public_key: Option<String>,
+    #[serde(default)]
+    pub resources: crate::model::Resources,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -338,6 +341,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
         hostname: d.cfg.hostname.clone(),
         addr: addr.clone(),
         wg_public_key: d.cfg.wg_public_key.clone(),
+        resources: crate::model::Resources::of_this_machine(),
     })
     .expect("serializable");
     let join_tls = tls::join_config(&ca_pem)?;
@@ -463,6 +467,7 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         .write(Command::AddNode(Node {
             task_subnet: Some(subnet),
             wg_public_key: req.wg_public_key,
+            resources: req.resources,
             ..Node::new(node_id, req.hostname, req.addr, role, at)
         }))
         .await?;

@@ -73,6 +73,14 @@ pub struct ServiceSpec {
     /// How a rollback rolls out (`--rollback-*`).
     #[serde(default)]
     pub rollback: UpdateConfig,
+    /// Set aside on a node for each task (`--reserve-cpu/-memory`): the
+    /// scheduler places a task only where it still fits.
+    #[serde(default)]
+    pub reserve: crate::model::Resources,
+    /// The most each task may use (`--limit-cpu/-memory`), enforced by
+    /// its driver.
+    #[serde(default)]
+    pub limit: crate::model::Resources,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +322,8 @@ pub struct TaskRun {
     pub driver: Driver,
     #[serde(default)]
     pub health_cmd: Option<String>,
+    #[serde(default)]
+    pub limit: crate::model::Resources,
 }
 
 impl From<&ServiceSpec> for TaskRun {
@@ -324,6 +334,7 @@ impl From<&ServiceSpec> for TaskRun {
             env: s.env.clone(),
             driver: s.driver,
             health_cmd: s.health_cmd.clone(),
+            limit: s.limit,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! to the task changes that close the gap. Pure: the caller proposes the
 //! result through Raft, so every decision is in the log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::constraint::Constraint;
 use super::scheduler::{unfit, Load, Placer};
@@ -10,7 +10,7 @@ use super::{
     FailureAction, Mode, RestartCondition, Service, Task, TaskState, UpdateOrder, UpdateState,
     UpdateStatus,
 };
-use crate::model::{ClusterState, Command, NodeId, Status};
+use crate::model::{ClusterState, Command, NodeId, Resources, Status};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
@@ -325,9 +325,16 @@ fn rollout<'a>(
 pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut plan = Plan::default();
     let mut load = Load::default();
+    // What running tasks reserve on each node (`--reserve-*`).
+    let mut reserved: HashMap<NodeId, Resources> = HashMap::new();
     for t in s.tasks.values() {
         if let (Some(n), true) = (t.node, t.desired == TaskState::Running) {
             *load.total.entry(n).or_default() += 1;
+            if let Some(svc) = s.services.get(&t.service) {
+                if !svc.spec.reserve.is_zero() && !t.state.is_terminal() {
+                    reserved.entry(n).or_default().add(&svc.spec.reserve);
+                }
+            }
         }
     }
     // Tasks of services that are gone.
@@ -433,6 +440,8 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                             svc.spec.replicas_max_per_node,
                             spread.as_deref(),
                             load,
+                            svc.spec.reserve,
+                            &reserved,
                         )
                     })
                     .next(load),
@@ -502,7 +511,12 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                 }
                 for n in s.nodes.values() {
                     let start = fresh.start.contains(&(0, Some(n.id)));
-                    if (start || !covered.contains(&n.id)) && unfit(n, &constraints).is_none() {
+                    let used = reserved.get(&n.id).copied().unwrap_or_default();
+                    let room = n.resources.fits(&used, &svc.spec.reserve);
+                    if (start || !covered.contains(&n.id))
+                        && room
+                        && unfit(n, &constraints).is_none()
+                    {
                         place(0, Some(n.id), None, &mut plan, &mut load);
                     }
                 }
@@ -520,7 +534,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Availability, Command, Node, Role, Status};
+    use crate::model::{Availability, Command, Node, Resources, Role, Status};
     use crate::services::{Service, ServiceSpec, TaskReport, UpdateStatus};
     use std::net::Ipv4Addr;
 
@@ -559,6 +573,8 @@ mod tests {
                 health_cmd: None,
                 update: Default::default(),
                 rollback: Default::default(),
+                reserve: Default::default(),
+                limit: Default::default(),
             },
             version: 1,
             previous: None,
@@ -967,6 +983,45 @@ mod tests {
             s.services["svc-web"].update_status.clone().unwrap().state,
             UpdateState::RollbackCompleted
         );
+    }
+
+    #[test]
+    fn reservations_place_tasks_only_where_they_fit() {
+        let mut s = state(3);
+        for n in s.nodes.values_mut() {
+            n.resources = Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 4 << 30,
+            };
+        }
+        service(&mut s, "web", Mode::Replicated { replicas: 7 }, &[]);
+        s.services
+            .get_mut("svc-web")
+            .unwrap()
+            .spec
+            .reserve
+            .nano_cpus = 1_000_000_000;
+        settle(&mut s);
+        assert_eq!(per_node(&s), vec![2, 2, 2], "two CPUs each: two tasks each");
+        let pending: Vec<&Task> = live(&s).into_iter().filter(|t| t.node.is_none()).collect();
+        assert_eq!(pending.len(), 1);
+        assert!(
+            pending[0].message.contains("insufficient resources"),
+            "{}",
+            pending[0].message
+        );
+        // Another service's reservations count too.
+        service(&mut s, "db", Mode::Replicated { replicas: 1 }, &[]);
+        s.services
+            .get_mut("svc-db")
+            .unwrap()
+            .spec
+            .reserve
+            .memory_bytes = 1 << 30;
+        settle(&mut s);
+        assert!(live(&s)
+            .iter()
+            .any(|t| t.service == "svc-db" && t.node.is_some()));
     }
 
     #[test]

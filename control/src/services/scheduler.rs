@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use super::constraint::Constraint;
-use crate::model::{Availability, Node, NodeId, Status};
+use crate::model::{Availability, Node, NodeId, Resources, Status};
 
 /// Tasks per node so far: (of this service, of all services).
 #[derive(Default)]
@@ -68,6 +68,9 @@ pub struct Placer {
     groups: BTreeMap<Option<String>, Group>,
     max_per_node: Option<u64>,
     why_none: String,
+    /// With a reservation: each node's capacity and what is reserved on it.
+    reserve: Resources,
+    room: HashMap<NodeId, (Resources, Resources)>,
 }
 
 impl Placer {
@@ -77,7 +80,10 @@ impl Placer {
         max_per_node: Option<u64>,
         spread: Option<&str>,
         load: &Load,
+        reserve: Resources,
+        reserved: &HashMap<NodeId, Resources>,
     ) -> Self {
+        let mut room = HashMap::new();
         let mut why: HashMap<&'static str, usize> = HashMap::new();
         let mut groups: BTreeMap<Option<String>, Group> = BTreeMap::new();
         let mut seen = 0;
@@ -87,6 +93,14 @@ impl Placer {
             if let Some(r) = unfit(n, constraints) {
                 *why.entry(r).or_default() += 1;
                 continue;
+            }
+            if !reserve.is_zero() {
+                let used = reserved.get(&n.id).copied().unwrap_or_default();
+                if !n.resources.fits(&used, &reserve) {
+                    *why.entry("with insufficient resources").or_default() += 1;
+                    continue;
+                }
+                room.insert(n.id, (n.resources, used));
             }
             fit += 1;
             let key = spread.and_then(|k| n.labels.get(k).cloned());
@@ -116,6 +130,8 @@ impl Placer {
             groups,
             max_per_node,
             why_none,
+            reserve,
+            room,
         }
     }
 
@@ -126,20 +142,35 @@ impl Placer {
             Some(Reverse((mine, _, _))) => max.is_none_or(|m| *mine < m),
             None => false,
         };
-        let key = self
-            .groups
-            .iter()
-            .filter(|(_, g)| open(g))
-            .min_by_key(|(k, g)| (g.tasks, (*k).clone()))
-            .map(|(k, _)| k.clone());
-        let Some(key) = key else {
-            return Err(self.why_none.clone());
-        };
-        let g = self.groups.get_mut(&key).expect("group just found");
-        let Reverse((mine, total, id)) = g.nodes.pop().expect("open group has a node");
-        g.tasks += 1;
-        g.nodes.push(Reverse((mine + 1, total + 1, id)));
-        load.add(id);
-        Ok(id)
+        loop {
+            let key = self
+                .groups
+                .iter()
+                .filter(|(_, g)| open(g))
+                .min_by_key(|(k, g)| (g.tasks, (*k).clone()))
+                .map(|(k, _)| k.clone());
+            let Some(key) = key else {
+                if !self.room.is_empty() {
+                    return Err(format!(
+                        "no suitable node (insufficient resources on the {} that fit otherwise)",
+                        self.room.len()
+                    ));
+                }
+                return Err(self.why_none.clone());
+            };
+            let g = self.groups.get_mut(&key).expect("group just found");
+            let Reverse((mine, total, id)) = g.nodes.pop().expect("open group has a node");
+            if let Some((cap, used)) = self.room.get_mut(&id) {
+                if !cap.fits(used, &self.reserve) {
+                    // Full: it leaves the heap for the rest of this round.
+                    continue;
+                }
+                used.add(&self.reserve);
+            }
+            g.tasks += 1;
+            g.nodes.push(Reverse((mine + 1, total + 1, id)));
+            load.add(id);
+            return Ok(id);
+        }
     }
 }

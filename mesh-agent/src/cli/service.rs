@@ -8,10 +8,61 @@ use hyper::Method;
 use super::{table, Connect};
 use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView};
 use control::client::Client;
+use control::model::Resources;
 use control::services::{
     parse_port, Driver, FailureAction, Mode, Protocol, RestartCondition, RestartPolicy,
     ServiceSpec, TaskState, UpdateOrder, UpdatePatch, UpdateState,
 };
+
+/// `--reserve-*` and `--limit-*` (create and update).
+#[derive(clap::Args, Debug, Default)]
+pub struct ResourceArgs {
+    /// CPUs set aside for each task on its node (e.g. 0.5).
+    #[arg(long)]
+    reserve_cpu: Option<f64>,
+    /// Memory set aside for each task on its node (e.g. 64M).
+    #[arg(long, value_parser = parse_size)]
+    reserve_memory: Option<u64>,
+    /// The most CPUs each task may use.
+    #[arg(long)]
+    limit_cpu: Option<f64>,
+    /// The most memory each task may use.
+    #[arg(long, value_parser = parse_size)]
+    limit_memory: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::config::parse_bytes(s).ok_or_else(|| {
+        format!("invalid size {s:?}: use bytes or a number with K, M or G (e.g. 64M)")
+    })
+}
+
+/// CPUs as nano CPUs; 0 clears the reservation or limit.
+fn nano_cpus(c: f64, flag: &str) -> anyhow::Result<u64> {
+    if !(0.0..=1024.0).contains(&c) {
+        bail!("invalid {flag} {c}: use a number of CPUs such as 0.5 (0: none)");
+    }
+    Ok((c * 1e9) as u64)
+}
+
+impl ResourceArgs {
+    /// The changes to (reserve, limit), checked.
+    fn apply(&self, reserve: &mut Resources, limit: &mut Resources) -> anyhow::Result<()> {
+        if let Some(c) = self.reserve_cpu {
+            reserve.nano_cpus = nano_cpus(c, "--reserve-cpu")?;
+        }
+        if let Some(m) = self.reserve_memory {
+            reserve.memory_bytes = m;
+        }
+        if let Some(c) = self.limit_cpu {
+            limit.nano_cpus = nano_cpus(c, "--limit-cpu")?;
+        }
+        if let Some(m) = self.limit_memory {
+            limit.memory_bytes = m;
+        }
+        Ok(())
+    }
+}
 
 /// `--update-*` and `--rollback-*` (create and update).
 #[derive(clap::Args, Debug, Default)]
@@ -167,6 +218,8 @@ pub enum ServiceCmd {
         health_cmd: Option<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
+        #[command(flatten)]
+        resources: ResourceArgs,
         /// Return at once instead of following the tasks until they run.
         #[arg(short, long)]
         detach: bool,
@@ -218,6 +271,8 @@ pub enum ServiceCmd {
         constraint_rm: Vec<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
+        #[command(flatten)]
+        resources: ResourceArgs,
         /// Return at once instead of following the tasks until they run.
         #[arg(short, long)]
         detach: bool,
@@ -402,10 +457,13 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 restart_window,
                 health_cmd,
                 rollout,
+                resources,
                 detach,
                 image,
                 command,
             } => {
+                let (mut reserve, mut limit) = Default::default();
+                resources.apply(&mut reserve, &mut limit)?;
                 let (up, back) = rollout.patches()?;
                 let (mut update, mut rollback) = Default::default();
                 up.apply(&mut update);
@@ -460,6 +518,8 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     health_cmd,
                     update,
                     rollback,
+                    reserve,
+                    limit,
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
@@ -614,11 +674,24 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 constraint_add,
                 constraint_rm,
                 rollout,
+                resources,
                 detach,
                 service,
             } => {
                 let (update, rollback) = rollout.patches()?;
+                // Only what was given changes: a marker value finds it.
+                let unset = Resources {
+                    nano_cpus: u64::MAX,
+                    memory_bytes: u64::MAX,
+                };
+                let (mut reserve, mut limit) = (unset, unset);
+                resources.apply(&mut reserve, &mut limit)?;
+                let given = |v: u64| (v != u64::MAX).then_some(v);
                 let u = ServiceUpdate {
+                    reserve_nano_cpus: given(reserve.nano_cpus),
+                    reserve_memory_bytes: given(reserve.memory_bytes),
+                    limit_nano_cpus: given(limit.nano_cpus),
+                    limit_memory_bytes: given(limit.memory_bytes),
                     update,
                     rollback,
                     image,

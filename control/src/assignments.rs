@@ -95,17 +95,10 @@ pub async fn follow(j: Arc<Joined>, link: Arc<AgentLink>) {
     let mut since: Option<u64> = None;
     let mut last: Option<NodeState> = None;
     loop {
-        let Some(target) = j.manager_target(next) else {
+        let Some(c) = j.manager_conn(&mut conn, next) else {
             tokio::time::sleep(RETRY).await;
             continue;
         };
-        if conn
-            .as_ref()
-            .is_some_and(|c| c.target().to_string() != target)
-        {
-            conn = None;
-        }
-        let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
         let uri = match since {
             Some(v) => format!("/v1/node/state?since={v}"),
             None => "/v1/node/state".to_string(),
@@ -163,17 +156,10 @@ pub async fn report(j: Arc<Joined>, link: Arc<AgentLink>) {
         while let Ok(batch) = rx.try_recv() {
             pending.extend(batch.into_iter().map(|r| (r.id.clone(), r)));
         }
-        let Some(target) = j.manager_target(next) else {
+        let Some(c) = j.manager_conn(&mut conn, next) else {
             tokio::time::sleep(RETRY).await;
             continue;
         };
-        if conn
-            .as_ref()
-            .is_some_and(|c| c.target().to_string() != target)
-        {
-            conn = None;
-        }
-        let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
         let body: Vec<&TaskReport> = pending.values().collect();
         let body = serde_json::to_vec(&body).expect("reports serialize");
         match c

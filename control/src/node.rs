@@ -339,6 +339,23 @@ impl Joined {
         }
     }
 
+    /// A connection to the manager `next` picks ([`Joined::manager_target`]),
+    /// kept in `conn` and reused while that stays the target.
+    pub fn manager_conn<'a>(
+        &self,
+        conn: &'a mut Option<Conn>,
+        next: usize,
+    ) -> Option<&'a mut Conn> {
+        let target = self.manager_target(next)?;
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.target().to_string() != target)
+        {
+            *conn = None;
+        }
+        Some(conn.get_or_insert_with(|| Conn::new(self.target(&target))))
+    }
+
     pub fn target(&self, addr: &str) -> Target {
         Target::Tls {
             addr: addr.to_string(),
@@ -455,16 +472,9 @@ async fn session(j: Arc<Joined>) {
     let mut refusals = 0u64;
     loop {
         tokio::time::sleep(period).await;
-        let Some(target) = j.manager_target(next) else {
+        let Some(c) = j.manager_conn(&mut conn, next) else {
             continue;
         };
-        if conn
-            .as_ref()
-            .is_some_and(|c| c.target().to_string() != target)
-        {
-            conn = None;
-        }
-        let c = conn.get_or_insert_with(|| Conn::new(j.target(&target)));
         let body = j.agent.as_ref().map(|a| {
             serde_json::to_vec(&api::HeartbeatRequest { images: a.images() })
                 .expect("heartbeat serializes")

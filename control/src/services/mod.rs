@@ -115,6 +115,9 @@ pub struct UpdateConfig {
     /// A new task failing this long after it started fails the update.
     pub monitor_ms: u64,
     pub order: UpdateOrder,
+    /// New tasks that may fail before the rollout fails, per thousand of
+    /// the service's tasks (`--update-max-failure-ratio 0.2` = 200).
+    pub max_failure_permille: u32,
 }
 
 impl Default for UpdateConfig {
@@ -125,6 +128,7 @@ impl Default for UpdateConfig {
             failure_action: FailureAction::Pause,
             monitor_ms: 5000,
             order: UpdateOrder::StopFirst,
+            max_failure_permille: 0,
         }
     }
 }
@@ -138,6 +142,7 @@ pub struct UpdatePatch {
     pub failure_action: Option<FailureAction>,
     pub monitor_ms: Option<u64>,
     pub order: Option<UpdateOrder>,
+    pub max_failure_permille: Option<u32>,
 }
 
 impl UpdatePatch {
@@ -156,6 +161,9 @@ impl UpdatePatch {
         }
         if let Some(v) = self.order {
             c.order = v;
+        }
+        if let Some(v) = self.max_failure_permille {
+            c.max_failure_permille = v;
         }
     }
 }

@@ -211,12 +211,17 @@ fn rollout<'a>(
         .filter(|t| t.created_at >= status.started_at && t.state == TaskState::Running)
         .map(|t| t.updated_at)
         .max();
-    // A new task that failed during the rollout fails it.
-    let failed = keep
+    // New tasks that failed during the rollout fail it, beyond the ratio
+    // allowed of the service's tasks.
+    let failures: Vec<&&Task> = keep
         .iter()
         .chain(retired.iter())
         .filter(|t| is_new(t) && t.created_at >= status.started_at)
-        .find(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected));
+        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected))
+        .collect();
+    let tasks = (keep.len() + outdated.len()) as u64;
+    let allowed = tasks * u64::from(cfg.max_failure_permille) / 1000;
+    let failed = failures.first().filter(|_| failures.len() as u64 > allowed);
     let mut hold = status.paused() || !status.in_progress();
     if let (false, Some(f), false) = (hold, failed, cfg.failure_action == FailureAction::Continue) {
         hold = true;
@@ -982,6 +987,51 @@ mod tests {
         assert_eq!(
             s.services["svc-web"].update_status.clone().unwrap().state,
             UpdateState::RollbackCompleted
+        );
+    }
+
+    #[test]
+    fn an_update_tolerates_failures_up_to_its_ratio() {
+        let mut s = state(2);
+        service(&mut s, "web", Mode::Replicated { replicas: 4 }, &[]);
+        {
+            let u = &mut s.services.get_mut("svc-web").unwrap().spec.update;
+            u.parallelism = 0;
+            u.max_failure_permille = 500;
+        }
+        round(&mut s, 1, true);
+        begin_update(&mut s, "img:2", 1000);
+        round(&mut s, 1000, false);
+        let v = s.services["svc-web"].task_version;
+        let mut reject = |s: &mut ClusterState, at: u64| {
+            let t = live(s)
+                .into_iter()
+                .find(|t| t.spec_version >= v && t.state == TaskState::Assigned)
+                .unwrap()
+                .clone();
+            s.apply(Command::TaskStatus {
+                node: t.node.unwrap(),
+                reports: vec![TaskReport {
+                    id: t.id,
+                    state: TaskState::Rejected,
+                    message: "no".into(),
+                    address: None,
+                }],
+                at,
+            });
+        };
+        let state_of =
+            |s: &ClusterState| s.services["svc-web"].update_status.clone().unwrap().state;
+        reject(&mut s, 1100);
+        reject(&mut s, 1100);
+        round(&mut s, 1200, false);
+        assert_eq!(state_of(&s), UpdateState::Updating, "2 of 4 allowed");
+        reject(&mut s, 1300);
+        round(&mut s, 1400, false);
+        assert_eq!(
+            state_of(&s),
+            UpdateState::Paused,
+            "the third is one too many"
         );
     }
 

@@ -82,6 +82,9 @@ pub struct RolloutArgs {
     /// stop-first (default) or start-first (the new task runs before the old one goes).
     #[arg(long, value_enum)]
     update_order: Option<OrderArg>,
+    /// The share of tasks (0 to 1) that may fail before the update fails.
+    #[arg(long)]
+    update_max_failure_ratio: Option<f64>,
     #[arg(long)]
     rollback_parallelism: Option<u64>,
     #[arg(long, value_parser = super::parse_duration)]
@@ -128,25 +131,34 @@ fn patch(
             OrderArg::StopFirst => UpdateOrder::StopFirst,
             OrderArg::StartFirst => UpdateOrder::StartFirst,
         }),
+        max_failure_permille: None,
     }
 }
 
 impl RolloutArgs {
     /// (update, rollback) changes.
     fn patches(&self) -> anyhow::Result<(UpdatePatch, UpdatePatch)> {
+        if let Some(r) = self.update_max_failure_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                bail!("invalid --update-max-failure-ratio {r}: use a share between 0 and 1 (e.g. 0.2)");
+            }
+        }
         if matches!(self.rollback_failure_action, Some(FailureArg::Rollback)) {
             bail!(
                 "invalid --rollback-failure-action rollback: a rollback can only pause or continue"
             );
         }
         Ok((
-            patch(
-                self.update_parallelism,
-                self.update_delay,
-                self.update_failure_action,
-                self.update_monitor,
-                self.update_order,
-            ),
+            UpdatePatch {
+                max_failure_permille: self.update_max_failure_ratio.map(|r| (r * 1000.0) as u32),
+                ..patch(
+                    self.update_parallelism,
+                    self.update_delay,
+                    self.update_failure_action,
+                    self.update_monitor,
+                    self.update_order,
+                )
+            },
             patch(
                 self.rollback_parallelism,
                 self.rollback_delay,

@@ -1003,7 +1003,7 @@ mod tests {
         begin_update(&mut s, "img:2", 1000);
         round(&mut s, 1000, false);
         let v = s.services["svc-web"].task_version;
-        let mut reject = |s: &mut ClusterState, at: u64| {
+        let reject = |s: &mut ClusterState, at: u64| {
             let t = live(s)
                 .into_iter()
                 .find(|t| t.spec_version >= v && t.state == TaskState::Assigned)

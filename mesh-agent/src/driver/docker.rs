@@ -41,6 +41,21 @@ fn docker_err(task: &str, what: &str) -> impl FnOnce(bollard::errors::Error) -> 
     }
 }
 
+fn container_state(state: bollard::models::ContainerState) -> TaskState {
+    match state.status {
+        Some(ContainerStateStatusEnum::RUNNING) => {
+            TaskState::Running(state.pid.unwrap_or(0) as i32)
+        }
+        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+            TaskState::Exited(ExitRecord {
+                code: state.exit_code.map(|c| c as i32),
+                signal: None,
+            })
+        }
+        _ => TaskState::Lost,
+    }
+}
+
 fn not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -105,19 +120,7 @@ impl DockerDriver {
             Err(e) if not_found(&e) => return Err(DriverError::NoTask(id.to_string())),
             Err(e) => return Err(docker_err(id, "inspecting the container")(e)),
         };
-        let state = info.state.unwrap_or_default();
-        Ok(match state.status {
-            Some(ContainerStateStatusEnum::RUNNING) => {
-                TaskState::Running(state.pid.unwrap_or(0) as i32)
-            }
-            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
-                TaskState::Exited(ExitRecord {
-                    code: state.exit_code.map(|c| c as i32),
-                    signal: None,
-                })
-            }
-            _ => TaskState::Lost,
-        })
+        Ok(container_state(info.state.unwrap_or_default()))
     }
 
     fn remove_container(&self, id: &str, force: bool) -> Result<(), DriverError> {
@@ -135,7 +138,13 @@ impl DockerDriver {
 
 impl DockerDriver {
     /// Checks a spec and builds its container (nothing is created yet).
-    fn prepare(&self, spec: &TaskSpec) -> Result<(String, ContainerCreateBody), DriverError> {
+    /// `images` caches what was found of each image in this batch (a
+    /// busy engine answers each lookup slowly).
+    fn prepare(
+        &self,
+        spec: &TaskSpec,
+        images: &mut HashMap<String, bool>,
+    ) -> Result<(String, ContainerCreateBody), DriverError> {
         if !valid_task_id(&spec.id) {
             return Err(DriverError::BadTaskId(spec.id.clone()));
         }
@@ -143,15 +152,24 @@ impl DockerDriver {
             task: spec.id.clone(),
             message: "the docker driver needs an image".into(),
         })?;
-        match self.rt.block_on(self.docker.inspect_image(&image)) {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => return Err(DriverError::UnknownImage(image)),
-            Err(e) => return Err(docker_err(&spec.id, "looking up the image")(e)),
+        let known = match images.get(&image) {
+            Some(k) => *k,
+            None => {
+                let k = match self.rt.block_on(self.docker.inspect_image(&image)) {
+                    Ok(_) => true,
+                    Err(e) if not_found(&e) => false,
+                    Err(e) => return Err(docker_err(&spec.id, "looking up the image")(e)),
+                };
+                images.insert(image.clone(), k);
+                k
+            }
+        };
+        if !known {
+            return Err(DriverError::UnknownImage(image));
         }
+        // A container of this name already there is found when creating it
+        // (409), without a lookup per task.
         let name = self.container_name(&spec.id);
-        if self.inspect_state(&spec.id).is_ok() {
-            return Err(DriverError::Exists(spec.id.clone()));
-        }
         let mut binds = Vec::new();
         if let Some(r) = &spec.resolv_conf {
             // The attacher fills it in place; the container sees it change.
@@ -207,23 +225,32 @@ impl DockerDriver {
         specs: &[TaskSpec],
         attach: AttachFn<'_>,
     ) -> Vec<Result<TaskState, DriverError>> {
+        let mut images = HashMap::new();
         let prepared: Vec<Result<(String, ContainerCreateBody), DriverError>> =
-            specs.iter().map(|s| self.prepare(s)).collect();
+            specs.iter().map(|s| self.prepare(s, &mut images)).collect();
         let docker = &self.docker;
         let launches = prepared.iter().zip(specs).map(|(p, spec)| async move {
             let (name, body) = match p {
                 Ok(p) => p,
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(TaskState::Lost),
             };
             let opts = CreateContainerOptionsBuilder::new().name(name).build();
-            docker
-                .create_container(Some(opts), body.clone())
-                .await
-                .map_err(docker_err(&spec.id, "creating the container"))?;
+            match docker.create_container(Some(opts), body.clone()).await {
+                Ok(_) => {}
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => return Err(DriverError::Exists(spec.id.clone())),
+                Err(e) => return Err(docker_err(&spec.id, "creating the container")(e)),
+            }
             docker
                 .start_container(name, None)
                 .await
-                .map_err(docker_err(&spec.id, "starting the container"))
+                .map_err(docker_err(&spec.id, "starting the container"))?;
+            let info = docker
+                .inspect_container(name, None)
+                .await
+                .map_err(docker_err(&spec.id, "inspecting the container"))?;
+            Ok(container_state(info.state.unwrap_or_default()))
         });
         let launched = self.rt.block_on(futures::future::join_all(launches));
         let mut out = Vec::with_capacity(specs.len());
@@ -232,7 +259,12 @@ impl DockerDriver {
                 out.push(Err(e));
                 continue;
             }
-            let started = launch.and_then(|()| self.inspect_state(&spec.id));
+            if let Err(DriverError::Exists(id)) = launch {
+                // Not ours to remove: it was there before.
+                out.push(Err(DriverError::Exists(id)));
+                continue;
+            }
+            let started = launch;
             let pid = match started {
                 Ok(TaskState::Running(pid)) if pid > 0 => pid,
                 Ok(other) => {

@@ -226,74 +226,99 @@ impl DockerDriver {
         attach: AttachFn<'_>,
     ) -> Vec<Result<TaskState, DriverError>> {
         let mut images = HashMap::new();
-        let prepared: Vec<Result<(String, ContainerCreateBody), DriverError>> =
-            specs.iter().map(|s| self.prepare(s, &mut images)).collect();
-        let docker = &self.docker;
-        let launches = prepared.iter().zip(specs).map(|(p, spec)| async move {
-            let (name, body) = match p {
-                Ok(p) => p,
-                Err(_) => return Ok(TaskState::Lost),
-            };
-            let opts = CreateContainerOptionsBuilder::new().name(name).build();
-            match docker.create_container(Some(opts), body.clone()).await {
-                Ok(_) => {}
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 409, ..
-                }) => return Err(DriverError::Exists(spec.id.clone())),
-                Err(e) => return Err(docker_err(&spec.id, "creating the container")(e)),
-            }
-            docker
-                .start_container(name, None)
-                .await
-                .map_err(docker_err(&spec.id, "starting the container"))?;
-            let info = docker
-                .inspect_container(name, None)
-                .await
-                .map_err(docker_err(&spec.id, "inspecting the container"))?;
-            Ok(container_state(info.state.unwrap_or_default()))
-        });
-        let launched = self.rt.block_on(futures::future::join_all(launches));
-        let mut out = Vec::with_capacity(specs.len());
-        for ((p, spec), launch) in prepared.into_iter().zip(specs).zip(launched) {
-            if let Err(e) = p {
-                out.push(Err(e));
-                continue;
-            }
-            if let Err(DriverError::Exists(id)) = launch {
-                // Not ours to remove: it was there before.
-                out.push(Err(DriverError::Exists(id)));
-                continue;
-            }
-            let started = launch;
-            let pid = match started {
-                Ok(TaskState::Running(pid)) if pid > 0 => pid,
-                Ok(other) => {
-                    let _ = self.remove_container(&spec.id, true);
-                    out.push(Err(DriverError::Start {
-                        task: spec.id.clone(),
-                        message: format!("the container did not stay up: {other:?}"),
-                    }));
-                    continue;
+        let mut out: Vec<Option<Result<TaskState, DriverError>>> = Vec::new();
+        let mut bodies = Vec::new();
+        for s in specs {
+            match self.prepare(s, &mut images) {
+                Ok(b) => {
+                    bodies.push(Some(b));
+                    out.push(None);
                 }
                 Err(e) => {
-                    let _ = self.remove_container(&spec.id, true);
-                    out.push(Err(e));
-                    continue;
+                    bodies.push(None);
+                    out.push(Some(Err(e)));
                 }
-            };
-            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            if let Err(message) = attach(&spec.id, &netns) {
-                let _ = self.remove_container(&spec.id, true);
-                out.push(Err(DriverError::Attach {
-                    task: spec.id.clone(),
-                    message,
-                }));
-                continue;
             }
-            out.push(Ok(TaskState::Running(pid)));
         }
-        out
+        let docker = &self.docker;
+        let mut pending: futures::stream::FuturesUnordered<_> = bodies
+            .iter()
+            .zip(specs)
+            .enumerate()
+            .filter_map(|(i, (b, spec))| {
+                let (name, body) = b.as_ref()?;
+                Some(async move { (i, launch(docker, name, body, &spec.id).await) })
+            })
+            .collect();
+        // Each container is attached as soon as it runs, while the engine
+        // works on the others.
+        while let Some((i, launched)) = self.rt.block_on(pending.next()) {
+            out[i] = Some(self.finish(&specs[i], launched, attach));
+        }
+        out.into_iter()
+            .map(|r| r.expect("a result for every spec"))
+            .collect()
     }
+
+    /// Attaches a launched container, or removes what failed.
+    fn finish(
+        &self,
+        spec: &TaskSpec,
+        launched: Result<TaskState, DriverError>,
+        attach: AttachFn<'_>,
+    ) -> Result<TaskState, DriverError> {
+        let pid = match launched {
+            Ok(TaskState::Running(pid)) if pid > 0 => pid,
+            // Not ours to remove: it was there before.
+            Err(DriverError::Exists(id)) => return Err(DriverError::Exists(id)),
+            Ok(other) => {
+                let _ = self.remove_container(&spec.id, true);
+                return Err(DriverError::Start {
+                    task: spec.id.clone(),
+                    message: format!("the container did not stay up: {other:?}"),
+                });
+            }
+            Err(e) => {
+                let _ = self.remove_container(&spec.id, true);
+                return Err(e);
+            }
+        };
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if let Err(message) = attach(&spec.id, &netns) {
+            let _ = self.remove_container(&spec.id, true);
+            return Err(DriverError::Attach {
+                task: spec.id.clone(),
+                message,
+            });
+        }
+        Ok(TaskState::Running(pid))
+    }
+}
+
+/// Creates, starts and inspects one container.
+async fn launch(
+    docker: &Docker,
+    name: &str,
+    body: &ContainerCreateBody,
+    id: &str,
+) -> Result<TaskState, DriverError> {
+    let opts = CreateContainerOptionsBuilder::new().name(name).build();
+    match docker.create_container(Some(opts), body.clone()).await {
+        Ok(_) => {}
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => return Err(DriverError::Exists(id.to_string())),
+        Err(e) => return Err(docker_err(id, "creating the container")(e)),
+    }
+    docker
+        .start_container(name, None)
+        .await
+        .map_err(docker_err(id, "starting the container"))?;
+    let info = docker
+        .inspect_container(name, None)
+        .await
+        .map_err(docker_err(id, "inspecting the container"))?;
+    Ok(container_state(info.state.unwrap_or_default()))
 }
 
 impl TaskDriver for DockerDriver {

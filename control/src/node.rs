@@ -90,6 +90,8 @@ pub struct Joined {
     /// This node's role as the managers last said (heartbeats).
     role: Mutex<Role>,
     pub managers: Mutex<Vec<String>>,
+    /// The managers' node ids, as the last heartbeat said.
+    pub manager_ids: Mutex<Vec<NodeId>>,
     /// On the leader: when each node last reported.
     pub last_seen: Mutex<HashMap<NodeId, Instant>>,
     /// On the leader: the images each node's Docker Engine has, as its
@@ -230,6 +232,7 @@ impl Daemon {
             manager: RwLock::new(Arc::new(manager)),
             role: Mutex::new(role),
             managers: Mutex::new(p.managers.clone()),
+            manager_ids: Mutex::new(Vec::new()),
             last_seen: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             agent: self.agent.clone(),
@@ -522,6 +525,7 @@ async fn session(j: Arc<Joined>) {
             &mut *j.role.lock().unwrap_or_else(|p| p.into_inner()),
             r.role,
         ) != r.role;
+        *j.manager_ids.lock().unwrap_or_else(|p| p.into_inner()) = r.manager_ids.clone();
         if !r.managers.is_empty() {
             let mut m = j.managers.lock().unwrap_or_else(|p| p.into_inner());
             changed |= *m != r.managers;

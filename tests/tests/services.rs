@@ -368,6 +368,10 @@ fn service_logs_gather_every_tasks_output_from_its_node() {
     assert!(lines.iter().all(|l| l.starts_with("web.")), "{lines:?}");
     let err = lab.apiary(0, &["service", "logs", "nope"]).err();
     assert!(err.contains("nope"), "{err}");
+    // Another node's task output is for managers only.
+    let (code, body) = as_node(&lab, 1, "GET", "/v1/node/logs/some-task", None);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("not a manager"), "{body}");
 }
 
 #[test]

@@ -297,12 +297,32 @@ pub struct TaskLog {
 }
 
 /// A task's output on this node, for the leader gathering `service logs`
-/// (any node certificate of the swarm, or the local socket).
+/// (a manager's certificate, or the local socket).
 pub async fn node_logs(j: &Joined, caller: super::Caller, task: &str) -> Reply {
-    if caller == super::Caller::Anonymous {
-        return Err(ApiError::Unauthorized(
-            "a node certificate of this swarm is required".into(),
-        ));
+    match caller {
+        super::Caller::Local => {}
+        super::Caller::Node(id) => {
+            // A worker knows the managers from its heartbeats; a manager
+            // from its own copy of the state.
+            let manager = j
+                .manager_ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+                || j.manager().sm.read(|a| {
+                    a.state.nodes.get(&id).map(|n| n.role) == Some(crate::model::Role::Manager)
+                });
+            if !manager {
+                return Err(ApiError::Forbidden(format!(
+                    "node {id:016x} is not a manager: task logs go to managers only"
+                )));
+            }
+        }
+        super::Caller::Anonymous => {
+            return Err(ApiError::Unauthorized(
+                "a manager's certificate of this swarm is required".into(),
+            ))
+        }
     }
     let agent = j
         .agent()

@@ -506,6 +506,10 @@ pub struct HeartbeatReply {
     pub voter: bool,
     pub heartbeat_ms: u64,
     pub cert_expiry_s: u64,
+    /// The managers' node ids: whom a worker serves manager-only requests
+    /// (task logs) for.
+    #[serde(default)]
+    pub manager_ids: Vec<crate::model::NodeId>,
 }
 
 /// What a node says with its heartbeat.
@@ -527,7 +531,7 @@ pub async fn heartbeat(j: &Joined, id: u64, req: HeartbeatRequest) -> Reply {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, images.into_iter().collect());
     }
-    let (down, role, managers, settings) = j.manager().sm.read(|a| {
+    let (down, role, managers, manager_ids, settings) = j.manager().sm.read(|a| {
         (
             a.state.nodes.get(&id).map(|n| n.status) == Some(Status::Down),
             a.state
@@ -539,6 +543,7 @@ pub async fn heartbeat(j: &Joined, id: u64, req: HeartbeatRequest) -> Reply {
                 .managers()
                 .map(|m| m.addr.clone())
                 .collect::<Vec<_>>(),
+            a.state.managers().map(|m| m.id).collect::<Vec<_>>(),
             a.state
                 .cluster
                 .as_ref()
@@ -561,6 +566,7 @@ pub async fn heartbeat(j: &Joined, id: u64, req: HeartbeatRequest) -> Reply {
         voter: j.manager().voters().contains(&id),
         heartbeat_ms: settings.heartbeat_ms,
         cert_expiry_s: settings.cert_expiry_s,
+        manager_ids,
     })
 }
 

@@ -110,8 +110,9 @@ pub struct TaskSpecConfig {
     /// Memory limit: bytes, or with a K/M/G suffix (powers of 1024).
     #[serde(default)]
     pub memory: Option<String>,
-    /// Health check (docker tasks): a shell command in the task; while it
-    /// does not pass, the task is no backend of this node.
+    /// Health check: a shell command in the task (exec tasks: on the host's
+    /// filesystem, in the task's network namespace); while it does not
+    /// pass, the task is no backend of this node.
     #[serde(default)]
     pub health_cmd: Option<String>,
     #[serde(default)]

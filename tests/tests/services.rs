@@ -398,3 +398,40 @@ fn reservations_hold_tasks_back_until_a_node_has_room() {
         .out();
     assert!(out.contains("converged"), "{out}");
 }
+
+#[test]
+fn health_checks_of_exec_tasks_gate_them_and_replace_the_unhealthy() {
+    let lab = swarm(1, 1).unwrap();
+    // Passes: running.
+    let out = create(
+        &lab,
+        &["--name", "ok", "-p", "8080:80", "--health-cmd", "true"],
+    );
+    assert!(out.contains("converged"), "{out}");
+    // Never passes: starting, then unhealthy, failed and replaced.
+    create(
+        &lab,
+        &[
+            "--name",
+            "sick",
+            "-p",
+            "8081:80",
+            "--health-cmd",
+            "false",
+            "--restart-delay",
+            "1s",
+            "--detach",
+        ],
+    );
+    until(Duration::from_secs(20), || {
+        let ps = lab.apiary(0, &["service", "ps", "sick"]).out();
+        (ps.contains("task unhealthy") && ps.lines().count() >= 3).then_some(())
+    })
+    .expect("the unhealthy task is failed and a new one made");
+    let v: Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "sick"]).out()).unwrap();
+    assert_eq!(
+        v[0]["running"], 0,
+        "a task never passing its check gets no traffic"
+    );
+}

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::{self, Layout};
 use super::state::{self, ExitRecord, TaskState, CGROUP, EXIT, STDERR, STDOUT};
-use super::{valid_task_id, AttachFn, DriverError, TaskDriver, TaskSpec};
+use super::{valid_task_id, AttachFn, DriverError, Health, TaskDriver, TaskSpec};
 
 pub struct ExecDriver {
     /// Task directories live here, one per task.
@@ -21,7 +21,23 @@ pub struct ExecDriver {
     cgroups: Layout,
     /// Task cgroups go under this (relative) parent, unique per daemon.
     cgroup_parent: String,
+    /// Health checks' results so far, per task.
+    checks: std::sync::Mutex<std::collections::HashMap<String, Check>>,
 }
+
+/// A task's health check: run at most every [`CHECK_EVERY`], in the
+/// task's network namespace; healthy once it passes, unhealthy after
+/// [`CHECK_RETRIES`] failures in a row (Docker's rules).
+struct Check {
+    last: Instant,
+    failures: u32,
+    status: Health,
+}
+
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+const CHECK_RETRIES: u32 = 3;
+/// The file in the task directory holding its health command.
+const HEALTH_CMD: &str = "health.cmd";
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
     let what = what.into();
@@ -53,7 +69,30 @@ impl ExecDriver {
             bin,
             cgroups: Layout::detect(),
             cgroup_parent: cgroup_parent.to_string(),
+            checks: Default::default(),
         }
+    }
+
+    /// Runs task `id`'s health command once (at most 1 s) in its network
+    /// namespace: `true` when it passes.
+    fn run_check(pid: i32, cmd: &str) -> bool {
+        Command::new("timeout")
+            .args([
+                "1",
+                "nsenter",
+                "--target",
+                &pid.to_string(),
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// The cgroup directories task `id` was put in.
@@ -123,6 +162,12 @@ impl TaskDriver for ExecDriver {
         std::fs::write(dir.join(CGROUP), list)
             .map_err(io("recording the task's cgroups"))
             .map_err(cleanup)?;
+        if let Some(cmd) = &spec.health_cmd {
+            // Kept with the task: an agent that adopts it checks it too.
+            std::fs::write(dir.join(HEALTH_CMD), cmd)
+                .map_err(io("recording the task's health command"))
+                .map_err(cleanup)?;
+        }
         let shim_log = std::fs::File::create(dir.join("shim.log"))
             .map_err(io("creating shim.log"))
             .map_err(cleanup)?;
@@ -214,6 +259,34 @@ impl TaskDriver for ExecDriver {
         Ok(state::read(&dir))
     }
 
+    fn health(&self, id: &str) -> Result<Health, DriverError> {
+        let Ok(cmd) = std::fs::read_to_string(self.task_dir(id).join(HEALTH_CMD)) else {
+            return Ok(Health::None);
+        };
+        let TaskState::Running(pid) = self.state(id)? else {
+            return Ok(Health::Unhealthy);
+        };
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let c = checks.entry(id.to_string()).or_insert(Check {
+            last: Instant::now() - CHECK_EVERY,
+            failures: 0,
+            status: Health::Starting,
+        });
+        if c.last.elapsed() >= CHECK_EVERY {
+            c.last = Instant::now();
+            if Self::run_check(pid, &cmd) {
+                c.failures = 0;
+                c.status = Health::Healthy;
+            } else {
+                c.failures += 1;
+                if c.failures >= CHECK_RETRIES {
+                    c.status = Health::Unhealthy;
+                }
+            }
+        }
+        Ok(c.status)
+    }
+
     fn logs(&self, id: &str) -> Result<(String, String), DriverError> {
         let dir = self.task_dir(id);
         if !dir.exists() {
@@ -224,6 +297,10 @@ impl TaskDriver for ExecDriver {
     }
 
     fn remove(&mut self, id: &str) -> Result<(), DriverError> {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let dir = self.task_dir(id);
         if let TaskState::Running(_) = state::read(&dir) {
             return Err(DriverError::Exists(id.to_string()));

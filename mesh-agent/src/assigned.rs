@@ -544,19 +544,14 @@ impl Node {
                         })
                     })
                     .collect();
-                // Two published ports may share a target port.
-                let name = if e.ports.len() == 1 {
-                    e.name.clone()
-                } else {
-                    format!("{}:{}->{}/{proto}", e.name, p.published, p.target)
-                };
-                services.insert(
-                    name.clone(),
-                    DesiredService {
-                        name,
-                        frontends,
-                        backends,
-                    },
+                let published = (p.published != 0).then_some(p.published);
+                DesiredService::add_port(
+                    &mut services,
+                    &e.name,
+                    e.ports.len(),
+                    (published, p.target, proto),
+                    frontends,
+                    backends,
                 );
             }
         }

@@ -692,18 +692,13 @@ impl StaticConfig {
                         }
                     })
                     .collect();
-                let name = if s.ports.len() == 1 {
-                    s.name.clone()
-                } else {
-                    format!("{}:{}/{}", s.name, p.target, p.protocol)
-                };
-                services.insert(
-                    name.clone(),
-                    DesiredService {
-                        name,
-                        frontends,
-                        backends,
-                    },
+                DesiredService::add_port(
+                    &mut services,
+                    &s.name,
+                    s.ports.len(),
+                    (p.published, p.target, p.protocol),
+                    frontends,
+                    backends,
                 );
             }
         }

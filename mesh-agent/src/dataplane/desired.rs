@@ -70,6 +70,35 @@ pub struct DesiredService {
     pub backends: Vec<DesiredBackend>,
 }
 
+impl DesiredService {
+    /// Adds the balanced set of one port of service `service` to
+    /// `services`: named after the service when it has one port, after the
+    /// port otherwise (two published ports may share a target port).
+    pub fn add_port(
+        services: &mut BTreeMap<String, DesiredService>,
+        service: &str,
+        ports: usize,
+        port: (Option<u16>, u16, Protocol),
+        frontends: Vec<Frontend>,
+        backends: Vec<DesiredBackend>,
+    ) {
+        let (published, target, proto) = port;
+        let name = match (ports, published) {
+            (1, _) => service.to_string(),
+            (_, Some(p)) => format!("{service}:{p}->{target}/{proto}"),
+            (_, None) => format!("{service}:{target}/{proto}"),
+        };
+        services.insert(
+            name.clone(),
+            DesiredService {
+                name,
+                frontends,
+                backends,
+            },
+        );
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     pub node_addr: Ipv4Addr,

@@ -153,10 +153,8 @@ struct Node {
     /// When a task was first seen retired.
     retiring: HashMap<String, Instant>,
     sent: HashMap<String, (TaskReport, Instant)>,
-    /// Running tasks found accepting connections on their ports.
-    listening: HashSet<String>,
-    /// When each task still starting was first probed.
-    probing: HashMap<String, Instant>,
+    /// Tasks without a health check, probed on their port.
+    probe: PortProbe,
     applied: Option<Desired>,
     peers: Option<Vec<overlay::Peer>>,
 }
@@ -244,8 +242,7 @@ impl Node {
             finished: HashMap::new(),
             retiring: HashMap::new(),
             sent: HashMap::new(),
-            listening: HashSet::new(),
-            probing: HashMap::new(),
+            probe: PortProbe::default(),
             applied: None,
             peers: None,
         })
@@ -282,8 +279,7 @@ impl Node {
         self.finished.retain(|id, _| assigned.contains(id));
         self.retiring.retain(|id, _| assigned.contains(id));
         self.sent.retain(|id, _| assigned.contains(id));
-        self.listening.retain(|id| assigned.contains(id));
-        self.probing.retain(|id, _| assigned.contains(id));
+        self.probe.retain(&assigned);
         for t in &self.state.tasks {
             if t.task.desired != TaskState::Running {
                 self.retiring.entry(t.task.id.clone()).or_insert(now);
@@ -398,20 +394,19 @@ impl Node {
     /// know it yet.
     fn reports(&mut self, now: Instant) -> Vec<TaskReport> {
         let mut out = Vec::new();
-        let tasks = self.state.tasks.clone();
-        for t in &tasks {
+        for t in &self.state.tasks {
             let id = &t.task.id;
             let r = if let Some(f) = self.finished.get(id) {
                 f.clone()
-            } else if let Some(seen) = self.seen.get(id).cloned() {
+            } else if let Some(seen) = self.seen.get(id) {
                 if t.task.desired != TaskState::Running {
                     continue;
                 }
-                let mut r = match Some(seen.health) {
-                    Some(Health::Starting) => {
+                let mut r = match seen.health {
+                    Health::Starting => {
                         report(id, TaskState::Starting, "waiting for the health check")
                     }
-                    Some(Health::None) if !self.accepts(t) => report(
+                    Health::None if !self.probe.accepts(t, seen.address) => report(
                         id,
                         TaskState::Starting,
                         "waiting for its port to accept connections",
@@ -440,41 +435,6 @@ impl Node {
             out.push(r);
         }
         out
-    }
-
-    /// Whether a task without a health check accepts TCP connections on
-    /// its service's first TCP port: until then it gets no traffic (a
-    /// process that has started is not yet a server).
-    fn accepts(&mut self, t: &AssignedTask) -> bool {
-        let id = &t.task.id;
-        if self.listening.contains(id) {
-            return true;
-        }
-        let port = t
-            .spec
-            .ports
-            .iter()
-            .find(|p| p.protocol == control::services::Protocol::Tcp);
-        let ok = match (port, self.seen.get(id).and_then(|s| s.address)) {
-            (None, _) => true,
-            (Some(p), Some(a)) => std::net::TcpStream::connect_timeout(
-                &SocketAddr::from((a, p.target)),
-                PROBE_TIMEOUT,
-            )
-            .is_ok(),
-            (Some(_), None) => false,
-        };
-        // A task that never listens on its port (a worker behind a port
-        // it does not serve, say) is not held back for ever.
-        let since = *self.probing.entry(id.clone()).or_insert_with(Instant::now);
-        if !ok && since.elapsed() > PROBE_FOR {
-            tracing::warn!(task = %id, "its port does not accept connections after {PROBE_FOR:?}: taking it as running");
-        }
-        if ok || since.elapsed() > PROBE_FOR {
-            self.listening.insert(id.clone());
-            return true;
-        }
-        false
     }
 
     /// The data plane the cluster state asks for on this node: every
@@ -564,6 +524,56 @@ impl Node {
             udp_timeout_s: ct.udp_timeout_s,
             services,
         }
+    }
+}
+
+/// Tasks without a health check get traffic once their service's first
+/// TCP port accepts a connection (a process that has started is not yet a
+/// server).
+#[derive(Default)]
+struct PortProbe {
+    /// Found accepting connections.
+    listening: HashSet<String>,
+    /// When each task still starting was first probed.
+    probing: HashMap<String, Instant>,
+}
+
+impl PortProbe {
+    fn retain(&mut self, assigned: &HashSet<String>) {
+        self.listening.retain(|id| assigned.contains(id));
+        self.probing.retain(|id, _| assigned.contains(id));
+    }
+
+    fn accepts(&mut self, t: &AssignedTask, address: Option<Ipv4Addr>) -> bool {
+        let id = &t.task.id;
+        if self.listening.contains(id) {
+            return true;
+        }
+        let port = t
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.protocol == control::services::Protocol::Tcp);
+        let ok = match (port, address) {
+            (None, _) => true,
+            (Some(p), Some(a)) => std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((a, p.target)),
+                PROBE_TIMEOUT,
+            )
+            .is_ok(),
+            (Some(_), None) => false,
+        };
+        // A task that never listens on its port (a worker behind a port
+        // it does not serve, say) is not held back for ever.
+        let since = *self.probing.entry(id.clone()).or_insert_with(Instant::now);
+        if !ok && since.elapsed() > PROBE_FOR {
+            tracing::warn!(task = %id, "its port does not accept connections after {PROBE_FOR:?}: taking it as running");
+        }
+        if ok || since.elapsed() > PROBE_FOR {
+            self.listening.insert(id.clone());
+            return true;
+        }
+        false
     }
 }
 

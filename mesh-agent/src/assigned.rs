@@ -55,6 +55,15 @@ pub struct LocalConfig {
     pub overlay_port: u16,
 }
 
+impl LocalConfig {
+    /// Where task cgroups go (also scopes container names and labels).
+    pub fn cgroup_parent(&self) -> String {
+        self.cgroup_parent
+            .clone()
+            .unwrap_or_else(|| format!("apiary/{}", self.hostname))
+    }
+}
+
 /// Runs the runtime on its own thread until `stop` is set.
 pub fn spawn(
     cfg: LocalConfig,
@@ -200,10 +209,7 @@ impl Node {
             task_subnet: subnet,
             drivers: DriverConfig {
                 bin: std::env::current_exe().context("finding the apiary binary for task shims")?,
-                cgroup_parent: cfg
-                    .cgroup_parent
-                    .clone()
-                    .unwrap_or_else(|| format!("apiary/{}", cfg.hostname)),
+                cgroup_parent: cfg.cgroup_parent(),
                 docker_socket: cfg.docker_socket.clone(),
             },
             restart_locally: false,

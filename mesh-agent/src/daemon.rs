@@ -101,10 +101,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     // fed by the control plane; it keeps the tasks running over a restart.
     let (data, cgroups, socket) = (
         local.data_dir.clone(),
-        local
-            .cgroup_parent
-            .clone()
-            .unwrap_or_else(|| format!("apiary/{}", local.hostname)),
+        local.cgroup_parent(),
         local.docker_socket.clone(),
     );
     let logs: control::assignments::LogReader = Arc::new(move |id: &str| {

@@ -256,7 +256,7 @@ impl TaskManager {
                 containers.push(spec);
                 continue;
             }
-            let res = self.start(spec).map_err(|e| e.to_string());
+            let res = self.start_exec(spec).map_err(|e| e.to_string());
             results.push((spec.name.clone(), res));
         }
         results.extend(self.start_containers(&containers));
@@ -330,18 +330,12 @@ impl TaskManager {
         }
     }
 
-    fn start(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
+    /// Starts an exec task (docker ones start together, `start_containers`).
+    fn start_exec(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
         let task = self.driver_spec(spec);
         let fixed = (!spec.address.is_unspecified()).then_some(spec.address);
-        if spec.driver == DriverKind::Docker {
-            self.docker()?;
-        }
-        let (attacher, exec, docker) = (&mut self.attacher, &mut self.exec, &mut self.docker);
-        let driver: &mut dyn TaskDriver = match spec.driver {
-            DriverKind::Exec => exec,
-            DriverKind::Docker => docker.as_mut().expect("connected above"),
-        };
-        driver.start(&task, &mut |id, netns| {
+        let attacher = &mut self.attacher;
+        self.exec.start(&task, &mut |id, netns| {
             attacher
                 .attach_at(id, netns, fixed)
                 .map(|a| a.addr)

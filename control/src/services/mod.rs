@@ -372,6 +372,29 @@ impl Task {
 }
 
 impl ServiceSpec {
+    /// A spec with Docker's defaults for everything but its name, image and
+    /// mode.
+    pub fn new(name: &str, image: &str, mode: Mode) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            image: image.into(),
+            command: Vec::new(),
+            env: Vec::new(),
+            mode,
+            ports: Vec::new(),
+            constraints: Vec::new(),
+            replicas_max_per_node: None,
+            placement_prefs: Vec::new(),
+            driver: Driver::default(),
+            restart: RestartPolicy::default(),
+            health_cmd: None,
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+            reserve: crate::model::Resources::default(),
+            limit: crate::model::Resources::default(),
+        }
+    }
+
     /// Whether `other` runs different tasks (not just more or fewer).
     pub fn tasks_differ(&self, other: &ServiceSpec) -> bool {
         TaskRun::from(self) != TaskRun::from(other)

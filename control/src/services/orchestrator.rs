@@ -564,22 +564,8 @@ mod tests {
         s.apply(Command::CreateService(Service {
             id: id.clone(),
             spec: ServiceSpec {
-                name: name.into(),
-                image: "img".into(),
-                command: vec![],
-                env: vec![],
-                mode,
-                ports: vec![],
                 constraints: constraints.iter().map(|c| c.to_string()).collect(),
-                replicas_max_per_node: None,
-                placement_prefs: vec![],
-                driver: Default::default(),
-                restart: Default::default(),
-                health_cmd: None,
-                update: Default::default(),
-                rollback: Default::default(),
-                reserve: Default::default(),
-                limit: Default::default(),
+                ..ServiceSpec::new(name, "img", mode)
             },
             version: 1,
             previous: None,

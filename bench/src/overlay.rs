@@ -22,6 +22,9 @@ fn iperf(netns: &str, to: &str, seconds: u32) -> anyhow::Result<f64> {
     if let Some(e) = v.get("error") {
         bail!("iperf3 to {to}: {e}");
     }
+    if let Some(r) = v["end"]["sum_sent"]["retransmits"].as_u64() {
+        eprintln!("   ({to}: {r} retransmits)");
+    }
     Ok(v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or(0.0)

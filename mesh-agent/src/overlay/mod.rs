@@ -5,8 +5,11 @@
 //! agent on a TUN device. Either way it is configured through the same
 //! `DeviceUpdate`, and addresses, MTU and routes are set over rtnetlink.
 
+pub mod gso;
 pub mod keys;
 pub mod netlink;
+mod udp_gso;
+mod vnet;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -115,7 +118,7 @@ impl Overlay {
             Ok(()) => (Kind::Kernel, None),
             // EOPNOTSUPP: no WireGuard in this kernel.
             Err(e) if e.raw_os_error() == Some(95) => {
-                let handle = start_userspace(&spec.iface)?;
+                let handle = start_userspace(&spec.iface, spec.mtu)?;
                 base().apply(&name, Backend::Userspace).map_err(configure)?;
                 (Kind::Userspace, Some(handle))
             }
@@ -215,6 +218,7 @@ impl Overlay {
 /// until told to stop; returns once its UAPI socket answers.
 fn start_userspace(
     iface: &str,
+    mtu: u16,
 ) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), OverlayError> {
     let err = |message: String| OverlayError::Userspace {
         iface: iface.to_string(),
@@ -249,11 +253,15 @@ fn start_userspace(
                             return;
                         }
                     };
-                let built = gotatun::device::DeviceBuilder::new()
-                    .with_default_udp()
-                    .create_tun(&name);
-                let device = match built {
-                    Ok(b) => b.with_uapi(uapi).build().await,
+                let device = match vnet::open(&name, mtu) {
+                    Ok((tx, rx)) => {
+                        gotatun::device::DeviceBuilder::new()
+                            .with_udp(udp_gso::GsoUdpFactory::default())
+                            .with_ip_pair(tx, rx)
+                            .with_uapi(uapi)
+                            .build()
+                            .await
+                    }
                     Err(e) => {
                         let _ = ready_tx.send(Err(format!("TUN device: {e}")));
                         return;

@@ -201,6 +201,18 @@ async fn write_loop(fd: OwnedFd, mut rx: mpsc::Receiver<Packet<Ip>>) {
         Ok(()) => Ok(()),
     };
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        // Under load more of the flow is on its way: letting the tasks
+        // feeding this queue run once before writing joins more segments
+        // per write (and the receiver acknowledges once per write).
+        if batch.len() < WRITE_BATCH / 4 {
+            tokio::task::yield_now().await;
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut result = Ok(());
         for p in batch.drain(..) {
             let Err(p) = joined.push(p.into_bytes()) else {

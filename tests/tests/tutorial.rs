@@ -34,6 +34,8 @@ fn tasks(lab: &Lab, service: &str) -> Vec<(String, String, String)> {
 struct Failure {
     /// When the failed request began.
     at: Instant,
+    /// When it was seen to fail (a timeout, seconds later).
+    noticed: Instant,
     to: SocketAddr,
     /// Shown (Debug) when an assertion fails.
     #[allow(dead_code)]
@@ -66,6 +68,7 @@ impl Loop {
                         Ok(_) => ok += 1,
                         Err(e) => failed.push(Failure {
                             at: began,
+                            noticed: Instant::now(),
                             to,
                             error: e.to_string(),
                         }),
@@ -285,10 +288,12 @@ fn a_dead_host_leaves_every_lb_and_its_tasks_run_elsewhere() {
         .filter(|f| f.to.ip() != lab.hosts[1].addr && f.at > excluded_at)
         .collect();
     assert!(late.is_empty(), "{late:?}");
+    // A request in flight when h2 died (begun before, routed to h2) may
+    // fail; none may have failed before.
     assert!(
         failed
             .iter()
-            .all(|f| f.at >= killed || f.to.ip() == lab.hosts[1].addr),
+            .all(|f| f.noticed >= killed || f.to.ip() == lab.hosts[1].addr),
         "nothing failed before the kill: {failed:?}"
     );
 }

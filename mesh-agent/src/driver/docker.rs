@@ -27,6 +27,9 @@ const HEALTH_INTERVAL_NS: i64 = 1_000_000_000;
 pub const LABEL_TASK: &str = "io.apiary.task";
 pub const LABEL_NODE: &str = "io.apiary.node";
 
+/// What Docker writes into /etc/hosts of a container without a network.
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
 pub struct DockerDriver {
     docker: Docker,
     rt: tokio::runtime::Runtime,
@@ -185,6 +188,14 @@ impl DockerDriver {
                 })?;
             }
             binds.push(format!("{}:/etc/resolv.conf:ro", r.display()));
+            // With Docker's networking off (below) the engine leaves
+            // /etc/hosts empty; localhost must still resolve.
+            let hosts = r.with_file_name("hosts");
+            std::fs::write(&hosts, HOSTS).map_err(|source| DriverError::Io {
+                what: format!("writing {}", hosts.display()),
+                source,
+            })?;
+            binds.push(format!("{}:/etc/hosts:ro", hosts.display()));
         }
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.id.clone()),
@@ -195,6 +206,12 @@ impl DockerDriver {
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: (!spec.env.is_empty()).then(|| spec.env.clone()),
             labels: Some(labels),
+            // The agent attaches the task's network itself. Without this the
+            // engine still sets up a sandbox for `none` and runs its
+            // `libnetwork-setkey` hook (a re-exec of dockerd) in every start:
+            // measured, half of the engine's CPU per container, 100 starts in
+            // 12 s instead of 6 s.
+            network_disabled: Some(true),
             healthcheck: spec.health_cmd.as_ref().map(|cmd| HealthConfig {
                 test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
                 interval: Some(HEALTH_INTERVAL_NS),

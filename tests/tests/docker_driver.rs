@@ -82,7 +82,7 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
     let (d1, d2) = (driver(&lab), driver(&lab));
     let (at1, at2) = (attacher(&lab), attacher(&lab));
     let resolv = whoami.resolv_conf.clone().unwrap();
-    let (answer, adopted, ended, logs, resolv_inside) = host
+    let (answer, adopted, ended, logs, resolv_inside, hosts_inside) = host
         .run_in(move || {
             let (mut d, mut at) = (d1, at1);
             let mut addr = None;
@@ -93,10 +93,16 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
                     Ok(a.addr)
                 })
                 .expect("start");
-            assert!(matches!(st, TaskState::Running(_)));
+            let TaskState::Running(pid) = st else {
+                panic!("not running: {st:?}");
+            };
             let to = common::addr(addr.unwrap(), 80);
             let answer = http_retry(to, 100).expect("the container answers on its task address");
             let resolv_inside = std::fs::read_to_string(&resolv).unwrap();
+            // As the container sees it (the engine's networking is off, so
+            // the agent provides it).
+            let hosts_inside =
+                std::fs::read_to_string(format!("/proc/{pid}/root/etc/hosts")).unwrap();
             drop(d);
             drop(at);
             // A new agent finds it by its labels and stops it.
@@ -106,7 +112,7 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
             let logs = d.logs("web-1").unwrap();
             at.detach("web-1").unwrap();
             d.remove("web-1").unwrap();
-            (answer, adopted, ended, logs, resolv_inside)
+            (answer, adopted, ended, logs, resolv_inside, hosts_inside)
         })
         .unwrap();
     assert_eq!(answer.name, "web-1");
@@ -116,6 +122,10 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
     assert_eq!(ended.code, Some(143), "{ended:?}");
     assert!(logs.1.contains("listening on 0.0.0.0:80"), "{logs:?}");
     assert_eq!(resolv_inside, "nameserver 10.96.0.2\n");
+    assert!(
+        hosts_inside.starts_with("127.0.0.1\tlocalhost\n"),
+        "{hosts_inside:?}"
+    );
     let links = lab.hosts[0].ns.ip(&["-o", "link"]).unwrap();
     assert!(!links.contains(" apt"), "{links}");
 }

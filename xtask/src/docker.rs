@@ -132,6 +132,9 @@ fn import(tag: &str, apiary: Option<&Path>, cmd: &str) -> anyhow::Result<()> {
         }
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    // Each import makes a new image; the one it replaces would stay behind
+    // untagged (a few hundred MB per test run).
+    let previous = image_id(tag);
     let tar = Command::new("tar")
         .arg("-C")
         .arg(&root)
@@ -152,8 +155,24 @@ fn import(tag: &str, apiary: Option<&Path>, cmd: &str) -> anyhow::Result<()> {
             .stdin(tar.stdout.expect("piped"))
             .stdout(Stdio::null()),
     )?;
+    if let Some(old) = previous.filter(|old| image_id(tag).as_ref() != Some(old)) {
+        // Fails harmlessly while a leftover container still uses it.
+        let _ = Command::new("docker")
+            .args(["-H", &format!("unix://{SOCKET}"), "rmi", &old])
+            .output();
+    }
     eprintln!("xtask: built image {tag}");
     Ok(())
+}
+
+fn image_id(tag: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["-H", &format!("unix://{SOCKET}"), "image", "inspect"])
+        .args(["--format", "{{.Id}}", tag])
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !id.is_empty()).then_some(id)
 }
 
 pub fn build_images() -> anyhow::Result<()> {

@@ -252,6 +252,8 @@ pub struct Coalescer<P> {
     len: usize,
     next_seq: u32,
     open: bool,
+    /// The kernel refused a joined packet: join no more.
+    refused: bool,
 }
 
 impl<P> Default for Coalescer<P> {
@@ -265,6 +267,7 @@ impl<P> Default for Coalescer<P> {
             len: 0,
             next_seq: 0,
             open: false,
+            refused: false,
         }
     }
 }
@@ -278,7 +281,7 @@ impl<P: AsRef<[u8]>> Coalescer<P> {
     /// back when the caller must `flush` first (or it cannot be joined).
     pub fn push(&mut self, p: P) -> Result<(), P> {
         let b = p.as_ref();
-        let Some(t) = tcp_data(b) else {
+        let Some(t) = tcp_data(b).filter(|_| !self.refused) else {
             return Err(p);
         };
         if self.segments.is_empty() {
@@ -323,12 +326,17 @@ impl<P: AsRef<[u8]>> Coalescer<P> {
 
     /// Hands the pending packet to `write` as the byte slices to write in
     /// order (virtio-net header first), and empties the coalescer. A lone
-    /// packet goes as it came.
-    pub fn flush<R>(&mut self, write: impl FnOnce(&[&[u8]]) -> R) -> R {
+    /// packet goes as it came. Should the kernel refuse a joined packet
+    /// (`EINVAL`), its segments go one by one and joining stops.
+    pub fn flush(
+        &mut self,
+        mut write: impl FnMut(&[&[u8]]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        const PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
         let hl = self.hl;
         let result = if self.segments.len() < 2 {
             let whole = self.segments.first().map(|p| p.as_ref()).unwrap_or(&[]);
-            write(&[&[0u8; VNET_HDR_LEN], whole])
+            write(&[&PLAIN, whole])
         } else {
             let ihl = self.ihl;
             let ip = &mut self.head[VNET_HDR_LEN..];
@@ -349,7 +357,16 @@ impl<P: AsRef<[u8]>> Coalescer<P> {
             let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + self.segments.len());
             parts.push(&self.head);
             parts.extend(self.segments.iter().map(|p| &p.as_ref()[hl..]));
-            write(&parts)
+            match write(&parts) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!("the TUN device refused a joined TCP packet ({e}); writing packets one by one from now on");
+                    self.refused = true;
+                    self.segments
+                        .iter()
+                        .try_for_each(|p| write(&[&PLAIN, p.as_ref()]))
+                }
+                other => other,
+            }
         };
         self.segments.clear();
         result
@@ -426,7 +443,12 @@ mod tests {
         for seg in &out {
             assert!(c.push(seg).is_ok());
         }
-        let joined = c.flush(|parts| parts.concat());
+        let mut joined = Vec::new();
+        c.flush(|parts| {
+            joined = parts.concat();
+            Ok(())
+        })
+        .unwrap();
         let h = VnetHdr::parse(&joined).unwrap();
         assert_eq!((h.gso_type, h.gso_size, h.hdr_len), (GSO_TCPV4, 1388, 52));
         let mut ip = joined[VNET_HDR_LEN..].to_vec();
@@ -459,10 +481,39 @@ mod tests {
         // A lone packet is written unchanged behind an empty header.
         let mut single = Coalescer::default();
         assert!(single.push(&a).is_ok());
-        let out = single.flush(|parts| parts.concat());
+        let mut out = Vec::new();
+        single
+            .flush(|parts| {
+                out = parts.concat();
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(&out[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN]);
         assert_eq!(&out[VNET_HDR_LEN..], &a[..]);
         assert!(single.is_empty());
+    }
+
+    #[test]
+    fn a_refused_joined_packet_goes_out_in_pieces_and_joining_stops() {
+        let segs: Vec<Vec<u8>> = (0..3)
+            .map(|i| tcp4(i * 100, TCP_ACK, &payload(100)))
+            .collect();
+        let mut c = Coalescer::default();
+        for s in &segs {
+            assert!(c.push(s).is_ok());
+        }
+        let mut written = Vec::new();
+        c.flush(|parts| {
+            let w = parts.concat();
+            if VnetHdr::parse(&w).unwrap().gso_type != GSO_NONE {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            written.push(w[VNET_HDR_LEN..].to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(written, segs);
+        assert!(c.push(&segs[0]).is_err(), "no more joining");
     }
 
     #[test]

@@ -192,7 +192,10 @@ async fn write_loop(fd: OwnedFd, mut rx: mpsc::Receiver<Packet<Ip>>) {
     let fd_raw = fd.as_raw_fd();
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut joined = Coalescer::default();
-    let write = |parts: &[&[u8]]| match write_all(fd_raw, parts) {
+    let write = |parts: &[&[u8]]| write_all(fd_raw, parts);
+    // A packet the device refuses is dropped (as a full queue would drop
+    // it); only a device that is gone ends the writer.
+    let tolerate = |r: io::Result<()>| match r {
         Err(e) if fatal(&e) => Err(e),
         Err(e) => {
             tracing::trace!("TUN write: {e}");
@@ -219,14 +222,14 @@ async fn write_loop(fd: OwnedFd, mut rx: mpsc::Receiver<Packet<Ip>>) {
                 continue;
             };
             if !joined.is_empty() {
-                result = result.and(joined.flush(write));
+                result = result.and(tolerate(joined.flush(write)));
             }
             if let Err(p) = joined.push(p) {
-                result = result.and(write(&[&[0u8; VNET_HDR_LEN], &p]));
+                result = result.and(tolerate(write(&[&[0u8; VNET_HDR_LEN], &p])));
             }
         }
         if !joined.is_empty() {
-            result = result.and(joined.flush(write));
+            result = result.and(tolerate(joined.flush(write)));
         }
         if let Err(e) = result {
             tracing::warn!("the overlay's TUN device is gone: {e}");

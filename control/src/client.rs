@@ -37,11 +37,29 @@ impl Client {
                 )
             })
         };
-        let id = Identity {
-            node_id: 0,
-            ca_pem: read("ca.pem")?,
-            cert_pem: read("node.pem")?,
-            key_pem: read("node.key")?,
+        // The node renews its certificate with a new key, one file after
+        // the other: a read in between sees a certificate and a key that do
+        // not belong together, and reads again.
+        let mut attempt = 0;
+        let config = loop {
+            let id = Identity {
+                node_id: 0,
+                ca_pem: read("ca.pem")?,
+                cert_pem: read("node.pem")?,
+                key_pem: read("node.key")?,
+            };
+            match tls::client_config(&id) {
+                Ok(c) => break c,
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("the certificate and key in {}", tls_dir.display())
+                    })
+                }
+            }
         };
         let addr = if addr.contains(':') {
             addr.to_string()
@@ -49,10 +67,7 @@ impl Client {
             format!("{addr}:2377")
         };
         Ok(Self {
-            conn: Conn::new(Target::Tls {
-                addr,
-                config: tls::client_config(&id)?,
-            }),
+            conn: Conn::new(Target::Tls { addr, config }),
         })
     }
 
@@ -81,5 +96,44 @@ impl Client {
             return Err(anyhow!("{msg}"));
         }
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {target}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_files(dir: &Path, ca: &str, ca_key: &str) -> (String, String) {
+        let (key, csr) = tls::new_key_and_csr().unwrap();
+        let cert = tls::sign_node(ca, ca_key, &csr, 7, 3600).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn a_certificate_caught_mid_renewal_is_read_again() {
+        let dir = std::env::temp_dir().join(format!("apiary-client-{}", tls::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, ca_key) = tls::new_ca("c").unwrap();
+        let (old_cert, old_key) = node_files(&dir, &ca, &ca_key);
+        let (new_cert, new_key) = node_files(&dir, &ca, &ca_key);
+        // The new certificate is in place, its key not yet.
+        std::fs::write(dir.join("node.pem"), &new_cert).unwrap();
+        std::fs::write(dir.join("node.key"), &old_key).unwrap();
+        let late = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                std::fs::write(dir.join("node.key"), new_key).unwrap();
+            })
+        };
+        assert!(Client::remote("10.0.0.1", &dir).is_ok());
+        late.join().unwrap();
+        // A pair that never matches is an error naming the directory.
+        std::fs::write(dir.join("node.pem"), &old_cert).unwrap();
+        std::fs::write(dir.join("node.key"), node_files(&dir, &ca, &ca_key).1).unwrap();
+        let err = format!("{:#}", Client::remote("10.0.0.1", &dir).err().unwrap());
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -613,12 +613,36 @@ async fn orchestrate(j: Arc<Joined>) {
 }
 
 const NEW_LEADER_GRACE: Duration = Duration::from_secs(1);
+const MONITOR_TICK: Duration = Duration::from_millis(100);
+/// A monitor tick later than this means the leader itself was starved.
+const MONITOR_STALL: Duration = Duration::from_millis(300);
+
+/// Time the leader could not keep (its own tick came `stall` late) is not
+/// held against the nodes: their heartbeats may be waiting unread in the
+/// same starved runtime. Last-seen times move forward by the stall, never
+/// past `now`.
+fn forgive(seen: &mut HashMap<NodeId, Instant>, stall: Duration, now: Instant) {
+    for t in seen.values_mut() {
+        *t = (*t + stall).min(now);
+    }
+}
 
 /// On the leader: nodes whose heartbeats stopped are marked down.
 async fn monitor(j: Arc<Joined>) {
     let mut was_leader = false;
+    let mut last_tick = Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(MONITOR_TICK).await;
+        let late = last_tick.elapsed().saturating_sub(MONITOR_TICK);
+        last_tick = Instant::now();
+        if late > MONITOR_STALL {
+            tracing::debug!(
+                late_ms = late.as_millis() as u64,
+                "monitor tick late: not counting that time against nodes"
+            );
+            let mut seen = j.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            forgive(&mut seen, late, last_tick);
+        }
         let leader = j.manager().is_leader();
         if !leader {
             was_leader = false;
@@ -725,4 +749,24 @@ pub async fn run(
     let _ = std::fs::remove_file(&cfg.socket);
     d.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_leader_does_not_count_its_stall_against_nodes() {
+        let now = Instant::now();
+        let (a, b): (NodeId, NodeId) = (1, 2);
+        let mut seen = HashMap::from([
+            (a, now - Duration::from_millis(1400)),
+            (b, now - Duration::from_millis(100)),
+        ]);
+        forgive(&mut seen, Duration::from_millis(800), now);
+        // a: last seen 1.4 s ago, 0.8 s of which the leader was stalled.
+        assert_eq!(seen[&a], now - Duration::from_millis(600));
+        // b: never moved past now.
+        assert_eq!(seen[&b], now);
+    }
 }

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 
 use super::gso::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 
-/// A TSO read is at most 64 KiB of IP packet.
-const READ_BUF: usize = VNET_HDR_LEN + 65536;
+/// A TSO read is at most 64 KiB of IP packet (one byte more tells a
+/// longer one, which would arrive cut, apart).
+const READ_BUF: usize = VNET_HDR_LEN + 65536 + 1;
 /// Reads per `recv` before handing packets on, so a burst is passed in bulk.
 const READS_PER_RECV: usize = 8;
 /// Packets the writer takes off its queue at once (and may join).
@@ -133,6 +134,10 @@ impl IpRecv for TunRecv {
             let mut ready = fd.readable().await?;
             for _ in 0..READS_PER_RECV {
                 match ready.try_io(|fd| read(fd.as_raw_fd(), buf)) {
+                    // A read that filled the buffer may have been cut short.
+                    Ok(Ok(n)) if n == buf.len() => {
+                        tracing::debug!("dropped a TUN read larger than {READ_BUF} bytes")
+                    }
                     Ok(Ok(n)) => unpack(&mut buf[..n], pool, out),
                     Ok(Err(e)) => return Err(e),
                     Err(_would_block) => break,

@@ -143,8 +143,10 @@ fn retire(s: &ClusterState, t: &Task, plan: &mut Plan) {
 }
 
 /// Retired tasks: dropped when their node is gone or down (nobody will
-/// report them stopped), and beyond [`HISTORY`] per slot once ended.
-fn prune(s: &ClusterState, retired: &[&Task], plan: &mut Plan) {
+/// report them stopped), and beyond [`HISTORY`] per slot once ended — or
+/// beyond the restart policy's attempts, which are counted from them.
+fn prune(s: &ClusterState, svc: &Service, retired: &[&Task], plan: &mut Plan) {
+    let keep = HISTORY.max(usize::try_from(svc.spec.restart.max_attempts).unwrap_or(usize::MAX));
     let mut ended: BTreeMap<(u64, Option<NodeId>), Vec<&Task>> = BTreeMap::new();
     for t in retired {
         let node_ready = t
@@ -160,7 +162,7 @@ fn prune(s: &ClusterState, retired: &[&Task], plan: &mut Plan) {
     for mut v in ended.into_values() {
         v.sort_by_key(|t| std::cmp::Reverse((t.updated_at, t.created_at)));
         plan.remove
-            .extend(v.iter().skip(HISTORY).map(|t| t.id.clone()));
+            .extend(v.iter().skip(keep).map(|t| t.id.clone()));
     }
 }
 
@@ -365,7 +367,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
         let (live, retired): (Vec<&Task>, Vec<&Task>) = mine
             .into_iter()
             .partition(|t| t.desired == TaskState::Running);
-        prune(s, &retired, &mut plan);
+        prune(s, svc, &retired, &mut plan);
         load.service.clear();
         let unload = |load: &mut Load, t: &Task| {
             if let Some(n) = t.node {
@@ -832,6 +834,49 @@ mod tests {
         let done = fail(&mut s2, 1, TaskState::Complete);
         step(&mut s2, 60_000);
         assert_eq!(live(&s2)[0].id, done);
+    }
+
+    #[test]
+    fn more_restart_attempts_than_the_history_keeps_still_end() {
+        let mut s = state(1);
+        service(&mut s, "job", Mode::Replicated { replicas: 1 }, &[]);
+        let max = HISTORY as u64 + 3;
+        s.services.get_mut("svc-job").unwrap().spec.restart = super::super::RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: 0,
+            max_attempts: max,
+            window_ms: 0,
+        };
+        settle(&mut s);
+        let mut seen = BTreeSet::new();
+        let mut ids = 0;
+        for i in 0..3 * max {
+            let t = live(&s)[0].clone();
+            seen.insert(t.id.clone());
+            s.apply(Command::TaskStatus {
+                node: t.node.unwrap(),
+                reports: vec![TaskReport {
+                    id: t.id.clone(),
+                    state: TaskState::Failed,
+                    message: "exit 1".into(),
+                    address: None,
+                }],
+                at: 1000 * (i + 1),
+            });
+            let plan = reconcile(&s, 1000 * (i + 1) + 1, &mut || {
+                ids += 1;
+                format!("r{ids}")
+            });
+            s.apply(Command::Reconcile {
+                put: plan.put,
+                remove: plan.remove,
+            });
+        }
+        assert_eq!(
+            seen.len() as u64,
+            1 + max,
+            "the first task and {max} restarts"
+        );
     }
 
     /// One orchestrator round at `now`, applied; then the agents run what

@@ -59,6 +59,14 @@ pub struct Settings {
     pub node_down_after_ms: u64,
     /// Lifetime of node certificates; renewed at half of it.
     pub cert_expiry_s: u64,
+    /// Ended tasks kept per slot for `service ps` (Swarm's
+    /// `--task-history-limit`). Absent in states written before it existed.
+    #[serde(default = "default_task_history")]
+    pub task_history_limit: u64,
+}
+
+fn default_task_history() -> u64 {
+    4
 }
 
 impl Default for Settings {
@@ -67,6 +75,7 @@ impl Default for Settings {
             heartbeat_ms: 500,
             node_down_after_ms: 1500,
             cert_expiry_s: 90 * 24 * 3600,
+            task_history_limit: default_task_history(),
         }
     }
 }

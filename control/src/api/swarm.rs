@@ -21,6 +21,8 @@ pub struct InitRequest {
     pub advertise_addr: Option<String>,
     pub heartbeat_ms: Option<u64>,
     pub cert_expiry_s: Option<u64>,
+    #[serde(default)]
+    pub task_history_limit: Option<u64>,
     /// Where nodes' task subnets come from [default: 10.200.0.0/16].
     #[serde(default)]
     pub default_addr_pool: Option<String>,
@@ -117,6 +119,14 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
             )));
         }
         settings.cert_expiry_s = c;
+    }
+    if let Some(n) = req.task_history_limit {
+        if n > 100 {
+            return Err(ApiError::BadRequest(format!(
+                "invalid task history limit {n}: use 0 to 100"
+            )));
+        }
+        settings.task_history_limit = n;
     }
     let pool_text = req
         .default_addr_pool

@@ -66,7 +66,8 @@ pub async fn commit(
 }
 
 /// Ended tasks kept per slot (per node for global services) for `service
-/// ps`, besides the current one (Swarm keeps 5 in all).
+/// ps`, besides the current one, unless the cluster says otherwise
+/// (`swarm init --task-history-limit`).
 pub const HISTORY: usize = 4;
 
 /// What the orchestrator does with a task that ended.
@@ -143,10 +144,14 @@ fn retire(s: &ClusterState, t: &Task, plan: &mut Plan) {
 }
 
 /// Retired tasks: dropped when their node is gone or down (nobody will
-/// report them stopped), and beyond [`HISTORY`] per slot once ended — or
-/// beyond the restart policy's attempts, which are counted from them.
+/// report them stopped), and beyond the history limit per slot once ended
+/// — or beyond the restart policy's attempts, which are counted from them.
 fn prune(s: &ClusterState, svc: &Service, retired: &[&Task], plan: &mut Plan) {
-    let keep = HISTORY.max(usize::try_from(svc.spec.restart.max_attempts).unwrap_or(usize::MAX));
+    let limit = s
+        .cluster
+        .as_ref()
+        .map_or(HISTORY as u64, |c| c.settings.task_history_limit);
+    let keep = usize::try_from(limit.max(svc.spec.restart.max_attempts)).unwrap_or(usize::MAX);
     let mut ended: BTreeMap<(u64, Option<NodeId>), Vec<&Task>> = BTreeMap::new();
     for t in retired {
         let node_ready = t
@@ -834,6 +839,44 @@ mod tests {
         let done = fail(&mut s2, 1, TaskState::Complete);
         step(&mut s2, 60_000);
         assert_eq!(live(&s2)[0].id, done);
+    }
+
+    #[test]
+    fn the_clusters_task_history_limit_bounds_what_is_kept() {
+        let mut s = state(1);
+        s.cluster = Some(crate::model::ClusterInfo {
+            id: "c".into(),
+            created_at: 0,
+            ca_cert_pem: String::new(),
+            ca_key_pem: String::new(),
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            settings: crate::model::Settings {
+                task_history_limit: 1,
+                ..Default::default()
+            },
+            address_pool: "10.200.0.0/16".parse().unwrap(),
+            subnet_size: 24,
+        });
+        service(&mut s, "web", Mode::Replicated { replicas: 2 }, &[]);
+        s.services
+            .get_mut("svc-web")
+            .unwrap()
+            .spec
+            .update
+            .parallelism = 0;
+        settle(&mut s);
+        for v in 2..=4 {
+            let mut svc = s.services["svc-web"].clone();
+            svc.version = v;
+            svc.task_version = v;
+            svc.spec.image = format!("img:{v}");
+            s.apply(Command::UpdateService(svc));
+            settle(&mut s);
+        }
+        // Two running, and one ended task per slot.
+        assert_eq!(live(&s).len(), 2);
+        assert_eq!(s.tasks.len(), 4, "{:?}", s.tasks.keys());
     }
 
     #[test]

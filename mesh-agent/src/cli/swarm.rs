@@ -24,6 +24,11 @@ pub enum SwarmCmd {
         /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
         #[arg(long, value_parser = super::parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Ended tasks kept per replica slot (per node for global services)
+        /// for `service ps` [default: 4]; a restart policy's attempts are
+        /// counted from them, so up to its --restart-max-attempts are kept.
+        #[arg(long)]
+        task_history_limit: Option<u64>,
         /// Where each node's /24 task subnet comes from [default: 10.200.0.0/16].
         #[arg(long)]
         default_addr_pool: Option<String>,
@@ -64,6 +69,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 advertise_addr,
                 dispatcher_heartbeat,
                 cert_expiry,
+                task_history_limit,
                 default_addr_pool,
             } => {
                 let r: InitReply = c
@@ -74,6 +80,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                             advertise_addr,
                             heartbeat_ms: dispatcher_heartbeat.map(|d| d.as_millis() as u64),
                             cert_expiry_s: cert_expiry.map(|d| d.as_secs()),
+                            task_history_limit,
                             default_addr_pool,
                         }),
                     )

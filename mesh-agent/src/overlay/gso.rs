@@ -15,6 +15,7 @@ const GSO_TCPV4: u8 = 1;
 const GSO_ECN: u8 = 0x80;
 
 const PROTO_TCP: u8 = 6;
+#[cfg(test)]
 const PROTO_UDP: u8 = 17;
 
 const TCP_FIN: u8 = 0x01;
@@ -151,9 +152,9 @@ fn complete_checksum(hdr: &VnetHdr, pkt: &mut [u8]) -> Result<(), SplitError> {
         return Err(SplitError::BadChecksumOffset);
     }
     let mut c = !fold(sum(&pkt[start..], 0));
-    // A UDP checksum of 0 means "none"; its ones'-complement twin stands in.
-    let udp = pkt.first().is_some_and(|v| v >> 4 == 4) && pkt.get(9) == Some(&PROTO_UDP);
-    if c == 0 && udp {
+    // A UDP checksum of 0 means "none" (and IPv6 drops such a datagram);
+    // its ones'-complement twin checks out the same for every protocol.
+    if c == 0 {
         c = 0xffff;
     }
     pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
@@ -170,7 +171,7 @@ fn split_tcp4(
         return Err(SplitError::Truncated);
     }
     let hl = ihl + usize::from(pkt[ihl + 12] >> 4) * 4;
-    if hl > pkt.len() || hl > 120 || mss == 0 {
+    if hl < ihl + 20 || hl > pkt.len() || hl > 120 || mss == 0 {
         return Err(SplitError::Truncated);
     }
     let (headers, payload) = pkt.split_at(hl);
@@ -221,7 +222,9 @@ fn tcp_data(p: &[u8]) -> Option<TcpData> {
     if v >> 4 != 4 || ihl < 20 || p.len() < ihl + 20 || usize::from(be16(p, 2)) != p.len() {
         return None;
     }
-    if p[9] != PROTO_TCP || be16(p, 6) & 0x3fff != 0 {
+    // Not a fragment, and DF set: without DF, GRO requires IP ids that step
+    // by one, which a joined packet re-cut later would not keep.
+    if p[9] != PROTO_TCP || be16(p, 6) & 0x7fff != 0x4000 {
         return None;
     }
     let hl = ihl + usize::from(p[ihl + 12] >> 4) * 4;
@@ -514,6 +517,27 @@ mod tests {
         .unwrap();
         assert_eq!(written, segs);
         assert!(c.push(&segs[0]).is_err(), "no more joining");
+    }
+
+    #[test]
+    fn packets_without_df_are_not_joined_and_bad_headers_are_refused() {
+        let mut no_df = tcp4(0, TCP_ACK, &payload(100));
+        no_df[6] = 0;
+        assert!(Coalescer::default().push(&no_df).is_err());
+        let mut short_tcp = tcp4(0, TCP_ACK, &payload(3000));
+        short_tcp[32] = 4 << 4; // a TCP header "16 bytes" long
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            gso_size: 1000,
+            csum_start: 20,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        assert_eq!(
+            split(&hdr, &mut short_tcp, |_, _| panic!("nothing to emit")),
+            Err(SplitError::Truncated)
+        );
     }
 
     #[test]

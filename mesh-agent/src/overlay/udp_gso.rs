@@ -8,7 +8,7 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use gotatun::packet::Packet;
@@ -53,6 +53,7 @@ impl UdpTransportFactory for GsoUdpFactory {
             GsoUdpSend {
                 socket: tx,
                 segmenting: Arc::new(AtomicBool::new(true)),
+                refusals: Arc::new(AtomicU32::new(0)),
             },
             rx,
         ))
@@ -80,9 +81,16 @@ fn set_buffer(fd: std::os::fd::RawFd, opt: libc::c_int) -> io::Result<()> {
 #[derive(Clone)]
 pub struct GsoUdpSend {
     socket: UdpSocket,
-    /// Cleared when the kernel refuses `UDP_SEGMENT`; packets then go one by one.
+    /// Cleared when the kernel has no `UDP_SEGMENT`; packets then go one by one.
     segmenting: Arc<AtomicBool>,
+    /// Trains refused in a row. One refusal can be the path's (a segment
+    /// too large for a lowered path MTU): that train alone goes packet by
+    /// packet; many in a row mean the kernel's.
+    refusals: Arc<AtomicU32>,
 }
+
+/// Refused trains in a row after which segmenting stops for good.
+const REFUSALS_TO_GIVE_UP: u32 = 16;
 
 /// Where the next train ends: packets `start..end` go to one destination,
 /// all as long as the first except the last, which may be shorter.
@@ -151,12 +159,23 @@ impl UdpSend for GsoUdpSend {
             let mut sent = false;
             if train.len() > 1 && self.segmenting.load(Ordering::Relaxed) {
                 match self.send_train(train).await {
-                    Ok(()) => sent = true,
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
-                        tracing::warn!(
-                            "UDP segmentation offload refused ({e}); sending packets one by one"
-                        );
-                        self.segmenting.store(false, Ordering::Relaxed);
+                    Ok(()) => {
+                        sent = true;
+                        self.refusals.store(0, Ordering::Relaxed);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+                        ) =>
+                    {
+                        let n = self.refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n >= REFUSALS_TO_GIVE_UP || e.raw_os_error() != Some(libc::EINVAL) {
+                            tracing::warn!(
+                                "UDP segmentation offload refused ({e}); sending packets one by one"
+                            );
+                            self.segmenting.store(false, Ordering::Relaxed);
+                        }
                     }
                     // Dropped, as the kernel drops a datagram it cannot queue.
                     Err(e) => {

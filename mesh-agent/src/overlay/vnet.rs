@@ -105,15 +105,13 @@ fn unpack(read: &mut [u8], pool: &PacketBufPool, out: &mut Vec<Packet<Ip>>) {
         return;
     };
     let result = gso::split(&hdr, &mut read[VNET_HDR_LEN..], |head, payload| {
+        // Pool buffers are 4 KiB; one grows for a larger packet (an MTU
+        // above that, on a jumbo-frame underlay).
         let mut p = pool.get();
-        let n = head.len() + payload.len();
-        if n > p.len() {
-            tracing::debug!(len = n, "packet larger than a buffer dropped");
-            return;
-        }
-        p[..head.len()].copy_from_slice(head);
-        p[head.len()..n].copy_from_slice(payload);
-        p.truncate(n);
+        let b = p.buf_mut();
+        b.clear();
+        b.extend_from_slice(head);
+        b.extend_from_slice(payload);
         if let Ok(ip) = p.try_into_ip() {
             out.push(ip);
         }
@@ -139,6 +137,11 @@ impl IpRecv for TunRecv {
                         tracing::debug!("dropped a TUN read larger than {READ_BUF} bytes")
                     }
                     Ok(Ok(n)) => unpack(&mut buf[..n], pool, out),
+                    // The device could not hand over one packet (and freed
+                    // it); the next read is unaffected.
+                    Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EFAULT)) => {
+                        tracing::debug!("TUN read: {e}")
+                    }
                     Ok(Err(e)) => return Err(e),
                     Err(_would_block) => break,
                 }

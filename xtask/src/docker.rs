@@ -127,6 +127,12 @@ fn import(tag: &str, apiary: Option<&Path>, cmd: &str) -> anyhow::Result<()> {
     }
     if let Some(bin) = apiary {
         std::fs::copy(bin, root.join("bin/apiary"))?;
+        // The debug build carries ~250 MB of debug info the image does not
+        // need (every test run imports it); binutils comes with the toolchain.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(root.join("bin/apiary"))
+            .status();
         for lib in libraries(bin)? {
             copy_into(&root, &lib)?;
         }

@@ -786,45 +786,20 @@ mod tests {
             window_ms: 0,
         };
         settle(&mut s);
-        let mut ids = 0;
-        let fail = |s: &mut ClusterState, at: u64, state: TaskState| {
-            let t = live(s)[0].clone();
-            s.apply(Command::TaskStatus {
-                node: t.node.unwrap(),
-                reports: vec![TaskReport {
-                    id: t.id.clone(),
-                    state,
-                    message: "exit 1".into(),
-                    address: None,
-                }],
-                at,
-            });
-            t.id
-        };
-        let mut step = |s: &mut ClusterState, now: u64| {
-            let plan = reconcile(s, now, &mut || {
-                ids += 1;
-                format!("r{ids}")
-            });
-            s.apply(Command::Reconcile {
-                put: plan.put,
-                remove: plan.remove,
-            });
-        };
-        let first = fail(&mut s, 10_000, TaskState::Failed);
-        step(&mut s, 10_500);
+        let first = end_live(&mut s, 10_000, TaskState::Failed);
+        reconcile_at(&mut s, 10_500);
         assert_eq!(live(&s)[0].id, first, "not before the delay");
-        step(&mut s, 11_000);
+        reconcile_at(&mut s, 11_000);
         assert_ne!(live(&s)[0].id, first, "replaced after the delay");
         assert_eq!(
             s.tasks[&first].desired,
             TaskState::Shutdown,
             "kept as history"
         );
-        fail(&mut s, 20_000, TaskState::Failed);
-        step(&mut s, 30_000);
-        let third = fail(&mut s, 40_000, TaskState::Failed);
-        step(&mut s, 50_000);
+        end_live(&mut s, 20_000, TaskState::Failed);
+        reconcile_at(&mut s, 30_000);
+        let third = end_live(&mut s, 40_000, TaskState::Failed);
+        reconcile_at(&mut s, 50_000);
         assert_eq!(live(&s)[0].id, third, "two attempts, then no more");
         // A task that completes under on-failure is not restarted either.
         let mut s2 = state(1);
@@ -836,8 +811,8 @@ mod tests {
             .restart
             .condition = RestartCondition::OnFailure;
         settle(&mut s2);
-        let done = fail(&mut s2, 1, TaskState::Complete);
-        step(&mut s2, 60_000);
+        let done = end_live(&mut s2, 1, TaskState::Complete);
+        reconcile_at(&mut s2, 60_000);
         assert_eq!(live(&s2)[0].id, done);
     }
 
@@ -892,28 +867,9 @@ mod tests {
         };
         settle(&mut s);
         let mut seen = BTreeSet::new();
-        let mut ids = 0;
         for i in 0..3 * max {
-            let t = live(&s)[0].clone();
-            seen.insert(t.id.clone());
-            s.apply(Command::TaskStatus {
-                node: t.node.unwrap(),
-                reports: vec![TaskReport {
-                    id: t.id.clone(),
-                    state: TaskState::Failed,
-                    message: "exit 1".into(),
-                    address: None,
-                }],
-                at: 1000 * (i + 1),
-            });
-            let plan = reconcile(&s, 1000 * (i + 1) + 1, &mut || {
-                ids += 1;
-                format!("r{ids}")
-            });
-            s.apply(Command::Reconcile {
-                put: plan.put,
-                remove: plan.remove,
-            });
+            seen.insert(end_live(&mut s, 1000 * (i + 1), TaskState::Failed));
+            reconcile_at(&mut s, 1000 * (i + 1) + 1);
         }
         assert_eq!(
             seen.len() as u64,
@@ -922,9 +878,25 @@ mod tests {
         );
     }
 
-    /// One orchestrator round at `now`, applied; then the agents run what
-    /// was assigned and stop what was retired.
-    fn round(s: &mut ClusterState, now: u64, start: bool) {
+    /// The (first) live task's agent reports it ended in `state` at `at`;
+    /// its id.
+    fn end_live(s: &mut ClusterState, at: u64, state: TaskState) -> String {
+        let t = live(s)[0].clone();
+        s.apply(Command::TaskStatus {
+            node: t.node.unwrap(),
+            reports: vec![TaskReport {
+                id: t.id.clone(),
+                state,
+                message: "exit 1".into(),
+                address: None,
+            }],
+            at,
+        });
+        t.id
+    }
+
+    /// One orchestrator round at `now`, applied (no agents run anything).
+    fn reconcile_at(s: &mut ClusterState, now: u64) {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let plan = reconcile(s, now, &mut || {
             let n = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -941,6 +913,12 @@ mod tests {
                 rollback,
             });
         }
+    }
+
+    /// One orchestrator round at `now`, applied; then the agents run what
+    /// was assigned and stop what was retired.
+    fn round(s: &mut ClusterState, now: u64, start: bool) {
+        reconcile_at(s, now);
         for t in s.tasks.values_mut() {
             if t.desired == TaskState::Shutdown {
                 t.state = TaskState::Shutdown;

@@ -1,20 +1,20 @@
 //! The encrypted overlay between nodes: one WireGuard interface per node,
 //! whose peers are the other nodes (allowed-ips: their task subnets, which
 //! hold their overlay addresses). The kernel's WireGuard is used where the
-//! kernel has it; otherwise a userspace WireGuard (gotatun) runs inside the
-//! agent on a TUN device. Either way it is configured through the same
+//! kernel has it; otherwise Apiary's userspace WireGuard (`wg`, on gotatun's
+//! protocol code) runs inside the agent on a TUN device. Either way it is configured through the same
 //! `DeviceUpdate`, and addresses, MTU and routes are set over rtnetlink.
 
 pub mod gso;
 pub mod keys;
 pub mod netlink;
-mod udp_gso;
 mod vnet;
+mod wg;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -83,7 +83,7 @@ pub struct Overlay {
     pub kind: Kind,
     name: InterfaceName,
     spec: OverlaySpec,
-    userspace: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    userspace: Option<wg::Device>,
 }
 
 fn uapi_socket(iface: &str) -> PathBuf {
@@ -118,7 +118,11 @@ impl Overlay {
             Ok(()) => (Kind::Kernel, None),
             // EOPNOTSUPP: no WireGuard in this kernel.
             Err(e) if e.raw_os_error() == Some(95) => {
-                let handle = start_userspace(&spec.iface, spec.mtu)?;
+                let handle = wg::Device::start(&spec.iface, spec.mtu, &uapi_socket(&spec.iface))
+                    .map_err(|e| OverlayError::Userspace {
+                        iface: spec.iface.clone(),
+                        message: e.to_string(),
+                    })?;
                 base().apply(&name, Backend::Userspace).map_err(configure)?;
                 (Kind::Userspace, Some(handle))
             }
@@ -206,93 +210,10 @@ impl Overlay {
 
     /// Stops a userspace device (the kernel's stays) and removes its socket.
     pub fn stop(mut self) {
-        if let Some((tx, handle)) = self.userspace.take() {
-            let _ = tx.send(());
-            let _ = handle.join();
-            let _ = std::fs::remove_file(uapi_socket(&self.spec.iface));
+        if let Some(device) = self.userspace.take() {
+            device.stop();
         }
     }
-}
-
-/// Runs gotatun on a TUN device named `iface`, on its own thread and runtime,
-/// until told to stop; returns once its UAPI socket answers.
-fn start_userspace(
-    iface: &str,
-    mtu: u16,
-) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), OverlayError> {
-    let err = |message: String| OverlayError::Userspace {
-        iface: iface.to_string(),
-        message,
-    };
-    // A socket left by a killed agent would make the device look alive.
-    let _ = std::fs::remove_file(uapi_socket(iface));
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let name = iface.to_string();
-    let handle = std::thread::Builder::new()
-        .name(format!("wg-{iface}"))
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let uapi =
-                    match gotatun::device::uapi::UapiServer::default_unix_socket(&name, None, None)
-                    {
-                        Ok(u) => u,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("UAPI socket: {e}")));
-                            return;
-                        }
-                    };
-                let device = match vnet::open(&name, mtu) {
-                    Ok((tx, rx)) => {
-                        gotatun::device::DeviceBuilder::new()
-                            .with_udp(udp_gso::GsoUdpFactory::default())
-                            .with_ip_pair(tx, rx)
-                            .with_uapi(uapi)
-                            .build()
-                            .await
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("TUN device: {e}")));
-                        return;
-                    }
-                };
-                match device {
-                    Ok(device) => {
-                        let _ = ready_tx.send(Ok(()));
-                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                        device.stop().await;
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                    }
-                }
-            });
-        })
-        .map_err(|e| err(e.to_string()))?;
-    match ready_rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => {}
-        Ok(Err(m)) => return Err(err(m)),
-        Err(_) => return Err(err("did not come up within 10 s".into())),
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !uapi_socket(iface).exists() {
-        if std::time::Instant::now() > deadline {
-            return Err(err("its UAPI socket did not appear".into()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok((stop_tx, handle))
 }
 
 #[derive(Debug, Clone, Serialize)]

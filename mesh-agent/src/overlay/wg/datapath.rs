@@ -1,0 +1,367 @@
+//! The device's loops: TUN → encrypt → UDP, UDP → decrypt → TUN, and the
+//! WireGuard timers. Packets move in batches; each batch takes the
+//! configuration lock once and a peer's lock once per run of its packets.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use gotatun::noise::handshake::parse_handshake_anon;
+use gotatun::noise::TunnResult;
+use gotatun::packet::{Packet, WgData, WgKind};
+use gotatun::tun::MtuWatcher;
+
+use super::config::{lock, Config, Peer};
+use super::udp::{Socket, MAX_SEGMENTS};
+use super::Shared;
+use crate::overlay::gso::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
+use crate::overlay::vnet;
+
+/// A TSO read is at most 64 KiB of IP packet (one byte more tells a
+/// longer one, which would arrive cut, apart).
+const READ_BUF: usize = VNET_HDR_LEN + 65536 + 1;
+/// How often WireGuard's timers are looked at (as gotatun and the kernel do).
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// How long the receiving loop sleeps before looking for a new socket.
+const IDLE_MS: i32 = 200;
+
+fn destination(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(Ipv4Addr::new(p[16], p[17], p[18], p[19]).into()),
+        6 if p.len() >= 40 => Some(Ipv6Addr::from(<[u8; 16]>::try_from(&p[24..40]).ok()?).into()),
+        _ => None,
+    }
+}
+
+fn source(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(Ipv4Addr::new(p[12], p[13], p[14], p[15]).into()),
+        6 if p.len() >= 40 => Some(Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).ok()?).into()),
+        _ => None,
+    }
+}
+
+/// TUN → peers. Each read is cut into packets, which are grouped by peer,
+/// encrypted and sent as trains.
+pub fn outgoing(shared: &Shared) {
+    let tun = shared.tun.as_raw_fd();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut packets: Vec<(Arc<Peer>, Packet)> = Vec::new();
+    let mut mtu = MtuWatcher::new(shared.mtu);
+    while !shared.stopping() {
+        let n = match vnet::read(tun, &mut buf) {
+            Ok(n) if n == buf.len() => {
+                tracing::debug!("dropped a TUN read larger than {READ_BUF} bytes");
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                shared.wait_readable(tun, -1);
+                continue;
+            }
+            // The device could not hand over one packet (and freed it).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EFAULT)) => {
+                tracing::debug!("TUN read: {e}");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("the overlay's TUN device failed: {e}");
+                return;
+            }
+        };
+        let cfg = shared.read_config();
+        let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
+            continue;
+        };
+        let mut last: Option<(IpAddr, Arc<Peer>)> = None;
+        let result = gso::split(&hdr, &mut buf[VNET_HDR_LEN..n], |head, payload| {
+            let Some(dst) = destination(head) else {
+                return;
+            };
+            let peer = match &last {
+                Some((ip, p)) if *ip == dst => Arc::clone(p),
+                _ => match cfg.route(dst) {
+                    Some(p) => {
+                        last = Some((dst, Arc::clone(p)));
+                        Arc::clone(p)
+                    }
+                    None => return,
+                },
+            };
+            packets.push((peer, padded(head, payload, shared.mtu)));
+        });
+        if let Err(e) = result {
+            tracing::debug!("dropped a packet from the TUN device: {e}");
+        }
+        send_batch(shared, &cfg, &mut packets, &mut mtu);
+    }
+}
+
+/// The packet with zeros up to a multiple of 16 bytes, as WireGuard pads
+/// (hiding exact lengths), but never beyond the MTU.
+fn padded(head: &[u8], payload: &[u8], mtu: u16) -> Packet {
+    let len = head.len() + payload.len();
+    let target = len.next_multiple_of(16).min(usize::from(mtu).max(len));
+    let mut b = BytesMut::with_capacity(target);
+    b.extend_from_slice(head);
+    b.extend_from_slice(payload);
+    b.resize(target, 0);
+    Packet::from_bytes(b)
+}
+
+/// Encrypts `packets` run by run of one peer and sends each run as trains.
+fn send_batch(
+    shared: &Shared,
+    cfg: &Config,
+    packets: &mut Vec<(Arc<Peer>, Packet)>,
+    mtu: &mut MtuWatcher,
+) {
+    let Some(socket) = cfg.socket.clone() else {
+        packets.clear();
+        return;
+    };
+    let mut train: Vec<Packet> = Vec::with_capacity(MAX_SEGMENTS);
+    let mut it = packets.drain(..).peekable();
+    while let Some((peer, first)) = it.next() {
+        let mut state = lock(&peer);
+        let endpoint = state.endpoint;
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            match state.tunn.encapsulate_with_session(p) {
+                Ok(wg) => train.push(wg.into()),
+                // No session yet: the packet waits in the peer's queue for
+                // the handshake this starts (if none is under way).
+                Err(p) => {
+                    if let Some(init) = state.tunn.handle_outgoing_packet(p, Some(mtu)) {
+                        shared.register(&init, &peer);
+                        if let Some(ep) = endpoint {
+                            socket.send(Packet::from(init).as_ref(), ep);
+                        }
+                    }
+                }
+            }
+            if it.peek().is_some_and(|(q, _)| Arc::ptr_eq(q, &peer)) {
+                next = it.next().map(|(_, p)| p);
+            }
+        }
+        drop(state);
+        if let Some(ep) = endpoint {
+            socket.send_all(&train, ep);
+        }
+        train.clear();
+    }
+}
+
+/// Peers → TUN. A read may be a train of datagrams (GRO), cut at the
+/// segment size; data packets are decrypted per run of one peer and
+/// written joined.
+pub fn incoming(shared: &Shared) {
+    let mut buf = BytesMut::new();
+    let mut data: Vec<(Arc<Peer>, Packet<WgData>)> = Vec::new();
+    let mut joined: Coalescer<Packet> = Coalescer::default();
+    let mut mtu = MtuWatcher::new(shared.mtu);
+    // Datagrams are at most the inner MTU plus WireGuard's 32 bytes; GRO
+    // joins up to 64 of them.
+    let capacity = (MAX_SEGMENTS * (usize::from(shared.mtu) + 32)).max(1 << 16);
+    while !shared.stopping() {
+        let cfg = shared.read_config();
+        let Some(socket) = cfg.socket.clone() else {
+            drop(cfg);
+            shared.wait_readable(shared.stop_fd.as_raw_fd(), IDLE_MS);
+            continue;
+        };
+        drop(cfg);
+        buf.clear();
+        buf.reserve(capacity);
+        let (from, segment) = match socket.recv(&mut buf) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                shared.wait_readable(socket.fd(), IDLE_MS);
+                continue;
+            }
+            Err(e) => {
+                tracing::trace!("UDP receive: {e}");
+                continue;
+            }
+        };
+        let cfg = shared.read_config();
+        let Some(limiter) = cfg.rate_limiter.clone() else {
+            continue;
+        };
+        while !buf.is_empty() {
+            let datagram = buf.split_to(segment.min(buf.len()));
+            match limiter.verify_packet(from, Packet::from_bytes(datagram)) {
+                Ok(WgKind::Data(p)) => {
+                    if let Some(peer) = shared.peer_by_idx(p.header.receiver_idx.get()) {
+                        data.push((peer, p));
+                    }
+                }
+                Ok(control) => handshake(shared, &cfg, &socket, control, from, &mut mtu),
+                // Under load: the sender must prove its address first.
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    socket.send(Packet::from(cookie).as_ref(), from)
+                }
+                Err(_) => {}
+            }
+        }
+        decrypt_batch(
+            shared,
+            &cfg,
+            &socket,
+            &mut data,
+            &mut joined,
+            from,
+            &mut mtu,
+        );
+        if !joined.is_empty() {
+            write_joined(shared, &mut joined);
+        }
+    }
+}
+
+fn write_joined(shared: &Shared, joined: &mut Coalescer<Packet>) {
+    let tun = shared.tun.as_raw_fd();
+    if let Err(e) = joined.flush(|parts| vnet::write_all(tun, parts)) {
+        tracing::trace!("TUN write: {e}");
+    }
+}
+
+fn write_one(shared: &Shared, p: &[u8]) {
+    if let Err(e) = vnet::write_all(shared.tun.as_raw_fd(), &[&[0u8; VNET_HDR_LEN], p]) {
+        tracing::trace!("TUN write: {e}");
+    }
+}
+
+fn decrypt_batch(
+    shared: &Shared,
+    cfg: &Config,
+    socket: &Socket,
+    data: &mut Vec<(Arc<Peer>, Packet<WgData>)>,
+    joined: &mut Coalescer<Packet>,
+    from: SocketAddr,
+    mtu: &mut MtuWatcher,
+) {
+    let mut it = data.drain(..).peekable();
+    while let Some((peer, first)) = it.next() {
+        let mut state = lock(&peer);
+        let mut next = Some(first);
+        let mut heard = false;
+        while let Some(p) = next.take() {
+            match state.tunn.handle_incoming_packet(WgKind::Data(p)) {
+                TunnResult::WriteToTunnel(p) => {
+                    heard = true;
+                    // Empty: a keepalive. Otherwise the inner source must
+                    // be one this peer may send from (its allowed-ips).
+                    let allowed = source(&p)
+                        .and_then(|ip| cfg.route(ip))
+                        .is_some_and(|owner| Arc::ptr_eq(owner, &peer));
+                    if !p.is_empty() && allowed {
+                        if let Err(p) = joined.push(p) {
+                            if !joined.is_empty() {
+                                write_joined(shared, joined);
+                            }
+                            if let Err(p) = joined.push(p) {
+                                write_one(shared, &p);
+                            }
+                        }
+                    }
+                }
+                TunnResult::WriteToNetwork(p) => {
+                    heard = true;
+                    socket.send(Packet::from(p).as_ref(), from);
+                }
+                TunnResult::Done | TunnResult::Err(_) => {}
+            }
+            if it.peek().is_some_and(|(q, _)| Arc::ptr_eq(q, &peer)) {
+                next = it.next().map(|(_, p)| p);
+            }
+        }
+        // WireGuard's roaming: replies go where the peer was last heard from.
+        if heard {
+            state.endpoint = Some(from);
+        }
+        // A session that just became usable sends what waited for it.
+        let queued: Vec<WgKind> = state.tunn.get_queued_packets(mtu).collect();
+        drop(state);
+        for p in queued {
+            socket.send(Packet::from(p).as_ref(), from);
+        }
+    }
+}
+
+/// Handshake initiations and responses and cookie replies.
+fn handshake(
+    shared: &Shared,
+    cfg: &Config,
+    socket: &Socket,
+    packet: WgKind,
+    from: SocketAddr,
+    mtu: &mut MtuWatcher,
+) {
+    let peer = match &packet {
+        WgKind::HandshakeInit(p) => {
+            let Some((secret, public)) = &cfg.key else {
+                return;
+            };
+            parse_handshake_anon(secret, public, p)
+                .ok()
+                .and_then(|h| cfg.peer_by_key(&h.peer_static_public).cloned())
+        }
+        WgKind::HandshakeResp(p) => shared.peer_by_idx(p.receiver_idx.get()),
+        WgKind::CookieReply(p) => shared.peer_by_idx(p.receiver_idx.get()),
+        WgKind::Data(_) => None,
+    };
+    let Some(peer) = peer else {
+        return;
+    };
+    let mut state = lock(&peer);
+    let mut out = Vec::new();
+    if let TunnResult::WriteToNetwork(p) = state.tunn.handle_incoming_packet(packet) {
+        shared.register(&p, &peer);
+        state.endpoint = Some(from);
+        out.push(p);
+        out.extend(state.tunn.get_queued_packets(mtu));
+    }
+    drop(state);
+    for p in out {
+        socket.send(Packet::from(p).as_ref(), from);
+    }
+}
+
+/// Keepalives, handshake retries and rekeying, session expiry.
+pub fn timers(shared: &Shared) {
+    while !shared.stopping() {
+        {
+            let cfg = shared.read_config();
+            shared
+                .by_idx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|idx, _| shared.index_table.in_use(*idx));
+            if let Some(limiter) = &cfg.rate_limiter {
+                limiter.try_reset_count();
+            }
+            for e in &cfg.peers {
+                let mut state = lock(&e.peer);
+                let Some(ep) = state.endpoint else {
+                    continue;
+                };
+                match state.tunn.update_timers() {
+                    Ok(Some(p)) => {
+                        shared.register(&p, &e.peer);
+                        drop(state);
+                        if let Some(s) = &cfg.socket {
+                            s.send(Packet::from(p).as_ref(), ep);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::trace!("WireGuard timers: {err:?}"),
+                }
+            }
+        }
+        shared.wait_readable(shared.stop_fd.as_raw_fd(), TIMER_TICK.as_millis() as i32);
+    }
+}

@@ -237,12 +237,14 @@ mod tests {
             .collect();
         tx.send_all(&packets, dest);
         let mut got = Vec::new();
+        let mut reads = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < packets.len() && std::time::Instant::now() < deadline {
             let mut buf = bytes::BytesMut::with_capacity(1 << 17);
             match rx.recv(&mut buf) {
                 Ok((from, seg)) => {
                     assert_eq!(from.port(), tx.port().unwrap());
+                    reads += 1;
                     got.extend(buf.chunks(seg).map(|c| c.to_vec()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -252,5 +254,6 @@ mod tests {
             }
         }
         assert_eq!(got, packets);
+        assert_eq!(reads, 1, "sent as one train, received as one (GRO)");
     }
 }

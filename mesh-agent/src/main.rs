@@ -155,6 +155,17 @@ enum ToolCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// A userspace WireGuard interface, in the foreground until SIGINT or
+    /// SIGTERM: what the agent runs where the kernel has no WireGuard.
+    /// Configure it with `wg` (its UAPI socket is in /var/run/wireguard),
+    /// bring it up and address it with `ip`, as with wireguard-go.
+    Wireguard {
+        /// Name of the interface to create.
+        interface: String,
+        /// MTU to give it (WireGuard over IPv4 on a 1500-byte link: 1440).
+        #[arg(long, default_value_t = 1420)]
+        mtu: u16,
+    },
     /// Parent of one exec task (started by the agent, not by hand).
     #[command(hide = true)]
     Shim {
@@ -276,6 +287,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => mesh_agent::driver::shim::run(&dir, resolv_conf.as_deref(), &command),
         Cmd::Tool {
+            cmd: ToolCmd::Wireguard { interface, mtu },
+        } => tool_wireguard(&interface, mtu),
+        Cmd::Tool {
             cmd: ToolCmd::Whoami { listen, name },
         } => {
             let name = match name {
@@ -288,6 +302,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tool::whoami::run(listen, name)
         }
     }
+}
+
+fn tool_wireguard(interface: &str, mtu: u16) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Blocked before the device's threads start (they inherit the mask), so
+    // the signal reaches `wait` here and the device is stopped cleanly.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .context("blocking SIGINT and SIGTERM")?;
+    let socket = mesh_agent::overlay::uapi_socket(interface);
+    let device =
+        mesh_agent::overlay::wg::Device::start(interface, mtu, &socket).with_context(|| {
+            format!("creating the WireGuard interface `{interface}` (needs root and /dev/net/tun)")
+        })?;
+    eprintln!(
+        "{interface}: userspace WireGuard, MTU {mtu}; configure it with `wg` ({})",
+        socket.display()
+    );
+    let signal = signals.wait().context("waiting for a signal")?;
+    eprintln!("{interface}: {signal}, stopping");
+    device.stop();
+    Ok(())
 }
 
 /// The pin path given, or the only daemon's under /sys/fs/bpf/apiary.

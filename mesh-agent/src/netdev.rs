@@ -15,6 +15,16 @@ pub fn links() -> io::Result<Vec<(String, u32)>> {
 
 /// MTU of `iface`.
 pub fn mtu(iface: &str) -> io::Result<u16> {
+    mtu_ioctl(iface, libc::SIOCGIFMTU, 0, "reading")
+}
+
+/// Sets the MTU of `iface`.
+pub fn set_mtu(iface: &str, mtu: u16) -> io::Result<()> {
+    mtu_ioctl(iface, libc::SIOCSIFMTU, mtu, "setting").map(|_| ())
+}
+
+/// SIOCGIFMTU or SIOCSIFMTU on `iface`; the MTU after the call.
+fn mtu_ioctl(iface: &str, request: libc::Ioctl, mtu: u16, doing: &str) -> io::Result<u16> {
     if iface.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -31,17 +41,18 @@ pub fn mtu(iface: &str) -> io::Result<u16> {
     for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
         *dst = src as libc::c_char;
     }
-    // SAFETY: SIOCGIFMTU reads the name and writes ifru_mtu of `req`.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    req.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
+    // SAFETY: both requests read the name and read or write ifru_mtu of `req`.
+    let rc = unsafe { libc::ioctl(fd, request, &mut req) };
     let err = io::Error::last_os_error();
     // SAFETY: closing the fd we opened.
     unsafe { libc::close(fd) };
     if rc < 0 {
         return Err(io::Error::new(
             err.kind(),
-            format!("reading the MTU of interface `{iface}`: {err}"),
+            format!("{doing} the MTU of interface `{iface}`: {err}"),
         ));
     }
-    // SAFETY: the ioctl filled the mtu member of the union.
+    // SAFETY: ifru_mtu is the member both requests use.
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u16)
 }

@@ -320,10 +320,15 @@ fn large_datagrams_and_bulk_tcp_cross_the_overlay() {
         "no answer to a 1400-byte datagram"
     );
 
-    // 16 MiB each way over one TCP connection, t1 ↔ a listener in t2's
-    // namespace, every byte checked: the userspace WireGuard cuts the
-    // kernel's 64 KiB segments on one side and joins them on the other,
-    // and the kernel trusts the joined packet's checksum.
+    // Every byte checked: the userspace WireGuard cuts the kernel's 64 KiB
+    // segments on one side and joins them on the other, and the kernel
+    // trusts the joined packet's checksum.
+    bulk_both_ways(t1, t2, addr("10.201.2.10".parse().unwrap(), 9000));
+}
+
+/// 16 MiB each way over one TCP connection from namespace `from` to a
+/// listener at `to` in namespace `at`, every byte checked.
+fn bulk_both_ways(from: String, at: String, to: std::net::SocketAddr) {
     const BULK: usize = 16 << 20;
     fn pattern(i: usize) -> u8 {
         (i.wrapping_mul(2_654_435_761) >> 13) as u8
@@ -350,11 +355,9 @@ fn large_datagrams_and_bulk_tcp_cross_the_overlay() {
     }
     let data: Vec<u8> = (0..BULK).map(pattern).collect();
     let echo_data = data.clone();
-    let listener = in_netns(t2, || {
-        std::net::TcpListener::bind("10.201.2.10:9000").unwrap()
-    })
-    .join()
-    .unwrap();
+    let listener = in_netns(at, move || std::net::TcpListener::bind(to).unwrap())
+        .join()
+        .unwrap();
     let sink = std::thread::spawn(move || {
         use std::io::Write;
         let (mut c, _) = listener.accept().unwrap();
@@ -362,25 +365,17 @@ fn large_datagrams_and_bulk_tcp_cross_the_overlay() {
         c.write_all(&echo_data).unwrap();
         got
     });
-    let back = in_netns(t1, move || {
+    let back = in_netns(from, move || {
         use std::io::Write;
-        let mut c = std::net::TcpStream::connect_timeout(
-            &addr("10.201.2.10".parse().unwrap(), 9000),
-            Duration::from_secs(3),
-        )
-        .unwrap();
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         c.write_all(&data).unwrap();
         check(&mut c)
     })
     .join()
     .unwrap();
-    assert_eq!(
-        sink.join().unwrap(),
-        (BULK, 0),
-        "t1 → t2: bytes, wrong bytes"
-    );
-    assert_eq!(back, (BULK, 0), "t2 → t1: bytes, wrong bytes");
+    assert_eq!(sink.join().unwrap(), (BULK, 0), "there: bytes, wrong bytes");
+    assert_eq!(back, (BULK, 0), "back: bytes, wrong bytes");
 }
 
 #[test]
@@ -478,4 +473,170 @@ fn changing_one_peer_leaves_traffic_to_the_others_alone() {
         time_to_reach(t1, "10.201.3.10".parse().unwrap(), Duration::from_secs(5)).is_some(),
         "h3 is a peer again"
     );
+}
+
+/// `wg` with `stdin` as its input (`wg pubkey`).
+fn wg_pubkey(private: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg (cargo xtask test installs wireguard-tools)");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(private.as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Apiary's userspace WireGuard (`apiary tool wireguard`, what the agent
+/// runs here) against an independent implementation, wireguard-go, both
+/// configured with the real `wg` over their UAPI sockets.
+#[test]
+fn the_userspace_wireguard_interoperates_with_wireguard_go_and_wg() {
+    let mut lab = Lab::up(2).unwrap();
+    let (ia, ib) = (format!("{}ia", lab.id), format!("{}ib", lab.id));
+    let (h1, h2) = (lab.hosts[0].ns.clone(), lab.hosts[1].ns.clone());
+    let (a1, a2) = (lab.hosts[0].addr, lab.hosts[1].addr);
+    let bin = apiary_bin().display().to_string();
+    lab.spawn_in(&h1, &bin, &["tool", "wireguard", &ia, "--mtu", "1420"])
+        .unwrap();
+    lab.spawn_in(&h2, "wireguard-go", &["-f", &ib]).unwrap();
+    for i in [&ia, &ib] {
+        let sock = mesh_agent::overlay::uapi_socket(i);
+        let start = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} did not appear",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut keys = Vec::new();
+    for name in ["a.key", "b.key"] {
+        let private =
+            String::from_utf8(Command::new("wg").arg("genkey").output().unwrap().stdout).unwrap();
+        let path = lab.dir.join(name);
+        std::fs::write(&path, &private).unwrap();
+        keys.push((path.display().to_string(), wg_pubkey(&private)));
+    }
+    let ((ka, pa), (kb, pb)) = (keys[0].clone(), keys[1].clone());
+    h1.run(
+        "wg",
+        &[
+            "set",
+            &ia,
+            "private-key",
+            &ka,
+            "listen-port",
+            "51820",
+            "peer",
+            &pb,
+            "endpoint",
+            &format!("{a2}:51821"),
+            "allowed-ips",
+            "10.202.0.2/32",
+            "persistent-keepalive",
+            "25",
+        ],
+    )
+    .unwrap();
+    h2.run(
+        "wg",
+        &[
+            "set",
+            &ib,
+            "private-key",
+            &kb,
+            "listen-port",
+            "51821",
+            "peer",
+            &pa,
+            "endpoint",
+            &format!("{a1}:51820"),
+            "allowed-ips",
+            "10.202.0.1/32",
+        ],
+    )
+    .unwrap();
+    h1.ip(&["addr", "add", "10.202.0.1/24", "dev", &ia])
+        .unwrap();
+    h1.ip(&["link", "set", &ia, "up"]).unwrap();
+    h2.ip(&["addr", "add", "10.202.0.2/24", "dev", &ib])
+        .unwrap();
+    h2.ip(&["link", "set", &ib, "mtu", "1420", "up"]).unwrap();
+    lab.spawn_in(
+        &h1,
+        &bin,
+        &[
+            "tool",
+            "whoami",
+            "--listen",
+            "10.202.0.1:8080",
+            "--name",
+            "a",
+        ],
+    )
+    .unwrap();
+    lab.spawn_in(
+        &h2,
+        &bin,
+        &[
+            "tool",
+            "whoami",
+            "--listen",
+            "10.202.0.2:8080",
+            "--name",
+            "b",
+        ],
+    )
+    .unwrap();
+    let (n1, n2) = (
+        format!("/run/netns/{}", h1.name),
+        format!("/run/netns/{}", h2.name),
+    );
+
+    // Each side reaches the other, and sees the other's tunnel address.
+    for (from, to, name, client) in [
+        (&n1, "10.202.0.2", "b", "10.202.0.1"),
+        (&n2, "10.202.0.1", "a", "10.202.0.2"),
+    ] {
+        let to = addr(to.parse().unwrap(), 8080);
+        let seen = in_netns(from.clone(), move || http_retry(to, 100))
+            .join()
+            .unwrap()
+            .unwrap_or_else(|| panic!("no answer from {to} through WireGuard"));
+        assert_eq!(
+            (seen.name.as_str(), seen.client.ip().to_string()),
+            (name, client.to_string())
+        );
+    }
+    bulk_both_ways(n1, n2.clone(), addr("10.202.0.2".parse().unwrap(), 9000));
+
+    // `wg show` reads the session back from Apiary's device.
+    let dump = h1.run("wg", &["show", &ia, "dump"]).unwrap();
+    let peer: Vec<&str> = dump.lines().nth(1).expect("one peer").split('\t').collect();
+    assert_eq!(peer[0], pb, "{dump}");
+    assert_eq!(peer[2], format!("{a2}:51821"), "{dump}");
+    assert_eq!(peer[3], "10.202.0.2/32", "{dump}");
+    assert!(
+        peer[4].parse::<u64>().unwrap() > 0,
+        "a handshake time: {dump}"
+    );
+    let (rx, tx): (u64, u64) = (peer[5].parse().unwrap(), peer[6].parse().unwrap());
+    assert!(rx > 16 << 20 && tx > 16 << 20, "bytes both ways: {dump}");
+    assert_eq!(peer[7], "25", "{dump}");
+
+    // Removing the peer with `wg` cuts it off.
+    h1.run("wg", &["set", &ia, "peer", &pb, "remove"]).unwrap();
+    assert_eq!(h1.run("wg", &["show", &ia, "peers"]).unwrap().trim(), "");
+    let to = addr("10.202.0.1".parse().unwrap(), 8080);
+    let after = in_netns(n2, move || http_once(to, None)).join().unwrap();
+    assert!(after.is_err(), "answered without a peer: {after:?}");
 }

@@ -12,6 +12,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "tcpdump",
+    "wireguard-tools",
+    "wireguard-go",
     "nftables",
 ];
 

@@ -9,7 +9,7 @@ pub mod gso;
 pub mod keys;
 pub mod netlink;
 mod vnet;
-mod wg;
+pub mod wg;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -86,7 +86,8 @@ pub struct Overlay {
     userspace: Option<wg::Device>,
 }
 
-fn uapi_socket(iface: &str) -> PathBuf {
+/// Where a userspace WireGuard's UAPI socket is (as `wg` looks for it).
+pub fn uapi_socket(iface: &str) -> PathBuf {
     PathBuf::from(UAPI_DIR).join(format!("{iface}.sock"))
 }
 

@@ -14,6 +14,7 @@ mod udp;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,6 +111,7 @@ impl Device {
     /// and starts the device's threads; it is configured over the socket.
     pub fn start(iface: &str, mtu: u16, uapi_path: &Path) -> io::Result<Device> {
         let tun = super::vnet::open_tun(iface)?;
+        crate::netdev::set_mtu(iface, mtu)?;
         // SAFETY: plain eventfd creation; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -123,6 +125,8 @@ impl Device {
         // A socket left by a killed agent would refuse the bind.
         let _ = std::fs::remove_file(uapi_path);
         let listener = UnixListener::bind(uapi_path)?;
+        // The socket configures the device (keys, peers): root's only.
+        std::fs::set_permissions(uapi_path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             config: RwLock::new(Config::default()),

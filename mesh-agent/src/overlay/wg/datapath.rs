@@ -23,7 +23,33 @@ use crate::overlay::vnet;
 /// A TSO read is at most 64 KiB of IP packet (one byte more tells a
 /// longer one, which would arrive cut, apart).
 const READ_BUF: usize = VNET_HDR_LEN + 65536 + 1;
+/// Times a loop that found nothing to do yields before it sleeps. Work
+/// mostly comes back within a few microseconds (the other side's answer,
+/// the next segment), and sleeping and being woken costs more than that;
+/// measured: 3.5 Gbit/s sleeping at once, 4.5 Gbit/s yielding first.
+/// Yielding gives the core to whatever else is runnable, so this only takes
+/// time that would otherwise be idle.
 const SPINS: u32 = 50;
+
+/// Counts the empty polls of a loop: it yields until `SPINS` in a row, then sleeps.
+#[derive(Default)]
+struct Spin(u32);
+
+impl Spin {
+    fn idle(&mut self, sleep: impl FnOnce()) {
+        self.0 += 1;
+        if self.0 > SPINS {
+            self.0 = 0;
+            sleep();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+
+    fn busy(&mut self) {
+        self.0 = 0;
+    }
+}
 /// TUN reads gathered before encrypting and sending.
 const READS_PER_BATCH: usize = 64;
 /// How often WireGuard's timers are looked at (as gotatun and the kernel do).
@@ -64,7 +90,7 @@ pub fn outgoing(shared: &Shared) {
     let mut buf = vec![0u8; READ_BUF];
     let mut packets: Vec<(Arc<Peer>, Packet)> = Vec::new();
     let mut mtu = MtuWatcher::new(shared.mtu);
-    let mut spins = 0;
+    let mut spin = Spin::default();
     while !shared.stopping() {
         let cfg = shared.read_config();
         let mut last: Option<(IpAddr, Arc<Peer>)> = None;
@@ -123,15 +149,11 @@ pub fn outgoing(shared: &Shared) {
         }
         drop(cfg);
         if idle {
-            spins += 1;
-            if spins > SPINS {
-                spins = 0;
+            spin.idle(|| {
                 shared.wait_readable(tun, -1);
-            } else {
-                std::thread::yield_now();
-            }
+            });
         } else {
-            spins = 0;
+            spin.busy();
         }
     }
 }
@@ -204,7 +226,7 @@ pub fn incoming(shared: &Shared) {
     // Datagrams are at most the inner MTU plus WireGuard's 32 bytes; GRO
     // joins up to 64 of them.
     let capacity = (MAX_SEGMENTS * (usize::from(shared.mtu) + 32)).max(1 << 16);
-    let mut spins = 0;
+    let mut spin = Spin::default();
     while !shared.stopping() {
         let cfg = shared.read_config();
         let Some(socket) = cfg.socket.clone() else {
@@ -217,17 +239,13 @@ pub fn incoming(shared: &Shared) {
         buf.reserve(capacity);
         let (from, segment) = match socket.recv(&mut buf) {
             Ok(r) => {
-                spins = 0;
+                spin.busy();
                 r
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                spins += 1;
-                if spins > SPINS {
-                    spins = 0;
+                spin.idle(|| {
                     shared.wait_readable(socket.fd(), IDLE_MS);
-                } else {
-                    std::thread::yield_now();
-                }
+                });
                 continue;
             }
             Err(e) => {

@@ -49,7 +49,8 @@ pub struct Config {
 /// One `set` request, parsed whole before anything changes.
 #[derive(Debug, Default, PartialEq)]
 pub struct SetRequest {
-    pub private_key: Option<[u8; 32]>,
+    /// `Some(None)`: the key is removed (all zeros), and with it all traffic.
+    pub private_key: Option<Option<[u8; 32]>>,
     pub listen_port: Option<u16>,
     pub fwmark: Option<u32>,
     pub replace_peers: bool,
@@ -71,18 +72,19 @@ pub struct PeerSet {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("peers cannot be added before the device has a private key")]
-    NoPrivateKey,
     #[error("binding UDP port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
+    #[error("setting fwmark {mark} on the UDP socket: {source}")]
+    Mark { mark: u32, source: std::io::Error },
 }
 
 impl ApplyError {
     /// The errno the UAPI reports.
     pub fn errno(&self) -> i32 {
         match self {
-            ApplyError::NoPrivateKey => libc::ENOKEY,
-            ApplyError::Bind { source, .. } => source.raw_os_error().unwrap_or(libc::EADDRINUSE),
+            ApplyError::Bind { source, .. } | ApplyError::Mark { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EINVAL)
+            }
         }
     }
 }
@@ -103,30 +105,30 @@ impl Config {
             .map(|p| &p.peer)
     }
 
-    /// Applies `req` in order. Everything that can fail (binding the port,
-    /// a missing key) is checked first, so a failed request changes nothing.
-    /// Returns whether the socket changed.
-    pub fn apply(&mut self, req: SetRequest, index_table: &IndexTable) -> Result<bool, ApplyError> {
-        let adds_peers = req
-            .peers
-            .iter()
-            .any(|p| !p.remove && !p.update_only && self.peer_by_key(&p.key).is_none());
-        if adds_peers && self.key.is_none() && req.private_key.is_none() {
-            return Err(ApplyError::NoPrivateKey);
-        }
+    /// Applies `req` in order. What can fail (binding the port, setting the
+    /// mark) is done first, on a socket not yet in use, so a failed request
+    /// changes nothing.
+    pub fn apply(&mut self, req: SetRequest, index_table: &IndexTable) -> Result<(), ApplyError> {
         let new_socket = match req.listen_port {
             Some(port) if self.socket.is_none() || port != self.port || port == 0 => {
                 Some(Socket::bind(port).map_err(|source| ApplyError::Bind { port, source })?)
             }
             _ => None,
         };
-        let rebound = new_socket.is_some();
+        let mark = req.fwmark.unwrap_or(self.fwmark);
+        let marked = match (&new_socket, &self.socket) {
+            (Some(s), _) => Some(s),
+            (None, Some(s)) if req.fwmark.is_some_and(|m| m != self.fwmark) => Some(&**s),
+            _ => None,
+        };
+        if let Some(s) = marked {
+            s.set_mark(mark)
+                .map_err(|source| ApplyError::Mark { mark, source })?;
+        }
+        self.fwmark = mark;
         if let Some(s) = new_socket {
             self.port = s.port().unwrap_or(0);
             self.socket = Some(Arc::new(s));
-        }
-        if let Some(mark) = req.fwmark {
-            self.fwmark = mark;
         }
         if let Some(k) = req.private_key {
             self.set_key(k);
@@ -138,10 +140,20 @@ impl Config {
             self.apply_peer(p, index_table);
         }
         self.rebuild_routes();
-        Ok(rebound)
+        Ok(())
     }
 
-    fn set_key(&mut self, k: [u8; 32]) {
+    /// Sets or (`None`) removes the device's key. Without one, nothing is
+    /// sent or accepted.
+    fn set_key(&mut self, k: Option<[u8; 32]>) {
+        let Some(k) = k else {
+            self.key = None;
+            self.rate_limiter = None;
+            for p in &self.peers {
+                lock(&p.peer).tunn.reset();
+            }
+            return;
+        };
         let secret = StaticSecret::from(k);
         let public = PublicKey::from(&secret);
         if self.key.as_ref().is_some_and(|(_, p)| p == &public) {
@@ -159,6 +171,24 @@ impl Config {
         self.key = Some((secret, public));
     }
 
+    /// The key a new peer's session starts with: the device's, or until it
+    /// has one a stand-in (replaced when the key comes; nothing is sent or
+    /// accepted meanwhile), so peers may be configured before the key, as
+    /// `wg` allows.
+    fn session_key(&self) -> (StaticSecret, PublicKey, Arc<RateLimiter>) {
+        match (&self.key, &self.rate_limiter) {
+            (Some((secret, public)), Some(limiter)) => {
+                (secret.clone(), *public, Arc::clone(limiter))
+            }
+            _ => {
+                let secret = StaticSecret::from([0u8; 32]);
+                let public = PublicKey::from(&secret);
+                let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+                (secret, public, limiter)
+            }
+        }
+    }
+
     fn apply_peer(&mut self, p: PeerSet, index_table: &IndexTable) {
         let pos = self.peers.iter().position(|e| e.peer.key == p.key);
         if p.remove {
@@ -171,20 +201,21 @@ impl Config {
             Some(i) => i,
             None if p.update_only => return,
             None => {
-                let (Some((secret, public)), Some(limiter)) = (&self.key, &self.rate_limiter)
-                else {
-                    return;
-                };
-                if p.key == *public.as_bytes() {
+                if self
+                    .key
+                    .as_ref()
+                    .is_some_and(|(_, public)| p.key == *public.as_bytes())
+                {
                     return;
                 }
+                let (secret, _, limiter) = self.session_key();
                 let tunn = Tunn::new(
-                    secret.clone(),
+                    secret,
                     PublicKey::from(p.key),
                     p.preshared.flatten(),
                     p.keepalive.filter(|k| *k > 0),
                     index_table.clone(),
-                    Arc::clone(limiter),
+                    limiter,
                 );
                 self.peers.push(PeerEntry {
                     peer: Arc::new(Peer {

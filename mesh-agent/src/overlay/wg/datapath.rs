@@ -177,7 +177,8 @@ fn send_batch(
     packets: &mut Vec<(Arc<Peer>, Packet)>,
     mtu: &mut MtuWatcher,
 ) {
-    let Some(socket) = cfg.socket.clone() else {
+    // Without a key (or a port) nothing can be sent.
+    let (Some(socket), Some(_)) = (cfg.socket.clone(), &cfg.key) else {
         packets.clear();
         return;
     };
@@ -342,7 +343,7 @@ fn decrypt_batch(
                 }
                 TunnResult::WriteToNetwork(p) => {
                     heard = true;
-                    socket.send(Packet::from(p).as_ref(), from);
+                    send_control(shared, socket, &peer, vec![p], from);
                 }
                 TunnResult::Done | TunnResult::Err(_) => {}
             }
@@ -355,12 +356,30 @@ fn decrypt_batch(
         if heard {
             state.endpoint = Some(from);
         }
-        // A session that just became usable sends what waited for it.
+        // A session that just became usable sends what waited for it; only
+        // to an address that proved itself (a forged packet must not draw
+        // the queue, or a new handshake, to its sender).
+        if !heard {
+            continue;
+        }
         let queued: Vec<WgKind> = state.tunn.get_queued_packets(mtu).collect();
         drop(state);
-        for p in queued {
-            socket.send(Packet::from(p).as_ref(), from);
-        }
+        send_control(shared, socket, &peer, queued, from);
+    }
+}
+
+/// Sends packets the protocol made (handshakes, keepalives, queued data),
+/// noting the session index of any handshake among them.
+fn send_control(
+    shared: &Shared,
+    socket: &Socket,
+    peer: &Arc<Peer>,
+    packets: Vec<WgKind>,
+    to: SocketAddr,
+) {
+    for p in packets {
+        shared.register(&p, peer);
+        socket.send(Packet::from(p).as_ref(), to);
     }
 }
 
@@ -392,15 +411,12 @@ fn handshake(
     let mut state = lock(&peer);
     let mut out = Vec::new();
     if let TunnResult::WriteToNetwork(p) = state.tunn.handle_incoming_packet(packet) {
-        shared.register(&p, &peer);
         state.endpoint = Some(from);
         out.push(p);
         out.extend(state.tunn.get_queued_packets(mtu));
     }
     drop(state);
-    for p in out {
-        socket.send(Packet::from(p).as_ref(), from);
-    }
+    send_control(shared, socket, &peer, out, from);
 }
 
 /// Keepalives, handshake retries and rekeying, session expiry.
@@ -416,7 +432,12 @@ pub fn timers(shared: &Shared) {
             if let Some(limiter) = &cfg.rate_limiter {
                 limiter.try_reset_count();
             }
-            for e in &cfg.peers {
+            let peers = if cfg.key.is_some() {
+                &cfg.peers[..]
+            } else {
+                &[]
+            };
+            for e in peers {
                 let mut state = lock(&e.peer);
                 let Some(ep) = state.endpoint else {
                     continue;

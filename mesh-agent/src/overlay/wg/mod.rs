@@ -14,7 +14,7 @@ mod udp;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,12 @@ impl Shared {
     fn apply(&self, req: SetRequest) -> Result<(), ApplyError> {
         let mut cfg = self.config.write().unwrap_or_else(|e| e.into_inner());
         cfg.apply(req, &self.index_table)?;
+        // A removed peer must not be found by its sessions' indexes: it
+        // could finish a handshake, or be sent what waited for it.
+        self.by_idx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, p| cfg.peers.iter().any(|e| Arc::ptr_eq(&e.peer, p)));
         Ok(())
     }
 
@@ -119,14 +125,7 @@ impl Device {
         }
         // SAFETY: `raw` is a fresh descriptor owned by nothing else.
         let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        if let Some(dir) = uapi_path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // A socket left by a killed agent would refuse the bind.
-        let _ = std::fs::remove_file(uapi_path);
-        let listener = UnixListener::bind(uapi_path)?;
-        // The socket configures the device (keys, peers): root's only.
-        std::fs::set_permissions(uapi_path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(uapi_path)?;
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             config: RwLock::new(Config::default()),
@@ -175,8 +174,14 @@ impl Device {
     }
 
     /// Stops the threads, closes the TUN device (removing the interface)
-    /// and removes the UAPI socket.
-    pub fn stop(mut self) {
+    /// and removes the UAPI socket (as dropping it does).
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         let one = 1u64;
         // SAFETY: writes 8 bytes from a live u64 to an eventfd.
@@ -192,6 +197,27 @@ impl Device {
         }
         let _ = std::fs::remove_file(&self.uapi_path);
     }
+}
+
+/// Binds the UAPI socket at `path` with mode 0600 from the start (it
+/// configures the device: keys, peers): made in a directory only root can
+/// enter, then moved into place. A socket left by a killed process is
+/// replaced.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let private = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("sock");
+    let result = UnixListener::bind(&staged).and_then(|l| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 fn serve_uapi(shared: &Shared, listener: UnixListener) {

@@ -3,7 +3,7 @@
 //! overlay show` talk to this device as to any userspace WireGuard.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, SystemTime};
@@ -35,7 +35,8 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
         let (k, v) = line.split_once('=').ok_or_else(|| bad("not key=value"))?;
         match (k, req.peers.last_mut()) {
             ("private_key", None) => {
-                req.private_key = Some(hex_key(v).ok_or_else(|| bad("not a 32-byte hex key"))?)
+                let key = hex_key(v).ok_or_else(|| bad("not a 32-byte hex key"))?;
+                req.private_key = Some(Some(key).filter(|k| k != &[0; 32]));
             }
             ("listen_port", None) => {
                 req.listen_port = Some(v.parse().map_err(|_| bad("not a port"))?)
@@ -53,10 +54,13 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
                 p.preshared = Some(Some(key).filter(|k| k != &[0; 32]));
             }
             ("endpoint", Some(p)) => {
-                p.endpoint = Some(
-                    v.parse::<SocketAddr>()
-                        .map_err(|_| bad("not an address:port"))?,
-                )
+                let ep = v
+                    .parse::<SocketAddr>()
+                    .map_err(|_| bad("not an address:port"))?;
+                if ep.is_ipv6() {
+                    return Err(bad("an IPv6 endpoint (this device runs over IPv4)"));
+                }
+                p.endpoint = Some(ep);
             }
             ("persistent_keepalive_interval", Some(p)) => {
                 p.keepalive = Some(v.parse().map_err(|_| bad("not a number of seconds"))?)
@@ -118,23 +122,36 @@ pub fn format_get(cfg: &Config) -> String {
     s
 }
 
-/// Serves one client connection: requests until it hangs up.
+/// The most one connection may send: enough for thousands of peers.
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
+/// A client that sends nothing, or reads nothing, this long is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one client connection: requests until it hangs up. A request cut
+/// off before its blank line is not applied.
 pub fn serve(stream: UnixStream, device: &super::Shared) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST_BYTES));
+    while !device.stopping() {
         let mut first = String::new();
         if reader.read_line(&mut first)? == 0 {
             return Ok(());
         }
         let mut lines = Vec::new();
-        loop {
+        let complete = loop {
             let mut l = String::new();
-            if reader.read_line(&mut l)? == 0 || l == "\n" {
-                break;
+            if reader.read_line(&mut l)? == 0 || !l.ends_with('\n') {
+                break false;
+            }
+            if l == "\n" {
+                break true;
             }
             lines.push(l.trim_end().to_string());
+        };
+        if !complete {
+            return Ok(());
         }
         let answer = match first.trim_end() {
             "get=1" => format_get(&device.read_config()),
@@ -155,6 +172,7 @@ pub fn serve(stream: UnixStream, device: &super::Shared) -> std::io::Result<()> 
         };
         out.write_all(answer.as_bytes())?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -172,7 +190,7 @@ mod tests {
              allowed_ip=10.96.2.7/24\nprotocol_version=1\npublic_key={K1}\nremove=true"
         );
         let req = parse_set(text.lines()).unwrap();
-        assert_eq!(req.private_key, Some([1; 32]));
+        assert_eq!(req.private_key, Some(Some([1; 32])));
         assert_eq!(req.listen_port, Some(51820));
         assert!(req.replace_peers);
         assert_eq!(req.peers.len(), 2);
@@ -224,11 +242,38 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_without_a_device_key_is_refused_and_nothing_changes() {
+    fn a_request_that_cannot_bind_its_port_changes_nothing() {
         let table = gotatun::noise::index_table::IndexTable::from_os_rng();
         let mut cfg = Config::default();
-        let text = format!("listen_port=0\npublic_key={K2}\nallowed_ip=10.96.2.0/24");
-        assert!(cfg.apply(parse_set(text.lines()).unwrap(), &table).is_err());
-        assert!(cfg.socket.is_none() && cfg.peers.is_empty());
+        let taken = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let text = format!(
+            "private_key={K1}\nlisten_port={port}\npublic_key={K2}\nallowed_ip=10.96.2.0/24"
+        );
+        let e = cfg
+            .apply(parse_set(text.lines()).unwrap(), &table)
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EADDRINUSE, "{e}");
+        assert!(cfg.socket.is_none() && cfg.peers.is_empty() && cfg.key.is_none());
+    }
+
+    #[test]
+    fn peers_may_come_before_the_key_and_a_zero_key_removes_it() {
+        let table = gotatun::noise::index_table::IndexTable::from_os_rng();
+        let mut cfg = Config::default();
+        let text = format!("public_key={K2}\nallowed_ip=10.96.2.0/24");
+        cfg.apply(parse_set(text.lines()).unwrap(), &table).unwrap();
+        assert!(cfg.route("10.96.2.1".parse().unwrap()).is_some() && cfg.key.is_none());
+        let text = format!("private_key={K1}");
+        cfg.apply(parse_set(text.lines()).unwrap(), &table).unwrap();
+        assert!(cfg.key.is_some() && cfg.rate_limiter.is_some());
+        let zero = "0".repeat(64);
+        cfg.apply(
+            parse_set([format!("private_key={zero}").as_str()]).unwrap(),
+            &table,
+        )
+        .unwrap();
+        assert!(cfg.key.is_none() && cfg.rate_limiter.is_none());
+        assert!(!format_get(&cfg).contains("private_key="));
     }
 }

@@ -61,6 +61,36 @@ impl Socket {
         })
     }
 
+    /// Marks what the socket sends (`SO_MARK`), for policy routing that
+    /// keeps the tunnel's own packets out of the tunnel; 0 for none.
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        if mark == 0 && self.mark_unset() {
+            return Ok(());
+        }
+        set_int(
+            self.fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            mark as libc::c_int,
+        )
+    }
+
+    fn mark_unset(&self) -> bool {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are live and sized for SO_MARK's c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && v == 0
+    }
+
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }

@@ -633,6 +633,45 @@ fn the_userspace_wireguard_interoperates_with_wireguard_go_and_wg() {
     assert!(rx > 16 << 20 && tx > 16 << 20, "bytes both ways: {dump}");
     assert_eq!(peer[7], "25", "{dump}");
 
+    // Refused changes name the problem and change nothing: a port in use,
+    // an endpoint of the wrong family.
+    let held = in_netns(format!("/run/netns/{}", h1.name), || {
+        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+    })
+    .join()
+    .unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let e = h1
+        .run("wg", &["set", &ia, "listen-port", &port])
+        .unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    let e = h1
+        .run("wg", &["set", &ia, "peer", &pb, "endpoint", "[::1]:51821"])
+        .unwrap_err();
+    assert!(e.to_string().contains("Invalid argument"), "{e}");
+    assert_eq!(
+        h1.run("wg", &["show", &ia, "dump"])
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split('\t')
+            .nth(2),
+        Some(format!("{a2}:51821").as_str())
+    );
+    assert_eq!(
+        h1.run("wg", &["show", &ia, "listen-port"]).unwrap().trim(),
+        "51820"
+    );
+    let to = addr("10.202.0.2".parse().unwrap(), 8080);
+    let still = in_netns(format!("/run/netns/{}", h1.name), move || {
+        http_retry(to, 20)
+    })
+    .join()
+    .unwrap();
+    assert!(still.is_some(), "traffic after refused changes");
+    drop(held);
+
     // Removing the peer with `wg` cuts it off.
     h1.run("wg", &["set", &ia, "peer", &pb, "remove"]).unwrap();
     assert_eq!(h1.run("wg", &["show", &ia, "peers"]).unwrap().trim(), "");

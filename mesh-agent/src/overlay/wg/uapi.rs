@@ -128,7 +128,8 @@ const MAX_REQUEST_BYTES: u64 = 4 << 20;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one client connection: requests until it hangs up. A request cut
-/// off before its blank line is not applied.
+/// off before its blank line is not applied. Errors are answered as
+/// negative errno values, as wireguard-go does and `wg` expects.
 pub fn serve(stream: UnixStream, device: &super::Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -160,15 +161,15 @@ pub fn serve(stream: UnixStream, device: &super::Shared) -> std::io::Result<()> 
                     Ok(()) => "errno=0\n\n".to_string(),
                     Err(e) => {
                         tracing::warn!("overlay configuration refused: {e}");
-                        format!("errno={}\n\n", e.errno())
+                        format!("errno=-{}\n\n", e.errno())
                     }
                 },
                 Err(e) => {
                     tracing::warn!("overlay configuration refused: {e}");
-                    format!("errno={}\n\n", libc::EINVAL)
+                    format!("errno=-{}\n\n", libc::EINVAL)
                 }
             },
-            _ => format!("errno={}\n\n", libc::EINVAL),
+            _ => format!("errno=-{}\n\n", libc::EINVAL),
         };
         out.write_all(answer.as_bytes())?;
     }

@@ -126,9 +126,10 @@ enum TaskCmd {
 enum OverlayCmd {
     /// Interface, backend, MTU, peers, last handshakes and bytes.
     Show {
-        /// The WireGuard interface (the static config's `overlay.interface`).
-        #[arg(long, default_value = "apiary0")]
-        interface: String,
+        /// The WireGuard interface (the static config's `overlay.interface`)
+        /// [default: the only one in this network namespace].
+        #[arg(long)]
+        interface: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -261,6 +262,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Overlay {
             cmd: OverlayCmd::Show { interface, json },
         } => {
+            let interface = match interface {
+                Some(i) => i,
+                None => mesh_agent::overlay::only_interface()?,
+            };
             let v = mesh_agent::overlay::show(&interface)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -138,6 +138,25 @@ fn tasks_on_two_hosts_talk_through_wireguard_only() {
         "a handshake happened: {v}"
     );
     assert!(v["peers"][0]["tx_bytes"].as_u64().unwrap() > 0);
+    // Without --interface: the only one in the namespace, or a clear error.
+    let only = lab.hosts[0]
+        .ns
+        .run(
+            apiary_bin().to_str().unwrap(),
+            &["overlay", "show", "--json"],
+        )
+        .unwrap();
+    let only: serde_json::Value = serde_json::from_str(&only).unwrap();
+    assert_eq!(only["interface"], format!("{}w1", lab.id));
+    let none = lab
+        .client
+        .run(apiary_bin().to_str().unwrap(), &["overlay", "show"])
+        .unwrap_err();
+    assert!(
+        none.to_string()
+            .contains("no WireGuard interface in this network namespace"),
+        "{none}"
+    );
 }
 
 #[test]

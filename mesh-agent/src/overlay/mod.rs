@@ -49,6 +49,10 @@ pub enum OverlayError {
         iface: String,
         source: std::io::Error,
     },
+    #[error("no WireGuard interface in this network namespace: is the overlay on (an `overlay:` section in the static config, or swarm mode)?")]
+    NoInterface,
+    #[error("several WireGuard interfaces here ({0}): choose one with --interface")]
+    SeveralInterfaces(String),
     #[error(transparent)]
     Netlink(#[from] crate::attach::netlink::NetlinkError),
 }
@@ -236,6 +240,50 @@ pub struct PeerView {
     pub last_handshake_s: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+}
+
+/// The WireGuard interfaces of this network namespace: the kernel's, and
+/// userspace ones with a UAPI socket (the socket directory is shared by all
+/// namespaces, so only names of links here count).
+pub fn interfaces() -> Vec<String> {
+    let here: Vec<String> = crate::netdev::links()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    // Asked per link (a WireGuard query by name): listing them all through
+    // wireguard-control dumps every link and logs warnings on new kernels.
+    let mut found: Vec<String> = here
+        .iter()
+        .filter(|l| {
+            l.parse::<InterfaceName>()
+                .is_ok_and(|n| Device::get(&n, Backend::Kernel).is_ok())
+        })
+        .cloned()
+        .collect();
+    if let Ok(dir) = std::fs::read_dir(UAPI_DIR) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(iface) = name.strip_suffix(".sock") {
+                if here.iter().any(|l| l == iface) {
+                    found.push(iface.to_string());
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The only WireGuard interface here (what `overlay show` shows by default).
+pub fn only_interface() -> Result<String, OverlayError> {
+    let mut all = interfaces();
+    match all.len() {
+        0 => Err(OverlayError::NoInterface),
+        1 => Ok(all.remove(0)),
+        _ => Err(OverlayError::SeveralInterfaces(all.join(", "))),
+    }
 }
 
 /// The interface as WireGuard reports it (either backend).

@@ -652,6 +652,27 @@ fn the_userspace_wireguard_interoperates_with_wireguard_go_and_wg() {
     assert!(rx > 16 << 20 && tx > 16 << 20, "bytes both ways: {dump}");
     assert_eq!(peer[7], "25", "{dump}");
 
+    // Roaming: the peer moves to another port; its first authenticated
+    // packet from there moves the endpoint, so the answer finds it.
+    h2.run("wg", &["set", &ib, "listen-port", "51822"]).unwrap();
+    // (Without roaming the answer would go to the old port until the peer
+    // gave up and made a new handshake: 5 s and more.)
+    let to = addr("10.202.0.1".parse().unwrap(), 8080);
+    let start = std::time::Instant::now();
+    let seen = in_netns(n2.clone(), move || http_once(to, None))
+        .join()
+        .unwrap();
+    assert!(
+        seen.is_ok() && start.elapsed() < Duration::from_secs(2),
+        "no prompt answer after the peer moved to port 51822: {seen:?} in {:?}",
+        start.elapsed()
+    );
+    let endpoints = h1.run("wg", &["show", &ia, "endpoints"]).unwrap();
+    assert!(
+        endpoints.contains(&format!("{a2}:51822")),
+        "the endpoint follows the peer: {endpoints}"
+    );
+
     // Refused changes name the problem and change nothing: a port in use,
     // an endpoint of the wrong family.
     let held = in_netns(format!("/run/netns/{}", h1.name), || {
@@ -676,7 +697,7 @@ fn the_userspace_wireguard_interoperates_with_wireguard_go_and_wg() {
             .unwrap()
             .split('\t')
             .nth(2),
-        Some(format!("{a2}:51821").as_str())
+        Some(format!("{a2}:51822").as_str())
     );
     assert_eq!(
         h1.run("wg", &["show", &ia, "listen-port"]).unwrap().trim(),

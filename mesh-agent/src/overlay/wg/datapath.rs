@@ -1,6 +1,7 @@
 //! The device's loops: TUN → encrypt → UDP, UDP → decrypt → TUN, and the
-//! WireGuard timers. Packets move in batches; each batch takes the
-//! configuration lock once and a peer's lock once per run of its packets.
+//! WireGuard timers. Packets move in batches; a batch takes the
+//! configuration lock once, a peer's session lock is taken per packet (the
+//! other direction's thread needs the same session).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,9 +28,17 @@ const READ_BUF: usize = VNET_HDR_LEN + 65536 + 1;
 /// mostly comes back within a few microseconds (the other side's answer,
 /// the next segment), and sleeping and being woken costs more than that;
 /// measured: 3.5 Gbit/s sleeping at once, 4.5 Gbit/s yielding first.
-/// Yielding gives the core to whatever else is runnable, so this only takes
-/// time that would otherwise be idle.
+/// Yielding gives the core to whatever else is runnable, so this mostly
+/// takes time that would otherwise be idle (on a contended core each yield
+/// is a switch; within noise on the routing-mesh paths).
 const SPINS: u32 = 50;
+
+/// TUN reads gathered before encrypting and sending.
+const READS_PER_BATCH: usize = 64;
+/// How often WireGuard's timers are looked at (as gotatun and the kernel do).
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// How long the receiving loop sleeps before looking for a new socket.
+const IDLE_MS: i32 = 200;
 
 /// Counts the empty polls of a loop: it yields until `SPINS` in a row, then sleeps.
 #[derive(Default)]
@@ -50,12 +59,6 @@ impl Spin {
         self.0 = 0;
     }
 }
-/// TUN reads gathered before encrypting and sending.
-const READS_PER_BATCH: usize = 64;
-/// How often WireGuard's timers are looked at (as gotatun and the kernel do).
-const TIMER_TICK: Duration = Duration::from_millis(250);
-/// How long the receiving loop sleeps before looking for a new socket.
-const IDLE_MS: i32 = 200;
 
 fn destination(p: &[u8]) -> Option<IpAddr> {
     match p.first()? >> 4 {

@@ -221,6 +221,8 @@ pub enum Command {
         node: Node,
     },
     AddNode(Node),
+    /// `swarm update`: the cluster's settings, whole.
+    SetSettings(Settings),
     SetRole {
         id: NodeId,
         role: Role,
@@ -343,6 +345,10 @@ impl ClusterState {
                     return Outcome::err(format!("node {} not found", show_id(id)));
                 }
             }
+            Command::SetSettings(settings) => match self.cluster.as_mut() {
+                Some(c) => c.settings = settings,
+                None => return Outcome::err("the swarm is not initialized".into()),
+            },
             Command::SetSecret { role, secret } => match self.cluster.as_mut() {
                 Some(c) => match role {
                     Role::Worker => c.worker_secret = secret,
@@ -557,6 +563,29 @@ mod tests {
         assert_eq!(s.find_node("abc0000000000001").unwrap().hostname, "h1");
         assert!(s.find_node("abc").unwrap_err().contains("ambiguous"));
         assert!(s.find_node("h9").unwrap_err().contains("not found"));
+    }
+
+    #[test]
+    fn settings_are_replaced_only_in_an_initialized_swarm() {
+        let mut s = ClusterState::default();
+        let new = Settings {
+            task_history_limit: 1,
+            ..Settings::default()
+        };
+        assert!(s.apply(Command::SetSettings(new.clone())).error.is_some());
+        s.cluster = Some(ClusterInfo {
+            id: "c".into(),
+            created_at: 0,
+            ca_cert_pem: String::new(),
+            ca_key_pem: String::new(),
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            settings: Settings::default(),
+            address_pool: default_pool(),
+            subnet_size: 24,
+        });
+        assert!(s.apply(Command::SetSettings(new.clone())).error.is_none());
+        assert_eq!(s.cluster.unwrap().settings, new);
     }
 
     #[test]

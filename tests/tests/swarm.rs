@@ -419,3 +419,73 @@ fn nodes_get_task_subnets_from_the_pool_and_publish_their_overlay_keys() {
     let v = nodes(&lab, 0).unwrap();
     assert_eq!(node(&v, "h3")["task_subnet"], "10.250.1.0/24");
 }
+
+fn settings(lab: &Lab, h: usize) -> serde_json::Value {
+    let out = lab.apiary(h, &["swarm", "inspect", "--json"]).out();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["settings"].clone()
+}
+
+#[test]
+fn swarm_update_changes_the_settings_everywhere_at_once() {
+    let mut lab = swarm(2, 1).unwrap();
+    let s = settings(&lab, 0);
+    assert_eq!(
+        (s["heartbeat_ms"].as_u64(), s["task_history_limit"].as_u64()),
+        (Some(500), Some(4))
+    );
+    // Refused: nothing to change, a value out of range; nothing changes.
+    let err = lab.apiary(1, &["swarm", "update"]).err();
+    assert!(err.contains("nothing to update"), "{err}");
+    let err = lab
+        .apiary(
+            1,
+            &[
+                "swarm",
+                "update",
+                "--task-history-limit",
+                "500",
+                "--dispatcher-heartbeat",
+                "2s",
+            ],
+        )
+        .err();
+    assert!(err.contains("500") && err.contains("0 to 100"), "{err}");
+    assert_eq!(settings(&lab, 0), s);
+
+    // From the manager that is not the leader; read back on the other.
+    let out = lab
+        .apiary(
+            1,
+            &[
+                "swarm",
+                "update",
+                "--dispatcher-heartbeat",
+                "2s",
+                "--task-history-limit",
+                "1",
+            ],
+        )
+        .out();
+    assert!(out.contains("Swarm updated."), "{out}");
+    let (s, _) = until(Duration::from_secs(5), || {
+        let s = settings(&lab, 0);
+        (s["heartbeat_ms"] == 2000).then_some(s)
+    })
+    .expect("the new heartbeat on h1");
+    assert_eq!(s["node_down_after_ms"], 6000);
+    assert_eq!(s["task_history_limit"], 1);
+    let table = lab.apiary(0, &["swarm", "inspect"]).out();
+    assert!(
+        table.contains("Heartbeat period:    2s (a node silent for 6s is down)"),
+        "{table}"
+    );
+
+    // In effect: a worker that dies is marked down after 6 s, not 1.5 s.
+    lab.daemon(2).kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(node(&nodes(&lab, 0).unwrap(), "h3")["status"], "ready");
+    until(Duration::from_secs(10), || {
+        (node(&nodes(&lab, 0).ok()?, "h3")["status"] == "down").then_some(())
+    })
+    .expect("h3 marked down under the new heartbeat");
+}

@@ -25,7 +25,7 @@ pub use nodes::{KvValue, NodeView, UpdateRequest};
 pub use services::{NodeLogs, ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView};
 pub use swarm::{
     HeartbeatReply, HeartbeatRequest, InitReply, InitRequest, JoinReply, LeaveRequest,
-    LocalJoinRequest, RenewReply, RenewRequest, RotateRequest, SwarmView,
+    LocalJoinRequest, RenewReply, RenewRequest, RotateRequest, SettingsChange, SwarmView,
 };
 
 /// Who is asking, as the transport proves it.
@@ -275,6 +275,7 @@ async fn admin_route(
     match (method, segs) {
         (&Method::GET, ["v1", "swarm"]) => swarm::inspect(j).await,
         (&Method::POST, ["v1", "swarm", "rotate"]) => swarm::rotate(j, parse(body)?).await,
+        (&Method::POST, ["v1", "swarm", "update"]) => swarm::update(j, parse(body)?).await,
         (&Method::GET, ["v1", "nodes"]) => nodes::list(j).await,
         (&Method::GET, ["v1", "nodes", name]) => nodes::inspect(j, name).await,
         (&Method::POST, ["v1", "nodes", name, "update"]) => {

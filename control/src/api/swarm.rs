@@ -28,6 +28,53 @@ pub struct InitRequest {
     pub default_addr_pool: Option<String>,
 }
 
+/// Settings `swarm init` and `swarm update` may set; absent ones stay.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
+pub struct SettingsChange {
+    pub heartbeat_ms: Option<u64>,
+    pub cert_expiry_s: Option<u64>,
+    pub task_history_limit: Option<u64>,
+}
+
+impl SettingsChange {
+    fn is_empty(&self) -> bool {
+        self.heartbeat_ms.is_none()
+            && self.cert_expiry_s.is_none()
+            && self.task_history_limit.is_none()
+    }
+
+    /// `base` with the change, each value checked first (a bad one
+    /// changes nothing).
+    fn applied_to(self, mut settings: Settings) -> Result<Settings, ApiError> {
+        if let Some(h) = self.heartbeat_ms {
+            if !(50..=60_000).contains(&h) {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid heartbeat period {h} ms: use 50 ms to 60 s"
+                )));
+            }
+            settings.heartbeat_ms = h;
+            settings.node_down_after_ms = h * 3;
+        }
+        if let Some(c) = self.cert_expiry_s {
+            if c < 10 {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid certificate expiry {c} s: use at least 10 s"
+                )));
+            }
+            settings.cert_expiry_s = c;
+        }
+        if let Some(n) = self.task_history_limit {
+            if n > 100 {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid task history limit {n}: use 0 to 100"
+                )));
+            }
+            settings.task_history_limit = n;
+        }
+        Ok(settings)
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct InitReply {
     pub node_id: String,
@@ -102,32 +149,12 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         return Err(already_in_swarm());
     }
     let addr = advertise(d, req.advertise_addr.as_deref())?;
-    let mut settings = Settings::default();
-    if let Some(h) = req.heartbeat_ms {
-        if !(50..=60_000).contains(&h) {
-            return Err(ApiError::BadRequest(format!(
-                "invalid heartbeat period {h} ms: use 50 ms to 60 s"
-            )));
-        }
-        settings.heartbeat_ms = h;
-        settings.node_down_after_ms = h * 3;
+    let settings = SettingsChange {
+        heartbeat_ms: req.heartbeat_ms,
+        cert_expiry_s: req.cert_expiry_s,
+        task_history_limit: req.task_history_limit,
     }
-    if let Some(c) = req.cert_expiry_s {
-        if c < 10 {
-            return Err(ApiError::BadRequest(format!(
-                "invalid certificate expiry {c} s: use at least 10 s"
-            )));
-        }
-        settings.cert_expiry_s = c;
-    }
-    if let Some(n) = req.task_history_limit {
-        if n > 100 {
-            return Err(ApiError::BadRequest(format!(
-                "invalid task history limit {n}: use 0 to 100"
-            )));
-        }
-        settings.task_history_limit = n;
-    }
+    .applied_to(Settings::default())?;
     let pool_text = req
         .default_addr_pool
         .clone()
@@ -631,6 +658,24 @@ pub async fn inspect(j: &Joined) -> Reply {
     })
 }
 
+/// `swarm update`: changes the cluster's settings; they take effect at
+/// once (heartbeat replies carry the period and certificate lifetime, the
+/// orchestrator and node monitor read the rest from the state).
+pub async fn update(j: &Joined, change: SettingsChange) -> Reply {
+    if change.is_empty() {
+        return Err(ApiError::BadRequest(
+            "nothing to update: give --dispatcher-heartbeat, --cert-expiry or --task-history-limit"
+                .into(),
+        ));
+    }
+    j.manager().ensure_current().await?;
+    let (cluster, _) = cluster_and_managers(j);
+    let c = cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
+    let settings = change.applied_to(c.settings)?;
+    j.manager().write(Command::SetSettings(settings)).await?;
+    inspect(j).await
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct RotateRequest {
     pub role: Role,
@@ -691,4 +736,44 @@ pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
     std::fs::remove_dir_all(&dir)
         .map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;
     ok(&"Node left the swarm.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_change_keeps_what_it_does_not_name_and_checks_every_value() {
+        let base = Settings {
+            task_history_limit: 7,
+            ..Settings::default()
+        };
+        let s = SettingsChange {
+            heartbeat_ms: Some(2000),
+            ..SettingsChange::default()
+        }
+        .applied_to(base.clone())
+        .unwrap();
+        assert_eq!((s.heartbeat_ms, s.node_down_after_ms), (2000, 6000));
+        assert_eq!(s.task_history_limit, 7);
+        assert_eq!(s.cert_expiry_s, base.cert_expiry_s);
+        for bad in [
+            SettingsChange {
+                heartbeat_ms: Some(10),
+                ..SettingsChange::default()
+            },
+            SettingsChange {
+                cert_expiry_s: Some(1),
+                ..SettingsChange::default()
+            },
+            SettingsChange {
+                task_history_limit: Some(101),
+                heartbeat_ms: Some(1000),
+                ..SettingsChange::default()
+            },
+        ] {
+            assert!(bad.applied_to(base.clone()).is_err(), "{bad:?}");
+        }
+        assert!(SettingsChange::default().is_empty());
+    }
 }

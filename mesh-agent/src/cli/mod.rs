@@ -62,6 +62,21 @@ pub async fn fetch_all<T: serde::de::DeserializeOwned>(
 }
 
 /// `500ms`, `5s`, `2m`, `1h`, `90d` (Docker's duration flags).
+/// A duration as `parse_duration` reads it, in the largest unit that is exact.
+pub fn format_duration(ms: u64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad =
         || format!("invalid duration {s:?}: use a number with ms, s, m, h or d (e.g. 500ms, 5s)");

@@ -1,4 +1,4 @@
-//! `apiary swarm init|join|join-token|leave`.
+//! `apiary swarm init|join|join-token|update|inspect|leave`.
 
 use std::time::Duration;
 
@@ -6,7 +6,8 @@ use hyper::Method;
 
 use super::Connect;
 use control::api::{
-    InitReply, InitRequest, LeaveRequest, LocalJoinRequest, RotateRequest, SwarmView,
+    InitReply, InitRequest, LeaveRequest, LocalJoinRequest, RotateRequest, SettingsChange,
+    SwarmView,
 };
 use control::model::Role;
 
@@ -52,6 +53,25 @@ pub enum SwarmCmd {
         quiet: bool,
         /// worker or manager
         role: String,
+    },
+    /// Change the swarm's settings (as given at `swarm init`); they take
+    /// effect at once.
+    Update {
+        /// How often nodes report to managers (e.g. 500ms); a node silent
+        /// for three periods is marked down.
+        #[arg(long, value_parser = super::parse_duration)]
+        dispatcher_heartbeat: Option<Duration>,
+        /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
+        #[arg(long, value_parser = super::parse_duration)]
+        cert_expiry: Option<Duration>,
+        /// Ended tasks kept per replica slot for `service ps`.
+        #[arg(long)]
+        task_history_limit: Option<u64>,
+    },
+    /// Show the swarm: its id, managers and settings.
+    Inspect {
+        #[arg(long)]
+        json: bool,
     },
     /// Leave the swarm.
     Leave {
@@ -141,6 +161,51 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 let addr = v.managers.first().cloned().unwrap_or_default();
                 println!("To add a {name} to this swarm, run the following command:\n");
                 println!("    apiary swarm join --token {token} {addr}\n");
+            }
+            SwarmCmd::Update {
+                dispatcher_heartbeat,
+                cert_expiry,
+                task_history_limit,
+            } => {
+                let _: SwarmView = c
+                    .call(
+                        Method::POST,
+                        "/v1/swarm/update",
+                        Some(&SettingsChange {
+                            heartbeat_ms: dispatcher_heartbeat.map(|d| d.as_millis() as u64),
+                            cert_expiry_s: cert_expiry.map(|d| d.as_secs()),
+                            task_history_limit,
+                        }),
+                    )
+                    .await?;
+                println!("Swarm updated.");
+            }
+            SwarmCmd::Inspect { json } => {
+                let v: SwarmView = c.call(Method::GET, "/v1/swarm", None::<&()>).await?;
+                let s = v.settings;
+                if json {
+                    // Without the join tokens: those are `swarm join-token`'s.
+                    let out = serde_json::json!({
+                        "id": v.id,
+                        "created_at": v.created_at,
+                        "managers": v.managers,
+                        "settings": s,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                    return Ok(());
+                }
+                println!("ID:                  {}", v.id);
+                println!("Managers:            {}", v.managers.join(", "));
+                println!(
+                    "Heartbeat period:    {} (a node silent for {} is down)",
+                    super::format_duration(s.heartbeat_ms),
+                    super::format_duration(s.node_down_after_ms)
+                );
+                println!(
+                    "Certificate expiry:  {}",
+                    super::format_duration(s.cert_expiry_s * 1000)
+                );
+                println!("Task history limit:  {}", s.task_history_limit);
             }
             SwarmCmd::Leave { force } => {
                 let msg: String = c

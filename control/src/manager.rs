@@ -133,6 +133,7 @@ impl Manager {
         let raft = Raft::new(id, config, net, log, sm.clone()).await?;
         let (proposals, rx) = mpsc::unbounded_channel();
         tokio::spawn(propose(raft.clone(), rx));
+        tokio::spawn(log_leadership(raft.metrics()));
         Ok(Self {
             id,
             raft,
@@ -269,5 +270,28 @@ fn membership_err(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ApiErr
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::NotLeader,
         other => ApiError::Conflict(other.to_string()),
+    }
+}
+
+/// Logs when this member becomes the leader or stops being it, the moment
+/// Raft says so (operators read failovers from it; the failover test times
+/// elections by it).
+async fn log_leadership(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+) {
+    let mut leading = false;
+    while metrics.changed().await.is_ok() {
+        let (now, term) = {
+            let m = metrics.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if now != leading {
+            leading = now;
+            if now {
+                tracing::info!(term, "this node is now the Raft leader");
+            } else {
+                tracing::info!(term, "this node is no longer the Raft leader");
+            }
+        }
     }
 }

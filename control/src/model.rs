@@ -97,6 +97,24 @@ pub struct ClusterInfo {
     pub subnet_size: u8,
 }
 
+#[cfg(test)]
+impl ClusterInfo {
+    /// A cluster without keys or secrets, for state-machine tests.
+    pub(crate) fn for_tests(settings: Settings) -> Self {
+        ClusterInfo {
+            id: "c".into(),
+            created_at: 0,
+            ca_cert_pem: String::new(),
+            ca_key_pem: String::new(),
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            settings,
+            address_pool: default_pool(),
+            subnet_size: 24,
+        }
+    }
+}
+
 pub const DEFAULT_POOL: &str = "10.200.0.0/16";
 
 fn default_pool() -> ipnet::Ipv4Net {
@@ -573,17 +591,7 @@ mod tests {
             ..Settings::default()
         };
         assert!(s.apply(Command::SetSettings(new.clone())).error.is_some());
-        s.cluster = Some(ClusterInfo {
-            id: "c".into(),
-            created_at: 0,
-            ca_cert_pem: String::new(),
-            ca_key_pem: String::new(),
-            worker_secret: String::new(),
-            manager_secret: String::new(),
-            settings: Settings::default(),
-            address_pool: default_pool(),
-            subnet_size: 24,
-        });
+        s.cluster = Some(ClusterInfo::for_tests(Settings::default()));
         assert!(s.apply(Command::SetSettings(new.clone())).error.is_none());
         assert_eq!(s.cluster.unwrap().settings, new);
     }

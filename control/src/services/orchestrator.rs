@@ -819,20 +819,12 @@ mod tests {
     #[test]
     fn the_clusters_task_history_limit_bounds_what_is_kept() {
         let mut s = state(1);
-        s.cluster = Some(crate::model::ClusterInfo {
-            id: "c".into(),
-            created_at: 0,
-            ca_cert_pem: String::new(),
-            ca_key_pem: String::new(),
-            worker_secret: String::new(),
-            manager_secret: String::new(),
-            settings: crate::model::Settings {
+        s.cluster = Some(crate::model::ClusterInfo::for_tests(
+            crate::model::Settings {
                 task_history_limit: 1,
                 ..Default::default()
             },
-            address_pool: "10.200.0.0/16".parse().unwrap(),
-            subnet_size: 24,
-        });
+        ));
         service(&mut s, "web", Mode::Replicated { replicas: 2 }, &[]);
         s.services
             .get_mut("svc-web")

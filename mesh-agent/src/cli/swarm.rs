@@ -18,18 +18,8 @@ pub enum SwarmCmd {
         /// Address other nodes reach this one at: IP[:PORT].
         #[arg(long)]
         advertise_addr: Option<String>,
-        /// How often nodes report to managers (e.g. 500ms); a node silent
-        /// for three periods is marked down.
-        #[arg(long, value_parser = super::parse_duration)]
-        dispatcher_heartbeat: Option<Duration>,
-        /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
-        #[arg(long, value_parser = super::parse_duration)]
-        cert_expiry: Option<Duration>,
-        /// Ended tasks kept per replica slot (per node for global services)
-        /// for `service ps` [default: 4]; a restart policy's attempts are
-        /// counted from them, so up to its --restart-max-attempts are kept.
-        #[arg(long)]
-        task_history_limit: Option<u64>,
+        #[command(flatten)]
+        settings: SettingsArgs,
         /// Where each node's /24 task subnet comes from [default: 10.200.0.0/16].
         #[arg(long)]
         default_addr_pool: Option<String>,
@@ -57,16 +47,8 @@ pub enum SwarmCmd {
     /// Change the swarm's settings (as given at `swarm init`); they take
     /// effect at once.
     Update {
-        /// How often nodes report to managers (e.g. 500ms); a node silent
-        /// for three periods is marked down.
-        #[arg(long, value_parser = super::parse_duration)]
-        dispatcher_heartbeat: Option<Duration>,
-        /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
-        #[arg(long, value_parser = super::parse_duration)]
-        cert_expiry: Option<Duration>,
-        /// Ended tasks kept per replica slot for `service ps`.
-        #[arg(long)]
-        task_history_limit: Option<u64>,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Show the swarm: its id, managers and settings.
     Inspect {
@@ -81,26 +63,52 @@ pub enum SwarmCmd {
     },
 }
 
+/// The settings `swarm init` takes and `swarm update` changes.
+#[derive(clap::Args, Debug)]
+pub struct SettingsArgs {
+    /// How often nodes report to managers (e.g. 500ms); a node silent
+    /// for three periods is marked down.
+    #[arg(long, value_parser = super::parse_duration)]
+    dispatcher_heartbeat: Option<Duration>,
+    /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
+    #[arg(long, value_parser = super::parse_duration)]
+    cert_expiry: Option<Duration>,
+    /// Ended tasks kept per replica slot (per node for global services)
+    /// for `service ps` [default: 4]; a restart policy's attempts are
+    /// counted from them, so up to its --restart-max-attempts are kept.
+    #[arg(long)]
+    task_history_limit: Option<u64>,
+}
+
+impl SettingsArgs {
+    fn change(&self) -> SettingsChange {
+        SettingsChange {
+            heartbeat_ms: self.dispatcher_heartbeat.map(|d| d.as_millis() as u64),
+            cert_expiry_s: self.cert_expiry.map(|d| d.as_secs()),
+            task_history_limit: self.task_history_limit,
+        }
+    }
+}
+
 pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
         let mut c = conn.client()?;
         match cmd {
             SwarmCmd::Init {
                 advertise_addr,
-                dispatcher_heartbeat,
-                cert_expiry,
-                task_history_limit,
+                settings,
                 default_addr_pool,
             } => {
+                let change = settings.change();
                 let r: InitReply = c
                     .call(
                         Method::POST,
                         "/v1/swarm/init",
                         Some(&InitRequest {
                             advertise_addr,
-                            heartbeat_ms: dispatcher_heartbeat.map(|d| d.as_millis() as u64),
-                            cert_expiry_s: cert_expiry.map(|d| d.as_secs()),
-                            task_history_limit,
+                            heartbeat_ms: change.heartbeat_ms,
+                            cert_expiry_s: change.cert_expiry_s,
+                            task_history_limit: change.task_history_limit,
                             default_addr_pool,
                         }),
                     )
@@ -162,21 +170,9 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 println!("To add a {name} to this swarm, run the following command:\n");
                 println!("    apiary swarm join --token {token} {addr}\n");
             }
-            SwarmCmd::Update {
-                dispatcher_heartbeat,
-                cert_expiry,
-                task_history_limit,
-            } => {
+            SwarmCmd::Update { settings } => {
                 let _: SwarmView = c
-                    .call(
-                        Method::POST,
-                        "/v1/swarm/update",
-                        Some(&SettingsChange {
-                            heartbeat_ms: dispatcher_heartbeat.map(|d| d.as_millis() as u64),
-                            cert_expiry_s: cert_expiry.map(|d| d.as_secs()),
-                            task_history_limit,
-                        }),
-                    )
+                    .call(Method::POST, "/v1/swarm/update", Some(&settings.change()))
                     .await?;
                 println!("Swarm updated.");
             }

@@ -473,8 +473,14 @@ async fn session(j: Arc<Joined>) {
     let mut next = 0usize;
     let mut last_ok = Instant::now();
     let mut refusals = 0u64;
+    // The first heartbeat goes at once: its reply tells a new node the
+    // managers, whose requests (task logs) it serves only when it knows them,
+    // and its tasks can be running before one period has passed.
+    let mut first = true;
     loop {
-        tokio::time::sleep(period).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(period).await;
+        }
         let Some(c) = j.manager_conn(&mut conn, next) else {
             continue;
         };

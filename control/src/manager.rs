@@ -227,12 +227,16 @@ impl Manager {
                 Ok(Err(RaftError::APIError(
                     openraft::error::CheckIsLeaderError::ForwardToLeader(_),
                 ))) => return Err(ApiError::NotLeader),
-                Ok(Err(e)) => {
+                Ok(Err(RaftError::APIError(
+                    e @ openraft::error::CheckIsLeaderError::QuorumNotEnough(_),
+                ))) => {
                     if tokio::time::Instant::now() + AGAIN >= deadline {
                         return Err(ApiError::NoQuorum(format!("{no_quorum} (last try: {e})")));
                     }
                     tokio::time::sleep(AGAIN).await;
                 }
+                // Raft itself stopped: asking again cannot help.
+                Ok(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
             }
         }
     }

@@ -65,6 +65,54 @@ pub struct Settings {
     pub task_history_limit: u64,
 }
 
+/// Settings `swarm init` and `swarm update` may set; absent ones stay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsChange {
+    pub heartbeat_ms: Option<u64>,
+    pub cert_expiry_s: Option<u64>,
+    pub task_history_limit: Option<u64>,
+}
+
+/// Certificates cannot outlive the CA that signs them (20 years).
+const MAX_CERT_EXPIRY_S: u64 = 20 * 365 * 86_400;
+
+impl SettingsChange {
+    pub fn is_empty(&self) -> bool {
+        self.heartbeat_ms.is_none()
+            && self.cert_expiry_s.is_none()
+            && self.task_history_limit.is_none()
+    }
+
+    /// `settings` with the change, each value checked first (a bad one
+    /// changes nothing); the error names the value and the range.
+    pub fn applied_to(self, mut settings: Settings) -> Result<Settings, String> {
+        if let Some(h) = self.heartbeat_ms {
+            if !(50..=60_000).contains(&h) {
+                return Err(format!(
+                    "invalid heartbeat period {h} ms: use 50 ms to 60 s"
+                ));
+            }
+            settings.heartbeat_ms = h;
+            settings.node_down_after_ms = h * 3;
+        }
+        if let Some(c) = self.cert_expiry_s {
+            if !(10..=MAX_CERT_EXPIRY_S).contains(&c) {
+                return Err(format!(
+                    "invalid certificate expiry {c} s: use 10 s to 20 years (the swarm CA's lifetime)"
+                ));
+            }
+            settings.cert_expiry_s = c;
+        }
+        if let Some(n) = self.task_history_limit {
+            if n > 100 {
+                return Err(format!("invalid task history limit {n}: use 0 to 100"));
+            }
+            settings.task_history_limit = n;
+        }
+        Ok(settings)
+    }
+}
+
 fn default_task_history() -> u64 {
     4
 }
@@ -239,8 +287,9 @@ pub enum Command {
         node: Node,
     },
     AddNode(Node),
-    /// `swarm update`: the cluster's settings, whole.
-    SetSettings(Settings),
+    /// `swarm update`: the settings it names, applied to those of the
+    /// moment it commits.
+    SetSettings(SettingsChange),
     SetRole {
         id: NodeId,
         role: Role,
@@ -363,8 +412,11 @@ impl ClusterState {
                     return Outcome::err(format!("node {} not found", show_id(id)));
                 }
             }
-            Command::SetSettings(settings) => match self.cluster.as_mut() {
-                Some(c) => c.settings = settings,
+            Command::SetSettings(change) => match self.cluster.as_mut() {
+                Some(c) => match change.applied_to(c.settings.clone()) {
+                    Ok(s) => c.settings = s,
+                    Err(e) => return Outcome::err(e),
+                },
                 None => return Outcome::err("the swarm is not initialized".into()),
             },
             Command::SetSecret { role, secret } => match self.cluster.as_mut() {
@@ -586,14 +638,28 @@ mod tests {
     #[test]
     fn settings_are_replaced_only_in_an_initialized_swarm() {
         let mut s = ClusterState::default();
-        let new = Settings {
-            task_history_limit: 1,
-            ..Settings::default()
+        let history = SettingsChange {
+            task_history_limit: Some(1),
+            ..SettingsChange::default()
         };
-        assert!(s.apply(Command::SetSettings(new.clone())).error.is_some());
+        let heartbeat = SettingsChange {
+            heartbeat_ms: Some(2000),
+            ..SettingsChange::default()
+        };
+        assert!(s.apply(Command::SetSettings(history)).error.is_some());
         s.cluster = Some(ClusterInfo::for_tests(Settings::default()));
-        assert!(s.apply(Command::SetSettings(new.clone())).error.is_none());
-        assert_eq!(s.cluster.unwrap().settings, new);
+        // Two changes of different settings, as two concurrent updates
+        // would commit: both hold.
+        assert!(s.apply(Command::SetSettings(history)).error.is_none());
+        assert!(s.apply(Command::SetSettings(heartbeat)).error.is_none());
+        let bad = SettingsChange {
+            cert_expiry_s: Some(u64::MAX),
+            ..SettingsChange::default()
+        };
+        assert!(s.apply(Command::SetSettings(bad)).error.is_some());
+        let got = s.cluster.unwrap().settings;
+        assert_eq!((got.task_history_limit, got.heartbeat_ms), (1, 2000));
+        assert_eq!(got.cert_expiry_s, Settings::default().cert_expiry_s);
     }
 
     #[test]

@@ -558,7 +558,9 @@ async fn session(j: Arc<Joined>) {
 async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Result<()> {
     let left =
         tls::not_after(&j.identity().cert_pem)? - time::OffsetDateTime::now_utc().unix_timestamp();
-    if left > (lifetime_s / 2) as i64 {
+    // Also renewed when it outlives the current setting (a shorter
+    // `--cert-expiry` from `swarm update` takes effect at once).
+    if left > (lifetime_s / 2) as i64 && left <= lifetime_s as i64 {
         return Ok(());
     }
     let (key, csr) = tls::new_key_and_csr()?;
@@ -636,6 +638,7 @@ fn forgive(seen: &mut HashMap<NodeId, Instant>, stall: Duration, now: Instant) {
 /// On the leader: nodes whose heartbeats stopped are marked down.
 async fn monitor(j: Arc<Joined>) {
     let mut was_leader = false;
+    let mut last_down_after: Option<u64> = None;
     let mut last_tick = Instant::now();
     loop {
         tokio::time::sleep(MONITOR_TICK).await;
@@ -679,6 +682,16 @@ async fn monitor(j: Arc<Joined>) {
                     seen.insert(*id, now);
                 }
             }
+            // A shorter heartbeat (`swarm update`) reaches each node with its
+            // next reply; until then it sleeps the old period, so every node
+            // gets the old allowance once more before the new one applies.
+            if let Some(old) = last_down_after.filter(|old| *old > down_after) {
+                let until = Instant::now() + Duration::from_millis(old - down_after);
+                for (id, _) in &ids {
+                    let t = seen.entry(*id).or_insert(until);
+                    *t = (*t).max(until);
+                }
+            }
             ids.iter()
                 .filter(|(id, st)| {
                     *st == Status::Ready
@@ -690,6 +703,7 @@ async fn monitor(j: Arc<Joined>) {
                 .collect()
         };
         was_leader = true;
+        last_down_after = Some(down_after);
         if !stale.is_empty() {
             let names: Vec<String> = stale.iter().map(|i| show_id(*i)).collect();
             match j

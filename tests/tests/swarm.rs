@@ -482,10 +482,21 @@ fn swarm_update_changes_the_settings_everywhere_at_once() {
 
     // In effect: a worker that dies is marked down after 6 s, not 1.5 s.
     lab.daemon(2).kill9();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(node(&nodes(&lab, 0).unwrap(), "h3")["status"], "ready");
     until(Duration::from_secs(10), || {
         (node(&nodes(&lab, 0).ok()?, "h3")["status"] == "down").then_some(())
     })
     .expect("h3 marked down under the new heartbeat");
+
+    // Back to a shorter heartbeat: the live nodes still sleep 2 s until
+    // their next reply, and are not marked down meanwhile.
+    lab.apiary(0, &["swarm", "update", "--dispatcher-heartbeat", "500ms"])
+        .out();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let v = nodes(&lab, 0).unwrap();
+        assert_eq!(node(&v, "h2")["status"], "ready", "{v:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

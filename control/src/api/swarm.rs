@@ -28,52 +28,7 @@ pub struct InitRequest {
     pub default_addr_pool: Option<String>,
 }
 
-/// Settings `swarm init` and `swarm update` may set; absent ones stay.
-#[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
-pub struct SettingsChange {
-    pub heartbeat_ms: Option<u64>,
-    pub cert_expiry_s: Option<u64>,
-    pub task_history_limit: Option<u64>,
-}
-
-impl SettingsChange {
-    fn is_empty(&self) -> bool {
-        self.heartbeat_ms.is_none()
-            && self.cert_expiry_s.is_none()
-            && self.task_history_limit.is_none()
-    }
-
-    /// `base` with the change, each value checked first (a bad one
-    /// changes nothing).
-    fn applied_to(self, mut settings: Settings) -> Result<Settings, ApiError> {
-        if let Some(h) = self.heartbeat_ms {
-            if !(50..=60_000).contains(&h) {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid heartbeat period {h} ms: use 50 ms to 60 s"
-                )));
-            }
-            settings.heartbeat_ms = h;
-            settings.node_down_after_ms = h * 3;
-        }
-        if let Some(c) = self.cert_expiry_s {
-            if c < 10 {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid certificate expiry {c} s: use at least 10 s"
-                )));
-            }
-            settings.cert_expiry_s = c;
-        }
-        if let Some(n) = self.task_history_limit {
-            if n > 100 {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid task history limit {n}: use 0 to 100"
-                )));
-            }
-            settings.task_history_limit = n;
-        }
-        Ok(settings)
-    }
-}
+pub use crate::model::SettingsChange;
 
 #[derive(Serialize, Deserialize, Debug)]
 pub struct InitReply {
@@ -154,7 +109,8 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         cert_expiry_s: req.cert_expiry_s,
         task_history_limit: req.task_history_limit,
     }
-    .applied_to(Settings::default())?;
+    .applied_to(Settings::default())
+    .map_err(ApiError::BadRequest)?;
     let pool_text = req
         .default_addr_pool
         .clone()
@@ -646,6 +602,11 @@ pub struct SwarmView {
 
 pub async fn inspect(j: &Joined) -> Reply {
     j.manager().ensure_current().await?;
+    view(j)
+}
+
+/// The swarm as this manager's copy of the state has it.
+fn view(j: &Joined) -> Reply {
     let (cluster, managers) = cluster_and_managers(j);
     let c = cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
     ok(&SwarmView {
@@ -660,7 +621,9 @@ pub async fn inspect(j: &Joined) -> Reply {
 
 /// `swarm update`: changes the cluster's settings; they take effect at
 /// once (heartbeat replies carry the period and certificate lifetime, the
-/// orchestrator and node monitor read the rest from the state).
+/// orchestrator and node monitor read the rest from the state). The change
+/// itself is the Raft command, applied to the settings of its moment, so
+/// concurrent updates of different settings both hold.
 pub async fn update(j: &Joined, change: SettingsChange) -> Reply {
     if change.is_empty() {
         return Err(ApiError::BadRequest(
@@ -671,9 +634,13 @@ pub async fn update(j: &Joined, change: SettingsChange) -> Reply {
     j.manager().ensure_current().await?;
     let (cluster, _) = cluster_and_managers(j);
     let c = cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
-    let settings = change.applied_to(c.settings)?;
-    j.manager().write(Command::SetSettings(settings)).await?;
-    inspect(j).await
+    change
+        .applied_to(c.settings)
+        .map_err(ApiError::BadRequest)?;
+    j.manager().write(Command::SetSettings(change)).await?;
+    // Committed: answer from this leader's copy (another quorum check
+    // failing now would report an error for a change that took effect).
+    view(j)
 }
 
 #[derive(Serialize, Deserialize, Debug)]

@@ -70,11 +70,12 @@ pub struct SettingsArgs {
     /// for three periods is marked down.
     #[arg(long, value_parser = super::parse_duration)]
     dispatcher_heartbeat: Option<Duration>,
-    /// Lifetime of node certificates (e.g. 90d); renewed at half of it.
+    /// Lifetime of node certificates (e.g. 90d, whole seconds); renewed at
+    /// half of it.
     #[arg(long, value_parser = super::parse_duration)]
     cert_expiry: Option<Duration>,
     /// Ended tasks kept per replica slot (per node for global services)
-    /// for `service ps` [default: 4]; a restart policy's attempts are
+    /// for `service ps` (4 unless set); a restart policy's attempts are
     /// counted from them, so up to its --restart-max-attempts are kept.
     #[arg(long)]
     task_history_limit: Option<u64>,

@@ -199,11 +199,9 @@ fn send_batch(
                 // No session yet: the packet waits in the peer's queue for
                 // the handshake this starts (if none is under way).
                 Err(p) => {
-                    if let Some(init) = state.tunn.handle_outgoing_packet(p, Some(mtu)) {
-                        shared.register(&init, &peer);
-                        if let Some(ep) = endpoint {
-                            socket.send(Packet::from(init).as_ref(), ep);
-                        }
+                    let init = state.tunn.handle_outgoing_packet(p, Some(mtu));
+                    if let (Some(init), Some(ep)) = (init, endpoint) {
+                        send_control(shared, &socket, &peer, vec![init], ep);
                     }
                 }
             }
@@ -447,10 +445,9 @@ pub fn timers(shared: &Shared) {
                 };
                 match state.tunn.update_timers() {
                     Ok(Some(p)) => {
-                        shared.register(&p, &e.peer);
                         drop(state);
                         if let Some(s) = &cfg.socket {
-                            s.send(Packet::from(p).as_ref(), ep);
+                            send_control(shared, s, &e.peer, vec![p], ep);
                         }
                     }
                     Ok(None) => {}

@@ -85,9 +85,9 @@ impl Shared {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Waits until `fd` is readable (true) or the device stops or
-    /// `timeout_ms` passes (false).
-    fn wait_readable(&self, fd: RawFd, timeout_ms: i32) -> bool {
+    /// Waits until `fd` is readable, the device stops or `timeout_ms`
+    /// passes (-1: no limit); callers look again in every case.
+    fn wait_readable(&self, fd: RawFd, timeout_ms: i32) {
         let mut fds = [
             libc::pollfd {
                 fd,
@@ -101,8 +101,7 @@ impl Shared {
             },
         ];
         // SAFETY: `fds` is a live array of two pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-        n > 0 && fds[1].revents == 0 && fds[0].revents != 0
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
     }
 }
 

@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrStorage,
+    getsockopt, recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned,
+    MsgFlags, SockaddrStorage,
 };
 
 /// The kernel takes at most 64 segments per send (`UDP_MAX_SEGMENTS`).
@@ -25,7 +25,7 @@ const REFUSALS_TO_GIVE_UP: u32 = 16;
 /// three, and a burst beyond that is dropped and retransmitted by TCP
 /// (measured: 11% of packets, a quarter of the throughput). Set with the
 /// `FORCE` options, which pass `net.core.rmem_max` (the agent is root).
-const SOCKET_BUFFER: libc::c_int = 4 << 20;
+const SOCKET_BUFFER: usize = 4 << 20;
 
 pub struct Socket {
     sock: UdpSocket,
@@ -43,11 +43,18 @@ impl Socket {
     pub fn bind(port: u16) -> io::Result<Socket> {
         let sock = UdpSocket::bind(("0.0.0.0", port))?;
         sock.set_nonblocking(true)?;
-        for (opt, name) in [
-            (libc::SO_RCVBUFFORCE, "receive"),
-            (libc::SO_SNDBUFFORCE, "send"),
-        ] {
-            if let Err(e) = set_int(sock.as_raw_fd(), libc::SOL_SOCKET, opt, SOCKET_BUFFER) {
+        let buffers = [
+            (
+                "receive",
+                setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER),
+            ),
+            (
+                "send",
+                setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER),
+            ),
+        ];
+        for (name, result) in buffers {
+            if let Err(e) = result {
                 tracing::warn!("could not enlarge the overlay's UDP {name} buffer: {e}");
             }
         }
@@ -64,31 +71,10 @@ impl Socket {
     /// Marks what the socket sends (`SO_MARK`), for policy routing that
     /// keeps the tunnel's own packets out of the tunnel; 0 for none.
     pub fn set_mark(&self, mark: u32) -> io::Result<()> {
-        if mark == 0 && self.mark_unset() {
+        if mark == 0 && getsockopt(&self.sock, sockopt::Mark).is_ok_and(|m| m == 0) {
             return Ok(());
         }
-        set_int(
-            self.fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            mark as libc::c_int,
-        )
-    }
-
-    fn mark_unset(&self) -> bool {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are live and sized for SO_MARK's c_int.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_MARK,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        rc == 0 && v == 0
+        setsockopt(&self.sock, sockopt::Mark, &mark).map_err(io::Error::from)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -201,23 +187,6 @@ impl Socket {
         unsafe { buf.set_len(buf.len() + n) };
         Ok((from, segment.max(1)))
     }
-}
-
-fn set_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int and its length is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Where the next train ends: packets `start..end`, all as long as the

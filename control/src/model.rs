@@ -636,6 +636,41 @@ mod tests {
     }
 
     #[test]
+    fn a_settings_change_keeps_what_it_does_not_name_and_checks_every_value() {
+        let base = Settings {
+            task_history_limit: 7,
+            ..Settings::default()
+        };
+        let s = SettingsChange {
+            heartbeat_ms: Some(2000),
+            ..SettingsChange::default()
+        }
+        .applied_to(base.clone())
+        .unwrap();
+        assert_eq!((s.heartbeat_ms, s.node_down_after_ms), (2000, 6000));
+        assert_eq!(s.task_history_limit, 7);
+        assert_eq!(s.cert_expiry_s, base.cert_expiry_s);
+        for bad in [
+            SettingsChange {
+                heartbeat_ms: Some(10),
+                ..SettingsChange::default()
+            },
+            SettingsChange {
+                cert_expiry_s: Some(1),
+                ..SettingsChange::default()
+            },
+            SettingsChange {
+                task_history_limit: Some(101),
+                heartbeat_ms: Some(1000),
+                ..SettingsChange::default()
+            },
+        ] {
+            assert!(bad.applied_to(base.clone()).is_err(), "{bad:?}");
+        }
+        assert!(SettingsChange::default().is_empty());
+    }
+
+    #[test]
     fn settings_are_replaced_only_in_an_initialized_swarm() {
         let mut s = ClusterState::default();
         let history = SettingsChange {

@@ -2,8 +2,9 @@
 //! whose peers are the other nodes (allowed-ips: their task subnets, which
 //! hold their overlay addresses). The kernel's WireGuard is used where the
 //! kernel has it; otherwise Apiary's userspace WireGuard (`wg`, on gotatun's
-//! protocol code) runs inside the agent on a TUN device. Either way it is configured through the same
-//! `DeviceUpdate`, and addresses, MTU and routes are set over rtnetlink.
+//! protocol code) runs inside the agent on a TUN device. Either way it is
+//! configured through the same `DeviceUpdate`, and addresses, MTU and
+//! routes are set over rtnetlink.
 
 pub mod gso;
 pub mod keys;

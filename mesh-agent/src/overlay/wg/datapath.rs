@@ -60,20 +60,25 @@ impl Spin {
     }
 }
 
-fn destination(p: &[u8]) -> Option<IpAddr> {
+/// The address at byte `v4` of an IPv4 header or `v6` of an IPv6 one.
+fn addr_at(p: &[u8], v4: usize, v6: usize) -> Option<IpAddr> {
     match p.first()? >> 4 {
-        4 if p.len() >= 20 => Some(Ipv4Addr::new(p[16], p[17], p[18], p[19]).into()),
-        6 if p.len() >= 40 => Some(Ipv6Addr::from(<[u8; 16]>::try_from(&p[24..40]).ok()?).into()),
+        4 if p.len() >= 20 => {
+            Some(Ipv4Addr::from(<[u8; 4]>::try_from(&p[v4..v4 + 4]).ok()?).into())
+        }
+        6 if p.len() >= 40 => {
+            Some(Ipv6Addr::from(<[u8; 16]>::try_from(&p[v6..v6 + 16]).ok()?).into())
+        }
         _ => None,
     }
 }
 
+fn destination(p: &[u8]) -> Option<IpAddr> {
+    addr_at(p, 16, 24)
+}
+
 fn source(p: &[u8]) -> Option<IpAddr> {
-    match p.first()? >> 4 {
-        4 if p.len() >= 20 => Some(Ipv4Addr::new(p[12], p[13], p[14], p[15]).into()),
-        6 if p.len() >= 40 => Some(Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).ok()?).into()),
-        _ => None,
-    }
+    addr_at(p, 12, 8)
 }
 
 /// The length an IP packet's header gives, if the bytes hold that much.

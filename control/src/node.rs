@@ -107,31 +107,94 @@ pub fn control_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("control")
 }
 
+/// Deletes this node's Raft state (store and log), durably.
+fn remove_raft_store(dir: &Path) -> anyhow::Result<()> {
+    for (path, is_dir) in [(dir.join("raft.redb"), false), (dir.join("raft-log"), true)] {
+        let r = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    crate::private_fs::write_private(path, contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The certificate and its key are written as a pair: both to `.next`
+/// files first, then renamed in place (key, then certificate). A crash in
+/// between leaves `.next` files that [`load_identity`] finishes or drops,
+/// never a certificate beside a key that is not its own.
+pub fn save_identity(dir: &Path, id: &Identity, p: &Persisted) -> anyhow::Result<()> {
+    let tls = dir.join("tls");
+    crate::private_fs::create_private_dir(&tls)
+        .with_context(|| format!("creating {}", tls.display()))?;
+    write_private(&tls.join("ca.pem"), &id.ca_pem)?;
+    let current = |f: &str| std::fs::read_to_string(tls.join(f)).ok();
+    if current(CERT).as_deref() != Some(&id.cert_pem) || current(KEY).as_deref() != Some(&id.key_pem)
+    {
+        write_private(&tls.join(next(CERT)), &id.cert_pem)?;
+        write_private(&tls.join(next(KEY)), &id.key_pem)?;
+        finish_pair(&tls)?;
+    }
+    write_private(&dir.join("node.json"), &serde_json::to_string_pretty(p)?)?;
     Ok(())
 }
 
-pub fn save_identity(dir: &Path, id: &Identity, p: &Persisted) -> anyhow::Result<()> {
-    let tls = dir.join("tls");
-    std::fs::create_dir_all(&tls).with_context(|| format!("creating {}", tls.display()))?;
-    write_private(&tls.join("ca.pem"), &id.ca_pem)?;
-    write_private(&tls.join("node.pem"), &id.cert_pem)?;
-    write_private(&tls.join("node.key"), &id.key_pem)?;
-    write_private(&dir.join("node.json"), &serde_json::to_string_pretty(p)?)?;
-    Ok(())
+const CERT: &str = "node.pem";
+const KEY: &str = "node.key";
+
+fn next(f: &str) -> String {
+    format!("{f}.next")
+}
+
+/// Moves the `.next` pair into place (see [`save_identity`]).
+fn finish_pair(tls: &Path) -> anyhow::Result<()> {
+    for f in [KEY, CERT] {
+        let from = tls.join(next(f));
+        if from.exists() {
+            std::fs::rename(&from, tls.join(f))
+                .with_context(|| format!("renaming {}", from.display()))?;
+        }
+    }
+    std::fs::File::open(tls)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", tls.display()))
+}
+
+/// After a crash inside [`save_identity`]: the `.next` files are finished
+/// if the certificate and key they leave belong together, dropped if not.
+fn recover_pair(tls: &Path, ca_pem: &str) -> anyhow::Result<()> {
+    let (cert_next, key_next) = (tls.join(next(CERT)), tls.join(next(KEY)));
+    if !cert_next.exists() && !key_next.exists() {
+        return Ok(());
+    }
+    let read = |a: &Path, b: &Path| std::fs::read_to_string(a).or_else(|_| std::fs::read_to_string(b));
+    let pair = Identity {
+        node_id: 0,
+        ca_pem: ca_pem.to_string(),
+        cert_pem: read(&cert_next, &tls.join(CERT)).unwrap_or_default(),
+        key_pem: read(&key_next, &tls.join(KEY)).unwrap_or_default(),
+    };
+    if tls::client_config(&pair).is_ok() {
+        tracing::warn!(dir = %tls.display(), "finishing a certificate renewal a stop interrupted");
+        finish_pair(tls)
+    } else {
+        tracing::warn!(dir = %tls.display(), "dropping a certificate renewal a stop interrupted (its files were incomplete)");
+        let _ = std::fs::remove_file(cert_next);
+        let _ = std::fs::remove_file(key_next);
+        Ok(())
+    }
 }
 
 fn load_identity(dir: &Path) -> anyhow::Result<Option<(Identity, Persisted)>> {
@@ -142,11 +205,13 @@ fn load_identity(dir: &Path) -> anyhow::Result<Option<(Identity, Persisted)>> {
     let p: Persisted = serde_json::from_slice(&std::fs::read(&node)?)
         .with_context(|| format!("reading {}", node.display()))?;
     let tls = dir.join("tls");
-    let key = tls.join("node.key");
+    let ca_pem = std::fs::read_to_string(tls.join("ca.pem"))?;
+    recover_pair(&tls, &ca_pem)?;
+    let key = tls.join(KEY);
     let id = Identity {
         node_id: p.node_id,
-        ca_pem: std::fs::read_to_string(tls.join("ca.pem"))?,
-        cert_pem: std::fs::read_to_string(tls.join("node.pem"))?,
+        ca_pem,
+        cert_pem: std::fs::read_to_string(tls.join(CERT))?,
         key_pem: std::fs::read_to_string(&key)
             .with_context(|| format!("reading {}", key.display()))?,
     };
@@ -309,7 +374,9 @@ impl Joined {
     async fn reset_raft(&self) -> anyhow::Result<()> {
         let old = self.manager();
         let _ = old.raft.shutdown().await;
-        let _ = std::fs::remove_file(self.dir.join("raft.redb"));
+        // The log too: a demoted node that kept it would think itself a
+        // voter again after a restart (its membership entries say so).
+        remove_raft_store(&self.dir)?;
         let fresh = Manager::open(
             &self.dir,
             self.node_id,
@@ -406,10 +473,12 @@ impl Joined {
         res
     }
 
-    /// Takes a renewed certificate into use for new connections.
-    pub fn set_certificate(&self, cert_pem: String) -> anyhow::Result<()> {
+    /// Takes a renewed certificate (and its key) into use for new
+    /// connections: checked as a pair, saved, and only then swapped in.
+    pub fn set_certificate(&self, cert_pem: String, key_pem: String) -> anyhow::Result<()> {
         let mut id = self.identity();
         id.cert_pem = cert_pem;
+        id.key_pem = key_pem;
         let client = tls::client_config(&id)?;
         let server = tls::server_config(&id)?;
         save_identity(&self.dir, &id, &self.persisted())?;
@@ -578,11 +647,7 @@ async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Resu
         anyhow::bail!("manager refused: {}", String::from_utf8_lossy(&b));
     }
     let r: api::RenewReply = serde_json::from_slice(&b)?;
-    {
-        let mut id = j.identity.write().unwrap_or_else(|p| p.into_inner());
-        id.key_pem = key;
-    }
-    j.set_certificate(r.cert_pem)?;
+    j.set_certificate(r.cert_pem, key)?;
     tracing::info!("node certificate renewed");
     Ok(())
 }

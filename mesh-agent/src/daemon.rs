@@ -74,8 +74,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("/var/lib/apiary"));
     // The overlay key is made once per node; the cluster learns its public
     // half at init/join.
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    private_data_dir(&data_dir)?;
     let wg_key =
         crate::overlay::keys::load_or_create(&data_dir.join(crate::overlay::keys::KEY_FILE))?;
     let local = crate::assigned::LocalConfig {
@@ -120,7 +119,24 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     res
 }
 
+/// The data dir is private (0700, its files 0600): it holds the node's
+/// keys and, on managers, the CA key and join secrets. Looser modes left by
+/// an older daemon or by hand are tightened, and said so.
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    control::private_fs::create_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (path, was) in control::private_fs::tighten(dir)
+        .with_context(|| format!("tightening the modes under {}", dir.display()))?
+    {
+        tracing::warn!(path = %path.display(), was = %format!("{was:o}"), "others could read or change this daemon file: made it private");
+    }
+    Ok(())
+}
+
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // Before any thread or file exists: nothing the daemon writes is ever
+    // readable by others, not even for a moment.
+    control::private_fs::set_daemon_umask();
     let Some(static_config) = args.static_config.clone() else {
         return run_swarm(args);
     };
@@ -143,6 +159,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/apiary"));
+    private_data_dir(&data_dir)?;
     let rcfg = RuntimeConfig {
         node: cfg.node.clone(),
         dataplane: Options {

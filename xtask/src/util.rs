@@ -56,7 +56,9 @@ pub fn ensure_packages(pkgs: &[&str]) -> anyhow::Result<()> {
     exec(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q"])
+            // Only what is named: recommends pulled a kernel image (and an
+            // initramfs rebuild) in with wireguard-tools on CI machines.
+            .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     )
 }

@@ -50,14 +50,36 @@ pub fn open(path: &Path) -> Result<Arc<Database>, OpenError> {
     Ok(Arc::new(db))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error(transparent)]
+    Store(#[from] redb::Error),
+    /// A value that is there but does not decode is not "absent": a lost
+    /// vote read as none would let this member vote twice in one term.
+    #[error("the Raft store's {key:?} does not decode ({source}): the store is damaged")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 pub(crate) fn get_meta<T: serde::de::DeserializeOwned>(
     db: &Database,
     key: &str,
-) -> Result<Option<T>, redb::Error> {
-    let txn = db.begin_read()?;
-    let t = txn.open_table(META)?;
-    match t.get(key)? {
-        Some(v) => Ok(serde_json::from_slice(v.value()).ok()),
+) -> Result<Option<T>, MetaError> {
+    let read = || -> Result<Option<Vec<u8>>, redb::Error> {
+        let txn = db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    };
+    match read()? {
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|source| MetaError::Decode {
+                key: key.to_string(),
+                source,
+            }),
         None => Ok(None),
     }
 }

@@ -6,7 +6,10 @@
 //! commit path twice per write (leader, then follower).
 //!
 //! A torn record at the tail (a crash mid-write) ends the log: it was never
-//! reported flushed, so nothing acknowledged is lost.
+//! reported flushed, so nothing acknowledged is lost. Any other damage (a
+//! bad checksum in an earlier segment, or one whose bytes were all written)
+//! is corruption: the log is not cut there, opening fails and names the
+//! file and offset (acknowledged entries may follow it).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,6 +21,48 @@ use crate::raft_types::Entry;
 
 /// A new segment starts past this size; purging drops whole segments.
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// The unit a disk writes whole (or not at all) in a crash.
+const SECTOR: usize = 512;
+/// No record is larger (a 64-entry append of big commands is far below).
+const MAX_RECORD: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("the Raft log is damaged in {path} at byte {offset}: {reason}. Entries this manager acknowledged may follow it, so it does not start from a cut log. On a manager whose peers still hold the log: stop it, move {dir} away and rejoin (`apiary swarm leave --force`, then `apiary swarm join`). If it is the last manager with the state: `apiary swarm init --force-new-cluster` keeps what the log holds before the damage")]
+    Corrupt {
+        path: PathBuf,
+        dir: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the Raft log in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether a record whose checksum does not match is a write that a crash
+/// cut short rather than damage: some sector-sized piece of its body was
+/// never written (all zeros: the segment is preallocated, and JSON holds no
+/// NUL bytes), or the file ends inside it. Like etcd's torn-entry check.
+fn torn(bytes: &[u8], body_start: usize, len: usize) -> bool {
+    let end = body_start.saturating_add(len);
+    if end > bytes.len() {
+        return true;
+    }
+    let mut at = body_start;
+    while at < end {
+        let chunk_end = ((at / SECTOR) + 1) * SECTOR;
+        let chunk = &bytes[at..chunk_end.min(end)];
+        if chunk.iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = chunk_end;
+    }
+    false
+}
 
 struct Segment {
     first: u64,
@@ -54,9 +99,17 @@ fn seg_name(first: u64) -> String {
 }
 
 impl Wal {
-    pub fn open(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let mut firsts: Vec<u64> = fs::read_dir(dir)?
+    pub fn open(dir: &Path) -> Result<Self, WalError> {
+        let ioe = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WalError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        fs::create_dir_all(dir).map_err(ioe(dir))?;
+        let mut firsts: Vec<u64> = fs::read_dir(dir)
+            .map_err(ioe(dir))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
             .collect();
@@ -66,11 +119,24 @@ impl Wal {
             segments: Vec::new(),
             index: BTreeMap::new(),
         };
-        for first in firsts {
+        let count = firsts.len();
+        for (n, first) in firsts.into_iter().enumerate() {
+            let last_segment = n + 1 == count;
             let path = dir.join(seg_name(first));
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            let bytes = fs::read(&path)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(ioe(&path))?;
+            let bytes = fs::read(&path).map_err(ioe(&path))?;
+            let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+                path: path.clone(),
+                dir: dir.to_path_buf(),
+                offset: offset as u64,
+                reason,
+            };
             let mut off = 0usize;
+            let mut torn_at = None;
             while off + 8 <= bytes.len() {
                 let len =
                     u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -78,15 +144,24 @@ impl Wal {
                     break;
                 }
                 let crc = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().expect("4 bytes"));
-                let Some(body) = bytes.get(off + 8..off + 8 + len) else {
-                    break;
+                let body = bytes.get(off + 8..off + 8 + len).filter(|_| len <= MAX_RECORD);
+                let good = body.filter(|b| crc32fast::hash(b) == crc);
+                let Some(body) = good else {
+                    if last_segment && torn(&bytes, off + 8, len) {
+                        torn_at = Some(off);
+                        break;
+                    }
+                    return Err(corrupt(
+                        off,
+                        match body {
+                            None => format!("a record claims {len} bytes, past the end of the file"),
+                            Some(_) => "a record's checksum does not match its bytes, which were all written".into(),
+                        },
+                    ));
                 };
-                if crc32fast::hash(body) != crc {
-                    break;
-                }
-                let Ok(e) = serde_json::from_slice::<Entry>(body) else {
-                    break;
-                };
+                let e = serde_json::from_slice::<Entry>(body).map_err(|e| {
+                    corrupt(off, format!("a record with a good checksum does not decode: {e}"))
+                })?;
                 // A later record for an index replaces the earlier one and
                 // everything after it (a truncate that reached the disk
                 // only as new appends).
@@ -95,10 +170,10 @@ impl Wal {
                 wal.index.insert(i, (first, off as u64 + 8, len as u32));
                 off += 8 + len;
             }
-            if bytes.get(off..off + 8).is_some_and(|h| h != [0u8; 8]) {
-                tracing::warn!(segment = %path.display(), at = off, "Raft log ends in a torn record; cut there");
-                file.write_all_at(&[0u8; 8], off as u64)?;
-                file.sync_data()?;
+            if let Some(at) = torn_at {
+                tracing::warn!(segment = %path.display(), at, "Raft log ends in a record a crash cut short (never acknowledged); cut there");
+                file.write_all_at(&[0u8; 8], at as u64).map_err(ioe(&path))?;
+                file.sync_data().map_err(ioe(&path))?;
             }
             wal.segments.push(Segment {
                 first,
@@ -168,7 +243,7 @@ impl Wal {
             // so fdatasync has less metadata to commit.
             preallocate(&file, SEGMENT_BYTES)?;
             file.sync_all()?;
-            File::open(&self.dir)?.sync_all()?;
+            self.sync_dir()?;
             self.segments.push(Segment {
                 first: first_new,
                 path,
@@ -206,9 +281,14 @@ impl Wal {
             return Ok(());
         };
         self.index.split_off(&from);
+        let mut removed = false;
         while self.segments.last().is_some_and(|s| s.first > first) {
             let s = self.segments.pop().expect("a segment");
             fs::remove_file(&s.path)?;
+            removed = true;
+        }
+        if removed {
+            self.sync_dir()?;
         }
         if let Some(s) = self.segments.last_mut() {
             s.file.write_all_at(&[0u8; 8], off - 8)?;
@@ -222,11 +302,23 @@ impl Wal {
     pub fn purge(&mut self, upto: u64) -> io::Result<()> {
         self.index = self.index.split_off(&(upto + 1));
         // A segment goes once the next one starts at or below upto + 1.
+        let mut removed = false;
         while self.segments.len() > 1 && self.segments[1].first <= upto + 1 {
             let s = self.segments.remove(0);
             fs::remove_file(&s.path)?;
+            removed = true;
+        }
+        if removed {
+            self.sync_dir()?;
         }
         Ok(())
+    }
+
+    /// Makes creations and deletions of segment files durable: a deleted
+    /// segment that came back after a crash would bring back entries
+    /// openraft was told are gone.
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
     }
 }
 
@@ -274,6 +366,36 @@ mod tests {
         let w = Wal::open(&d).unwrap();
         assert_eq!(indexes(&w), vec![(1, 1), (1, 2), (1, 3), (2, 4)]);
         assert_eq!(w.last_index(), Some(4));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn damage_before_the_tail_stops_opening_and_names_the_place() {
+        let d = scratch("corrupt");
+        let mut w = Wal::open(&d).unwrap();
+        for i in 1..=5 {
+            w.append(&[&entry(1, i)]).unwrap();
+        }
+        let (_, off, _) = w.index[&2];
+        drop(w);
+        // One bit of entry 2's body flips: every byte was written, so this
+        // is damage, not a crash mid-write; entries 3-5 follow it.
+        let seg = d.join(seg_name(1));
+        let f = OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, off + 3).unwrap();
+        f.write_all_at(&[b[0] ^ 0x04], off + 3).unwrap();
+        drop(f);
+        let err = Wal::open(&d).err().expect("a damaged log does not open");
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, WalError::Corrupt { offset, .. } if *offset == off - 8),
+            "{msg}"
+        );
+        assert!(msg.contains(&seg.display().to_string()), "{msg}");
+        assert!(msg.contains("--force-new-cluster"), "{msg}");
+        // Nothing was cut: the damaged file is as it was.
+        assert!(Wal::open(&d).is_err());
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -99,6 +99,9 @@ pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow
                 unsafe { libc::_exit(126) }
             }
             let _ = SigSet::empty().thread_set_mask();
+            // The daemon's own mask is 077; tasks get Docker's.
+            // SAFETY: umask is async-signal-safe and cannot fail.
+            unsafe { libc::umask(control::private_fs::TASK_UMASK) };
             let _ = nix::unistd::execvp(&prog, &args);
             // SAFETY: as above.
             unsafe { libc::_exit(127) }

@@ -25,14 +25,22 @@ impl Client {
         }
     }
 
-    /// A remote manager, authenticated with the certificate in `tls_dir`
-    /// (`ca.pem`, `node.pem`, `node.key`, as a node's data dir holds them).
+    /// A remote manager, authenticated with the certificate in `tls_dir`:
+    /// a client certificate as `swarm ca issue-client` writes it (`ca.pem`,
+    /// `cert.pem`, `key.pem`, Docker's `--tlsverify` layout), or a manager
+    /// node's own (`ca.pem`, `node.pem`, `node.key`). The server must
+    /// present a manager's certificate of the same CA.
     pub fn remote(addr: &str, tls_dir: &Path) -> anyhow::Result<Self> {
+        let (cert_file, key_file) = if tls_dir.join("cert.pem").exists() {
+            ("cert.pem", "key.pem")
+        } else {
+            ("node.pem", "node.key")
+        };
         let read = |f: &str| -> anyhow::Result<String> {
             let p: PathBuf = tls_dir.join(f);
             std::fs::read_to_string(&p).with_context(|| {
                 format!(
-                    "reading {} (--tls-dir must hold ca.pem, node.pem and node.key of a manager)",
+                    "reading {} (--tls-dir must hold ca.pem, cert.pem and key.pem from `apiary swarm ca issue-client`, or a manager's ca.pem, node.pem and node.key)",
                     p.display()
                 )
             })
@@ -45,10 +53,10 @@ impl Client {
             let id = Identity {
                 node_id: 0,
                 ca_pem: read("ca.pem")?,
-                cert_pem: read("node.pem")?,
-                key_pem: read("node.key")?,
+                cert_pem: read(cert_file)?,
+                key_pem: read(key_file)?,
             };
-            match tls::client_config(&id) {
+            match tls::client_config(&id, tls::Expect::Manager) {
                 Ok(c) => break c,
                 Err(_) if attempt < 5 => {
                     attempt += 1;
@@ -105,7 +113,7 @@ mod tests {
 
     fn node_files(dir: &Path, ca: &str, ca_key: &str) -> (String, String) {
         let (key, csr) = tls::new_key_and_csr().unwrap();
-        let cert = tls::sign_node(ca, ca_key, &csr, 7, 3600).unwrap();
+        let cert = tls::sign_node(ca, ca_key, &csr, 7, crate::model::Role::Manager, 3600).unwrap();
         std::fs::write(dir.join("ca.pem"), ca).unwrap();
         (cert, key)
     }

@@ -18,6 +18,13 @@ pub type Body = Full<Bytes>;
 
 /// How long a TCP + TLS connection may take to set up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection unused this long is not reused: the server closes idle
+/// connections after 30 s ([`crate::server::Limits`]), and a request sent
+/// as it does would be lost.
+const REUSE_WITHIN: Duration = Duration::from_secs(20);
+/// The largest answer read (a big cluster's `node/state` or `service ps`
+/// is a few MiB); a peer cannot make this process allocate more.
+pub const MAX_RESPONSE: usize = 64 << 20;
 
 #[derive(Clone)]
 pub enum Target {
@@ -45,12 +52,15 @@ pub enum CallError {
     Timeout { target: String, secs: f64 },
     #[error("talking to {target}: {reason}")]
     Io { target: String, reason: String },
+    #[error("{target} answered more than {limit} bytes")]
+    TooLarge { target: String, limit: usize },
 }
 
 /// One peer; the connection is made on first use and remade after a failure.
 pub struct Conn {
     target: Target,
     sender: Option<SendRequest<Body>>,
+    last_used: std::time::Instant,
 }
 
 impl Conn {
@@ -58,6 +68,7 @@ impl Conn {
         Self {
             target,
             sender: None,
+            last_used: std::time::Instant::now(),
         }
     }
 
@@ -103,9 +114,11 @@ impl Conn {
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
         let target = self.target.to_string();
+        let fresh_enough = self.last_used.elapsed() < REUSE_WITHIN;
+        self.last_used = std::time::Instant::now();
         let fut = async {
             let mut sender = match self.sender.take() {
-                Some(s) if !s.is_closed() => s,
+                Some(s) if !s.is_closed() && fresh_enough => s,
                 // A dead peer's SYNs go unanswered: give up on it quickly
                 // (the caller tries another) even when the request may
                 // take long.
@@ -145,13 +158,21 @@ impl Conn {
                 reason: e.to_string(),
             })?;
             let status = resp.status();
-            let bytes = resp
-                .into_body()
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| CallError::Io {
-                    target: target.clone(),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        CallError::TooLarge {
+                            target: target.clone(),
+                            limit: MAX_RESPONSE,
+                        }
+                    } else {
+                        CallError::Io {
+                            target: target.clone(),
+                            reason: e.to_string(),
+                        }
+                    }
                 })?
                 .to_bytes();
             self.sender = Some(sender);

@@ -30,6 +30,10 @@ pub struct Manager {
 
 type Pending = (Command, oneshot::Sender<Result<Outcome, ApiError>>);
 
+/// Bytes of a snapshot per install-snapshot message: sent as JSON numbers
+/// (up to 4 bytes each), they stay well inside the API's Raft body limit.
+pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
+
 /// Entries in flight at once; more requests wait and share the next entry.
 const MAX_IN_FLIGHT: usize = 4;
 /// Commands per entry at most.
@@ -125,6 +129,7 @@ impl Manager {
             // Small RPCs stay well inside the deadline above.
             max_payload_entries: 64,
             install_snapshot_timeout: 2000,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(10)),
             max_in_snapshot_log_to_keep: (snapshot_every / 10).max(1),
             ..Default::default()

@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 
-use crate::api::{self, Caller, HeartbeatReply};
+use crate::api::{self, HeartbeatReply};
 use crate::http::{CallError, Conn, Target};
 use crate::manager::Manager;
 use crate::model::{now_ms, show_id, Command, NodeId, Role, Status};
@@ -35,6 +34,8 @@ pub struct DaemonConfig {
     pub snapshot_every: u64,
     /// This node's WireGuard public key, published in the cluster state.
     pub wg_public_key: Option<String>,
+    /// What the TLS listener lets its peers hold.
+    pub limits: crate::server::Limits,
 }
 
 /// Snapshots copy the whole state: not too often (etcd: 100k entries).
@@ -84,8 +85,14 @@ pub struct Joined {
     pub dir: PathBuf,
     snapshot_every: u64,
     identity: RwLock<Identity>,
+    /// The role this node's own certificate names: a worker runs no Raft
+    /// endpoint and answers no cluster request.
+    own_role: Mutex<tls::CertRole>,
+    /// To managers (the server must present a manager's certificate).
     pub client_tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
-    server_tls: RwLock<Arc<rustls::ServerConfig>>,
+    /// To any node (a manager asking a worker for task logs).
+    any_node_tls: RwLock<Arc<rustls::ClientConfig>>,
+    pub server_tls: RwLock<Arc<rustls::ServerConfig>>,
     manager: RwLock<Arc<Manager>>,
     /// This node's role as the managers last said (heartbeats).
     role: Mutex<Role>,
@@ -97,9 +104,14 @@ pub struct Joined {
     /// On the leader: the images each node's Docker Engine has, as its
     /// heartbeats say (nodes without an engine are absent).
     pub images: Mutex<HashMap<NodeId, std::collections::BTreeSet<String>>>,
+    /// On the leader: the role each node's certificate named at its last
+    /// heartbeat (a promotion waits for the manager's).
+    pub cert_roles: Mutex<HashMap<NodeId, tls::CertRole>>,
+    /// An install-snapshot transfer under way: (snapshot id, next offset).
+    pub snapshot_rx: Mutex<Option<(String, u64)>>,
     /// What this node's runtime says about itself (heartbeats carry it).
     agent: Option<Arc<crate::assignments::AgentLink>>,
-    pool: Mutex<Vec<Conn>>,
+    pool: Mutex<Vec<(tls::Expect, Conn)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -141,7 +153,8 @@ pub fn save_identity(dir: &Path, id: &Identity, p: &Persisted) -> anyhow::Result
         .with_context(|| format!("creating {}", tls.display()))?;
     write_private(&tls.join("ca.pem"), &id.ca_pem)?;
     let current = |f: &str| std::fs::read_to_string(tls.join(f)).ok();
-    if current(CERT).as_deref() != Some(&id.cert_pem) || current(KEY).as_deref() != Some(&id.key_pem)
+    if current(CERT).as_deref() != Some(&id.cert_pem)
+        || current(KEY).as_deref() != Some(&id.key_pem)
     {
         write_private(&tls.join(next(CERT)), &id.cert_pem)?;
         write_private(&tls.join(next(KEY)), &id.key_pem)?;
@@ -179,14 +192,15 @@ fn recover_pair(tls: &Path, ca_pem: &str) -> anyhow::Result<()> {
     if !cert_next.exists() && !key_next.exists() {
         return Ok(());
     }
-    let read = |a: &Path, b: &Path| std::fs::read_to_string(a).or_else(|_| std::fs::read_to_string(b));
+    let read =
+        |a: &Path, b: &Path| std::fs::read_to_string(a).or_else(|_| std::fs::read_to_string(b));
     let pair = Identity {
         node_id: 0,
         ca_pem: ca_pem.to_string(),
         cert_pem: read(&cert_next, &tls.join(CERT)).unwrap_or_default(),
         key_pem: read(&key_next, &tls.join(KEY)).unwrap_or_default(),
     };
-    if tls::client_config(&pair).is_ok() {
+    if tls::client_config(&pair, tls::Expect::AnyNode).is_ok() {
         tracing::warn!(dir = %tls.display(), "finishing a certificate renewal a stop interrupted");
         finish_pair(tls)
     } else {
@@ -269,7 +283,9 @@ impl Daemon {
         p: Persisted,
     ) -> anyhow::Result<Arc<Joined>> {
         let dir = self.control_dir();
-        let client_tls = Arc::new(RwLock::new(tls::client_config(&id)?));
+        let own_role = tls::cert_role(&id.cert_pem)?;
+        let client_tls = Arc::new(RwLock::new(tls::client_config(&id, tls::Expect::Manager)?));
+        let any_node_tls = RwLock::new(tls::client_config(&id, tls::Expect::AnyNode)?);
         let server_tls = RwLock::new(tls::server_config(&id)?);
         let manager = Manager::open(
             &dir,
@@ -292,7 +308,9 @@ impl Daemon {
             dir,
             snapshot_every: self.cfg.snapshot_every,
             identity: RwLock::new(id),
+            own_role: Mutex::new(own_role),
             client_tls,
+            any_node_tls,
             server_tls,
             manager: RwLock::new(Arc::new(manager)),
             role: Mutex::new(role),
@@ -300,12 +318,19 @@ impl Daemon {
             manager_ids: Mutex::new(Vec::new()),
             last_seen: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
+            cert_roles: Mutex::new(HashMap::new()),
+            snapshot_rx: Mutex::new(None),
             agent: self.agent.clone(),
             pool: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
-            tokio::spawn(serve_tls(self.clone(), j.clone(), listener)),
+            tokio::spawn(crate::server::serve_tls(
+                crate::api::router(self.clone()),
+                j.clone(),
+                listener,
+                self.cfg.limits,
+            )),
             tokio::spawn(session(j.clone())),
             tokio::spawn(monitor(j.clone())),
             tokio::spawn(orchestrate(j.clone())),
@@ -402,8 +427,10 @@ impl Joined {
     /// a follower forwards to the leader.
     pub fn manager_target(&self, next: usize) -> Option<String> {
         let managers = self.managers.lock().unwrap_or_else(|p| p.into_inner());
+        // Only a manager trusts its own Raft member for who leads.
+        let voter = self.own_role() == tls::CertRole::Manager && self.manager().is_voter();
         match self.manager().leader() {
-            Some((_, addr)) if self.manager().is_voter() => Some(addr),
+            Some((_, addr)) if voter => Some(addr),
             _ if managers.is_empty() => None,
             _ => Some(managers[next % managers.len()].clone()),
         }
@@ -417,10 +444,17 @@ impl Joined {
         next: usize,
     ) -> Option<&'a mut Conn> {
         let target = self.manager_target(next)?;
-        if conn
-            .as_ref()
-            .is_some_and(|c| c.target().to_string() != target)
-        {
+        let current = self
+            .client_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Another manager, or a renewed certificate (a connection presents
+        // the one it was opened with): a new connection.
+        if conn.as_ref().is_some_and(|c| match c.target() {
+            Target::Tls { addr, config } => *addr != target || !Arc::ptr_eq(config, &current),
+            Target::Unix(_) => true,
+        }) {
             *conn = None;
         }
         Some(conn.get_or_insert_with(|| Conn::new(self.target(&target))))
@@ -437,8 +471,8 @@ impl Joined {
         }
     }
 
-    /// A request to another daemon with this node's certificate, over a
-    /// pooled connection.
+    /// A request to a manager (the leader, usually) with this node's
+    /// certificate, over a pooled connection.
     pub async fn call_leader(
         &self,
         addr: &str,
@@ -447,11 +481,47 @@ impl Joined {
         body: Option<Vec<u8>>,
         headers: &[(&str, String)],
     ) -> Result<(StatusCode, Bytes), CallError> {
+        self.call(tls::Expect::Manager, addr, method, uri, body, headers)
+            .await
+    }
+
+    /// A request to any node of the swarm (a worker, say).
+    pub async fn call_node(
+        &self,
+        addr: &str,
+        method: Method,
+        uri: &str,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        self.call(tls::Expect::AnyNode, addr, method, uri, None, &[])
+            .await
+    }
+
+    async fn call(
+        &self,
+        expect: tls::Expect,
+        addr: &str,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, Bytes), CallError> {
         let conn = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            match pool.iter().position(|c| c.target().to_string() == addr) {
-                Some(i) => pool.swap_remove(i),
-                None => Conn::new(self.target(addr)),
+            match pool
+                .iter()
+                .position(|(e, c)| *e == expect && c.target().to_string() == addr)
+            {
+                Some(i) => pool.swap_remove(i).1,
+                None => {
+                    let config = match expect {
+                        tls::Expect::Manager => self.client_tls.read(),
+                        tls::Expect::AnyNode => self.any_node_tls.read(),
+                    };
+                    Conn::new(Target::Tls {
+                        addr: addr.to_string(),
+                        config: config.unwrap_or_else(|p| p.into_inner()).clone(),
+                    })
+                }
             }
         };
         let mut conn = conn;
@@ -467,10 +537,15 @@ impl Joined {
         if res.is_ok() {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() < 128 {
-                pool.push(conn);
+                pool.push((expect, conn));
             }
         }
         res
+    }
+
+    /// The role this node's own certificate names.
+    pub fn own_role(&self) -> tls::CertRole {
+        *self.own_role.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a renewed certificate (and its key) into use for new
@@ -479,60 +554,19 @@ impl Joined {
         let mut id = self.identity();
         id.cert_pem = cert_pem;
         id.key_pem = key_pem;
-        let client = tls::client_config(&id)?;
+        let role = tls::cert_role(&id.cert_pem)?;
+        let client = tls::client_config(&id, tls::Expect::Manager)?;
+        let any = tls::client_config(&id, tls::Expect::AnyNode)?;
         let server = tls::server_config(&id)?;
         save_identity(&self.dir, &id, &self.persisted())?;
         *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = client;
+        *self.any_node_tls.write().unwrap_or_else(|p| p.into_inner()) = any;
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server;
+        *self.own_role.lock().unwrap_or_else(|p| p.into_inner()) = role;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = id;
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
-}
-
-async fn serve_tls(d: Arc<Daemon>, j: Arc<Joined>, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let config = j
-            .server_tls
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let d = d.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else {
-                return;
-            };
-            let caller = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| match tls::peer_node_id(c) {
-                    Some(id) => Caller::Node(id),
-                    None => Caller::Anonymous,
-                })
-                .unwrap_or(Caller::Anonymous);
-            serve_conn(d, caller, TokioIo::new(tls)).await;
-        });
-    }
-}
-
-async fn serve_conn<S>(d: Arc<Daemon>, caller: Caller, io: TokioIo<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |req| {
-        let d = d.clone();
-        async move { Ok::<_, std::convert::Infallible>(api::handle(d, caller, req).await) }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, svc)
-        .await;
 }
 
 /// Heartbeats to a manager; on failure the next known manager is tried.
@@ -617,19 +651,27 @@ async fn session(j: Arc<Joined>) {
                 tracing::warn!(error = %format!("{e:#}"), "resetting the Raft state");
             }
         }
-        if let Err(e) = renew_if_due(&j, c, r.cert_expiry_s).await {
+        // A promotion or demotion re-issues the certificate with the role
+        // the state now gives this node.
+        let role_changed = tls::CertRole::from(r.role) != j.own_role();
+        if let Err(e) = renew_if_due(&j, c, r.cert_expiry_s, role_changed).await {
             tracing::warn!(error = %format!("{e:#}"), "renewing the node certificate");
         }
     }
 }
 
 /// Renews the node certificate once half of its lifetime is gone.
-async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Result<()> {
+async fn renew_if_due(
+    j: &Joined,
+    c: &mut Conn,
+    lifetime_s: u64,
+    role_changed: bool,
+) -> anyhow::Result<()> {
     let left =
         tls::not_after(&j.identity().cert_pem)? - time::OffsetDateTime::now_utc().unix_timestamp();
     // Also renewed when it outlives the current setting (a shorter
     // `--cert-expiry` from `swarm update` takes effect at once).
-    if left > (lifetime_s / 2) as i64 && left <= lifetime_s as i64 {
+    if !role_changed && left > (lifetime_s / 2) as i64 && left <= lifetime_s as i64 {
         return Ok(());
     }
     let (key, csr) = tls::new_key_and_csr()?;
@@ -648,7 +690,7 @@ async fn renew_if_due(j: &Joined, c: &mut Conn, lifetime_s: u64) -> anyhow::Resu
     }
     let r: api::RenewReply = serde_json::from_slice(&b)?;
     j.set_certificate(r.cert_pem, key)?;
-    tracing::info!("node certificate renewed");
+    tracing::info!(role = j.own_role().ou(), "node certificate renewed");
     Ok(())
 }
 
@@ -820,17 +862,13 @@ pub async fn run(
     }
     tracing::info!(socket = %cfg.socket.display(), "ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    let stop = async move {
         tokio::select! {
-            acc = unix.accept() => {
-                if let Ok((s, _)) = acc {
-                    tokio::spawn(serve_conn(d.clone(), Caller::Local, TokioIo::new(s)));
-                }
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-    }
+    };
+    crate::server::serve_unix(crate::api::router(d.clone()), unix, stop).await;
     let _ = std::fs::remove_file(&cfg.socket);
     d.stop().await;
     Ok(())

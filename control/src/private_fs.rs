@@ -117,7 +117,9 @@ mod tests {
         assert_eq!(mode(&d.join("a")), 0o700);
         assert_eq!(mode(&d.join("a/b/store")), 0o600);
         assert_eq!(mode(&d.join("a/run")), 0o700);
-        assert!(changed.iter().any(|(p, m)| p.ends_with("store") && *m == 0o644));
+        assert!(changed
+            .iter()
+            .any(|(p, m)| p.ends_with("store") && *m == 0o644));
         // Nothing left to change.
         assert!(tighten(&d).unwrap().is_empty());
         write_private(&d.join("f"), b"x").unwrap();

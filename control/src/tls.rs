@@ -1,6 +1,10 @@
 //! The cluster's PKI: a root CA made at `swarm init`, node certificates
-//! issued on join (CN = node id, SAN = `apiary-node`), join tokens carrying
-//! the CA digest, and rustls configurations for mutual TLS.
+//! issued on join (CN = node id, OU = its role, SAN = `apiary-node`),
+//! client certificates for remote administration (CN = a name, OU =
+//! `swarm-client`), join tokens carrying the CA digest, and rustls
+//! configurations for mutual TLS. A client that talks to a manager checks
+//! the manager role in the server's certificate, so a worker on the path
+//! cannot pose as one.
 
 use std::sync::Arc;
 
@@ -16,6 +20,49 @@ use sha2::{Digest, Sha256};
 
 /// Every node certificate names this; peers are told apart by CN.
 pub const SERVER_NAME: &str = "apiary-node";
+
+/// What a certificate lets its holder be, in its OU (as Swarm's
+/// `swarm-manager` / `swarm-worker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CertRole {
+    Manager,
+    Worker,
+    /// Remote administration (`apiary swarm ca issue-client`): the
+    /// user-facing API only, never a Raft or node endpoint.
+    Client,
+}
+
+impl CertRole {
+    pub fn ou(self) -> &'static str {
+        match self {
+            CertRole::Manager => "swarm-manager",
+            CertRole::Worker => "swarm-worker",
+            CertRole::Client => "swarm-client",
+        }
+    }
+
+    fn from_ou(ou: &str) -> Option<Self> {
+        [CertRole::Manager, CertRole::Worker, CertRole::Client]
+            .into_iter()
+            .find(|r| r.ou() == ou)
+    }
+}
+
+impl From<crate::model::Role> for CertRole {
+    fn from(r: crate::model::Role) -> Self {
+        match r {
+            crate::model::Role::Manager => CertRole::Manager,
+            crate::model::Role::Worker => CertRole::Worker,
+        }
+    }
+}
+
+/// Who a peer's certificate says it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PeerCert {
+    Node { id: u64, role: CertRole },
+    Client { name: String },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -81,26 +128,90 @@ pub fn new_key_and_csr() -> Result<(String, String), TlsError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
-/// Signs a node certificate for the CSR's key. The subject comes from the
-/// manager, never from the CSR.
+/// Signs a node certificate for the CSR's key. The subject (id and role)
+/// comes from the manager's state, never from the CSR.
 pub fn sign_node(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     csr_pem: &str,
     node_id: u64,
+    role: crate::model::Role,
+    validity_s: u64,
+) -> Result<String, TlsError> {
+    sign(
+        ca_cert_pem,
+        ca_key_pem,
+        csr_pem,
+        &crate::model::show_id(node_id),
+        role.into(),
+        validity_s,
+    )
+}
+
+/// Longest a client name may be (it is the certificate's CN).
+pub const MAX_CLIENT_NAME: usize = 64;
+
+/// Client names: what `swarm ca issue-client NAME` accepts. Never 16 hex
+/// digits, so a client is never mistaken for a node.
+pub fn valid_client_name(name: &str) -> Result<(), String> {
+    let ok = (1..=MAX_CLIENT_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !(name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid client name {name:?}: use 1 to {MAX_CLIENT_NAME} letters, digits, '-', '_', '.' or '@', starting with a letter or digit (and not 16 hex digits, which name nodes)"
+        ))
+    }
+}
+
+/// Signs a client certificate (remote administration) for the CSR's key.
+pub fn sign_client(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    name: &str,
+    validity_s: u64,
+) -> Result<String, TlsError> {
+    valid_client_name(name).map_err(TlsError::Pem)?;
+    sign(
+        ca_cert_pem,
+        ca_key_pem,
+        csr_pem,
+        name,
+        CertRole::Client,
+        validity_s,
+    )
+}
+
+fn sign(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    cn: &str,
+    role: CertRole,
     validity_s: u64,
 ) -> Result<String, TlsError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
     let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
     let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, cn);
     p.distinguished_name
-        .push(DnType::CommonName, crate::model::show_id(node_id));
-    p.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+        .push(DnType::OrganizationalUnitName, role.ou());
+    if role == CertRole::Client {
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    } else {
+        p.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+    }
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
     p.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(validity_s as i64);
@@ -109,11 +220,43 @@ pub fn sign_node(
     Ok(csr.signed_by(&issuer)?.pem())
 }
 
-/// The node id in a peer's certificate (its CN), if it has one.
-pub fn peer_node_id(cert: &CertificateDer<'_>) -> Option<u64> {
+/// Who a (CA-verified) peer certificate names: a node by its id (CN, 16
+/// hex digits) and role (OU), or a client by name. A certificate with
+/// neither role nor a valid subject names nobody.
+pub fn peer_cert(cert: &CertificateDer<'_>) -> Option<PeerCert> {
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = x.subject().iter_common_name().next()?.as_str().ok()?;
-    u64::from_str_radix(cn, 16).ok()
+    let mut ous = x.subject().iter_organizational_unit();
+    let role = CertRole::from_ou(ous.next()?.as_str().ok()?)?;
+    if ous.next().is_some() {
+        return None;
+    }
+    match role {
+        CertRole::Client => {
+            valid_client_name(cn).ok()?;
+            Some(PeerCert::Client {
+                name: cn.to_string(),
+            })
+        }
+        _ if cn.len() == 16 => Some(PeerCert::Node {
+            id: u64::from_str_radix(cn, 16).ok()?,
+            role,
+        }),
+        _ => None,
+    }
+}
+
+/// The role in a PEM certificate (this node's own).
+pub fn cert_role(cert_pem: &str) -> Result<CertRole, TlsError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("node certificate: {e}")))?;
+    match peer_cert(&der) {
+        Some(PeerCert::Node { role, .. }) => Ok(role),
+        Some(PeerCert::Client { .. }) => Ok(CertRole::Client),
+        None => Err(TlsError::Pem(
+            "the certificate names no role (issued before roles were): leave the swarm and join again".into(),
+        )),
+    }
 }
 
 /// Seconds since the epoch when the certificate stops being valid.
@@ -157,21 +300,108 @@ pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(c))
 }
 
+/// Whom a client expects at the other end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// A manager: sessions, forwarding, Raft, joins, renewals, remote CLIs.
+    Manager,
+    /// Any node of the swarm (a manager asking a worker for task logs).
+    AnyNode,
+}
+
 /// Daemon-to-daemon and CLI-to-manager: verify the server against the
-/// cluster CA and present our own certificate.
-pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
+/// cluster CA (and its role, see [`Expect`]) and present our own
+/// certificate.
+pub fn client_config(id: &Identity, expect: Expect) -> Result<Arc<ClientConfig>, TlsError> {
     let c = ClientConfig::builder()
-        .with_root_certificates(roots(&id.ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(RoleVerifier::new(&id.ca_pem, expect)?)
         .with_client_auth_cert(certs(&id.cert_pem)?, key(&id.key_pem)?)?;
     Ok(Arc::new(c))
 }
 
-/// Joining: trust the CA whose digest the token carries, no client cert yet.
+/// Joining: trust the CA whose digest the token carries and only a
+/// manager's certificate; no client certificate yet.
 pub fn join_config(ca_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let c = ClientConfig::builder()
-        .with_root_certificates(roots(ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(RoleVerifier::new(ca_pem, Expect::Manager)?)
         .with_no_client_auth();
     Ok(Arc::new(c))
+}
+
+/// The CA's verification (chain, time, name `apiary-node`), then the role.
+#[derive(Debug)]
+struct RoleVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expect: Expect,
+}
+
+impl RoleVerifier {
+    fn new(ca_pem: &str, expect: Expect) -> Result<Arc<Self>, TlsError> {
+        let inner = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots(ca_pem)?))
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(Arc::new(Self { inner, expect }))
+    }
+}
+
+impl ServerCertVerifier for RoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let role = match peer_cert(end_entity) {
+            Some(PeerCert::Node { role, .. }) => role,
+            _ => {
+                return Err(rustls::Error::General(
+                    "the server's certificate names no node of this swarm".into(),
+                ))
+            }
+        };
+        match (self.expect, role) {
+            (Expect::Manager, CertRole::Manager) | (Expect::AnyNode, CertRole::Manager | CertRole::Worker) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::General(format!(
+                "the server's certificate is a {} certificate, not a manager's: it cannot answer for the swarm",
+                role.ou()
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Only for fetching the CA certificate before a join: the certificate is
@@ -296,9 +526,16 @@ mod tests {
     fn issued_certificate_names_the_node_and_chains_to_the_ca() {
         let (ca, ca_key) = new_ca("c1").unwrap();
         let (key, csr) = new_key_and_csr().unwrap();
-        let cert = sign_node(&ca, &ca_key, &csr, 0xfeed, 3600).unwrap();
+        let cert = sign_node(&ca, &ca_key, &csr, 0xfeed, crate::model::Role::Worker, 3600).unwrap();
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-        assert_eq!(peer_node_id(&der), Some(0xfeed));
+        assert_eq!(
+            peer_cert(&der),
+            Some(PeerCert::Node {
+                id: 0xfeed,
+                role: CertRole::Worker
+            })
+        );
+        assert_eq!(cert_role(&cert).unwrap(), CertRole::Worker);
         let id = Identity {
             node_id: 0xfeed,
             ca_pem: ca.clone(),
@@ -306,7 +543,7 @@ mod tests {
             key_pem: key,
         };
         server_config(&id).unwrap();
-        client_config(&id).unwrap();
+        client_config(&id, Expect::Manager).unwrap();
         let left = not_after(&cert).unwrap() - time::OffsetDateTime::now_utc().unix_timestamp();
         assert!((3500..=3600).contains(&left), "{left}");
         assert_eq!(ca_digest(&ca).unwrap().len(), 64);

@@ -61,6 +61,12 @@ pub struct DaemonArgs {
     /// Docker Engine's API socket, for docker tasks.
     #[arg(long, default_value = "/var/run/docker.sock")]
     pub docker_socket: String,
+    /// Swarm mode: open connections the TLS API accepts in all.
+    #[arg(long, default_value_t = control::server::Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Swarm mode: open connections the TLS API accepts from one address.
+    #[arg(long, default_value_t = control::server::Limits::default().max_per_peer)]
+    pub max_connections_per_peer: usize,
 }
 
 /// Swarm mode: the control plane (Raft member, API, session).
@@ -95,7 +101,13 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         hostname,
         snapshot_every: args.raft_snapshot_every,
         wg_public_key: Some(wg_key.get_public().to_base64()),
+        limits: control::server::Limits {
+            max_connections: args.max_connections,
+            max_per_peer: args.max_connections_per_peer,
+            ..control::server::Limits::default()
+        },
     };
+    raise_open_files(args.max_connections);
     // The node's runtime (tasks, data plane, overlay) is a plain thread
     // fed by the control plane; it keeps the tasks running over a restart.
     let (data, cgroups, socket) = (
@@ -117,6 +129,30 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = runtime.join();
     res
+}
+
+/// Every connection is a file descriptor: the soft limit (often 1024) is
+/// raised toward the hard one so the connection cap, not the limit, is
+/// what refuses a flood.
+fn raise_open_files(connections: usize) {
+    let want = (connections as u64).saturating_add(1024);
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < want => {
+            let to = want.min(hard);
+            if let Err(e) =
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, to, hard)
+            {
+                tracing::warn!(error = %e, "raising the open-files limit");
+            } else if to < want {
+                tracing::warn!(
+                    limit = to,
+                    connections,
+                    "the open-files limit is below what --max-connections needs"
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The data dir is private (0700, its files 0600): it holds the node's

@@ -71,11 +71,14 @@ pub struct NodeState {
 /// follower waits for the leader when it forwards).
 const LONG_POLL: Duration = Duration::from_secs(4);
 
-pub async fn state(j: &Joined, node: NodeId, query: &str) -> Reply {
-    let since = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("since="))
-        .and_then(|v| v.parse::<u64>().ok());
+#[derive(Deserialize, Debug, Default)]
+pub struct StateQuery {
+    /// The `version` of the last answer: wait for a newer one.
+    pub since: Option<u64>,
+}
+
+pub async fn state(j: &Joined, node: NodeId, q: StateQuery) -> Reply {
+    let since = q.since;
     let m = j.manager();
     if let Some(since) = since {
         let mut changes = m.sm.changes.subscribe();

@@ -2,6 +2,7 @@
 //! the leader.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,7 @@ use crate::model::{
     now_ms, show_id, Availability, Command, Node, NodeId, NodeUpdate, Role, Status,
 };
 use crate::node::Joined;
+use crate::tls::CertRole;
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct NodeView {
@@ -138,6 +140,15 @@ pub async fn update(j: &Joined, name: &str, req: UpdateRequest) -> Reply {
     ok(&show_id(n.id))
 }
 
+/// How long a promotion waits for the node to present its manager
+/// certificate (it renews at its next heartbeat).
+const PROMOTE_CERT_WAIT: Duration = Duration::from_secs(15);
+
+/// `node promote`: the role changes in the state first, the node renews
+/// its certificate as a manager's (only then does it open its Raft
+/// endpoint, and only then do the other managers accept its messages), and
+/// joins Raft as a learner, then a voter. If any step fails, it stays a
+/// worker.
 pub async fn promote(j: &Joined, name: &str) -> Reply {
     let n = find(j, name)?;
     if n.role == Role::Manager && j.manager().voters().contains(&n.id) {
@@ -149,18 +160,46 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
             n.hostname
         )));
     }
-    // Membership first: if the node cannot catch up, its role stays as it was.
-    if let Err(e) = j.manager().add_voter(n.id, &n.addr).await {
+    let set_role = |role| Command::SetRole {
+        id: n.id,
+        role,
+        at: now_ms(),
+    };
+    // Judged by heartbeats from now on: an entry from before a demotion
+    // must not pass for the new certificate.
+    j.cert_roles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&n.id);
+    j.manager().write(set_role(Role::Manager)).await?;
+    let joined_raft = async {
+        let deadline = tokio::time::Instant::now() + PROMOTE_CERT_WAIT;
+        loop {
+            let role = j
+                .cert_roles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&n.id)
+                .copied();
+            if role == Some(CertRole::Manager) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} did not present a manager's certificate within {} s: is its daemon running and reaching the managers?",
+                    n.hostname,
+                    PROMOTE_CERT_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        j.manager().add_voter(n.id, &n.addr).await
+    };
+    if let Err(e) = joined_raft.await {
         let _ = j.manager().remove_voter(n.id).await;
+        let _ = j.manager().write(set_role(Role::Worker)).await;
         return Err(e);
     }
-    j.manager()
-        .write(Command::SetRole {
-            id: n.id,
-            role: Role::Manager,
-            at: now_ms(),
-        })
-        .await?;
     ok(&format!(
         "Node {} promoted to a manager in the swarm.",
         show_id(n.id)

@@ -297,33 +297,8 @@ pub struct TaskLog {
 }
 
 /// A task's output on this node, for the leader gathering `service logs`
-/// (a manager's certificate, or the local socket).
-pub async fn node_logs(j: &Joined, caller: super::Caller, task: &str) -> Reply {
-    match caller {
-        super::Caller::Local => {}
-        super::Caller::Node(id) => {
-            // A worker knows the managers from its heartbeats; a manager
-            // from its own copy of the state.
-            let manager = j
-                .manager_ids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&id)
-                || j.manager().sm.read(|a| {
-                    a.state.nodes.get(&id).map(|n| n.role) == Some(crate::model::Role::Manager)
-                });
-            if !manager {
-                return Err(ApiError::Forbidden(format!(
-                    "node {id:016x} is not a manager: task logs go to managers only"
-                )));
-            }
-        }
-        super::Caller::Anonymous => {
-            return Err(ApiError::Unauthorized(
-                "a manager's certificate of this swarm is required".into(),
-            ))
-        }
-    }
+/// (callers checked by [`super::ManagerCaller`]).
+pub async fn node_logs(j: &Joined, task: &str) -> Reply {
     let agent = j
         .agent()
         .ok_or_else(|| ApiError::NotFound("this daemon runs no tasks".into()))?;
@@ -368,13 +343,7 @@ pub async fn logs(j: &Joined, name: &str) -> Reply {
                 }
             } else {
                 match j
-                    .call_leader(
-                        &addr,
-                        hyper::Method::GET,
-                        &format!("/v1/node/logs/{id}"),
-                        None,
-                        &[],
-                    )
+                    .call_node(&addr, hyper::Method::GET, &format!("/v1/node/logs/{id}"))
                     .await
                 {
                     Ok((s, b)) if s.is_success() => serde_json::from_slice::<NodeLogs>(&b)

@@ -131,7 +131,14 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     let node_id = tls::random_u64();
     let (ca_pem, ca_key) = tls::new_ca(&cluster_id)?;
     let (key_pem, csr) = tls::new_key_and_csr()?;
-    let cert_pem = tls::sign_node(&ca_pem, &ca_key, &csr, node_id, settings.cert_expiry_s)?;
+    let cert_pem = tls::sign_node(
+        &ca_pem,
+        &ca_key,
+        &csr,
+        node_id,
+        Role::Manager,
+        settings.cert_expiry_s,
+    )?;
     let id = Identity {
         node_id,
         ca_pem: ca_pem.clone(),
@@ -452,6 +459,7 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         &cluster.ca_key_pem,
         &req.csr_pem,
         node_id,
+        role,
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
@@ -478,9 +486,9 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
 }
 
 /// On the leader: a node that joined with a manager token is ready for Raft.
-pub async fn activate(j: &Joined, id: u64) -> Reply {
+pub async fn activate(j: &Joined, id: u64, cert: tls::CertRole) -> Reply {
     let node = j.manager().sm.read(|a| a.state.nodes.get(&id).cloned());
-    let Some(n) = node.filter(|n| n.role == Role::Manager) else {
+    let Some(n) = node.filter(|n| n.role == Role::Manager && cert == tls::CertRole::Manager) else {
         return Err(ApiError::Forbidden(format!(
             "node {} did not join as a manager",
             show_id(id)
@@ -513,11 +521,17 @@ pub struct HeartbeatRequest {
     pub images: Option<Vec<String>>,
 }
 
-pub async fn heartbeat(j: &Joined, id: u64, req: HeartbeatRequest) -> Reply {
+pub async fn heartbeat(j: &Joined, id: u64, cert: tls::CertRole, req: HeartbeatRequest) -> Reply {
     j.last_seen
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, std::time::Instant::now());
+    // What the node's certificate says now: a promotion waits for the
+    // renewed (manager) certificate before adding it to Raft.
+    j.cert_roles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, cert);
     if let Some(images) = req.images {
         j.images
             .lock()
@@ -573,21 +587,70 @@ pub struct RenewReply {
     pub cert_pem: String,
 }
 
+/// A renewed certificate names the role the committed state gives the node
+/// (what it asks for plays no part): promotion and demotion re-issue it.
 pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
-    let cluster = j
-        .manager()
-        .sm
-        .read(|a| a.state.cluster.clone())
-        .ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
+    let (cluster, role) = j.manager().sm.read(|a| {
+        (
+            a.state.cluster.clone(),
+            a.state.nodes.get(&id).map(|n| n.role),
+        )
+    });
+    let cluster =
+        cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
+    let role = role.ok_or_else(|| {
+        ApiError::Forbidden(format!("node {} is not part of this swarm", show_id(id)))
+    })?;
     let cert_pem = tls::sign_node(
         &cluster.ca_cert_pem,
         &cluster.ca_key_pem,
         &req.csr_pem,
         id,
+        role,
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
     ok(&RenewReply { cert_pem })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ClientCertRequest {
+    /// The certificate's CN: who the operator is (shown in logs).
+    pub name: String,
+    pub csr_pem: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ClientCertReply {
+    pub ca_pem: String,
+    pub cert_pem: String,
+}
+
+/// `swarm ca issue-client NAME`: a certificate for remote administration
+/// (`apiary --host`, later `docker --tlsverify`), signed by this manager
+/// from its copy of the CA; its role reaches the user-facing API only.
+pub async fn issue_client(j: &Joined, req: ClientCertRequest) -> Reply {
+    tls::valid_client_name(&req.name).map_err(ApiError::BadRequest)?;
+    if j.own_role() != tls::CertRole::Manager {
+        return Err(ApiError::Unavailable(super::NOT_MANAGER.into()));
+    }
+    let cluster = j
+        .manager()
+        .sm
+        .read(|a| a.state.cluster.clone())
+        .ok_or_else(|| ApiError::Unavailable(super::NOT_MANAGER.into()))?;
+    let cert_pem = tls::sign_client(
+        &cluster.ca_cert_pem,
+        &cluster.ca_key_pem,
+        &req.csr_pem,
+        &req.name,
+        cluster.settings.cert_expiry_s,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
+    ok(&ClientCertReply {
+        ca_pem: cluster.ca_cert_pem,
+        cert_pem,
+    })
 }
 
 #[derive(Serialize, Deserialize, Debug)]

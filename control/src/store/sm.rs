@@ -165,6 +165,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let applied: Applied =
             serde_json::from_slice(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        // The data must be what its meta says it is: a snapshot claiming one
+        // point of the log while holding the state of another would make
+        // this member skip or repeat entries.
+        if applied.last_applied != meta.last_log_id || applied.membership != meta.last_membership {
+            return Err(sm_err(
+                ErrorVerb::Read,
+                std::io::Error::other(format!(
+                    "snapshot {} does not match its meta (its data is at {:?}, its meta says {:?})",
+                    meta.snapshot_id, applied.last_applied, meta.last_log_id
+                )),
+            ));
+        }
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,

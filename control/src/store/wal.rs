@@ -144,7 +144,9 @@ impl Wal {
                     break;
                 }
                 let crc = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().expect("4 bytes"));
-                let body = bytes.get(off + 8..off + 8 + len).filter(|_| len <= MAX_RECORD);
+                let body = bytes
+                    .get(off + 8..off + 8 + len)
+                    .filter(|_| len <= MAX_RECORD);
                 let good = body.filter(|b| crc32fast::hash(b) == crc);
                 let Some(body) = good else {
                     if last_segment && torn(&bytes, off + 8, len) {
@@ -160,7 +162,10 @@ impl Wal {
                     ));
                 };
                 let e = serde_json::from_slice::<Entry>(body).map_err(|e| {
-                    corrupt(off, format!("a record with a good checksum does not decode: {e}"))
+                    corrupt(
+                        off,
+                        format!("a record with a good checksum does not decode: {e}"),
+                    )
                 })?;
                 // A later record for an index replaces the earlier one and
                 // everything after it (a truncate that reached the disk
@@ -172,7 +177,8 @@ impl Wal {
             }
             if let Some(at) = torn_at {
                 tracing::warn!(segment = %path.display(), at, "Raft log ends in a record a crash cut short (never acknowledged); cut there");
-                file.write_all_at(&[0u8; 8], at as u64).map_err(ioe(&path))?;
+                file.write_all_at(&[0u8; 8], at as u64)
+                    .map_err(ioe(&path))?;
                 file.sync_data().map_err(ioe(&path))?;
             }
             wal.segments.push(Segment {
@@ -381,7 +387,11 @@ mod tests {
         // One bit of entry 2's body flips: every byte was written, so this
         // is damage, not a crash mid-write; entries 3-5 follow it.
         let seg = d.join(seg_name(1));
-        let f = OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, off + 3).unwrap();
         f.write_all_at(&[b[0] ^ 0x04], off + 3).unwrap();

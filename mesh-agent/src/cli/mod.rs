@@ -18,7 +18,8 @@ pub struct Connect {
     /// A remote manager (IP[:PORT]) instead of the local daemon; needs --tls-dir.
     #[arg(short = 'H', long, global = true)]
     pub host: Option<String>,
-    /// Certificates for --host: ca.pem, node.pem, node.key of a manager
+    /// Certificates for --host: ca.pem, cert.pem, key.pem from `swarm ca
+    /// issue-client` (or a manager's ca.pem, node.pem, node.key)
     /// [default: /var/lib/apiary/control/tls].
     #[arg(long, global = true)]
     pub tls_dir: Option<PathBuf>,

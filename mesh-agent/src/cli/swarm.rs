@@ -5,9 +5,10 @@ use std::time::Duration;
 use hyper::Method;
 
 use super::Connect;
+use anyhow::Context;
 use control::api::{
-    InitReply, InitRequest, LeaveRequest, LocalJoinRequest, RotateRequest, SettingsChange,
-    SwarmView,
+    ClientCertReply, ClientCertRequest, InitReply, InitRequest, LeaveRequest, LocalJoinRequest,
+    RotateRequest, SettingsChange, SwarmView,
 };
 use control::model::Role;
 
@@ -60,6 +61,26 @@ pub enum SwarmCmd {
         /// Leave even as a manager whose departure may cost the quorum.
         #[arg(short, long)]
         force: bool,
+    },
+    /// The swarm's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CaCmd {
+    /// Issue a client certificate for remote administration
+    /// (`apiary --host IP --tls-dir DIR`; Docker's --tlsverify layout), on
+    /// a manager's own socket. It reaches the managers' user-facing API,
+    /// never a Raft or node endpoint, until it expires (--cert-expiry).
+    IssueClient {
+        /// Who holds it (its CN).
+        name: String,
+        /// Where to write ca.pem, cert.pem and key.pem (created 0700).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -203,6 +224,37 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                     super::format_duration(s.cert_expiry_s * 1000)
                 );
                 println!("Task history limit:  {}", s.task_history_limit);
+            }
+            SwarmCmd::Ca {
+                cmd: CaCmd::IssueClient { name, out },
+            } => {
+                // The key never leaves this machine: the manager signs a CSR.
+                let (key_pem, csr_pem) = control::tls::new_key_and_csr()?;
+                let r: ClientCertReply = c
+                    .call(
+                        Method::POST,
+                        "/v1/swarm/ca/issue-client",
+                        Some(&ClientCertRequest {
+                            name: name.clone(),
+                            csr_pem,
+                        }),
+                    )
+                    .await?;
+                control::private_fs::create_private_dir(&out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+                for (f, text) in [
+                    ("ca.pem", &r.ca_pem),
+                    ("cert.pem", &r.cert_pem),
+                    ("key.pem", &key_pem),
+                ] {
+                    let p = out.join(f);
+                    control::private_fs::write_private(&p, text.as_bytes())
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                println!(
+                    "Client certificate for {name} written to {} (ca.pem, cert.pem, key.pem).",
+                    out.display()
+                );
             }
             SwarmCmd::Leave { force } => {
                 let msg: String = c

@@ -1,0 +1,512 @@
+//! Who may call what. The transport names the caller ([`Caller`]: the unix
+//! socket, or the role and id in a CA-signed client certificate); each
+//! route's extractor checks that caller against the committed cluster
+//! state before anything else of the request is read. A role claim is
+//! believed only when the certificate and the state agree: a demoted
+//! manager keeps its old certificate until it expires, but not its rights.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::http::request::Parts;
+use hyper::Method;
+
+use super::{ApiError, Reply, BODY_LIMIT, JOIN_BODY_LIMIT, NOT_IN_SWARM, NOT_MANAGER};
+use crate::model::{show_id, NodeId, Role};
+use crate::node::{Daemon, Joined};
+use crate::raft_types::TypeConfig;
+use crate::tls::{CertRole, PeerCert};
+
+/// Who is asking, as the transport proves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The unix socket (root only).
+    Local,
+    /// A node's certificate: its id (CN) and the role it was issued for (OU).
+    Node { id: NodeId, role: CertRole },
+    /// A client certificate (`swarm ca issue-client`).
+    Client { name: String },
+    /// A TLS peer without a certificate (only joins).
+    Anonymous,
+}
+
+/// The header a manager forwards a request to the leader with, naming the
+/// caller it acts for; believed only from a manager.
+pub const FORWARDED_FOR: &str = "x-apiary-caller";
+
+impl Caller {
+    /// From a CA-verified client certificate (or none).
+    pub fn from_cert(cert: Option<&rustls::pki_types::CertificateDer<'_>>) -> Self {
+        match cert.and_then(crate::tls::peer_cert) {
+            Some(PeerCert::Node { id, role }) => Caller::Node { id, role },
+            Some(PeerCert::Client { name }) => Caller::Client { name },
+            None => Caller::Anonymous,
+        }
+    }
+
+    pub fn header(&self) -> String {
+        match self {
+            Caller::Local => "local".into(),
+            Caller::Node { id, role } => format!("node:{}:{}", show_id(*id), role.ou()),
+            Caller::Client { name } => format!("client:{name}"),
+            Caller::Anonymous => "anonymous".into(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => return Some(Caller::Local),
+            "anonymous" => return Some(Caller::Anonymous),
+            _ => {}
+        }
+        if let Some(name) = s.strip_prefix("client:") {
+            crate::tls::valid_client_name(name).ok()?;
+            return Some(Caller::Client { name: name.into() });
+        }
+        let (id, role) = s.strip_prefix("node:")?.split_once(':')?;
+        let role = [CertRole::Manager, CertRole::Worker]
+            .into_iter()
+            .find(|r| r.ou() == role)?;
+        (id.len() == 16)
+            .then(|| u64::from_str_radix(id, 16).ok())
+            .flatten()
+            .map(|id| Caller::Node { id, role })
+    }
+}
+
+/// The caller cluster routes act for: the transport's, or the one a manager
+/// forwarded for ([`cluster_gate`]).
+#[derive(Clone, Debug)]
+struct Effective(Caller);
+
+fn transport(parts: &Parts) -> Caller {
+    parts
+        .extensions
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous)
+}
+
+fn effective(parts: &Parts) -> Caller {
+    parts
+        .extensions
+        .get::<Effective>()
+        .map(|e| e.0.clone())
+        .unwrap_or_else(|| transport(parts))
+}
+
+async fn joined(d: &Daemon) -> Result<Arc<Joined>, ApiError> {
+    d.joined()
+        .await
+        .ok_or_else(|| ApiError::Unavailable(NOT_IN_SWARM.into()))
+}
+
+/// Whether node `id`, holding a certificate for `role`, is a manager: its
+/// certificate says so and so does this member's committed state (or its
+/// Raft membership, which a demotion leaves last).
+pub fn is_manager(j: &Joined, id: NodeId, role: CertRole) -> bool {
+    role == CertRole::Manager
+        && (j
+            .manager()
+            .sm
+            .read(|a| a.state.nodes.get(&id).map(|n| n.role))
+            == Some(Role::Manager)
+            || j.manager().is_member(id))
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::Unauthorized("a client certificate of this swarm is required".into())
+}
+
+/// Only the node's own unix socket.
+pub struct Local;
+
+impl FromRequestParts<Arc<Daemon>> for Local {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<Daemon>) -> Result<Self, ApiError> {
+        match transport(parts) {
+            Caller::Local => Ok(Local),
+            _ => Err(ApiError::Forbidden(
+                "this request is accepted only on the node's own unix socket".into(),
+            )),
+        }
+    }
+}
+
+/// Anyone with a certificate of the swarm (or the socket).
+pub struct Known;
+
+impl FromRequestParts<Arc<Daemon>> for Known {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<Daemon>) -> Result<Self, ApiError> {
+        match transport(parts) {
+            Caller::Anonymous => Err(unauthorized()),
+            _ => Ok(Known),
+        }
+    }
+}
+
+/// Any caller of a node that is in a swarm (the CA certificate is public:
+/// a joining node checks it against its token).
+pub struct InSwarm(pub Arc<Joined>);
+
+impl FromRequestParts<Arc<Daemon>> for InSwarm {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        Ok(InSwarm(joined(state).await?))
+    }
+}
+
+/// Cluster administration: a manager's own socket, a manager's certificate
+/// (a manager the state still says is one), or a client certificate.
+pub struct Admin(pub Arc<Joined>);
+
+impl FromRequestParts<Arc<Daemon>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        let j = joined(state).await?;
+        match effective(parts) {
+            Caller::Local | Caller::Client { .. } => Ok(Admin(j)),
+            Caller::Node { id, role } if is_manager(&j, id, role) => Ok(Admin(j)),
+            Caller::Node { .. } => Err(ApiError::Forbidden(NOT_MANAGER.into())),
+            Caller::Anonymous => Err(unauthorized()),
+        }
+    }
+}
+
+/// A node's session with the managers (heartbeats, assignments, reports,
+/// renewals): a node certificate of a node the state knows.
+pub struct Session {
+    pub j: Arc<Joined>,
+    pub id: NodeId,
+    pub role: CertRole,
+}
+
+impl FromRequestParts<Arc<Daemon>> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        let j = joined(state).await?;
+        match effective(parts) {
+            Caller::Node { id, role } => Ok(Session { j, id, role }),
+            Caller::Anonymous => Err(ApiError::Unauthorized(
+                "a node certificate of this swarm is required".into(),
+            )),
+            _ => Err(ApiError::Forbidden(
+                "only a node's own certificate may hold a node's session".into(),
+            )),
+        }
+    }
+}
+
+/// `swarm join`: anyone; the token decides.
+pub struct Joining {
+    pub j: Arc<Joined>,
+}
+
+impl FromRequestParts<Arc<Daemon>> for Joining {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        Ok(Joining {
+            j: joined(state).await?,
+        })
+    }
+}
+
+/// A request a node answers for managers only (task logs): the socket, or
+/// a manager's certificate whose id this node knows as a manager's (from
+/// its own state, or a worker from its heartbeat replies).
+pub struct ManagerCaller {
+    pub j: Arc<Joined>,
+}
+
+impl FromRequestParts<Arc<Daemon>> for ManagerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        let j = joined(state).await?;
+        match transport(parts) {
+            Caller::Local => Ok(ManagerCaller { j }),
+            Caller::Node { id, role } => {
+                let known = j
+                    .manager_ids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&id);
+                if role == CertRole::Manager && (known || is_manager(&j, id, role)) {
+                    Ok(ManagerCaller { j })
+                } else {
+                    Err(ApiError::Forbidden(format!(
+                        "node {} is not a manager: this goes to managers only",
+                        show_id(id)
+                    )))
+                }
+            }
+            Caller::Client { .. } => Err(ApiError::Forbidden(
+                "client certificates reach the managers' API only".into(),
+            )),
+            Caller::Anonymous => Err(unauthorized()),
+        }
+    }
+}
+
+/// A Raft message: only between managers. A worker runs no Raft endpoint
+/// at all; a manager accepts a peer whose certificate is a manager's and
+/// whom its membership or committed state names (a member that has neither
+/// yet, being added, accepts the managers its heartbeats named).
+pub struct RaftPeer {
+    pub j: Arc<Joined>,
+    pub id: NodeId,
+}
+
+impl FromRequestParts<Arc<Daemon>> for RaftPeer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        let j = joined(state).await?;
+        if j.own_role() != CertRole::Manager {
+            return Err(ApiError::NotFound(
+                "this node is not a manager: it runs no Raft endpoint".into(),
+            ));
+        }
+        let Caller::Node { id, role } = transport(parts) else {
+            return Err(ApiError::Forbidden(
+                "Raft messages need a manager's certificate of this swarm".into(),
+            ));
+        };
+        let m = j.manager();
+        let fresh = {
+            let metrics = m.raft.metrics();
+            let metrics = metrics.borrow();
+            let empty = metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .next()
+                .is_none();
+            empty
+        };
+        let named = fresh
+            && j.manager_ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id);
+        if role == CertRole::Manager && (is_manager(&j, id, role) || named) {
+            Ok(RaftPeer { j, id })
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "node {} is not a manager of this swarm",
+                show_id(id)
+            )))
+        }
+    }
+}
+
+/// The largest snapshot a member takes in (the state is held in memory).
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+/// An install-snapshot chunk: in order (each starts where the last one of
+/// the same snapshot ended), within [`MAX_SNAPSHOT_BYTES`]; openraft would
+/// grow its buffer to any offset it is given.
+pub async fn install_snapshot(
+    p: &RaftPeer,
+    req: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+) -> Reply {
+    let len = req.data.len() as u64;
+    {
+        let mut rx = p.j.snapshot_rx.lock().unwrap_or_else(|e| e.into_inner());
+        let expected = match &*rx {
+            Some((id, next)) if *id == req.meta.snapshot_id => *next,
+            _ => 0,
+        };
+        if req.offset != expected {
+            *rx = None;
+            return Err(ApiError::BadRequest(format!(
+                "snapshot {} chunk at offset {}: expected offset {expected} (chunks come in order)",
+                req.meta.snapshot_id, req.offset
+            )));
+        }
+        let end = req.offset.saturating_add(len);
+        if end > MAX_SNAPSHOT_BYTES {
+            *rx = None;
+            return Err(ApiError::TooLarge(format!(
+                "snapshot {} would exceed {MAX_SNAPSHOT_BYTES} bytes",
+                req.meta.snapshot_id
+            )));
+        }
+        *rx = (!req.done).then(|| (req.meta.snapshot_id.clone(), end));
+    }
+    super::ok(&p.j.manager().raft.install_snapshot(req).await)
+}
+
+/// In front of every cluster route: names the caller the route acts for,
+/// refuses what only a manager can answer on a worker, and forwards to the
+/// leader from a follower. The body is not read here unless forwarded.
+pub async fn cluster_gate(State(d): State<Arc<Daemon>>, mut req: Request, next: Next) -> Response {
+    match gate(&d, &mut req).await {
+        Ok(None) => next.run(req).await,
+        Ok(Some(forwarded)) => forwarded,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, ApiError> {
+    let j = joined(d).await?;
+    let (mut parts, body) = std::mem::take(req).into_parts();
+    let result = async {
+        let by = transport(&parts);
+        let forwarded = parts
+            .headers
+            .get(FORWARDED_FOR)
+            .map(|v| v.to_str().ok().and_then(Caller::parse));
+        let was_forwarded = forwarded.is_some();
+        let caller = match forwarded {
+            None => by.clone(),
+            Some(named) => {
+                // Only a manager forwards for others.
+                match &by {
+                    Caller::Node { id, role } if is_manager(&j, *id, *role) => {}
+                    _ => return Err(ApiError::Forbidden(NOT_MANAGER.into())),
+                }
+                named.ok_or_else(|| {
+                    ApiError::BadRequest(format!("malformed {FORWARDED_FOR} header"))
+                })?
+            }
+        };
+        let joining = parts.method == Method::POST && parts.uri.path() == "/v1/swarm/join";
+        if caller == Caller::Anonymous && !joining {
+            return Err(unauthorized());
+        }
+        if j.own_role() != CertRole::Manager {
+            // Workers hold no cluster state and speak for no manager.
+            return Err(ApiError::Unavailable(NOT_MANAGER.into()));
+        }
+        if !j.manager().is_leader() {
+            if was_forwarded {
+                return Err(ApiError::NotLeader);
+            }
+            // The leader judges a local CLI by this node's standing: a node
+            // demoted a moment ago must not keep administering.
+            let as_caller = match caller {
+                Caller::Local => Caller::Node {
+                    id: j.node_id,
+                    role: j.own_role(),
+                },
+                other => other,
+            };
+            return Ok(Some(as_caller));
+        }
+        if let Caller::Node { id, .. } = &caller {
+            let known = j.manager().sm.read(|a| a.state.nodes.contains_key(id));
+            if !known && !joining {
+                return Err(ApiError::Forbidden(format!(
+                    "node {} is not part of this swarm (it was removed): leave and join again",
+                    show_id(*id)
+                )));
+            }
+        }
+        parts.extensions.insert(Effective(caller));
+        Ok(None)
+    }
+    .await;
+    match result {
+        Err(e) => Err(e),
+        Ok(None) => {
+            *req = Request::from_parts(parts, body);
+            Ok(None)
+        }
+        Ok(Some(as_caller)) => {
+            let limit = if as_caller == Caller::Anonymous {
+                JOIN_BODY_LIMIT
+            } else {
+                BODY_LIMIT
+            };
+            let body = axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|e| ApiError::TooLarge(format!("request body: {e}")))?;
+            forward(&j, as_caller, &parts, body).await.map(Some)
+        }
+    }
+}
+
+async fn forward(
+    j: &Joined,
+    caller: Caller,
+    parts: &Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Some((_, addr)) = j.manager().leader() else {
+        return Err(ApiError::NoQuorum(
+            "the swarm has no leader: a majority of managers must be running and reachable".into(),
+        ));
+    };
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    let b = (!body.is_empty()).then(|| body.to_vec());
+    let (status, bytes) = j
+        .call_leader(
+            &addr,
+            parts.method.clone(),
+            &uri,
+            b,
+            &[(FORWARDED_FOR, caller.header())],
+        )
+        .await
+        .map_err(|e| {
+            ApiError::NoQuorum(format!(
+                "cannot reach the leader at {addr} ({e}): if a majority of managers is down, the swarm has no quorum and nothing can change until they return"
+            ))
+        })?;
+    Ok(hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(bytes))
+        .expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_callers_round_trip_and_garbage_names_nobody() {
+        for c in [
+            Caller::Local,
+            Caller::Anonymous,
+            Caller::Node {
+                id: 0xabc,
+                role: CertRole::Worker,
+            },
+            Caller::Node {
+                id: u64::MAX,
+                role: CertRole::Manager,
+            },
+            Caller::Client {
+                name: "ops@laptop".into(),
+            },
+        ] {
+            assert_eq!(Caller::parse(&c.header()), Some(c));
+        }
+        for bad in [
+            "",
+            "node:12",
+            "node:0000000000000abc:swarm-client",
+            "node:000000000000zabc:swarm-worker",
+            "client:",
+            "client:../x",
+            "root",
+        ] {
+            assert_eq!(Caller::parse(bad), None, "{bad}");
+        }
+    }
+}

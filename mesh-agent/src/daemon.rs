@@ -67,6 +67,13 @@ pub struct DaemonArgs {
     /// Swarm mode: open connections the TLS API accepts from one address.
     #[arg(long, default_value_t = control::server::Limits::default().max_per_peer)]
     pub max_connections_per_peer: usize,
+    /// Swarm mode: how long a TLS handshake may take (e.g. 5s).
+    #[arg(long, hide = true, value_parser = crate::cli::parse_duration, default_value = "5s")]
+    pub api_handshake_timeout: std::time::Duration,
+    /// Swarm mode: how long a request's headers may take, and an idle
+    /// connection may stay (e.g. 30s).
+    #[arg(long, hide = true, value_parser = crate::cli::parse_duration, default_value = "30s")]
+    pub api_header_timeout: std::time::Duration,
 }
 
 /// Swarm mode: the control plane (Raft member, API, session).
@@ -104,7 +111,8 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         limits: control::server::Limits {
             max_connections: args.max_connections,
             max_per_peer: args.max_connections_per_peer,
-            ..control::server::Limits::default()
+            handshake: args.api_handshake_timeout,
+            headers: args.api_header_timeout,
         },
     };
     raise_open_files(args.max_connections);

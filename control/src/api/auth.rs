@@ -129,6 +129,7 @@ impl FromRequestParts<Arc<Daemon>> for Local {
     async fn from_request_parts(parts: &mut Parts, _: &Arc<Daemon>) -> Result<Self, ApiError> {
         match transport(parts) {
             Caller::Local => Ok(Local),
+            Caller::Anonymous => Err(unauthorized()),
             _ => Err(ApiError::Forbidden(
                 "this request is accepted only on the node's own unix socket".into(),
             )),
@@ -270,6 +271,9 @@ impl FromRequestParts<Arc<Daemon>> for RaftPeer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+        if transport(parts) == Caller::Anonymous {
+            return Err(unauthorized());
+        }
         let j = joined(state).await?;
         if j.own_role() != CertRole::Manager {
             return Err(ApiError::NotFound(

@@ -1,0 +1,640 @@
+//! The trust model under attack, as a hostile worker, a hostile task, a
+//! host on the underlay and a local user would try it (issue 12). Each test
+//! failed against the daemon of 87141f9 (run with `APIARY_BIN` pointing at
+//! that build) and passes now.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apiary_tests::swarm::{nodes, swarm, token};
+use apiary_tests::{Lab, Ns};
+use control::raft_types::TypeConfig;
+
+/// One HTTPS request from `ns` with curl (a real client), optionally with
+/// a client certificate (`cert`, `key`): (status, body).
+fn curl(
+    ns: &Ns,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    cert: Option<(&Path, &Path)>,
+) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-sk".into(),
+        "--max-time".into(),
+        "10".into(),
+        "-X".into(),
+        method.into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some((c, k)) = cert {
+        args.extend([
+            "--cert".into(),
+            c.display().to_string(),
+            "--key".into(),
+            k.display().to_string(),
+        ]);
+    }
+    if let Some(b) = body {
+        args.extend([
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data-binary".into(),
+            b.into(),
+        ]);
+    }
+    args.push(url.into());
+    let out = ns
+        .command("curl")
+        .args(&args)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Host `h`'s node certificate and key, as its daemon keeps them.
+fn node_cert(lab: &Lab, h: usize) -> (PathBuf, PathBuf) {
+    let tls = lab.data_dir(h).join("control/tls");
+    (tls.join("node.pem"), tls.join("node.key"))
+}
+
+fn url(lab: &Lab, h: usize, path: &str) -> String {
+    format!("https://{}:2377{path}", lab.hosts[h].addr)
+}
+
+/// A Raft AppendEntries from `leader` in a high term, with no entries: what
+/// a hostile node sends first to make another follow it.
+fn append_from(leader: u64) -> String {
+    let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(1000, leader),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    serde_json::to_string(&req).unwrap()
+}
+
+fn node_id(lab: &Lab, h: usize) -> u64 {
+    let v = nodes(lab, 0).unwrap();
+    let host = format!("h{}", h + 1);
+    let id = v.iter().find(|n| n["hostname"] == host.as_str()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    u64::from_str_radix(&id, 16).unwrap()
+}
+
+#[test]
+fn hole1_a_worker_certificate_cannot_drive_another_workers_raft() {
+    // h1 manager; h2, h3 workers. h2 is hostile: it has its own (valid)
+    // worker certificate and tries to make h3 follow a Raft log of its own.
+    let lab = swarm(1, 2).unwrap();
+    let (cert, key) = node_cert(&lab, 1);
+    let h2 = node_id(&lab, 1);
+    let (status, body) = curl(
+        &lab.hosts[1].ns,
+        "POST",
+        &url(&lab, 2, "/v1/raft/append"),
+        Some(&append_from(h2)),
+        Some((&cert, &key)),
+    );
+    assert_eq!(status, 404, "a worker runs no Raft endpoint: {body}");
+    assert!(body.contains("runs no Raft endpoint"), "{body}");
+    for rpc in ["vote", "snapshot"] {
+        let (status, body) = curl(
+            &lab.hosts[1].ns,
+            "POST",
+            &url(&lab, 2, &format!("/v1/raft/{rpc}")),
+            Some("{}"),
+            Some((&cert, &key)),
+        );
+        assert_eq!(status, 404, "{rpc}: {body}");
+    }
+    // To a manager, a worker's certificate is refused before the body is
+    // even read.
+    let (status, body) = curl(
+        &lab.hosts[1].ns,
+        "POST",
+        &url(&lab, 0, "/v1/raft/append"),
+        Some(&append_from(h2)),
+        Some((&cert, &key)),
+    );
+    assert_eq!(status, 403, "{body}");
+    // h3 still follows the real manager.
+    let v = nodes(&lab, 0).unwrap();
+    assert!(v.iter().all(|n| n["status"] == "ready"), "{v:?}");
+}
+
+#[test]
+fn hole1_a_snapshot_chunk_at_a_huge_offset_is_refused_not_allocated() {
+    // Two managers: h1 (leader) sends h2 a snapshot chunk claiming to start
+    // a terabyte in. openraft would grow its buffer to the offset.
+    let lab = swarm(2, 0).unwrap();
+    let (cert, key) = node_cert(&lab, 0);
+    let h1 = node_id(&lab, 0);
+    let req = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(1000, h1),
+        meta: openraft::SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+            snapshot_id: "huge".into(),
+        },
+        offset: 1 << 40,
+        data: vec![1, 2, 3],
+        done: false,
+    };
+    let (status, body) = curl(
+        &lab.hosts[0].ns,
+        "POST",
+        &url(&lab, 1, "/v1/raft/snapshot"),
+        Some(&serde_json::to_string(&req).unwrap()),
+        Some((&cert, &key)),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("expected offset 0"), "{body}");
+    // h2 is alive and a manager still.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(nodes(&lab, 1).unwrap().len(), 2);
+}
+
+/// A TLS server on `addr` in `ns` presenting `cert`/`key`: it answers
+/// `GET /v1/ca` with `ca` (so a joining node's digest check passes) and
+/// records every other request it is sent.
+fn fake_manager(
+    ns: &Ns,
+    addr: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    ca: String,
+) -> Arc<Mutex<Vec<String>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let listener = ns
+        .run_in(move || std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            let mut buf = vec![0u8; 16384];
+            let mut got = Vec::new();
+            while let Ok(n) = tls.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if text.is_empty() {
+                // The client hung up (in the handshake, say): nothing sent.
+                continue;
+            }
+            let answer = if text.starts_with("GET /v1/ca ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{ca}",
+                    ca.len()
+                )
+            } else {
+                record.lock().unwrap().push(text);
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+            };
+            let _ = tls.write_all(answer.as_bytes());
+            let _ = tls.flush();
+        }
+    });
+    seen
+}
+
+#[test]
+fn hole1_a_worker_cannot_pose_as_a_manager_to_a_joining_node() {
+    // h2 is a hostile worker. It serves the swarm's real CA certificate
+    // (public) and its own worker certificate on another port, hoping a
+    // node will join through it and hand it the manager token.
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    lab.apiary(0, &["swarm", "init"]).out();
+    let wt = token(&lab, "worker").unwrap();
+    lab.apiary(
+        1,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &wt,
+            &lab.hosts[0].addr.to_string(),
+        ],
+    )
+    .out();
+    let ca = std::fs::read_to_string(lab.data_dir(1).join("control/tls/ca.pem")).unwrap();
+    let (cert, key) = node_cert(&lab, 1);
+    let fake: SocketAddr = format!("{}:2399", lab.hosts[1].addr).parse().unwrap();
+    let seen = fake_manager(&lab.hosts[1].ns, fake, &cert, &key, ca);
+    let manager_token = token(&lab, "manager").unwrap();
+    let err = lab
+        .apiary(
+            2,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                &manager_token,
+                &fake.to_string(),
+            ],
+        )
+        .err();
+    assert!(err.contains("not a manager's"), "{err}");
+    let leaked = seen.lock().unwrap().clone();
+    assert!(
+        leaked.iter().all(|r| !r.contains(&manager_token)),
+        "the manager token reached a worker: {leaked:?}"
+    );
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+/// Every file under `dir` is the owner's alone: directories 0700, files
+/// without group or other bits (sockets excepted: the daemon makes them
+/// 0600 itself).
+fn loose_files(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut loose = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            if mode != 0o700 {
+                loose.push((p.clone(), mode));
+            }
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                stack.push(e.path());
+            }
+        } else if mode & 0o077 != 0 {
+            loose.push((p, mode));
+        }
+    }
+    loose
+}
+
+#[test]
+fn hole2_the_daemons_files_are_private_and_loose_ones_are_tightened() {
+    let mut lab = Lab::up(1).unwrap();
+    // A data dir an older daemon (or a hand) left readable by all.
+    let data = lab.data_dir(0);
+    std::fs::create_dir_all(data.join("control")).unwrap();
+    std::fs::write(data.join("control/leftover.json"), "{}").unwrap();
+    for (p, m) in [
+        (data.clone(), 0o755),
+        (data.join("control"), 0o755),
+        (data.join("control/leftover.json"), 0o644),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    lab.start_swarm_daemon(0).unwrap();
+    lab.apiary(0, &["swarm", "init"]).out();
+    for i in 0..20 {
+        lab.apiary(0, &["kv", "put", &format!("k{i}"), "v"]).out();
+    }
+    // The Raft store, its log, the certificates and keys: all private.
+    assert!(data.join("control/raft.redb").exists());
+    assert!(data.join("control/raft-log").exists());
+    let loose = loose_files(&data);
+    assert!(loose.is_empty(), "readable by others: {loose:?}");
+    let log = std::fs::read_to_string(&lab.daemons[0].log).unwrap();
+    assert!(log.contains("made it private"), "{log}");
+}
+
+/// The routes docs/api.md lists, as `(METHOD, path)` with example values
+/// in place of `{…}` and without optional query parts.
+fn documented_routes() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md"))
+        .unwrap();
+    let mut routes = Vec::new();
+    for line in doc.lines() {
+        let Some(rest) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let Some((route, _)) = rest.split_once('`') else {
+            continue;
+        };
+        let Some((method, path)) = route.split_once(' ') else {
+            continue;
+        };
+        if !["GET", "POST", "PUT", "DELETE"].contains(&method) {
+            continue;
+        }
+        let path = path.split('[').next().unwrap().trim();
+        for p in path.split(", ") {
+            let p = p
+                .replace("{node}", "h1")
+                .replace("{service}", "nosuch")
+                .replace("{key}", "k")
+                .replace("{task}", "t1");
+            let p = if p.starts_with('/') {
+                p
+            } else {
+                // `POST /v1/raft/append`, `/v1/raft/vote`: the rest of a list.
+                continue;
+            };
+            routes.push((method.to_string(), p));
+        }
+    }
+    routes
+}
+
+#[test]
+fn hole3_every_documented_route_refuses_anonymous_and_worker_callers() {
+    let lab = swarm(1, 1).unwrap();
+    let routes = documented_routes();
+    assert!(
+        routes.len() >= 30,
+        "docs/api.md lists {}: {routes:?}",
+        routes.len()
+    );
+    let (cert, key) = node_cert(&lab, 1);
+    let client = &lab.hosts[1].ns;
+    let mut wrong = Vec::new();
+    for (method, path) in &routes {
+        let body = (method != "GET" && method != "DELETE").then_some("{}");
+        // Anonymous: only the CA certificate and the join handshake.
+        let (status, text) = curl(client, method, &url(&lab, 0, path), body, None);
+        let anon_ok = match (method.as_str(), path.as_str()) {
+            ("GET", "/v1/ca") => status == 200,
+            ("POST", "/v1/swarm/join") => status == 400,
+            _ => status == 401,
+        };
+        if !anon_ok {
+            wrong.push(format!("anonymous {method} {path}: {status} {text}"));
+        }
+        // A worker's own certificate: its session and the public parts.
+        let (status, text) = curl(
+            client,
+            method,
+            &url(&lab, 0, path),
+            body,
+            Some((&cert, &key)),
+        );
+        let session = [
+            "/v1/heartbeat",
+            "/v1/node/state",
+            "/v1/node/status",
+            "/v1/node/renew",
+        ];
+        let worker_ok = match (method.as_str(), path.as_str()) {
+            ("GET", "/v1/ca" | "/v1/info") => status == 200,
+            ("POST", "/v1/swarm/join") => status == 400,
+            (_, p) if session.contains(&p) => ![401, 403, 404].contains(&status),
+            _ => status == 403,
+        };
+        if !worker_ok {
+            wrong.push(format!("worker {method} {path}: {status} {text}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Seconds until the server closes a connection that sends `sent` and
+/// then nothing (`None`: still open after `wait`).
+fn closed_after(ns: &Ns, to: SocketAddr, sent: &'static [u8], wait: Duration) -> Option<Duration> {
+    ns.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.write_all(sent).ok()?;
+        s.set_read_timeout(Some(wait)).ok()?;
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+    })
+    .unwrap()
+}
+
+#[test]
+fn hole4_slow_and_greedy_clients_are_cut_off() {
+    let mut lab = Lab::up(1).unwrap();
+    lab.start_swarm_daemon_with(
+        0,
+        &[
+            "--max-connections-per-peer",
+            "8",
+            "--api-handshake-timeout",
+            "2s",
+            "--api-header-timeout",
+            "3s",
+        ],
+    )
+    .unwrap();
+    lab.apiary(0, &["swarm", "init"]).out();
+    let api: SocketAddr = format!("{}:2377", lab.hosts[0].addr).parse().unwrap();
+    let ns = lab.client.clone();
+    // A TLS handshake that never starts: closed at the handshake deadline.
+    let t = closed_after(&ns, api, b"", Duration::from_secs(15));
+    assert!(t.is_some_and(|t| t < Duration::from_secs(6)), "{t:?}");
+    // Headers that never end (over TLS): closed at the header deadline.
+    let out = ns
+        .command("timeout")
+        .args([
+            "20",
+            "openssl",
+            "s_client",
+            "-quiet",
+            "-connect",
+            &api.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(|mut c| {
+            let mut stdin = c.stdin.take().unwrap();
+            let _ = stdin.write_all(b"GET /v1/ca HTTP/1.1\r\nhost: x\r\n");
+            let start = Instant::now();
+            let status = c.wait().unwrap();
+            drop(stdin);
+            (start.elapsed(), status)
+        })
+        .unwrap();
+    assert!(
+        out.0 < Duration::from_secs(10),
+        "headers held open: {out:?}"
+    );
+    // A body announced larger than any limit, before authentication:
+    // refused at once, without reading it.
+    let big = lab.dir.join("big-body");
+    std::fs::write(&big, "x".repeat(200_000)).unwrap();
+    let (status, body) = curl(
+        &ns,
+        "POST",
+        &format!("https://{api}/v1/swarm/join"),
+        Some(&format!("@{}", big.display())),
+        None,
+    );
+    assert_eq!(status, 413, "{body}");
+    // Connections from one address are capped; others still get in. (The
+    // server lets go of the connections above first.)
+    std::thread::sleep(Duration::from_secs(1));
+    let held: Vec<TcpStream> = ns
+        .run_in(move || {
+            (0..20)
+                .filter_map(|_| TcpStream::connect_timeout(&api, Duration::from_secs(2)).ok())
+                .collect()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let open = held
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            matches!((&**s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert_eq!(open, 8, "connections from one peer left open");
+    let (status, _) = curl(
+        &lab.hosts[0].ns,
+        "GET",
+        &format!("https://{api}/v1/ca"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "another address is served meanwhile");
+    drop(held);
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(v.len(), 1);
+}
+
+#[test]
+fn hole4_a_client_certificate_reaches_the_api_and_nothing_else() {
+    let lab = swarm(1, 1).unwrap();
+    let dir = lab.dir.join("ops-client");
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "swarm",
+                "ca",
+                "issue-client",
+                "ops",
+                "--out",
+                dir.to_str().unwrap(),
+            ],
+        )
+        .out();
+    assert!(out.contains("ops"), "{out}");
+    assert!(loose_files(&dir).is_empty(), "{:?}", loose_files(&dir));
+    let m = lab.hosts[0].addr.to_string();
+    // From another host, as `docker --tlsverify` users lay it out.
+    let ok = lab.apiary(
+        1,
+        &[
+            "--host",
+            &m,
+            "--tls-dir",
+            dir.to_str().unwrap(),
+            "node",
+            "ls",
+        ],
+    );
+    assert!(ok.ok && ok.stdout.contains("h2"), "{}", ok.stderr);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let h1 = node_id(&lab, 0);
+    for (method, path, body) in [
+        ("POST", "/v1/raft/append".to_string(), Some(append_from(h1))),
+        ("POST", "/v1/heartbeat".to_string(), Some("{}".to_string())),
+        ("GET", "/v1/node/state".to_string(), None),
+        ("GET", "/v1/node/logs/x".to_string(), None),
+    ] {
+        let (status, text) = curl(
+            &lab.hosts[1].ns,
+            method,
+            &url(&lab, 0, &path),
+            body.as_deref(),
+            Some((&cert, &key)),
+        );
+        assert_eq!(status, 403, "{path}: {text}");
+    }
+    // A worker's address is no manager to a client either.
+    let err = lab
+        .apiary(
+            1,
+            &[
+                "--host",
+                &lab.hosts[1].addr.to_string(),
+                "--tls-dir",
+                dir.to_str().unwrap(),
+                "node",
+                "ls",
+            ],
+        )
+        .err();
+    assert!(err.contains("not a manager's"), "{err}");
+    // Names that could pass for a node id or a path are refused.
+    for bad in ["0123456789abcdef", "../x", ""] {
+        let e = lab
+            .apiary(
+                0,
+                &[
+                    "swarm",
+                    "ca",
+                    "issue-client",
+                    bad,
+                    "--out",
+                    dir.to_str().unwrap(),
+                ],
+            )
+            .err();
+        assert!(e.contains("invalid client name"), "{bad}: {e}");
+    }
+}

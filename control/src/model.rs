@@ -194,6 +194,9 @@ pub struct Node {
     /// Its CPUs and memory, as it said when it joined.
     #[serde(default)]
     pub resources: Resources,
+    /// The UDP port its overlay (WireGuard) listens on.
+    #[serde(default)]
+    pub overlay_port: Option<u16>,
 }
 
 impl Node {
@@ -212,7 +215,18 @@ impl Node {
             task_subnet: None,
             wg_public_key: None,
             resources: Resources::default(),
+            overlay_port: None,
         }
+    }
+
+    /// The IP of its API address (`10.0.0.1:2377` → `10.0.0.1`).
+    pub fn ip(&self) -> &str {
+        self.addr.rsplit_once(':').map_or(&self.addr, |(h, _)| h)
+    }
+
+    /// The port of its API address.
+    pub fn api_port(&self) -> Option<u16> {
+        self.addr.rsplit_once(':')?.1.parse().ok()
     }
 }
 
@@ -369,13 +383,8 @@ impl ClusterState {
                 self.nodes.insert(node.id, node);
             }
             Command::AddNode(node) => {
-                if let Some(net) = node.task_subnet {
-                    if let Some(o) = self.nodes.values().find(|o| o.task_subnet == Some(net)) {
-                        return Outcome::err(format!(
-                            "task subnet {net} is already node {}'s",
-                            o.hostname
-                        ));
-                    }
+                if let Err(e) = self.node_fits(&node) {
+                    return Outcome::err(e);
                 }
                 self.nodes.insert(node.id, node);
             }
@@ -451,6 +460,13 @@ impl ClusterState {
                 self.tasks.retain(|_, t| t.service != id);
             }
             Command::TaskStatus { node, reports, at } => {
+                // All or nothing: one report a node had no right to make
+                // changes none of them.
+                for r in &reports {
+                    if let Err(e) = self.report_fits(node, r) {
+                        return Outcome::err(e);
+                    }
+                }
                 for r in reports {
                     if let Some(t) = self.tasks.get_mut(&r.id).filter(|t| t.node == Some(node)) {
                         t.state = r.state;
@@ -549,9 +565,166 @@ impl ClusterState {
         }
     }
 
+    /// A joining node must not claim what another node has: its task
+    /// subnet, its WireGuard key (its peers would send it the other's
+    /// traffic) or its address; nor a port a service publishes.
+    pub fn node_fits(&self, node: &Node) -> Result<(), String> {
+        for o in self.nodes.values().filter(|o| o.id != node.id) {
+            if node.task_subnet.is_some() && o.task_subnet == node.task_subnet {
+                return Err(format!(
+                    "task subnet {} is already node {}'s",
+                    node.task_subnet.expect("checked"),
+                    o.hostname
+                ));
+            }
+            if node.wg_public_key.is_some() && o.wg_public_key == node.wg_public_key {
+                return Err(format!(
+                    "wg_public_key {} is already node {}'s: each node makes its own key (remove <data-dir>/wireguard.key on a copied machine)",
+                    node.wg_public_key.as_deref().unwrap_or(""),
+                    o.hostname
+                ));
+            }
+            if o.ip() == node.ip() {
+                return Err(format!(
+                    "addr {} is already node {}'s ({}): give this node its own address (--advertise-addr), or remove the other with `apiary node rm`",
+                    node.ip(),
+                    o.hostname,
+                    o.addr
+                ));
+            }
+        }
+        for port in node.api_port().into_iter().chain(node.overlay_port) {
+            if let Some(svc) = self
+                .services
+                .values()
+                .find(|s| s.spec.ports.iter().any(|p| p.published == port))
+            {
+                return Err(format!(
+                    "port {port} of this node (its API or overlay) is published by service {}: pick another port for the node, or unpublish it",
+                    svc.spec.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a node may report about a task: only its own, and an address
+    /// in its own task subnet that no other task holds (not the subnet's
+    /// network, gateway or broadcast address).
+    pub fn report_fits(&self, node: NodeId, r: &crate::services::TaskReport) -> Result<(), String> {
+        let Some(t) = self.tasks.get(&r.id) else {
+            // Gone meanwhile (removed with its service): nothing to change.
+            return Ok(());
+        };
+        if t.node != Some(node) {
+            return Err(format!(
+                "task {} is not assigned to node {}",
+                r.id,
+                show_id(node)
+            ));
+        }
+        let Some(a) = r.address else {
+            return Ok(());
+        };
+        let subnet = self.nodes.get(&node).and_then(|n| n.task_subnet);
+        let inside = subnet.is_some_and(|n| {
+            n.contains(&a)
+                && a != n.network()
+                && a != n.broadcast()
+                && u32::from(a) != u32::from(n.network()) + 1
+        });
+        if !inside {
+            return Err(format!(
+                "task {}: address {a} is not a task address of node {}'s subnet {}",
+                r.id,
+                show_id(node),
+                subnet
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "(none)".into())
+            ));
+        }
+        if let Some(o) = self
+            .tasks
+            .values()
+            .find(|o| o.id != r.id && o.address == Some(a) && !o.state.is_terminal())
+        {
+            return Err(format!("task {}: address {a} is task {}'s", r.id, o.id));
+        }
+        Ok(())
+    }
+
+    /// Ports a service may not publish, each with who uses it: every node
+    /// listens on them (see [`crate::services::ALWAYS_RESERVED`]).
+    pub fn reserved_ports(&self) -> BTreeMap<u16, String> {
+        let mut m: BTreeMap<u16, String> = crate::services::ALWAYS_RESERVED
+            .iter()
+            .map(|(p, what)| (*p, what.to_string()))
+            .collect();
+        for n in self.nodes.values() {
+            if let Some(p) = n.api_port() {
+                m.entry(p)
+                    .or_insert_with(|| format!("the swarm's API (node {})", n.hostname));
+            }
+            if let Some(p) = n.overlay_port {
+                m.entry(p)
+                    .or_insert_with(|| format!("the overlay (node {})", n.hostname));
+            }
+        }
+        m
+    }
+
+    /// Tasks the swarm asks for with `svc` as given (replacing its older
+    /// spec): replicated services' replicas, global ones once per node.
+    fn desired_tasks_with(&self, svc: &Service) -> u64 {
+        self.services
+            .values()
+            .filter(|o| o.id != svc.id)
+            .chain(std::iter::once(svc))
+            .map(|s| match s.spec.mode {
+                crate::services::Mode::Replicated { replicas } => replicas,
+                crate::services::Mode::Global => self.nodes.len() as u64,
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// A new or changed service must not take another's name, published
-    /// port or VIP.
+    /// port or VIP, nor a port every node listens on, nor more tasks than
+    /// the limits (checked again when applied: a request that slipped past
+    /// the API's checks cannot make a leader hold what would exhaust it).
     pub fn service_fits(&self, svc: &Service) -> Result<(), String> {
+        use crate::services::{Mode, MAX_CLUSTER_TASKS, MAX_REPLICAS, MAX_VIP_TASKS};
+        if let Mode::Replicated { replicas } = svc.spec.mode {
+            if replicas > MAX_REPLICAS {
+                return Err(format!(
+                    "replicas {replicas} is more than a service may have ({MAX_REPLICAS})"
+                ));
+            }
+            if replicas > MAX_VIP_TASKS {
+                return Err(format!(
+                    "replicas {replicas} is more than the routing mesh balances behind one service VIP ({MAX_VIP_TASKS} tasks): split it into several services"
+                ));
+            }
+        }
+        let total = self.desired_tasks_with(svc);
+        if total > MAX_CLUSTER_TASKS {
+            return Err(format!(
+                "the swarm would run {total} tasks, more than its limit of {MAX_CLUSTER_TASKS}: scale other services down first"
+            ));
+        }
+        let reserved = self.reserved_ports();
+        for p in &svc.spec.ports {
+            if let Some(what) = reserved.get(&p.published) {
+                return Err(format!(
+                    "port {} is reserved: every node uses it for {what} (reserved: {})",
+                    p.published,
+                    reserved
+                        .keys()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         for other in self.services.values().filter(|o| o.id != svc.id) {
             if other.spec.name == svc.spec.name {
                 return Err(format!("service name {} already exists", svc.spec.name));

@@ -36,6 +36,9 @@ pub struct DaemonConfig {
     pub wg_public_key: Option<String>,
     /// What the TLS listener lets its peers hold.
     pub limits: crate::server::Limits,
+    /// The UDP port this node's overlay listens on (published ports may
+    /// not take it).
+    pub overlay_port: Option<u16>,
 }
 
 /// Snapshots copy the whole state: not too often (etcd: 100k entries).

@@ -100,6 +100,17 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
         while let Ok(a) = link.assignments.try_recv() {
             latest = Some(a);
         }
+        if let Some(Some(state)) = latest.as_mut() {
+            // Ids name directories and links here: one a manager should
+            // never have made is dropped, not used.
+            state.tasks.retain(|t| {
+                let ok = control::services::valid_task_id(&t.task.id);
+                if !ok {
+                    tracing::error!(task = %t.task.id, "assignment with an invalid task id ignored");
+                }
+                ok
+            });
+        }
         match latest {
             Some(None) => {
                 waiting = None;

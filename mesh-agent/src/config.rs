@@ -266,6 +266,8 @@ impl StaticConfig {
             field,
             message,
         };
+        crate::attach::valid_task_prefix(&self.task_interface_prefix)
+            .map_err(|m| bad("task_interface_prefix".into(), m))?;
         let mut node_names = HashMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if n.name.is_empty() {

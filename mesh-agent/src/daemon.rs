@@ -108,6 +108,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         hostname,
         snapshot_every: args.raft_snapshot_every,
         wg_public_key: Some(wg_key.get_public().to_base64()),
+        overlay_port: Some(args.overlay_port),
         limits: control::server::Limits {
             max_connections: args.max_connections,
             max_per_peer: args.max_connections_per_peer,

@@ -438,6 +438,9 @@ pub fn logs(
     docker_socket: &str,
     id: &str,
 ) -> Result<(String, String), TaskError> {
+    if !crate::driver::valid_task_id(id) {
+        return Err(DriverError::BadTaskId(id.to_string()).into());
+    }
     let exec = ExecDriver::new(data_dir, PathBuf::from("apiary"), cgroup_parent);
     match exec.logs(id) {
         Err(DriverError::NoTask(_)) => {}

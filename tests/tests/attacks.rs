@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apiary_tests::swarm::{nodes, swarm, token};
+use apiary_tests::swarm::{node, nodes, swarm, token};
 use apiary_tests::{Lab, Ns};
 use control::raft_types::TypeConfig;
 
@@ -83,8 +83,7 @@ fn append_from(leader: u64) -> String {
 
 fn node_id(lab: &Lab, h: usize) -> u64 {
     let v = nodes(lab, 0).unwrap();
-    let host = format!("h{}", h + 1);
-    let id = v.iter().find(|n| n["hostname"] == host.as_str()).unwrap()["id"]
+    let id = node(&v, &format!("h{}", h + 1))["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -636,5 +635,187 @@ fn hole4_a_client_certificate_reaches_the_api_and_nothing_else() {
             )
             .err();
         assert!(e.contains("invalid client name"), "{bad}: {e}");
+    }
+}
+
+/// GET `path` on the leader (h1) with h1's own certificate: the state as
+/// the managers hold it.
+fn as_manager(lab: &Lab, path: &str) -> serde_json::Value {
+    let (cert, key) = node_cert(lab, 0);
+    let (status, body) = curl(
+        &lab.hosts[0].ns,
+        "GET",
+        &url(lab, 0, path),
+        None,
+        Some((&cert, &key)),
+    );
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn hole6_workers_and_users_cannot_poison_what_everyone_sees() {
+    let lab = swarm(1, 1).unwrap();
+    let bin = apiary_tests::apiary_bin();
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--driver",
+            "exec",
+            "--constraint",
+            "node.hostname==h2",
+            bin.to_str().unwrap(),
+            "tool",
+            "whoami",
+            "--listen",
+            "0.0.0.0:80",
+        ],
+    )
+    .out();
+    let tasks = as_manager(&lab, "/v1/services/web/tasks");
+    let task = tasks[0]["id"].as_str().unwrap().to_string();
+    let backends = |lab: &Lab| as_manager(lab, "/v1/node/state")["services"][0]["backends"].clone();
+    let before = backends(&lab);
+    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+
+    // h2 reports its task at an address of h1's subnet (to draw h1's
+    // traffic): refused whole, naming the address, nothing changed.
+    let (cert, key) = node_cert(&lab, 1);
+    let h1_subnet: ipnet::Ipv4Net = node(&nodes(&lab, 0).unwrap(), "h1")["task_subnet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let foreign = h1_subnet.hosts().nth(5).unwrap();
+    for addr in [foreign.to_string(), "10.99.0.1".into()] {
+        let report = format!(r#"[{{"id":"{task}","state":"running","address":"{addr}"}}]"#);
+        let (status, body) = curl(
+            &lab.hosts[1].ns,
+            "POST",
+            &url(&lab, 0, "/v1/node/status"),
+            Some(&report),
+            Some((&cert, &key)),
+        );
+        assert_eq!(status, 400, "{addr}: {body}");
+        assert!(
+            body.contains(&addr) && body.contains("not a task address"),
+            "{body}"
+        );
+    }
+    assert_eq!(backends(&lab), before);
+
+    // A node joining with another node's WireGuard key or address.
+    let h1_key = node(&nodes(&lab, 0).unwrap(), "h1")["wg_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wt = token(&lab, "worker").unwrap();
+    for (addr, key, field) in [
+        ("10.99.0.77:2377", h1_key.as_str(), "wg_public_key"),
+        (
+            "10.99.0.1:2399",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "addr",
+        ),
+    ] {
+        let (_, csr) = control::tls::new_key_and_csr().unwrap();
+        let req = serde_json::json!({
+            "token": wt, "csr_pem": csr, "hostname": "evil", "addr": addr, "wg_public_key": key,
+        });
+        let (status, body) = curl(
+            &lab.client,
+            "POST",
+            &url(&lab, 0, "/v1/swarm/join"),
+            Some(&req.to_string()),
+            None,
+        );
+        assert_eq!(status, 409, "{field}: {body}");
+        assert!(body.contains(field), "{body}");
+    }
+    assert_eq!(nodes(&lab, 0).unwrap().len(), 2);
+
+    // Ports every node listens on cannot be published.
+    for port in ["2377", "6390", "51820", "22"] {
+        let err = lab
+            .apiary(
+                0,
+                &[
+                    "service",
+                    "create",
+                    "--name",
+                    &format!("p{port}"),
+                    "--driver",
+                    "exec",
+                    "-p",
+                    &format!("{port}:80"),
+                    bin.to_str().unwrap(),
+                    "tool",
+                    "whoami",
+                ],
+            )
+            .err();
+        assert!(
+            err.contains(port) && err.contains("reserved"),
+            "{port}: {err}"
+        );
+    }
+    // A replica count no leader could hold is refused, naming the limit;
+    // the leader is still there.
+    let err = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "huge",
+                "--replicas",
+                "100000000",
+                "--driver",
+                "exec",
+                bin.to_str().unwrap(),
+                "tool",
+                "whoami",
+            ],
+        )
+        .err();
+    assert!(err.contains("replicas") && err.contains("50000"), "{err}");
+    let err = lab.apiary(0, &["service", "scale", "web=1000"]).err();
+    assert!(err.contains("256"), "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    let v = nodes(&lab, 0).unwrap();
+    assert!(v.iter().all(|n| n["status"] == "ready"), "{v:?}");
+    let names: Vec<String> = lab
+        .apiary(0, &["service", "ls", "-q"])
+        .out()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn hole6_a_task_id_or_interface_prefix_cannot_reach_outside_its_own() {
+    let lab = Lab::up(1).unwrap();
+    let base = lab.static_config(0, "");
+    let check = |yaml: String| {
+        let f = lab.dir.join("check.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        lab.apiary(0, &["config", "check", f.to_str().unwrap()])
+            .err()
+    };
+    for name in ["..", ".", ".x"] {
+        let err = check(format!(
+            "{base}tasks:\n  - name: \"{name}\"\n    node: h1\n    address: 10.201.1.10\n    command: [sleep, \"60\"]\n"
+        ));
+        assert!(err.contains("tasks[0].name"), "{name}: {err}");
+    }
+    for prefix in ["e", "et", "eth", "veth0", "lo"] {
+        let err = check(format!("task_interface_prefix: {prefix}\n{base}"));
+        assert!(err.contains("task_interface_prefix"), "{prefix}: {err}");
     }
 }

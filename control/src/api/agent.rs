@@ -158,26 +158,31 @@ fn host_of(addr: &str) -> String {
         .to_string()
 }
 
+/// Most task reports one request carries (an agent sends what changed).
+const MAX_REPORTS: usize = 10_000;
+
 pub async fn status(j: &Joined, node: NodeId, reports: Vec<TaskReport>) -> Reply {
-    let m = j.manager();
-    // Only the node's own tasks: a report on another's is refused whole.
-    let foreign = m.sm.read(|a| {
-        reports
-            .iter()
-            .find(|r| {
-                a.state
-                    .tasks
-                    .get(&r.id)
-                    .is_some_and(|t| t.node != Some(node))
-            })
-            .map(|r| r.id.clone())
-    });
-    if let Some(id) = foreign {
-        return Err(ApiError::Forbidden(format!(
-            "task {id} is not assigned to node {}",
-            show_id(node)
+    if reports.len() > MAX_REPORTS {
+        return Err(ApiError::BadRequest(format!(
+            "{} task reports in one request: at most {MAX_REPORTS}",
+            reports.len()
         )));
     }
+    let m = j.manager();
+    // Only the node's own tasks, each address its own: a bad report is
+    // refused whole (checked again when applied).
+    m.sm.read(|a| {
+        reports
+            .iter()
+            .try_for_each(|r| a.state.report_fits(node, r))
+    })
+    .map_err(|e| {
+        if e.contains("is not assigned to") {
+            ApiError::Forbidden(e)
+        } else {
+            ApiError::BadRequest(e)
+        }
+    })?;
     m.write(Command::TaskStatus {
         node,
         reports,

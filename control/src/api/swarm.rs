@@ -178,6 +178,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         task_subnet: first_subnet,
         wg_public_key: d.cfg.wg_public_key.clone(),
         resources: crate::model::Resources::of_this_machine(),
+        overlay_port: d.cfg.overlay_port,
         ..Node::new(
             node_id,
             d.cfg.hostname.clone(),
@@ -258,6 +259,9 @@ pub struct JoinRequest {
     pub wg_public_key: Option<String>,
     #[serde(default)]
     pub resources: crate::model::Resources,
+    /// The UDP port its overlay listens on (reserved for published ports).
+    #[serde(default)]
+    pub overlay_port: Option<u16>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -342,6 +346,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
         addr: addr.clone(),
         wg_public_key: d.cfg.wg_public_key.clone(),
         resources: crate::model::Resources::of_this_machine(),
+        overlay_port: d.cfg.overlay_port,
     })
     .expect("serializable");
     let join_tls = tls::join_config(&ca_pem)?;
@@ -454,6 +459,18 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         }
     }
     let node_id = tls::random_u64();
+    let node = Node {
+        task_subnet: Some(subnet),
+        wg_public_key: req.wg_public_key,
+        resources: req.resources,
+        overlay_port: req.overlay_port,
+        ..Node::new(node_id, req.hostname, req.addr, role, now_ms())
+    };
+    // Checked before a certificate is issued; again when applied.
+    j.manager()
+        .sm
+        .read(|a| a.state.node_fits(&node))
+        .map_err(ApiError::Conflict)?;
     let cert_pem = tls::sign_node(
         &cluster.ca_cert_pem,
         &cluster.ca_key_pem,
@@ -463,15 +480,7 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
-    let at = now_ms();
-    j.manager()
-        .write(Command::AddNode(Node {
-            task_subnet: Some(subnet),
-            wg_public_key: req.wg_public_key,
-            resources: req.resources,
-            ..Node::new(node_id, req.hostname, req.addr, role, at)
-        }))
-        .await?;
+    j.manager().write(Command::AddNode(node)).await?;
     j.last_seen
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -14,6 +14,27 @@ use crate::model::NodeId;
 
 /// Published ports a user leaves to the cluster come from here (as Swarm).
 pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Tasks one replicated service may ask for (issue 18 runs 50,000).
+pub const MAX_REPLICAS: u64 = 50_000;
+/// Tasks the whole swarm may ask for (every service's replicas, global
+/// services once per node): every new leader holds and reconciles them all.
+pub const MAX_CLUSTER_TASKS: u64 = 100_000;
+/// The routing mesh balances a service's VIP and published ports over at
+/// most this many tasks (its per-service backend table).
+pub const MAX_VIP_TASKS: u64 = mesh_common::MAX_BACKENDS_PER_SERVICE as u64;
+
+/// Ports every node listens on whatever the cluster's settings: ssh, the
+/// tasks' DNS, and Apiary's node-to-node encapsulation. Each node's API and
+/// overlay ports are reserved too (from the state, [`crate::model::ClusterState::reserved_ports`]).
+pub const ALWAYS_RESERVED: [(u16, &str); 3] = [
+    (22, "ssh"),
+    (53, "the tasks' DNS"),
+    (
+        mesh_common::DEFAULT_ENCAP_PORT,
+        "the routing mesh's encapsulation between nodes",
+    ),
+];
 /// Service VIPs (east-west load balancing) come from here.
 pub const VIP_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 16);
 
@@ -401,6 +422,16 @@ impl ServiceSpec {
     }
 }
 
+/// Task ids as agents use them in paths and link names: never `.` or `..`,
+/// no slashes, at most 64 bytes.
+pub fn valid_task_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Service and task names as Docker accepts them.
 pub fn valid_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -498,6 +529,25 @@ mod tests {
             "target=0",
         ] {
             assert!(parse_port(bad).unwrap_err().contains(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn task_ids_never_name_a_directory_above() {
+        for good in ["0123abcd", "web-a", "a.b_c"] {
+            assert!(valid_task_id(good), "{good}");
+        }
+        for bad in [
+            ".",
+            "..",
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "-x",
+            &"a".repeat(65),
+        ] {
+            assert!(!valid_task_id(bad), "{bad}");
         }
     }
 

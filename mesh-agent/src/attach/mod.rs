@@ -68,11 +68,67 @@ pub struct Attacher {
     ipam: Ipam,
 }
 
-fn valid_task_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+use control::services::valid_task_id;
+
+/// Whether `link` is a task veth's host side: the prefix and exactly the 8
+/// hex digits [`Attacher::host_if`] appends. Nothing else is ever
+/// deleted or given the task program, whatever the prefix.
+pub fn is_task_link(prefix: &str, link: &str) -> bool {
+    link.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Name starts the host's own interfaces commonly have: a task prefix
+/// may neither start with one nor be the start of one.
+const HOST_LINK_NAMES: [&str; 24] = [
+    "lo",
+    "eth",
+    "en",
+    "wl",
+    "ww",
+    "wg",
+    "docker",
+    "br",
+    "veth",
+    "virbr",
+    "vxlan",
+    "tun",
+    "tap",
+    "bond",
+    "team",
+    "vlan",
+    "ib",
+    "apiary",
+    "cali",
+    "flannel",
+    "cni",
+    "kube",
+    "tailscale",
+    "dummy",
+];
+
+/// A task interface prefix: 3 to 7 lowercase letters or digits starting
+/// with a letter (the name, with 8 hex digits after it, fits IFNAMSIZ),
+/// and not one that host interfaces' names could start with.
+pub fn valid_task_prefix(p: &str) -> Result<(), String> {
+    let shape = (3..=7).contains(&p.len())
+        && p.as_bytes()[0].is_ascii_lowercase()
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !shape {
+        return Err(format!(
+            "`{p}` must be 3 to 7 lowercase letters or digits, starting with a letter"
+        ));
+    }
+    if let Some(h) = HOST_LINK_NAMES
+        .iter()
+        .find(|h| p.starts_with(*h) || h.starts_with(p))
+    {
+        return Err(format!(
+            "`{p}` could name the host's own interfaces (`{h}…`): task veths are deleted and reprogrammed by this prefix"
+        ));
+    }
+    Ok(())
 }
 
 impl Attacher {
@@ -91,8 +147,7 @@ impl Attacher {
     }
 
     fn is_ours(&self, link: &str) -> bool {
-        link.strip_prefix(&self.cfg.prefix)
-            .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+        is_task_link(&self.cfg.prefix, link)
     }
 
     fn task_dir(&self, task: &str) -> PathBuf {

@@ -203,7 +203,7 @@ impl Dataplane {
         let mut present = HashSet::new();
         let mut added = Vec::new();
         for link in crate::netdev::links()? {
-            if !link.0.starts_with(&self.opts.task_prefix) {
+            if !crate::attach::is_task_link(&self.opts.task_prefix, &link.0) {
                 continue;
             }
             if !self.task_links.contains(&link) {

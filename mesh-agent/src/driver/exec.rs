@@ -288,6 +288,9 @@ impl TaskDriver for ExecDriver {
     }
 
     fn logs(&self, id: &str) -> Result<(String, String), DriverError> {
+        if !valid_task_id(id) {
+            return Err(DriverError::BadTaskId(id.to_string()));
+        }
         let dir = self.task_dir(id);
         if !dir.exists() {
             return Err(DriverError::NoTask(id.to_string()));
@@ -297,6 +300,10 @@ impl TaskDriver for ExecDriver {
     }
 
     fn remove(&mut self, id: &str) -> Result<(), DriverError> {
+        // The id names a directory that is deleted whole.
+        if !valid_task_id(id) {
+            return Err(DriverError::BadTaskId(id.to_string()));
+        }
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -95,9 +95,4 @@ pub trait TaskDriver {
     }
 }
 
-pub fn valid_task_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
+pub use control::services::valid_task_id;

@@ -570,10 +570,9 @@ impl ClusterState {
     /// traffic) or its address; nor a port a service publishes.
     pub fn node_fits(&self, node: &Node) -> Result<(), String> {
         for o in self.nodes.values().filter(|o| o.id != node.id) {
-            if node.task_subnet.is_some() && o.task_subnet == node.task_subnet {
+            if let Some(net) = node.task_subnet.filter(|n| o.task_subnet == Some(*n)) {
                 return Err(format!(
-                    "task subnet {} is already node {}'s",
-                    node.task_subnet.expect("checked"),
+                    "task subnet {net} is already node {}'s",
                     o.hostname
                 ));
             }

@@ -28,8 +28,9 @@ pub struct AgentLink {
     logs: LogReader,
 }
 
-/// Reads a task's (stdout, stderr) on this node; blocking.
-pub type LogReader = Arc<dyn Fn(&str) -> Result<(String, String), String> + Send + Sync>;
+/// Reads bounded chunks of a task's output on this node; blocking.
+pub type LogReader =
+    Arc<dyn Fn(&str, &crate::api::LogQuery) -> Result<crate::api::NodeLogs, String> + Send + Sync>;
 
 /// The images the node's Docker Engine has (`None`: no engine), kept by
 /// the runtime, read by the heartbeats.
@@ -68,10 +69,14 @@ impl AgentLink {
         let _ = self.assignments.send(None);
     }
 
-    /// Task `id`'s output on this node.
-    pub async fn logs(&self, id: &str) -> Result<(String, String), String> {
+    /// Task `id`'s output on this node, from where `q` says.
+    pub async fn logs(
+        &self,
+        id: &str,
+        q: crate::api::LogQuery,
+    ) -> Result<crate::api::NodeLogs, String> {
         let (read, id) = (self.logs.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || read(&id))
+        tokio::task::spawn_blocking(move || read(&id, &q))
             .await
             .map_err(|e| e.to_string())?
     }

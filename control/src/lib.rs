@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod private_fs;
 pub mod raft_types;
+pub mod recover;
 pub mod server;
 pub mod services;
 pub mod store;

@@ -793,7 +793,8 @@ mod tests {
     use super::*;
 
     fn node(id: NodeId, host: &str) -> Node {
-        Node::new(id, host.into(), "10.0.0.1:2377".into(), Role::Worker, 0)
+        let addr = format!("10.0.{}.{}:2377", (id >> 8) & 0xff, id & 0xff);
+        Node::new(id, host.into(), addr, Role::Worker, 0)
     }
 
     #[test]

@@ -61,8 +61,11 @@ fn worker() -> Role {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Info {
-    /// `inactive` or `active`.
+    /// `inactive`, `active`, or `error` (the swarm state found on disk
+    /// cannot be used: `error` says why and what to do).
     pub swarm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub node_id: Option<String>,
     pub hostname: String,
     pub addr: Option<String>,
@@ -77,6 +80,11 @@ pub struct Daemon {
     /// plane-only tests and benches).
     pub agent: Option<Arc<crate::assignments::AgentLink>>,
     joined: tokio::sync::RwLock<Option<Arc<Joined>>>,
+    /// Why the swarm state on disk could not be resumed (a damaged Raft
+    /// log, say): Raft and the TLS API stay stopped, the local socket
+    /// says this, and `swarm leave --force` or `swarm init
+    /// --force-new-cluster` are the ways out.
+    broken: std::sync::RwLock<Option<String>>,
     /// Serializes init, join and leave.
     pub lifecycle: tokio::sync::Mutex<()>,
 }
@@ -214,7 +222,7 @@ fn recover_pair(tls: &Path, ca_pem: &str) -> anyhow::Result<()> {
     }
 }
 
-fn load_identity(dir: &Path) -> anyhow::Result<Option<(Identity, Persisted)>> {
+pub fn load_identity(dir: &Path) -> anyhow::Result<Option<(Identity, Persisted)>> {
     let node = dir.join("node.json");
     if !node.exists() {
         return Ok(None);
@@ -240,6 +248,18 @@ impl Daemon {
         self.joined.read().await.clone()
     }
 
+    /// Why the swarm state on disk is not in use, if it is not.
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_broken(&self, why: Option<String>) {
+        *self.broken.write().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     pub fn control_dir(&self) -> PathBuf {
         control_dir(&self.cfg.data_dir)
     }
@@ -247,7 +267,12 @@ impl Daemon {
     pub async fn info(&self) -> Info {
         match self.joined().await {
             None => Info {
-                swarm: "inactive".into(),
+                swarm: if self.broken().is_some() {
+                    "error".into()
+                } else {
+                    "inactive".into()
+                },
+                error: self.broken(),
                 node_id: None,
                 hostname: self.cfg.hostname.clone(),
                 addr: None,
@@ -257,6 +282,7 @@ impl Daemon {
             },
             Some(j) => Info {
                 swarm: "active".into(),
+                error: None,
                 node_id: Some(show_id(j.node_id)),
                 hostname: self.cfg.hostname.clone(),
                 addr: Some(j.addr.clone()),
@@ -842,10 +868,24 @@ pub async fn run(
         cfg: cfg.clone(),
         agent,
         joined: tokio::sync::RwLock::new(None),
+        broken: std::sync::RwLock::new(None),
         lifecycle: tokio::sync::Mutex::new(()),
     });
-    if let Some((id, p)) = load_identity(&d.control_dir())? {
-        d.start(id, p).await.context("resuming swarm membership")?;
+    let resumed = match load_identity(&d.control_dir()) {
+        Ok(Some((id, p))) => d.start(id, p).await.map(|_| ()),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = resumed {
+        // The process stays up: the local socket says what is wrong and
+        // takes the way out (`swarm leave --force`, `swarm init
+        // --force-new-cluster`); tasks keep running.
+        let why = format!("{e:#}");
+        tracing::error!(
+            "the swarm state in {} cannot be used, so Raft and the cluster API are stopped: {why}",
+            d.control_dir().display()
+        );
+        d.set_broken(Some(why));
     }
     if let Some(parent) = cfg.socket.parent() {
         std::fs::create_dir_all(parent)
@@ -880,6 +920,48 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(ca: &str, ca_key: &str, id: u64) -> Identity {
+        let (key_pem, csr) = tls::new_key_and_csr().unwrap();
+        Identity {
+            node_id: id,
+            ca_pem: ca.into(),
+            cert_pem: tls::sign_node(ca, ca_key, &csr, id, Role::Worker, 3600).unwrap(),
+            key_pem,
+        }
+    }
+
+    #[test]
+    fn a_renewal_cut_short_leaves_a_certificate_with_its_own_key() {
+        let dir = std::env::temp_dir().join(format!("apiary-ident-{}", tls::random_hex(6)));
+        let (ca, ca_key) = tls::new_ca("c").unwrap();
+        let old = identity(&ca, &ca_key, 7);
+        let p = Persisted {
+            node_id: 7,
+            role: Role::Worker,
+            cluster_id: "c".into(),
+            addr: "10.0.0.1:2377".into(),
+            managers: vec![],
+        };
+        save_identity(&dir, &old, &p).unwrap();
+        let tls_dir = dir.join("tls");
+        let new = identity(&ca, &ca_key, 7);
+        // Stopped after both new files were written, before either rename.
+        write_private(&tls_dir.join(next(CERT)), &new.cert_pem).unwrap();
+        write_private(&tls_dir.join(next(KEY)), &new.key_pem).unwrap();
+        let (got, _) = load_identity(&dir).unwrap().unwrap();
+        assert_eq!(
+            (got.cert_pem, got.key_pem),
+            (new.cert_pem.clone(), new.key_pem.clone())
+        );
+        // Stopped after the new certificate only: it has no key to go with.
+        let newer = identity(&ca, &ca_key, 7);
+        write_private(&tls_dir.join(next(CERT)), &newer.cert_pem).unwrap();
+        let (got, _) = load_identity(&dir).unwrap().unwrap();
+        assert_eq!((got.cert_pem, got.key_pem), (new.cert_pem, new.key_pem));
+        assert!(!tls_dir.join(next(CERT)).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_stalled_leader_does_not_count_its_stall_against_nodes() {

@@ -649,5 +649,6 @@ fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
         memory: (run.limit.memory_bytes > 0).then(|| run.limit.memory_bytes.to_string()),
         health_cmd: run.health_cmd,
         cpus: (run.limit.nano_cpus > 0).then(|| run.limit.nano_cpus as f64 / 1e9),
+        log: t.spec.log,
     }
 }

@@ -117,6 +117,9 @@ pub struct TaskSpecConfig {
     pub health_cmd: Option<String>,
     #[serde(default)]
     pub cpus: Option<f64>,
+    /// How much output is kept: `{max_size: BYTES, max_files: N}`.
+    #[serde(default)]
+    pub log: control::services::LogOpts,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -554,6 +557,7 @@ impl StaticConfig {
                     format!("`{}` is not one of the names under `nodes`", t.node),
                 ));
             };
+            t.log.check().map_err(|m| bad(format!("{at}.log"), m))?;
             if t.command.is_empty() || t.command[0].is_empty() {
                 return Err(bad(
                     format!("{at}.command"),

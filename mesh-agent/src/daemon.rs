@@ -124,8 +124,8 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         local.cgroup_parent(),
         local.docker_socket.clone(),
     );
-    let logs: control::assignments::LogReader = Arc::new(move |id: &str| {
-        crate::tasks::logs(&data, &cgroups, &socket, id).map_err(|e| e.to_string())
+    let logs: control::assignments::LogReader = Arc::new(move |id: &str, q| {
+        crate::tasks::logs(&data, &cgroups, &socket, id, q).map_err(|e| e.to_string())
     });
     let (agent, runtime_link) = control::assignments::link(logs);
     let stop = Arc::new(AtomicBool::new(false));

@@ -175,6 +175,12 @@ enum ToolCmd {
         /// Bound over the task's /etc/resolv.conf.
         #[arg(long)]
         resolv_conf: Option<PathBuf>,
+        /// Bytes per output file before the next one starts.
+        #[arg(long, default_value_t = control::services::LogOpts::default().max_size)]
+        log_max_size: u64,
+        /// Output files kept per stream.
+        #[arg(long, default_value_t = control::services::LogOpts::default().max_files)]
+        log_max_files: u32,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -288,9 +294,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ToolCmd::Shim {
                     dir,
                     resolv_conf,
+                    log_max_size,
+                    log_max_files,
                     command,
                 },
-        } => mesh_agent::driver::shim::run(&dir, resolv_conf.as_deref(), &command),
+        } => mesh_agent::driver::shim::run(
+            &dir,
+            resolv_conf.as_deref(),
+            control::services::LogOpts {
+                max_size: log_max_size,
+                max_files: log_max_files,
+            },
+            &command,
+        ),
         Cmd::Tool {
             cmd: ToolCmd::Wireguard { interface, mtu },
         } => tool_wireguard(&interface, mtu),

@@ -327,6 +327,7 @@ impl TaskManager {
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
             health_cmd: spec.health_cmd.clone(),
             cpus: spec.cpus,
+            log: spec.log,
         }
     }
 
@@ -437,17 +438,18 @@ pub fn logs(
     cgroup_parent: &str,
     docker_socket: &str,
     id: &str,
-) -> Result<(String, String), TaskError> {
+    q: &crate::driver::LogQuery,
+) -> Result<crate::driver::NodeLogs, TaskError> {
     if !crate::driver::valid_task_id(id) {
         return Err(DriverError::BadTaskId(id.to_string()).into());
     }
     let exec = ExecDriver::new(data_dir, PathBuf::from("apiary"), cgroup_parent);
-    match exec.logs(id) {
+    match exec.logs(id, q) {
         Err(DriverError::NoTask(_)) => {}
         other => return Ok(other?),
     }
     let docker = DockerDriver::connect(docker_socket, &cgroup_parent.replace('/', "-"))?;
-    Ok(docker.logs(id)?)
+    Ok(docker.logs(id, q)?)
 }
 
 pub fn render(rows: &[TaskView]) -> String {

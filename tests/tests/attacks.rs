@@ -819,3 +819,225 @@ fn hole6_a_task_id_or_interface_prefix_cannot_reach_outside_its_own() {
         assert!(err.contains("task_interface_prefix"), "{prefix}: {err}");
     }
 }
+
+/// The record of the WAL in `dir` that holds the `n`th entry of the first
+/// segment: (file, offset of its body, length).
+fn wal_record(dir: &Path, n: usize) -> (PathBuf, u64, usize) {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    let bytes = std::fs::read(&segs[0]).unwrap();
+    let mut off = 0usize;
+    for _ in 0..n {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        assert!(len > 0, "fewer than {n} records");
+        off += 8 + len;
+    }
+    let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+    (segs[0].clone(), off as u64 + 8, len)
+}
+
+#[test]
+fn hole7_a_damaged_raft_log_stops_raft_says_where_and_keeps_a_way_out() {
+    let mut lab = Lab::up(1).unwrap();
+    lab.start_swarm_daemon(0).unwrap();
+    lab.apiary(0, &["swarm", "init"]).out();
+    for i in 0..30 {
+        lab.apiary(0, &["kv", "put", &format!("k{i}"), &format!("v{i}")])
+            .out();
+    }
+    lab.daemon(0).kill9();
+    // A bit flips in the middle of the log; every byte of it was written
+    // and acknowledged entries follow it.
+    let log_dir = lab.data_dir(0).join("control/raft-log");
+    let (file, body, len) = wal_record(&log_dir, 10);
+    let at = body + len as u64 / 2;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x08], at).unwrap();
+    }
+    lab.restart_daemon(0).unwrap();
+    // Raft is stopped (no answer from a cut log); the socket says where and
+    // what to do.
+    let err = lab.apiary(0, &["kv", "get", "k29"]).err();
+    assert!(
+        err.contains(&file.display().to_string())
+            && err.contains(&format!("byte {}", body - 8))
+            && err.contains("--force-new-cluster"),
+        "{err}"
+    );
+    assert!(lab.apiary(0, &["node", "ls"]).err().contains("damaged"));
+    // The way out keeps what came before the damage.
+    let out = lab
+        .apiary(0, &["swarm", "init", "--force-new-cluster"])
+        .out();
+    assert!(out.contains("manager"), "{out}");
+    assert_eq!(lab.apiary(0, &["kv", "get", "k1"]).out().trim(), "v1");
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["manager_status"], "leader", "{v:?}");
+    lab.apiary(0, &["kv", "put", "after", "ok"]).out();
+}
+
+#[test]
+fn hole7_a_demoted_manager_restarted_is_no_voter_again() {
+    let mut lab = swarm(3, 0).unwrap();
+    lab.apiary(0, &["node", "demote", "h3"]).out();
+    until_ok(Duration::from_secs(10), || {
+        let v = nodes(&lab, 0).ok()?;
+        (node(&v, "h3")["role"] == "worker").then_some(())
+    });
+    // Its Raft log goes once its heartbeat tells it (a fresh, empty one
+    // takes its place).
+    let log_dir = lab.data_dir(2).join("control/raft-log");
+    let segments = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "wal"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(segments(&log_dir) > 0, "a manager has a log");
+    until_ok(Duration::from_secs(10), || {
+        (segments(&log_dir) == 0).then_some(())
+    });
+    lab.daemon(2).kill9();
+    lab.restart_daemon(2).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let sock = lab.daemons[2].socket.clone().unwrap();
+    let info = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            "http://apiary/v1/info",
+        ])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["is_manager"], false, "{info}");
+    let v = nodes(&lab, 0).unwrap();
+    assert!(node(&v, "h3")["manager_status"].is_null(), "{v:?}");
+    assert_eq!(
+        v.iter().filter(|n| n["role"] == "manager").count(),
+        2,
+        "{v:?}"
+    );
+}
+
+fn until_ok<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    apiary_tests::swarm::until(timeout, f)
+        .map(|(v, _)| v)
+        .expect("condition not reached in time")
+}
+
+/// Every file under `dir` whose name starts with `prefix`.
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if e.file_name().to_string_lossy().starts_with(prefix) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hole8_task_output_is_rotated_private_and_read_in_chunks() {
+    let lab = swarm(1, 0).unwrap();
+    // 6,000 lines of 48 bytes: about 290 kB, through files of 16 kB, two kept.
+    let script = "i=0; while [ $i -lt 6000 ]; do echo \"line $i $(printf '%030d' 0)\"; i=$((i+1)); done; sleep 600";
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "chatty",
+            "--driver",
+            "exec",
+            "--log-opt",
+            "max-size=16k",
+            "--log-opt",
+            "max-file=2",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    )
+    .out();
+    let data = lab.data_dir(0);
+    let (files, _) = until_ok_with(Duration::from_secs(20), || {
+        let logs = lab.apiary(0, &["service", "logs", "chatty"]).stdout;
+        logs.contains("line 5999 ")
+            .then(|| files_named(&data, "stdout."))
+    });
+    assert!(!files.is_empty() && files.len() <= 2, "{files:?}");
+    for f in &files {
+        let meta = std::fs::metadata(f).unwrap();
+        assert!(meta.len() <= 16 << 10, "{f:?}: {}", meta.len());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f:?}");
+    }
+    // What is kept is the newest output, in order, with nothing cut.
+    let out = lab.apiary(0, &["service", "logs", "chatty"]).out();
+    let lines: Vec<&str> = out.lines().filter_map(|l| l.split(" | ").nth(1)).collect();
+    assert!(lines.len() > 100 && lines.len() < 1000, "{}", lines.len());
+    assert!(
+        lines.last().unwrap().starts_with("line 5999 "),
+        "{:?}",
+        lines.last()
+    );
+    let nums: Vec<u32> = lines
+        .iter()
+        .skip(1)
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "gaps in {nums:?}"
+    );
+    // Bad options are refused by name.
+    let err = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--driver",
+                "exec",
+                "--log-opt",
+                "max-size=0",
+                "/bin/true",
+            ],
+        )
+        .err();
+    assert!(err.contains("max-size"), "{err}");
+}
+
+fn until_ok_with<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    apiary_tests::swarm::until(timeout, f).expect("condition not reached in time")
+}

@@ -38,6 +38,7 @@ fn spec(lab: &Lab, id: &str, image: &str, command: &[&str]) -> TaskSpec {
         health_cmd: None,
         memory_max: Some(64 << 20),
         cpus: Some(0.5),
+        log: Default::default(),
     }
 }
 
@@ -109,7 +110,7 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
             let (mut d, mut at) = (d2, at2);
             let adopted = d.adopt().unwrap();
             let ended = d.stop("web-1", Duration::from_secs(5)).unwrap();
-            let logs = d.logs("web-1").unwrap();
+            let logs = d.logs("web-1", &Default::default()).unwrap();
             at.detach("web-1").unwrap();
             d.remove("web-1").unwrap();
             (answer, adopted, ended, logs, resolv_inside, hosts_inside)
@@ -120,7 +121,10 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
     assert!(matches!(adopted[0].1, TaskState::Running(_)), "{adopted:?}");
     // whoami ends on SIGTERM (passed on by the container's init): 128 + 15.
     assert_eq!(ended.code, Some(143), "{ended:?}");
-    assert!(logs.1.contains("listening on 0.0.0.0:80"), "{logs:?}");
+    assert!(
+        logs.stderr.data.contains("listening on 0.0.0.0:80"),
+        "{logs:?}"
+    );
     assert_eq!(resolv_inside, "nameserver 10.96.0.2\n");
     assert!(
         hosts_inside.starts_with("127.0.0.1\tlocalhost\n"),
@@ -154,7 +158,7 @@ fn exit_status_and_bad_input() {
             })
             .unwrap();
             let s = wait_exited(&d, "job", Duration::from_secs(5));
-            let logs = d.logs("job").unwrap();
+            let logs = d.logs("job", &Default::default()).unwrap();
             at.detach("job").unwrap();
             d.remove("job").unwrap();
             let unknown = d
@@ -172,7 +176,10 @@ fn exit_status_and_bad_input() {
             signal: None
         })
     );
-    assert_eq!(logs, ("out\n".to_string(), "err\n".to_string()));
+    assert_eq!(
+        (logs.stdout.data.as_str(), logs.stderr.data.as_str()),
+        ("out\n", "err\n")
+    );
     assert!(
         unknown.contains("unknown image `apiary/no-such-image:dev`"),
         "{unknown}"

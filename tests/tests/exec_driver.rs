@@ -36,6 +36,7 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         health_cmd: None,
         memory_max: None,
         cpus: None,
+        log: Default::default(),
     }
 }
 
@@ -99,7 +100,7 @@ fn an_exec_task_serves_on_its_address_logs_and_stops() {
             let to = common::addr(addr, 80);
             let answer = http_retry(to, 100).expect("the task answers on its address");
             let ended = d.stop("web-1", Duration::from_secs(3)).unwrap();
-            let logs = d.logs("web-1").unwrap();
+            let logs = d.logs("web-1", &Default::default()).unwrap();
             at.detach("web-1").unwrap();
             d.remove("web-1").unwrap();
             let links = // This thread's namespace, not the process's.
@@ -109,9 +110,9 @@ fn an_exec_task_serves_on_its_address_logs_and_stops() {
         .unwrap();
     assert_eq!(answer.name, "web-1");
     assert!(
-        logs.1.contains("listening on 0.0.0.0:80"),
+        logs.stderr.data.contains("listening on 0.0.0.0:80"),
         "stderr: {:?}",
-        logs.1
+        logs.stderr.data
     );
     assert_eq!(
         ended,
@@ -141,7 +142,7 @@ fn exit_status_and_output_are_recorded() {
             )
             .unwrap();
             let s = wait_exited(&d, "job", Duration::from_secs(5));
-            (s, d.logs("job").unwrap().0)
+            (s, d.logs("job", &Default::default()).unwrap().stdout.data)
         })
         .unwrap();
     assert_eq!(
@@ -351,7 +352,7 @@ fn the_task_sees_its_own_resolv_conf() {
             s.resolv_conf = Some(at.resolv_conf_path("dns"));
             start(&mut d, &mut at, &s).unwrap();
             wait_exited(&d, "dns", Duration::from_secs(5));
-            d.logs("dns").unwrap().0
+            d.logs("dns", &Default::default()).unwrap().stdout.data
         })
         .unwrap();
     assert_eq!(out, "nameserver 10.96.0.2\n");

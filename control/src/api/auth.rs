@@ -98,9 +98,13 @@ fn effective(parts: &Parts) -> Caller {
 }
 
 async fn joined(d: &Daemon) -> Result<Arc<Joined>, ApiError> {
-    d.joined()
-        .await
-        .ok_or_else(|| ApiError::Unavailable(NOT_IN_SWARM.into()))
+    match d.joined().await {
+        Some(j) => Ok(j),
+        None => Err(ApiError::Unavailable(match d.broken() {
+            Some(why) => format!("This node's swarm state cannot be used: {why}"),
+            None => NOT_IN_SWARM.into(),
+        })),
+    }
 }
 
 /// Whether node `id`, holding a certificate for `role`, is a manager: its

@@ -30,7 +30,10 @@ use crate::node::Daemon;
 pub use agent::{AssignedTask, Backend, Endpoints, NodeState, Peer};
 pub use auth::{Admin, Caller, InSwarm, Local, ManagerCaller, RaftPeer, Session, FORWARDED_FOR};
 pub use nodes::{KvValue, NodeView, UpdateRequest};
-pub use services::{NodeLogs, ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView};
+pub use services::{
+    LogChunk, LogQuery, NodeLogs, ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView,
+    LOG_CHUNK,
+};
 pub use swarm::{
     ClientCertReply, ClientCertRequest, HeartbeatReply, HeartbeatRequest, InitReply, InitRequest,
     JoinReply, LeaveRequest, LocalJoinRequest, RenewReply, RenewRequest, RotateRequest,
@@ -212,9 +215,11 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/ca", get(|InSwarm(j)| async move { ca(&j) }))
         .route(
             "/v1/node/logs/{task}",
-            get(|m: ManagerCaller, Path(task): Path<String>| async move {
-                services::node_logs(&m.j, &task).await
-            }),
+            get(
+                |m: ManagerCaller, Path(task): Path<String>, Query(q): Query<LogQuery>| async move {
+                    services::node_logs(&m.j, &task, q).await
+                },
+            ),
         );
     let raft =
         Router::new()
@@ -326,6 +331,14 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(
             "/v1/services/{name}/logs",
             get(|Admin(j), Path(n): Path<String>| async move { services::logs(&j, &n).await }),
+        )
+        .route(
+            "/v1/services/{name}/logs/{task}",
+            get(
+                |Admin(j), Path((n, t)): Path<(String, String)>, Query(q): Query<LogQuery>| async move {
+                    services::task_logs(&j, &n, &t, q).await
+                },
+            ),
         )
         .route(
             "/v1/services/{name}/scale",

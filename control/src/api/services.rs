@@ -105,6 +105,7 @@ fn settle(
 ) -> Result<ServiceSpec, ApiError> {
     let bad = ApiError::BadRequest;
     valid_name(&spec.name).map_err(bad)?;
+    spec.log.check().map_err(bad)?;
     if spec.image.trim().is_empty() {
         return Err(bad(
             "an image is required: apiary service create [OPTIONS] IMAGE [COMMAND]".into(),
@@ -274,104 +275,135 @@ pub async fn tasks(j: &Joined, name: &str) -> Reply {
     })
 }
 
-/// A task's output as its node has it.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct NodeLogs {
-    pub stdout: String,
-    pub stderr: String,
+/// Where a reader of a task's output stands: byte offsets in its stdout
+/// and stderr (0: from the oldest kept), and how much to return at most.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub stdout: u64,
+    #[serde(default)]
+    pub stderr: u64,
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
-/// One task's part of `service logs`.
+/// The most one answer carries of each stream: memory stays bounded on
+/// the node, the leader and the client whatever a task printed.
+pub const LOG_CHUNK: usize = 1 << 20;
+
+impl LogQuery {
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(LOG_CHUNK).min(LOG_CHUNK)
+    }
+
+    fn to_query(&self) -> String {
+        format!(
+            "stdout={}&stderr={}&limit={}",
+            self.stdout,
+            self.stderr,
+            self.limit()
+        )
+    }
+}
+
+/// Bytes of one stream: from `from` (later than asked when older output
+/// was rotated away) up to `next`, where the next read starts.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogChunk {
+    pub from: u64,
+    pub next: u64,
+    pub data: String,
+}
+
+/// A chunk of a task's output as its node has it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLogs {
+    pub stdout: LogChunk,
+    pub stderr: LogChunk,
+}
+
+/// One task of `service logs`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct TaskLog {
     /// `service.slot.id` (as Docker names it).
     pub task: String,
+    pub id: String,
     pub node: String,
-    #[serde(default)]
-    pub stdout: String,
-    #[serde(default)]
-    pub stderr: String,
-    /// Why the node could not say (down, task gone).
-    #[serde(default)]
-    pub error: Option<String>,
 }
 
-/// A task's output on this node, for the leader gathering `service logs`
-/// (callers checked by [`super::ManagerCaller`]).
-pub async fn node_logs(j: &Joined, task: &str) -> Reply {
+/// A chunk of a task's output on this node, for the leader gathering
+/// `service logs` (callers checked by [`super::ManagerCaller`]).
+pub async fn node_logs(j: &Joined, task: &str, q: LogQuery) -> Reply {
     let agent = j
         .agent()
         .ok_or_else(|| ApiError::NotFound("this daemon runs no tasks".into()))?;
-    let (stdout, stderr) = agent.logs(task).await.map_err(ApiError::NotFound)?;
-    ok(&NodeLogs { stdout, stderr })
+    ok(&agent.logs(task, q).await.map_err(ApiError::NotFound)?)
 }
 
-/// `service logs`: every task's output, asked of the node it runs on.
+/// `service logs`: the service's tasks and their nodes; each task's output
+/// is then read in chunks ([`task_logs`]).
 pub async fn logs(j: &Joined, name: &str) -> Reply {
     let m = j.manager();
-    let wanted = m.sm.read(
-        |a| -> Result<Vec<(String, String, String, String)>, ApiError> {
-            let s = &a.state;
-            let svc = s.find_service(name).map_err(ApiError::NotFound)?;
-            let mut v: Vec<_> = s
-                .tasks
-                .values()
-                .filter(|t| t.service == svc.id)
-                .filter_map(|t| {
-                    let node = s.nodes.get(&t.node?)?;
-                    let label =
-                        format!("{}.{}", t.name(&svc.spec.name), &t.id[..12.min(t.id.len())]);
-                    Some((
-                        label,
-                        t.id.clone(),
-                        node.hostname.clone(),
-                        node.addr.clone(),
-                    ))
+    m.ensure_current().await?;
+    let v = m.sm.read(|a| -> Result<Vec<TaskLog>, ApiError> {
+        let s = &a.state;
+        let svc = s.find_service(name).map_err(ApiError::NotFound)?;
+        let mut v: Vec<TaskLog> = s
+            .tasks
+            .values()
+            .filter(|t| t.service == svc.id)
+            .filter_map(|t| {
+                let node = s.nodes.get(&t.node?)?;
+                Some(TaskLog {
+                    task: format!("{}.{}", t.name(&svc.spec.name), &t.id[..12.min(t.id.len())]),
+                    id: t.id.clone(),
+                    node: node.hostname.clone(),
                 })
-                .collect();
-            v.sort();
-            Ok(v)
-        },
-    )?;
-    let fetches = wanted
-        .into_iter()
-        .map(|(label, id, host, addr)| async move {
-            let got = if addr == j.addr {
-                match j.agent() {
-                    Some(a) => a.logs(&id).await,
-                    None => Err("this daemon runs no tasks".to_string()),
-                }
-            } else {
-                match j
-                    .call_node(&addr, hyper::Method::GET, &format!("/v1/node/logs/{id}"))
-                    .await
-                {
-                    Ok((s, b)) if s.is_success() => serde_json::from_slice::<NodeLogs>(&b)
-                        .map(|l| (l.stdout, l.stderr))
-                        .map_err(|e| e.to_string()),
-                    Ok((s, b)) => Err(format!("{s}: {}", String::from_utf8_lossy(&b))),
-                    Err(e) => Err(format!("node {host} at {addr} is unreachable: {e}")),
-                }
-            };
-            match got {
-                Ok((stdout, stderr)) => TaskLog {
-                    task: label,
-                    node: host,
-                    stdout,
-                    stderr,
-                    error: None,
-                },
-                Err(e) => TaskLog {
-                    task: label,
-                    node: host,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    error: Some(e),
-                },
-            }
-        });
-    let v: Vec<TaskLog> = futures::future::join_all(fetches).await;
+            })
+            .collect();
+        v.sort_by(|a, b| a.task.cmp(&b.task));
+        Ok(v)
+    })?;
     ok(&v)
+}
+
+/// A chunk of one task's output, asked of the node it runs on.
+pub async fn task_logs(j: &Joined, name: &str, task: &str, q: LogQuery) -> Reply {
+    let (id, addr, host) = j.manager().sm.read(|a| -> Result<_, ApiError> {
+        let s = &a.state;
+        let svc = s.find_service(name).map_err(ApiError::NotFound)?;
+        let t = s
+            .tasks
+            .get(task)
+            .filter(|t| t.service == svc.id)
+            .ok_or_else(|| ApiError::NotFound(format!("service {name} has no task {task}")))?;
+        let n = t
+            .node
+            .and_then(|n| s.nodes.get(&n))
+            .ok_or_else(|| ApiError::NotFound(format!("task {task} is on no node")))?;
+        Ok((t.id.clone(), n.addr.clone(), n.hostname.clone()))
+    })?;
+    if addr == j.addr {
+        let agent = j
+            .agent()
+            .ok_or_else(|| ApiError::NotFound("this daemon runs no tasks".into()))?;
+        return ok(&agent.logs(&id, q).await.map_err(ApiError::NotFound)?);
+    }
+    let uri = format!("/v1/node/logs/{id}?{}", q.to_query());
+    match j.call_node(&addr, hyper::Method::GET, &uri).await {
+        Ok((s, b)) if s.is_success() => {
+            let l: NodeLogs = serde_json::from_slice(&b)
+                .map_err(|e| ApiError::Unavailable(format!("node {host}: {e}")))?;
+            ok(&l)
+        }
+        Ok((s, b)) => Err(ApiError::Unavailable(format!(
+            "node {host}: {s}: {}",
+            String::from_utf8_lossy(&b)
+        ))),
+        Err(e) => Err(ApiError::Unavailable(format!(
+            "node {host} at {addr} is unreachable: {e}"
+        ))),
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -430,6 +462,9 @@ pub struct ServiceUpdate {
     pub limit_nano_cpus: Option<u64>,
     #[serde(default)]
     pub limit_memory_bytes: Option<u64>,
+    /// `--log-opt` (`max-size=…`, `max-file=…`).
+    #[serde(default)]
+    pub log_opt: Vec<String>,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
@@ -443,6 +478,9 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
     }
     u.update.apply(&mut spec.update);
     u.rollback.apply(&mut spec.rollback);
+    for o in &u.log_opt {
+        spec.log.set(o).map_err(ApiError::BadRequest)?;
+    }
     for (v, field) in [
         (u.reserve_nano_cpus, &mut spec.reserve.nano_cpus),
         (u.reserve_memory_bytes, &mut spec.reserve.memory_bytes),

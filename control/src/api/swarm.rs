@@ -26,6 +26,10 @@ pub struct InitRequest {
     /// Where nodes' task subnets come from [default: 10.200.0.0/16].
     #[serde(default)]
     pub default_addr_pool: Option<String>,
+    /// Keep this manager's swarm state and make it the one member of a new
+    /// Raft group (after losing the quorum, or a damaged log).
+    #[serde(default)]
+    pub force_new_cluster: bool,
 }
 
 pub use crate::model::SettingsChange;
@@ -100,8 +104,16 @@ fn already_in_swarm() -> ApiError {
 
 pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     let _g = d.lifecycle.lock().await;
+    if req.force_new_cluster {
+        return force_new_cluster(d).await;
+    }
     if d.joined().await.is_some() {
         return Err(already_in_swarm());
+    }
+    if let Some(why) = d.broken() {
+        return Err(ApiError::Conflict(format!(
+            "This node holds a swarm state it cannot use ({why}). Keep it with `apiary swarm init --force-new-cluster`, or drop it with `apiary swarm leave --force` first."
+        )));
     }
     let addr = advertise(d, req.advertise_addr.as_deref())?;
     let settings = SettingsChange {
@@ -194,6 +206,44 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
     ok(&InitReply {
         node_id: show_id(node_id),
         addr,
+        worker_token,
+    })
+}
+
+/// `swarm init --force-new-cluster`: this manager's state, in a new Raft
+/// group of one (see [`crate::recover`]).
+async fn force_new_cluster(d: &Arc<Daemon>) -> Reply {
+    let dir = control_dir(&d.cfg.data_dir);
+    let Some((id, mut p)) = crate::node::load_identity(&dir)? else {
+        return Err(ApiError::BadRequest(
+            "--force-new-cluster keeps a manager's swarm state, and this node has none: use `apiary swarm init` without it".into(),
+        ));
+    };
+    if tls::cert_role(&id.cert_pem)? != tls::CertRole::Manager {
+        return Err(ApiError::BadRequest(
+            "--force-new-cluster needs a manager: this node is a worker, whose data dir holds no swarm state".into(),
+        ));
+    }
+    d.stop().await;
+    let r = crate::recover::force_new_cluster(&dir, p.node_id, &p.addr)
+        .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
+    tracing::warn!(last = ?r.last, demoted = ?r.demoted, old_store = %r.moved_to.display(), "forced a new cluster of one manager from this node's state");
+    p.managers = vec![p.addr.clone()];
+    p.role = Role::Manager;
+    save_identity(&dir, &id, &p)?;
+    let j = d.start(id, p.clone()).await?;
+    d.set_broken(None);
+    wait_leader(&j).await?;
+    let worker_token = j
+        .manager()
+        .sm
+        .read(|a| a.state.cluster.clone())
+        .map(|c| token(&c.ca_cert_pem, &c.worker_secret))
+        .transpose()?
+        .unwrap_or_default();
+    ok(&InitReply {
+        node_id: show_id(p.node_id),
+        addr: p.addr,
         worker_token,
     })
 }
@@ -740,6 +790,21 @@ pub struct LeaveRequest {
 pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
     let _g = d.lifecycle.lock().await;
     let Some(j) = d.joined().await else {
+        if let Some(why) = d.broken() {
+            if !req.force {
+                return Err(ApiError::Conflict(format!(
+                    "This node's swarm state cannot be used ({why}): `apiary swarm leave --force` drops it"
+                )));
+            }
+            let dir = control_dir(&d.cfg.data_dir);
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;
+            d.set_broken(None);
+            if let Some(a) = &d.agent {
+                a.left();
+            }
+            return ok(&"Node left the swarm.");
+        }
         return Err(ApiError::Unavailable(super::NOT_IN_SWARM.into()));
     };
     if j.manager().is_voter() && !req.force {

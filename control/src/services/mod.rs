@@ -102,6 +102,85 @@ pub struct ServiceSpec {
     /// its driver.
     #[serde(default)]
     pub limit: crate::model::Resources,
+    /// How much of each task's output is kept (`--log-opt`).
+    #[serde(default)]
+    pub log: LogOpts,
+}
+
+/// How much output a task keeps, as Docker's json-file driver does: files
+/// of at most `max_size` bytes, `max_files` of them (the oldest goes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogOpts {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogOpts {
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            max_files: 3,
+        }
+    }
+}
+
+impl LogOpts {
+    /// Applies one `--log-opt KEY=VALUE` (Docker's `max-size=10m`,
+    /// `max-file=3`), checking it.
+    pub fn set(&mut self, opt: &str) -> Result<(), String> {
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --log-opt {opt:?}: use max-size=SIZE or max-file=N"))?;
+        match k {
+            "max-size" => {
+                let n = parse_size(v).ok_or_else(|| {
+                    format!("invalid --log-opt max-size={v}: a size such as 10m, 512k or 1g")
+                })?;
+                self.max_size = n;
+            }
+            "max-file" => {
+                self.max_files = v
+                    .parse()
+                    .map_err(|_| format!("invalid --log-opt max-file={v}: a number of files"))?;
+            }
+            other => {
+                return Err(format!(
+                    "unsupported --log-opt {other:?}: max-size and max-file are (the json-file driver's)"
+                ))
+            }
+        }
+        self.check()
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if !(1024..=(1 << 30)).contains(&self.max_size) {
+            return Err(format!(
+                "--log-opt max-size={} is out of range: 1k to 1g",
+                self.max_size
+            ));
+        }
+        if !(1..=100).contains(&self.max_files) {
+            return Err(format!(
+                "--log-opt max-file={} is out of range: 1 to 100",
+                self.max_files
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `10m`, `512k`, `1g`, `4096` (bytes; Docker's units are powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +492,7 @@ impl ServiceSpec {
             rollback: UpdateConfig::default(),
             reserve: crate::model::Resources::default(),
             limit: crate::model::Resources::default(),
+            log: LogOpts::default(),
         }
     }
 
@@ -529,6 +609,30 @@ mod tests {
             "target=0",
         ] {
             assert!(parse_port(bad).unwrap_err().contains(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn log_options_as_docker_takes_them() {
+        let mut o = LogOpts::default();
+        o.set("max-size=100k").unwrap();
+        o.set("max-file=2").unwrap();
+        assert_eq!(
+            o,
+            LogOpts {
+                max_size: 100 << 10,
+                max_files: 2
+            }
+        );
+        for bad in [
+            "max-size=0",
+            "max-size=2g",
+            "max-file=0",
+            "max-file=x",
+            "mode=non-blocking",
+            "x",
+        ] {
+            assert!(LogOpts::default().set(bad).is_err(), "{bad}");
         }
     }
 

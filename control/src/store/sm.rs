@@ -28,10 +28,11 @@ pub struct Applied {
     pub state: ClusterState,
 }
 
+/// The latest snapshot as the store keeps it.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta,
+    pub data: Vec<u8>,
 }
 
 /// Cheap to clone: every clone sees the same state.

@@ -98,6 +98,68 @@ fn seg_name(first: u64) -> String {
     format!("{first:020}.wal")
 }
 
+/// How a segment's records end.
+enum End {
+    /// A zero header (or the end of the file) at this offset.
+    Clean(usize),
+    /// A record a crash cut short starts here.
+    Torn(usize),
+    /// Damage: the offset and what is wrong there.
+    Damaged(usize, String),
+}
+
+/// Reads a segment's records in order: each `(offset of its body, length,
+/// entry)`, then how they end. Only the last segment may end torn.
+fn scan(bytes: &[u8], last_segment: bool) -> (Vec<(usize, usize, Entry)>, End) {
+    let mut records = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            return (records, End::Clean(off));
+        }
+        let crc = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().expect("4 bytes"));
+        let body = bytes
+            .get(off + 8..off + 8 + len)
+            .filter(|_| len <= MAX_RECORD);
+        let Some(body) = body.filter(|b| crc32fast::hash(b) == crc) else {
+            if last_segment && torn(bytes, off + 8, len) {
+                return (records, End::Torn(off));
+            }
+            let why = match body {
+                None => format!("a record claims {len} bytes, past the end of the file"),
+                Some(_) => {
+                    "a record's checksum does not match its bytes, which were all written".into()
+                }
+            };
+            return (records, End::Damaged(off, why));
+        };
+        match serde_json::from_slice::<Entry>(body) {
+            Ok(e) => records.push((off + 8, len, e)),
+            Err(e) => {
+                return (
+                    records,
+                    End::Damaged(
+                        off,
+                        format!("a record with a good checksum does not decode: {e}"),
+                    ),
+                )
+            }
+        }
+        off += 8 + len;
+    }
+    (records, End::Clean(off))
+}
+
+fn segment_firsts(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut firsts: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
+        .collect();
+    firsts.sort();
+    Ok(firsts)
+}
+
 impl Wal {
     pub fn open(dir: &Path) -> Result<Self, WalError> {
         let ioe = |path: &Path| {
@@ -108,12 +170,7 @@ impl Wal {
             }
         };
         fs::create_dir_all(dir).map_err(ioe(dir))?;
-        let mut firsts: Vec<u64> = fs::read_dir(dir)
-            .map_err(ioe(dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
-            .collect();
-        firsts.sort();
+        let firsts = segment_firsts(dir).map_err(ioe(dir))?;
         let mut wal = Self {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
@@ -121,7 +178,6 @@ impl Wal {
         };
         let count = firsts.len();
         for (n, first) in firsts.into_iter().enumerate() {
-            let last_segment = n + 1 == count;
             let path = dir.join(seg_name(first));
             let file = OpenOptions::new()
                 .read(true)
@@ -129,66 +185,62 @@ impl Wal {
                 .open(&path)
                 .map_err(ioe(&path))?;
             let bytes = fs::read(&path).map_err(ioe(&path))?;
-            let corrupt = |offset: usize, reason: String| WalError::Corrupt {
-                path: path.clone(),
-                dir: dir.to_path_buf(),
-                offset: offset as u64,
-                reason,
-            };
-            let mut off = 0usize;
-            let mut torn_at = None;
-            while off + 8 <= bytes.len() {
-                let len =
-                    u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
-                if len == 0 {
-                    break;
-                }
-                let crc = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().expect("4 bytes"));
-                let body = bytes
-                    .get(off + 8..off + 8 + len)
-                    .filter(|_| len <= MAX_RECORD);
-                let good = body.filter(|b| crc32fast::hash(b) == crc);
-                let Some(body) = good else {
-                    if last_segment && torn(&bytes, off + 8, len) {
-                        torn_at = Some(off);
-                        break;
-                    }
-                    return Err(corrupt(
-                        off,
-                        match body {
-                            None => format!("a record claims {len} bytes, past the end of the file"),
-                            Some(_) => "a record's checksum does not match its bytes, which were all written".into(),
-                        },
-                    ));
-                };
-                let e = serde_json::from_slice::<Entry>(body).map_err(|e| {
-                    corrupt(
-                        off,
-                        format!("a record with a good checksum does not decode: {e}"),
-                    )
-                })?;
+            let (records, end) = scan(&bytes, n + 1 == count);
+            for (off, len, e) in records {
                 // A later record for an index replaces the earlier one and
                 // everything after it (a truncate that reached the disk
                 // only as new appends).
                 let i = e.log_id.index;
                 wal.index.split_off(&i);
-                wal.index.insert(i, (first, off as u64 + 8, len as u32));
-                off += 8 + len;
+                wal.index.insert(i, (first, off as u64, len as u32));
             }
-            if let Some(at) = torn_at {
-                tracing::warn!(segment = %path.display(), at, "Raft log ends in a record a crash cut short (never acknowledged); cut there");
-                file.write_all_at(&[0u8; 8], at as u64)
-                    .map_err(ioe(&path))?;
-                file.sync_data().map_err(ioe(&path))?;
-            }
+            let len = match end {
+                End::Clean(off) => off,
+                End::Torn(off) => {
+                    tracing::warn!(segment = %path.display(), at = off, "Raft log ends in a record a crash cut short (never acknowledged); cut there");
+                    file.write_all_at(&[0u8; 8], off as u64)
+                        .map_err(ioe(&path))?;
+                    file.sync_data().map_err(ioe(&path))?;
+                    off
+                }
+                End::Damaged(offset, reason) => {
+                    return Err(WalError::Corrupt {
+                        path,
+                        dir: dir.to_path_buf(),
+                        offset: offset as u64,
+                        reason,
+                    })
+                }
+            };
             wal.segments.push(Segment {
                 first,
                 path,
                 file,
-                len: off as u64,
+                len: len as u64,
             });
         }
         Ok(wal)
+    }
+
+    /// What a damaged log still holds: its entries in index order up to
+    /// the first damage, changing nothing on disk (for
+    /// `swarm init --force-new-cluster`).
+    pub fn salvage(dir: &Path) -> io::Result<Vec<Entry>> {
+        let firsts = segment_firsts(dir)?;
+        let count = firsts.len();
+        let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
+        for (n, first) in firsts.into_iter().enumerate() {
+            let bytes = fs::read(dir.join(seg_name(first)))?;
+            let (records, end) = scan(&bytes, n + 1 == count);
+            for (_, _, e) in records {
+                entries.split_off(&e.log_id.index);
+                entries.insert(e.log_id.index, e);
+            }
+            if let End::Damaged(..) = end {
+                break;
+            }
+        }
+        Ok(entries.into_values().collect())
     }
 
     pub fn last_index(&self) -> Option<u64> {
@@ -406,6 +458,13 @@ mod tests {
         assert!(msg.contains("--force-new-cluster"), "{msg}");
         // Nothing was cut: the damaged file is as it was.
         assert!(Wal::open(&d).is_err());
+        // What comes before the damage can still be read.
+        let kept: Vec<u64> = Wal::salvage(&d)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(kept, vec![1]);
         fs::remove_dir_all(&d).unwrap();
     }
 

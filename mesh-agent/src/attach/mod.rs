@@ -70,10 +70,10 @@ pub struct Attacher {
 
 use control::services::valid_task_id;
 
-/// Whether `link` is a task veth's host side: the prefix and exactly the 8
-/// hex digits [`Attacher::host_if`] appends. Nothing else is ever
-/// deleted or given the task program, whatever the prefix.
-pub fn is_task_link(prefix: &str, link: &str) -> bool {
+/// Whether `link` is a task veth the attacher made: the prefix and exactly
+/// the 8 hex digits [`Attacher::host_if`] appends. Nothing else is ever
+/// deleted, whatever the prefix.
+fn is_task_link(prefix: &str, link: &str) -> bool {
     link.strip_prefix(prefix)
         .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }

@@ -6,7 +6,9 @@ use anyhow::bail;
 use hyper::Method;
 
 use super::{table, Connect};
-use control::api::{ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView};
+use control::api::{
+    LogQuery, NodeLogs, ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView,
+};
 use control::client::Client;
 use control::model::Resources;
 use control::services::{
@@ -228,6 +230,9 @@ pub enum ServiceCmd {
         /// A shell command run in the task; traffic only once it passes.
         #[arg(long)]
         health_cmd: Option<String>,
+        /// How much output each task keeps: max-size=SIZE (10m), max-file=N (3).
+        #[arg(long)]
+        log_opt: Vec<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -281,6 +286,9 @@ pub enum ServiceCmd {
         constraint_add: Vec<String>,
         #[arg(long)]
         constraint_rm: Vec<String>,
+        /// max-size=SIZE or max-file=N: how much output each task keeps.
+        #[arg(long)]
+        log_opt: Vec<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -308,6 +316,102 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+}
+
+/// Where the printing of one task's output stands.
+#[derive(Default)]
+struct Printed {
+    q: LogQuery,
+    /// The end of a line not yet complete, per stream.
+    partial: [String; 2],
+    error_said: bool,
+}
+
+/// `service logs [-f]`: each task's output in bounded chunks from its node,
+/// line by line; with `follow`, what comes after, once a second.
+async fn print_logs(c: &mut Client, service: &str, follow: bool) -> anyhow::Result<()> {
+    let mut printed: std::collections::HashMap<String, Printed> = Default::default();
+    loop {
+        let tasks: Vec<TaskLog> = c
+            .call(
+                Method::GET,
+                &format!("/v1/services/{service}/logs"),
+                None::<&()>,
+            )
+            .await?;
+        let width = tasks
+            .iter()
+            .map(|l| l.task.len() + l.node.len() + 1)
+            .max()
+            .unwrap_or(0);
+        for t in &tasks {
+            let who = format!("{}@{}", t.task, t.node);
+            let p = printed.entry(t.id.clone()).or_default();
+            loop {
+                let uri = format!(
+                    "/v1/services/{service}/logs/{}?stdout={}&stderr={}",
+                    t.id, p.q.stdout, p.q.stderr
+                );
+                let l: NodeLogs = match c.call(Method::GET, &uri, None::<&()>).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        if !p.error_said && !follow {
+                            eprintln!("{who:<width$} | error: {e:#}");
+                        }
+                        p.error_said = true;
+                        break;
+                    }
+                };
+                // A full chunk: there is more right now (a short one means
+                // caught up, so a task that prints without pause still ends
+                // a `service logs` without -f).
+                let full = control::api::LOG_CHUNK;
+                let more = l.stdout.data.len() >= full || l.stderr.data.len() >= full;
+                for (k, chunk) in [&l.stdout, &l.stderr].into_iter().enumerate() {
+                    let text = std::mem::take(&mut p.partial[k]) + &chunk.data;
+                    let (whole, rest) = match text.rfind('\n') {
+                        Some(i) => text.split_at(i + 1),
+                        None => ("", text.as_str()),
+                    };
+                    for line in whole.lines() {
+                        if k == 0 {
+                            println!("{who:<width$} | {line}");
+                        } else {
+                            eprintln!("{who:<width$} | {line}");
+                        }
+                    }
+                    p.partial[k] = rest.to_string();
+                }
+                p.q.stdout = l.stdout.next;
+                p.q.stderr = l.stderr.next;
+                if !more {
+                    break;
+                }
+            }
+        }
+        if !follow {
+            // What a task printed without a last newline.
+            for (id, p) in &printed {
+                for (k, rest) in p.partial.iter().enumerate() {
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    let who = tasks
+                        .iter()
+                        .find(|t| &t.id == id)
+                        .map(|t| format!("{}@{}", t.task, t.node))
+                        .unwrap_or_default();
+                    if k == 0 {
+                        println!("{who:<width$} | {rest}");
+                    } else {
+                        eprintln!("{who:<width$} | {rest}");
+                    }
+                }
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn ports(spec: &ServiceSpec) -> String {
@@ -468,12 +572,17 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 restart_max_attempts,
                 restart_window,
                 health_cmd,
+                log_opt,
                 rollout,
                 resources,
                 detach,
                 image,
                 command,
             } => {
+                let mut log = control::services::LogOpts::default();
+                for o in &log_opt {
+                    log.set(o).map_err(anyhow::Error::msg)?;
+                }
                 let (mut reserve, mut limit) = Default::default();
                 resources.apply(&mut reserve, &mut limit)?;
                 let (up, back) = rollout.patches()?;
@@ -532,6 +641,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     rollback,
                     reserve,
                     limit,
+                    log,
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
@@ -685,6 +795,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 publish_rm,
                 constraint_add,
                 constraint_rm,
+                log_opt,
                 rollout,
                 resources,
                 detach,
@@ -719,6 +830,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     publish_rm,
                     constraint_add,
                     constraint_rm,
+                    log_opt,
                 };
                 let v: ServiceView = c
                     .call(
@@ -746,44 +858,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 }
             }
             ServiceCmd::Logs { follow, service } => {
-                // What was printed of each task's stdout and stderr.
-                let mut shown: std::collections::HashMap<String, (usize, usize)> =
-                    Default::default();
-                loop {
-                    let logs: Vec<TaskLog> = c
-                        .call(
-                            Method::GET,
-                            &format!("/v1/services/{service}/logs"),
-                            None::<&()>,
-                        )
-                        .await?;
-                    let width = logs
-                        .iter()
-                        .map(|l| l.task.len() + l.node.len() + 1)
-                        .max()
-                        .unwrap_or(0);
-                    for l in &logs {
-                        let who = format!("{}@{}", l.task, l.node);
-                        let seen = shown.entry(who.clone()).or_default();
-                        if let Some(e) = &l.error {
-                            if seen.0 == 0 && seen.1 == 0 && !follow {
-                                eprintln!("{who:<width$} | error: {e}");
-                            }
-                            continue;
-                        }
-                        for line in l.stdout.get(seen.0..).unwrap_or("").lines() {
-                            println!("{who:<width$} | {line}");
-                        }
-                        for line in l.stderr.get(seen.1..).unwrap_or("").lines() {
-                            eprintln!("{who:<width$} | {line}");
-                        }
-                        *seen = (l.stdout.len(), l.stderr.len());
-                    }
-                    if !follow {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                print_logs(&mut c, &service, follow).await?;
             }
             ServiceCmd::Rm { services } => {
                 for s in services {

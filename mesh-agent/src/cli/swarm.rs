@@ -24,6 +24,11 @@ pub enum SwarmCmd {
         /// Where each node's /24 task subnet comes from [default: 10.200.0.0/16].
         #[arg(long)]
         default_addr_pool: Option<String>,
+        /// On a manager that lost its quorum (or whose Raft log is damaged):
+        /// keep its swarm state and make it the one manager of a new Raft
+        /// group; the other managers become workers, to be promoted again.
+        #[arg(long)]
+        force_new_cluster: bool,
     },
     /// Join a swarm as a worker or manager, as the token says.
     Join {
@@ -120,6 +125,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 advertise_addr,
                 settings,
                 default_addr_pool,
+                force_new_cluster,
             } => {
                 let change = settings.change();
                 let r: InitReply = c
@@ -132,6 +138,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                             cert_expiry_s: change.cert_expiry_s,
                             task_history_limit: change.task_history_limit,
                             default_addr_pool,
+                            force_new_cluster,
                         }),
                     )
                     .await?;

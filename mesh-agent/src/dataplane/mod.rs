@@ -203,7 +203,10 @@ impl Dataplane {
         let mut present = HashSet::new();
         let mut added = Vec::new();
         for link in crate::netdev::links()? {
-            if !crate::attach::is_task_link(&self.opts.task_prefix, &link.0) {
+            // Any link with the prefix (operators of static configs make
+            // their own task veths); the prefix itself is checked never to
+            // be the start of a host interface's name.
+            if !link.0.starts_with(&self.opts.task_prefix) {
                 continue;
             }
             if !self.task_links.contains(&link) {

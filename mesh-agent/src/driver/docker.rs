@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HealthStatusEnum, HostConfig,
+    HostConfigLogConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptions, LogsOptions,
@@ -19,7 +20,10 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::state::{ExitRecord, TaskState};
-use super::{valid_task_id, AttachFn, DriverError, Health, TaskDriver, TaskSpec};
+use super::{
+    valid_task_id, AttachFn, DriverError, Health, LogChunk, LogQuery, NodeLogs, TaskDriver,
+    TaskSpec,
+};
 
 /// Health checks of a spec run every second and fail after two misses.
 const HEALTH_INTERVAL_NS: i64 = 1_000_000_000;
@@ -226,6 +230,15 @@ impl DockerDriver {
                 memory: spec.memory_max.map(|m| m as i64),
                 nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
                 binds: (!binds.is_empty()).then_some(binds),
+                // Docker's own rotation, set for every task (the engine's
+                // default keeps everything).
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), spec.log.max_size.to_string()),
+                        ("max-file".to_string(), spec.log.max_files.to_string()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -371,28 +384,51 @@ impl TaskDriver for DockerDriver {
         self.inspect_state(id)
     }
 
-    fn logs(&self, id: &str) -> Result<(String, String), DriverError> {
+    /// Streams the engine's log once, counting each stream's bytes: what
+    /// lies before the offsets asked for is skipped, not kept.
+    fn logs(&self, id: &str, q: &LogQuery) -> Result<NodeLogs, DriverError> {
         let opts = LogsOptions {
             stdout: true,
             stderr: true,
             ..Default::default()
         };
         let name = self.container_name(id);
-        let chunks: Vec<_> = self
-            .rt
-            .block_on(self.docker.logs(&name, Some(opts)).collect());
-        let (mut out, mut err) = (String::new(), String::new());
-        for c in chunks {
-            match c {
-                Ok(bollard::container::LogOutput::StdErr { message }) => {
-                    err.push_str(&String::from_utf8_lossy(&message))
+        let limit = q.limit();
+        let mut chunks = [(q.stdout, 0u64, Vec::new()), (q.stderr, 0u64, Vec::new())];
+        let res: Result<(), DriverError> = self.rt.block_on(async {
+            let mut s = self.docker.logs(&name, Some(opts));
+            while let Some(c) = s.next().await {
+                let (k, bytes) = match c {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => (1, message),
+                    Ok(other) => (0, other.into_bytes()),
+                    Err(e) if not_found(&e) => return Err(DriverError::NoTask(id.to_string())),
+                    Err(e) => return Err(docker_err(id, "reading logs")(e)),
+                };
+                let (from, seen, kept) = &mut chunks[k];
+                let end = *seen + bytes.len() as u64;
+                if end > *from && kept.len() < limit {
+                    let skip = from.saturating_sub(*seen) as usize;
+                    let take = (bytes.len() - skip).min(limit - kept.len());
+                    kept.extend_from_slice(&bytes[skip..skip + take]);
                 }
-                Ok(other) => out.push_str(&String::from_utf8_lossy(&other.into_bytes())),
-                Err(e) if not_found(&e) => return Err(DriverError::NoTask(id.to_string())),
-                Err(e) => return Err(docker_err(id, "reading logs")(e)),
+                *seen = end;
             }
-        }
-        Ok((out, err))
+            Ok(())
+        });
+        res?;
+        let chunk = |(from, seen, kept): (u64, u64, Vec<u8>)| {
+            let start = from.min(seen);
+            LogChunk {
+                from: start,
+                next: start + kept.len() as u64,
+                data: String::from_utf8_lossy(&kept).into_owned(),
+            }
+        };
+        let [out, err] = chunks;
+        Ok(NodeLogs {
+            stdout: chunk(out),
+            stderr: chunk(err),
+        })
     }
 
     fn remove(&mut self, id: &str) -> Result<(), DriverError> {

@@ -11,7 +11,10 @@ use nix::unistd::Pid;
 
 use super::cgroup::{self, Layout};
 use super::state::{self, ExitRecord, TaskState, CGROUP, EXIT, STDERR, STDOUT};
-use super::{valid_task_id, AttachFn, DriverError, Health, TaskDriver, TaskSpec};
+use super::{
+    valid_task_id, AttachFn, DriverError, Health, LogChunk, LogQuery, NodeLogs, TaskDriver,
+    TaskSpec,
+};
 
 pub struct ExecDriver {
     /// Task directories live here, one per task.
@@ -174,6 +177,10 @@ impl TaskDriver for ExecDriver {
         let mut child = Command::new(&self.bin)
             .args(["tool", "shim", "--dir"])
             .arg(&dir)
+            .arg("--log-max-size")
+            .arg(spec.log.max_size.to_string())
+            .arg("--log-max-files")
+            .arg(spec.log.max_files.to_string())
             .args(
                 spec.resolv_conf
                     .iter()
@@ -287,7 +294,7 @@ impl TaskDriver for ExecDriver {
         Ok(c.status)
     }
 
-    fn logs(&self, id: &str) -> Result<(String, String), DriverError> {
+    fn logs(&self, id: &str, q: &LogQuery) -> Result<NodeLogs, DriverError> {
         if !valid_task_id(id) {
             return Err(DriverError::BadTaskId(id.to_string()));
         }
@@ -295,8 +302,19 @@ impl TaskDriver for ExecDriver {
         if !dir.exists() {
             return Err(DriverError::NoTask(id.to_string()));
         }
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        Ok((read(STDOUT), read(STDERR)))
+        let read = |stream: &str, from: u64| {
+            super::logfile::read(&dir, stream, from, q.limit())
+                .map(|c| LogChunk {
+                    from: c.from,
+                    next: c.next,
+                    data: String::from_utf8_lossy(&c.data).into_owned(),
+                })
+                .map_err(io(format!("reading the {stream} of task {id}")))
+        };
+        Ok(NodeLogs {
+            stdout: read(STDOUT, q.stdout)?,
+            stderr: read(STDERR, q.stderr)?,
+        })
     }
 
     fn remove(&mut self, id: &str) -> Result<(), DriverError> {

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod docker;
 pub mod exec;
+pub mod logfile;
 pub mod shim;
 pub mod state;
 
@@ -59,6 +60,8 @@ pub struct TaskSpec {
     pub memory_max: Option<u64>,
     /// CPU limit in CPUs (0.5 = half of one).
     pub cpus: Option<f64>,
+    /// How much of its output is kept.
+    pub log: control::services::LogOpts,
 }
 
 /// What a task's health check says.
@@ -84,7 +87,8 @@ pub trait TaskDriver {
     fn stop(&mut self, id: &str, grace: Duration) -> Result<ExitRecord, DriverError>;
     fn state(&self, id: &str) -> Result<TaskState, DriverError>;
     /// (stdout, stderr) so far.
-    fn logs(&self, id: &str) -> Result<(String, String), DriverError>;
+    /// Bounded chunks of the task's output from the offsets `q` names.
+    fn logs(&self, id: &str, q: &LogQuery) -> Result<NodeLogs, DriverError>;
     /// Forgets an ended task (its files).
     fn remove(&mut self, id: &str) -> Result<(), DriverError>;
     /// Tasks found from an earlier agent, with their state.
@@ -95,4 +99,5 @@ pub trait TaskDriver {
     }
 }
 
+pub use control::api::{LogChunk, LogQuery, NodeLogs};
 pub use control::services::valid_task_id;

@@ -4,9 +4,10 @@
 //! the task's network namespace (its own: the namespace lives exactly as
 //! long as the task), tells the agent where it is, waits for the agent's
 //! go-ahead (given once the task is attached to the network; end of input
-//! means abort), then runs the task with its output in log files and
-//! records the task's pid and, at the end, its exit status. SIGTERM and
-//! SIGINT are passed on to the task.
+//! means abort), then runs the task with its output through pipes into
+//! rotated log files ([`super::logfile`]) and records the task's pid and,
+//! at the end, its exit status. SIGTERM and SIGINT are passed on to the
+//! task.
 
 use std::ffi::CString;
 use std::io::{BufRead, Write};
@@ -18,9 +19,15 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use super::logfile;
 use super::state::{ExitRecord, CGROUP, EXIT, SHIM_PID, STDERR, STDOUT, TASK_PID};
 
-pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
+pub fn run(
+    dir: &Path,
+    resolv_conf: Option<&Path>,
+    log: control::services::LogOpts,
+    command: &[String],
+) -> anyhow::Result<()> {
     if command.is_empty() {
         bail!("no command to run");
     }
@@ -61,8 +68,13 @@ pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow
     set.add(Signal::SIGCHLD);
     set.thread_block()?;
 
-    let out = std::fs::File::create(dir.join(STDOUT))?;
-    let err = std::fs::File::create(dir.join(STDERR))?;
+    let mut out = logfile::Writer::open(dir, STDOUT, log)?;
+    let mut err = logfile::Writer::open(dir, STDERR, log)?;
+    // The task writes into pipes the shim empties into rotated files: a
+    // file it held itself could grow without bound.
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let (out_r, out_w) = nix::unistd::pipe2(cloexec).context("pipe")?;
+    let (err_r, err_w) = nix::unistd::pipe2(cloexec).context("pipe")?;
     // The cgroups the task joins, one directory a line.
     let mut procs = Vec::new();
     for line in std::fs::read_to_string(dir.join(CGROUP))
@@ -90,8 +102,8 @@ pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow
     let child = match unsafe { fork() }.context("forking the task")? {
         ForkResult::Child => {
             drop(ready_w);
-            let _ = nix::unistd::dup2(out.as_raw_fd(), 1);
-            let _ = nix::unistd::dup2(err.as_raw_fd(), 2);
+            let _ = nix::unistd::dup2(out_w.as_raw_fd(), 1);
+            let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
             let mut byte = [0u8; 1];
             // SAFETY: read(2) into a stack buffer.
             if unsafe { libc::read(ready_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
@@ -109,6 +121,8 @@ pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow
         ForkResult::Parent { child } => child,
     };
     drop(ready_r);
+    drop(out_w);
+    drop(err_w);
     for p in &procs {
         use std::io::Write as _;
         let mut f = p;
@@ -120,36 +134,99 @@ pub fn run(dir: &Path, resolv_conf: Option<&Path>, command: &[String]) -> anyhow
     nix::unistd::write(&ready_w, b"g").context("releasing the task")?;
     drop(ready_w);
     std::fs::write(dir.join(TASK_PID), child.as_raw().to_string())?;
-    let status = supervise(child, &set)?;
+    let status = supervise(child, &set, [(out_r, &mut out), (err_r, &mut err)])?;
     let tmp = dir.join(format!("{EXIT}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec(&status)?)?;
     std::fs::rename(tmp, dir.join(EXIT))?;
     Ok(())
 }
 
-fn supervise(child: Pid, set: &SigSet) -> anyhow::Result<ExitRecord> {
+/// After the task ends, how long its output pipes are still read (a
+/// child it left behind may hold them open).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Passes signals on, copies the task's output into its log files, and
+/// returns how the task ended.
+fn supervise(
+    child: Pid,
+    set: &SigSet,
+    mut outputs: [(std::os::fd::OwnedFd, &mut logfile::Writer); 2],
+) -> anyhow::Result<ExitRecord> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::os::fd::AsFd;
+    let signals = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
+    let mut open = [true, true];
+    let mut ended: Option<(ExitRecord, std::time::Instant)> = None;
+    let mut buf = vec![0u8; 64 << 10];
     loop {
-        let sig = set.wait()?;
-        match sig {
-            Signal::SIGTERM | Signal::SIGINT => {
+        if let Some((status, at)) = &ended {
+            if open == [false, false] || at.elapsed() >= DRAIN {
+                return Ok(*status);
+            }
+        }
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut which = Vec::new();
+        for (i, (fd, _)) in outputs.iter().enumerate() {
+            if open[i] {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                which.push(i);
+            }
+        }
+        let timeout = if ended.is_some() {
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for the task"),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (k, i) in which.into_iter().enumerate() {
+            if !ready[k + 1] {
+                continue;
+            }
+            let (fd, w) = &mut outputs[i];
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) => open[i] = false,
+                Ok(n) => {
+                    // A full disk loses output, never the task.
+                    let _ = w.write(&buf[..n]);
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => open[i] = false,
+            }
+        }
+        if !ready[0] {
+            continue;
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            if let Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) =
+                Signal::try_from(info.ssi_signo as i32)
+            {
                 let _ = nix::sys::signal::kill(child, sig);
             }
-            _ => {}
-        }
-        match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
-            WaitStatus::Exited(_, code) => {
-                return Ok(ExitRecord {
+            if ended.is_some() {
+                continue;
+            }
+            let status = match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
+                WaitStatus::Exited(_, code) => Some(ExitRecord {
                     code: Some(code),
                     signal: None,
-                })
-            }
-            WaitStatus::Signaled(_, s, _) => {
-                return Ok(ExitRecord {
+                }),
+                WaitStatus::Signaled(_, s, _) => Some(ExitRecord {
                     code: None,
                     signal: Some(s as i32),
-                })
-            }
-            _ => {}
+                }),
+                _ => None,
+            };
+            ended = status.map(|s| (s, std::time::Instant::now()));
         }
     }
 }

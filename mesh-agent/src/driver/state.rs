@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const SHIM_PID: &str = "shim.pid";
 pub const TASK_PID: &str = "task.pid";
 pub const EXIT: &str = "exit.json";
-pub const STDOUT: &str = "stdout.log";
-pub const STDERR: &str = "stderr.log";
+/// The task's output streams ([`super::logfile`] names their files).
+pub const STDOUT: &str = "stdout";
+pub const STDERR: &str = "stderr";
 /// The cgroup directory the task joins (written by the agent).
 pub const CGROUP: &str = "cgroup";
 

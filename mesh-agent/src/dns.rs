@@ -2,22 +2,35 @@
 //! node's task gateway): `<service>` answers the service's VIP,
 //! `tasks.<service>` the addresses of its running tasks, like Swarm's
 //! embedded DNS; any other name is passed to the host's resolvers.
+//!
+//! Every task can reach it, so it assumes hostile clients: messages are
+//! parsed by hickory-proto, forwarding runs on a fixed pool of workers with
+//! a bounded queue (a flood is answered SERVFAIL, never with a thread per
+//! query), and a forwarded query goes out with a fresh random id from a
+//! socket connected to the resolver: only that resolver's reply with that
+//! id and question is taken (no off-path forgery from anyone else who can
+//! reach the socket's port).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 
 /// Answers are short-lived: tasks come and go.
 const TTL_S: u32 = 5;
-/// How long a forwarded query waits for the host's resolver.
+/// How long a forwarded query waits for each of the host's resolvers.
 const FORWARD_WAIT: Duration = Duration::from_secs(2);
-
-const TYPE_A: u16 = 1;
-const TYPE_ANY: u16 = 255;
-const CLASS_IN: u16 = 1;
-const RCODE_NXDOMAIN: u8 = 3;
-const RCODE_SERVFAIL: u8 = 2;
+/// Forwarded queries in flight at once (one worker thread each).
+pub const FORWARD_WORKERS: usize = 8;
+/// Forwarded queries waiting for a worker; more are answered SERVFAIL.
+pub const FORWARD_QUEUE: usize = 256;
+/// The largest message read or sent (EDNS's common size).
+const MAX_MESSAGE: usize = 4096;
 
 /// Names and their addresses (lower case, no trailing dot), shared with
 /// the runtime, which keeps it current.
@@ -44,57 +57,70 @@ impl Names {
     }
 }
 
-/// The question of a query: (name, type, where the question ends).
-fn question(q: &[u8]) -> Option<(String, u16, usize)> {
-    if q.len() < 12 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+/// A query as the server takes it: one question, class IN, a standard
+/// query. Anything else is answered FORMERR (or, unparsable, not at all).
+fn parse_query(buf: &[u8]) -> Option<Result<Message, Message>> {
+    let q = Message::from_vec(buf).ok()?;
+    if q.metadata.message_type != MessageType::Query {
         return None;
     }
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *q.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        // Compression pointers do not occur in questions of queries.
-        if len > 63 {
-            return None;
-        }
-        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    let qclass = u16::from_be_bytes([*q.get(i + 2)?, *q.get(i + 3)?]);
-    if qclass != CLASS_IN {
-        return None;
-    }
-    Some((labels.join("."), qtype, i + 4))
+    let ok = q.metadata.op_code == OpCode::Query
+        && q.queries.len() == 1
+        && q.queries[0].query_class() == DNSClass::IN;
+    Some(if ok {
+        Ok(q)
+    } else {
+        Err(reply_to(&q, ResponseCode::FormErr))
+    })
 }
 
-/// A response to `q` (whose question ends at `end`) with `addrs` as A
-/// records, or an error code.
-fn answer(q: &[u8], end: usize, addrs: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
-    let mut r = Vec::with_capacity(end + addrs.len() * 16);
-    r.extend_from_slice(&q[..2]);
-    // QR, opcode 0, AA; keep RD; RA; rcode.
-    r.push(0x84 | (q[2] & 0x01));
-    r.push(0x80 | rcode);
-    r.extend_from_slice(&1u16.to_be_bytes());
-    r.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
-    r.extend_from_slice(&[0, 0, 0, 0]);
-    r.extend_from_slice(&q[12..end]);
-    for a in addrs {
-        // The name is the question's (pointer to offset 12).
-        r.extend_from_slice(&[0xc0, 12]);
-        r.extend_from_slice(&TYPE_A.to_be_bytes());
-        r.extend_from_slice(&CLASS_IN.to_be_bytes());
-        r.extend_from_slice(&TTL_S.to_be_bytes());
-        r.extend_from_slice(&4u16.to_be_bytes());
-        r.extend_from_slice(&a.octets());
+/// The name asked for: lower case, without the trailing dot.
+fn name_of(q: &Message) -> String {
+    q.queries[0]
+        .name()
+        .to_lowercase()
+        .to_utf8()
+        .trim_end_matches('.')
+        .to_string()
+}
+
+/// An empty answer to `q` with `code`, its question copied.
+fn reply_to(q: &Message, code: ResponseCode) -> Message {
+    let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+    r.metadata.authoritative = true;
+    r.metadata.recursion_desired = q.metadata.recursion_desired;
+    r.metadata.recursion_available = true;
+    r.metadata.response_code = code;
+    r.queries = q.queries.clone();
+    r
+}
+
+/// Our answer for one of the cluster's names: A records (empty for other
+/// types: the name exists).
+fn answer(q: &Message, addrs: &[Ipv4Addr]) -> Message {
+    let mut r = reply_to(q, ResponseCode::NoError);
+    let qt = q.queries[0].query_type();
+    if qt == RecordType::A || qt == RecordType::ANY {
+        for a in addrs {
+            r.add_answer(Record::from_rdata(
+                q.queries[0].name().clone(),
+                TTL_S,
+                RData::A(A(*a)),
+            ));
+        }
     }
     r
 }
+
+fn send(sock: &UdpSocket, m: &Message, to: SocketAddr) {
+    if let Ok(bytes) = m.to_vec() {
+        let _ = sock.send_to(&bytes, to);
+    }
+}
+
+/// A query waiting to be forwarded: the parsed query, its bytes, the
+/// client, and when it came.
+type Job = (Message, Vec<u8>, SocketAddr, Instant);
 
 /// Serves DNS on `addr` until the process ends.
 pub fn serve(
@@ -103,61 +129,124 @@ pub fn serve(
     upstream: Vec<SocketAddr>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let sock = UdpSocket::bind(addr)?;
+    let (jobs, rx) = sync_channel::<Job>(FORWARD_QUEUE);
+    if !upstream.is_empty() {
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..FORWARD_WORKERS {
+            let (rx, reply, upstream) = (rx.clone(), sock.try_clone()?, upstream.clone());
+            std::thread::Builder::new()
+                .name(format!("dns-fwd-{i}"))
+                .spawn(move || forward_worker(&rx, &reply, &upstream))?;
+        }
+    }
     std::thread::Builder::new()
         .name("dns".into())
         .spawn(move || {
-            let mut buf = [0u8; 1500];
+            let mut buf = vec![0u8; MAX_MESSAGE];
             loop {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                let q = &buf[..n];
-                let Some((name, qtype, end)) = question(q) else {
-                    continue;
+                let q = match parse_query(&buf[..n]) {
+                    None => continue,
+                    Some(Err(formerr)) => {
+                        send(&sock, &formerr, from);
+                        continue;
+                    }
+                    Some(Ok(q)) => q,
                 };
-                match names.get(&name) {
-                    Some(addrs) => {
-                        // Ours: A records; other types exist but are empty.
-                        let addrs = if qtype == TYPE_A || qtype == TYPE_ANY {
-                            addrs
-                        } else {
-                            Vec::new()
-                        };
-                        let _ = sock.send_to(&answer(q, end, &addrs, 0), from);
-                    }
+                match names.get(&name_of(&q)) {
+                    Some(addrs) => send(&sock, &answer(&q, &addrs), from),
                     None if upstream.is_empty() => {
-                        let _ = sock.send_to(&answer(q, end, &[], RCODE_NXDOMAIN), from);
+                        send(&sock, &reply_to(&q, ResponseCode::NXDomain), from)
                     }
-                    None => {
-                        let (query, reply_to) = (q.to_vec(), sock.try_clone());
-                        let upstream = upstream.clone();
-                        // One thread per forwarded query: a slow resolver
-                        // never holds back the tasks' own names.
-                        std::thread::spawn(move || {
-                            let Ok(reply_to) = reply_to else { return };
-                            let r = forward(&query, &upstream)
-                                .unwrap_or_else(|| answer(&query, end, &[], RCODE_SERVFAIL));
-                            let _ = reply_to.send_to(&r, from);
-                        });
-                    }
+                    None => enqueue(&jobs, &sock, (q, buf[..n].to_vec(), from, Instant::now())),
                 }
             }
         })
 }
 
-fn forward(query: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
-    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
-    sock.set_read_timeout(Some(FORWARD_WAIT)).ok()?;
+/// Hands a query to the forwarders; with none free and the queue full, the
+/// client hears SERVFAIL at once (and retries, as resolvers do).
+fn enqueue(jobs: &SyncSender<Job>, sock: &UdpSocket, job: Job) {
+    match jobs.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full((q, _, from, _)) | TrySendError::Disconnected((q, _, from, _))) => {
+            send(sock, &reply_to(&q, ResponseCode::ServFail), from)
+        }
+    }
+}
+
+fn forward_worker(jobs: &Mutex<Receiver<Job>>, reply: &UdpSocket, upstream: &[SocketAddr]) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((q, bytes, from, came)) = job else {
+            return;
+        };
+        // A query that waited out a resolver's time in the queue has been
+        // given up on (or retried) by its client: it is not forwarded, so a
+        // flood behind a slow resolver drains in seconds.
+        let answer = (came.elapsed() < FORWARD_WAIT)
+            .then(|| forward(&q, &bytes, upstream))
+            .flatten()
+            .unwrap_or_else(|| {
+                reply_to(&q, ResponseCode::ServFail)
+                    .to_vec()
+                    .unwrap_or_default()
+            });
+        let _ = reply.send_to(&answer, from);
+    }
+}
+
+/// Asks the resolvers in turn; the first real answer, with the client's
+/// id restored.
+fn forward(q: &Message, bytes: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
+    let mut out = Message::from_vec(bytes).ok()?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
     for u in upstream {
-        if sock.send_to(query, u).is_err() {
+        // A socket of its own, connected: the kernel drops datagrams from
+        // anyone but this resolver.
+        let Ok(sock) = UdpSocket::bind(("0.0.0.0", 0)) else {
+            continue;
+        };
+        if sock.connect(u).is_err() {
             continue;
         }
-        let mut buf = [0u8; 4096];
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            return Some(buf[..n].to_vec());
+        let id = random_id();
+        out.metadata.id = id;
+        let Ok(wire) = out.to_vec() else { return None };
+        if sock.send(&wire).is_err() {
+            continue;
+        }
+        let deadline = Instant::now() + FORWARD_WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if sock
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .is_err()
+            {
+                break;
+            }
+            let Ok(n) = sock.recv(&mut buf) else { break };
+            // Only the answer to this question with this id.
+            let Ok(mut r) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            if r.metadata.id != id
+                || r.metadata.message_type != MessageType::Response
+                || r.queries != q.queries
+            {
+                continue;
+            }
+            r.metadata.id = q.metadata.id;
+            return r.to_vec().ok();
         }
     }
     None
+}
+
+/// An id an off-path sender cannot guess (the kernel's random source).
+fn random_id() -> u16 {
+    control::tls::random_u64() as u16
 }
 
 /// The host's resolvers (`nameserver` lines of /etc/resolv.conf), except
@@ -176,17 +265,14 @@ pub fn host_resolvers(exclude: Ipv4Addr) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
 
-    fn query(name: &str, qtype: u16) -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for l in name.split('.') {
-            q.push(l.len() as u8);
-            q.extend_from_slice(l.as_bytes());
-        }
-        q.push(0);
-        q.extend_from_slice(&qtype.to_be_bytes());
-        q.extend_from_slice(&CLASS_IN.to_be_bytes());
-        q
+    pub fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m.to_vec().unwrap()
     }
 
     #[test]
@@ -202,16 +288,35 @@ mod tests {
         serve(addr, names, Vec::new()).unwrap();
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
         c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        c.send_to(&query("Tasks.DB", TYPE_A), addr).unwrap();
+        c.send_to(&query("Tasks.DB", RecordType::A), addr).unwrap();
         let mut buf = [0u8; 512];
         let n = c.recv(&mut buf).unwrap();
-        let r = &buf[..n];
-        assert_eq!(&r[..2], &[0x12, 0x34], "same id");
-        assert_eq!(r[3] & 0x0f, 0, "no error");
-        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 2, "two answers");
-        assert_eq!(&r[n - 4..], &[10, 200, 2, 3]);
-        c.send_to(&query("nope", TYPE_A), addr).unwrap();
+        let r = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(r.metadata.id, 0x1234, "same id");
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        let got: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
+        assert_eq!(
+            got,
+            vec![
+                RData::A(A(Ipv4Addr::new(10, 200, 1, 2))),
+                RData::A(A(Ipv4Addr::new(10, 200, 2, 3)))
+            ]
+        );
+        c.send_to(&query("nope", RecordType::A), addr).unwrap();
         let n = c.recv(&mut buf).unwrap();
-        assert_eq!(buf[3] & 0x0f, RCODE_NXDOMAIN, "{:?}", &buf[..n]);
+        let r = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        // Garbage gets no answer; two questions get FORMERR.
+        c.send_to(&[0xff; 7], addr).unwrap();
+        let mut two = Message::new(7, MessageType::Query, OpCode::Query);
+        two.add_query(Query::query(Name::from_ascii("a").unwrap(), RecordType::A));
+        two.add_query(Query::query(Name::from_ascii("b").unwrap(), RecordType::A));
+        c.send_to(&two.to_vec().unwrap(), addr).unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        let r = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(
+            (r.metadata.id, r.metadata.response_code),
+            (7, ResponseCode::FormErr)
+        );
     }
 }

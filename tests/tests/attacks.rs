@@ -1041,3 +1041,113 @@ fn hole8_task_output_is_rotated_private_and_read_in_chunks() {
 fn until_ok_with<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> (T, Duration) {
     apiary_tests::swarm::until(timeout, f).expect("condition not reached in time")
 }
+
+/// A DNS query for `name` (type A) with id `id`.
+fn dns_query(name: &str, id: u16) -> Vec<u8> {
+    let mut q = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// A response to `query` (same id and question) with one A record.
+fn dns_answer(query: &[u8], id: u16, ip: [u8; 4]) -> Vec<u8> {
+    let mut r = query.to_vec();
+    r[0] = (id >> 8) as u8;
+    r[1] = id as u8;
+    r[2] = 0x81;
+    r[3] = 0x80;
+    r[7] = 1;
+    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+    r.extend_from_slice(&ip);
+    r
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn hole4_dns_forwarding_is_bounded_and_takes_only_the_resolvers_answer() {
+    // A resolver that, for every query, first has a forged answer sent from
+    // another port, then a forged one with the wrong id, then answers.
+    let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let forger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quiet = silent.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = upstream.recv_from(&mut buf) {
+            if quiet.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let q = &buf[..n];
+            let id = u16::from_be_bytes([q[0], q[1]]);
+            let _ = forger.send_to(&dns_answer(q, id, [6, 6, 6, 6]), from);
+            let _ = upstream.send_to(&dns_answer(q, id.wrapping_add(1), [7, 7, 7, 7]), from);
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = upstream.send_to(&dns_answer(q, id, [1, 2, 3, 4]), from);
+        }
+    });
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns = probe.local_addr().unwrap();
+    drop(probe);
+    mesh_agent::dns::serve(dns, Default::default(), vec![up_addr]).unwrap();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.send_to(&dns_query("example.org", 0x4242), dns).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0x42, 0x42], "the client's id");
+    assert_eq!(
+        &buf[n - 4..n],
+        &[1, 2, 3, 4],
+        "the resolver's answer, not a forged one"
+    );
+
+    // The resolver goes silent; a flood of queries holds a bounded number
+    // of threads, and every query is answered (SERVFAIL) in the end.
+    silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = threads();
+    let rx = c.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = [0u8; 1500];
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        while rx.recv(&mut buf).is_ok() {
+            assert_eq!(buf[3] & 0x0f, 2, "SERVFAIL");
+            answered += 1;
+        }
+        answered
+    });
+    for i in 0..600u16 {
+        // Paced a little, so the kernel's socket buffer does not drop them.
+        c.send_to(&dns_query(&format!("n{i}.example.org"), i), dns)
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let during = threads();
+    assert!(
+        during <= before + 2,
+        "threads: {before} before, {during} during the flood"
+    );
+    let answered = reader.join().unwrap();
+    assert!(answered >= 590, "{answered} of 600 answered");
+}

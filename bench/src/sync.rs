@@ -52,6 +52,7 @@ fn service(i: usize, backends: usize, draining: Option<usize>) -> DesiredService
 pub fn desired(services: usize, backends: usize) -> Desired {
     Desired {
         node_addr: Ipv4Addr::new(10, 99, 0, 1),
+        nodes: Default::default(),
         encap_port: mesh_common::DEFAULT_ENCAP_PORT,
         mtu: 1500,
         tcp_timeout_s: 7200,

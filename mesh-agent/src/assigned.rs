@@ -535,6 +535,12 @@ impl Node {
         let ct = crate::config::Conntrack::default();
         Desired {
             node_addr: gateway(self.subnet),
+            // Swarm mode always runs the overlay: other nodes' encapsulation
+            // comes through WireGuard, from their overlay addresses.
+            nodes: gateways
+                .values()
+                .map(|g| (*g, mesh_common::NODE_F_OVERLAY))
+                .collect(),
             encap_port: mesh_common::DEFAULT_ENCAP_PORT,
             mtu: self.mtu,
             tcp_timeout_s: ct.tcp_timeout_s,

@@ -708,8 +708,19 @@ impl StaticConfig {
                 );
             }
         }
+        let by = if self.overlay.is_some() {
+            mesh_common::NODE_F_OVERLAY
+        } else {
+            mesh_common::NODE_F_UNDERLAY
+        };
         Desired {
             node_addr: self.tunnel_addr(me),
+            nodes: self
+                .nodes
+                .iter()
+                .filter(|n| n.name != me.name)
+                .map(|n| (self.tunnel_addr(n), by))
+                .collect(),
             encap_port: self.encap_port,
             mtu: self.mtu.unwrap_or(mtu),
             tcp_timeout_s: self.conntrack.tcp_timeout_s,

@@ -17,8 +17,18 @@ pub const MAP_LB_MAGLEV: &str = "apiary_lb_maglev";
 pub const MAP_CT4: &str = "apiary_ct4";
 /// Node settings the programs need. Array with one [`NodeConfig`].
 pub const MAP_CONFIG: &str = "apiary_config";
-/// Global counters and drop reasons. Per-CPU array: [`crate::stats`] index → u64.
-pub const MAP_STATS: &str = "apiary_stats";
+/// Global counters and drop reasons. Per-CPU array: [`crate::stats`] index
+/// → u64 (`_v2`: three more drop reasons than `apiary_stats`).
+pub const MAP_STATS: &str = "apiary_stats_v2";
+/// The other nodes the encapsulation may come from. Hash: tunnel address
+/// (network order: the underlay address, or the overlay address when the
+/// overlay is on) → `NODE_F_*`. A packet to the encapsulation port from
+/// anyone else, or arriving on the wrong interface, is dropped.
+pub const MAP_NODES4: &str = "apiary_nodes4";
+/// The source address each task link may send with, learned by the task
+/// program once the route to that address leaves by that link. LRU hash:
+/// ifindex → IPv4 address (network order).
+pub const MAP_TASK_SRC4: &str = "apiary_task_src4";
 /// Per-service counters. Per-CPU array: svc_id → [`Counters`].
 pub const MAP_SVC_STATS: &str = "apiary_lb_svc_stats";
 /// Per-backend counters. Per-CPU array: backend id → [`Counters`].
@@ -32,6 +42,16 @@ pub const PROG_OVERLAY_INGRESS: &str = "apiary_overlay_ingress";
 /// Program attached at TC ingress of the host side of every task veth
 /// (packets leaving a task).
 pub const PROG_TASK_INGRESS: &str = "apiary_task_ingress";
+
+/// The node's encapsulation is opened when it arrives on the underlay.
+pub const NODE_F_UNDERLAY: u32 = 1 << 0;
+/// … when it arrives on the overlay (WireGuard authenticated the peer).
+pub const NODE_F_OVERLAY: u32 = 1 << 1;
+
+/// Entries of [`MAP_NODES4`].
+pub const MAX_NODES: u32 = 16_384;
+/// Entries of [`MAP_TASK_SRC4`].
+pub const MAX_TASK_LINKS: u32 = 65_536;
 
 /// Default sizes; the agent may raise them at load time.
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;

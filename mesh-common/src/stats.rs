@@ -51,7 +51,16 @@ counters! {
     /// flow that entered elsewhere, and no other backend was free of it
     /// (see docs/dataplane.md).
     STAT_DROP_TUPLE_BUSY = 17, "drop_tuple_busy", true;
+    /// A packet to the encapsulation port from an address that is no other
+    /// node's, or on an interface that node's encapsulation does not come by.
+    STAT_DROP_DECAP_UNKNOWN = 18, "drop_decap_unknown_node", true;
+    /// A task sent with a source address that is not its own.
+    STAT_DROP_SPOOFED = 19, "drop_spoofed_source", true;
+    /// A packet from another node for a flow whose tunnel entry a live flow
+    /// from a different node holds, and not a new connection (SYN) on a
+    /// finished one: the entry stays.
+    STAT_DROP_TUNNEL_MOVE = 20, "drop_tunnel_move", true;
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STAT_MAX: u32 = 18;
+pub const STAT_MAX: u32 = 21;

@@ -196,8 +196,20 @@ pub fn note_tunnel(p: &Packet, node: u32, cfg: &NodeConfig) -> Result<(), u32> {
             touch(e, &seen, now, p.is_closing());
             return Ok(());
         }
-        if p.is_syn() && live(&seen, now, p.proto, cfg) {
-            return Err(STAT_DROP_TUPLE_BUSY);
+        if live(&seen, now, p.proto, cfg) {
+            // A live flow of another node keeps its replies: a new
+            // connection is refused as before, anything else is a packet
+            // that must not move the flow.
+            return Err(if p.is_syn() {
+                STAT_DROP_TUPLE_BUSY
+            } else {
+                STAT_DROP_TUNNEL_MOVE
+            });
+        }
+        if p.proto == PROTO_TCP && !p.is_syn() && fresh(&seen, now, p.proto, cfg) {
+            // Finished (FIN/RST) but not expired: only a new connection
+            // takes the tuple over.
+            return Err(STAT_DROP_TUNNEL_MOVE);
         }
     }
     let v = CtEntry {

@@ -121,6 +121,9 @@ pub fn decap_l3(ctx: &TcContext, cfg: &NodeConfig) -> Result<Option<u32>, u32> {
     if dport != cfg.encap_port {
         return Ok(None);
     }
+    if !crate::maps::node_sends(ip.saddr, NODE_F_OVERLAY) {
+        return Err(STAT_DROP_DECAP_UNKNOWN);
+    }
     if (u16::from_be(ip.tot_len) as u32) < 20 + 8 + 20 {
         return Err(STAT_DROP_DECAP);
     }

@@ -63,6 +63,11 @@ fn host_ingress(ctx: &TcContext) -> Verdict {
         return Ok(TC_ACT_OK);
     };
     if pkt.proto == PROTO_UDP && pkt.daddr == cfg.node_addr && pkt.dport == cfg.encap_port {
+        // Only from a node whose encapsulation comes by the underlay (with
+        // the overlay on, none does: it comes through WireGuard).
+        if !maps::node_sends(pkt.saddr, NODE_F_UNDERLAY) {
+            return Err(STAT_DROP_DECAP_UNKNOWN);
+        }
         let ingress_node = encap::decap(ctx, &pkt)?;
         return opened(ctx, &cfg, ingress_node);
     }
@@ -113,6 +118,9 @@ fn task_ingress(ctx: &TcContext) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Ok(TC_ACT_OK);
     };
+    // A task sends with its own address only: a forged one could pose as
+    // its node (and so open other nodes' encapsulation) or as another task.
+    route::check_source(ctx)?;
     let Some(pkt) = Packet::parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };

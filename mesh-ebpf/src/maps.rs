@@ -34,8 +34,14 @@ pub static CT4: LruHashMap<Ct4Key, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTR
 #[map(name = "apiary_config")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-#[map(name = "apiary_stats")]
+#[map(name = "apiary_stats_v2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_MAX, 0);
+
+#[map(name = "apiary_nodes4")]
+pub static NODES4: HashMap<u32, u32> = HashMap::pinned(MAX_NODES, 0);
+
+#[map(name = "apiary_task_src4")]
+pub static TASK_SRC4: LruHashMap<u32, u32> = LruHashMap::pinned(MAX_TASK_LINKS, 0);
 
 #[map(name = "apiary_lb_svc_stats")]
 pub static SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(DEFAULT_MAX_SERVICES, 0);
@@ -49,6 +55,16 @@ pub fn count(slot: u32) {
         // SAFETY: per-CPU slot; this program is the only writer on this CPU.
         unsafe { *p += 1 };
     }
+}
+
+/// Whether encapsulated packets from `addr` are opened when they arrive
+/// by the way `flag` names.
+#[inline(always)]
+pub fn node_sends(addr: u32, flag: u32) -> bool {
+    // SAFETY: a plain read of a hash value.
+    NODES4
+        .get_ptr(&addr)
+        .is_some_and(|f| unsafe { *f } & flag != 0)
 }
 
 #[inline(always)]

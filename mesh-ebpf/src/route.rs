@@ -18,6 +18,49 @@ const BPF_FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 6;
 
+/// A packet leaving a task (TC ingress of its link) must carry a source
+/// whose route leaves by that same link: the task's own address (strict
+/// reverse-path filtering, which the stack would do but this program runs
+/// before it). What passed is remembered per link, so the FIB is asked
+/// only for a source not seen on the link before.
+#[inline(always)]
+pub fn check_source(ctx: &TcContext) -> Result<(), u32> {
+    let eth_proto: u16 = ctx.load(12).map_err(|_| STAT_DROP_MALFORMED)?;
+    if u16::from_be(eth_proto) != crate::hdr::ETH_P_IP {
+        return Ok(());
+    }
+    let saddr: u32 = ctx
+        .load(crate::hdr::IP_SADDR_OFF)
+        .map_err(|_| STAT_DROP_MALFORMED)?;
+    // SAFETY: TC programs may read `ifindex` from their context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(known) = crate::maps::TASK_SRC4.get_ptr(&ifindex) {
+        // SAFETY: a plain read of an LRU value.
+        if unsafe { *known } == saddr {
+            return Ok(());
+        }
+    }
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_4.ipv4_dst = saddr;
+    // SAFETY: `fib` is a properly sized lookup struct on our stack.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ifindex {
+        return Err(STAT_DROP_SPOOFED);
+    }
+    let _ = crate::maps::TASK_SRC4.insert(&ifindex, &saddr, 0);
+    Ok(())
+}
+
 #[inline(always)]
 pub fn forward(ctx: &TcContext, p: &Packet) -> Verdict {
     redirect(ctx, p.saddr, p.daddr, p.proto, p.sport, p.dport, p.ip_len)

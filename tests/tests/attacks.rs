@@ -1151,3 +1151,152 @@ fn hole4_dns_forwarding_is_bounded_and_takes_only_the_resolvers_answer() {
     let answered = reader.join().unwrap();
     assert!(answered >= 590, "{answered} of 600 answered");
 }
+
+/// IPv4 + UDP with `payload`, header checksum set (UDP checksum 0: none).
+fn ipv4_udp(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let mut sum: u32 = p
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Sends raw IPv4 packets (headers included) from inside network
+/// namespace `netns` (a path), as a task with root in its container can.
+fn send_raw(netns: String, packets: Vec<(Vec<u8>, std::net::Ipv4Addr)>) {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .unwrap();
+        for (p, to) in packets {
+            for _ in 0..5 {
+                s.send_to(&p, &SocketAddr::from((to, 0)).into()).unwrap();
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+fn stat(lab: &Lab, d: usize, name: &str) -> u64 {
+    let v = lab.daemons[d].lb("stats").unwrap();
+    v["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}: {v}"))
+}
+
+#[test]
+fn hole5_a_task_can_neither_forge_its_source_nor_open_another_nodes_encapsulation() {
+    let lab = swarm(1, 1).unwrap();
+    let bin = apiary_tests::apiary_bin();
+    let exec = |name: &str, host: &str, cmd: &[&str]| {
+        let mut args = vec![
+            "service",
+            "create",
+            "--name",
+            name,
+            "--driver",
+            "exec",
+            "--constraint",
+        ];
+        let c = format!("node.hostname=={host}");
+        args.push(&c);
+        args.extend_from_slice(cmd);
+        lab.apiary(0, &args).out();
+    };
+    exec(
+        "victim",
+        "h1",
+        &[
+            bin.to_str().unwrap(),
+            "tool",
+            "whoami",
+            "--listen",
+            "0.0.0.0:80",
+        ],
+    );
+    exec("evil", "h2", &["/bin/sleep", "600"]);
+    let evil = as_manager(&lab, "/v1/services/evil/tasks")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = lab.daemons[1].task_pid(&evil).expect("evil runs on h2");
+    let state = as_manager(&lab, "/v1/node/state");
+    let addr_of = |svc: &str| -> std::net::Ipv4Addr {
+        let s = state["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == svc)
+            .unwrap();
+        s["backends"][0]["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (victim, evil_addr) = (addr_of("victim"), addr_of("evil"));
+    let gateway = |h: &str| -> std::net::Ipv4Addr {
+        let net: ipnet::Ipv4Net = node(&nodes(&lab, 0).unwrap(), h)["task_subnet"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        net.hosts().next().unwrap()
+    };
+    let (h1_overlay, h2_gateway) = (gateway("h1"), gateway("h2"));
+
+    // 1. With its own address, it wraps a packet as another node would
+    //    (inner source: an outside client) and sends it to h1's
+    //    encapsulation port through the overlay: h1 does not open it.
+    let opened = stat(&lab, 0, "decap");
+    let inner = ipv4_udp("192.0.2.66".parse().unwrap(), victim, 5555, 80, b"hello");
+    send_raw(
+        format!("/proc/{pid}/ns/net"),
+        vec![(
+            ipv4_udp(evil_addr, h1_overlay, 40000, 6390, &inner),
+            h1_overlay,
+        )],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        stat(&lab, 0, "decap"),
+        opened,
+        "h1 opened a task's encapsulation"
+    );
+    assert!(stat(&lab, 0, "drop_decap_unknown_node") >= 5);
+
+    // 2. A forged source (its node's address) is dropped where it leaves
+    //    the task, and counted.
+    let spoofed = stat(&lab, 1, "drop_spoofed_source");
+    send_raw(
+        format!("/proc/{pid}/ns/net"),
+        vec![(ipv4_udp(h2_gateway, victim, 5353, 80, b"forged"), victim)],
+    );
+    assert!(stat(&lab, 1, "drop_spoofed_source") >= spoofed + 5);
+}

@@ -101,6 +101,7 @@ fn desired(proto: Protocol) -> Desired {
     };
     Desired {
         node_addr: NODE,
+        nodes: Default::default(),
         encap_port: DEFAULT_ENCAP_PORT,
         mtu: 1500,
         tcp_timeout_s: 60,
@@ -193,13 +194,28 @@ fn inspect(p: &[u8], proto: Protocol) -> Seen {
     }
 }
 
+/// Runs `prog` on `input` as if it came in on `link0` (where the backend's
+/// subnet is: the task program checks a packet's source against the link).
 fn run_prog(dp: &Dataplane, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    run_prog_on(dp, prog, input, "link0")
+}
+
+/// Offset of `ifindex` in the kernel's `struct __sk_buff`.
+const SKB_IFINDEX_OFF: usize = 40;
+/// Size of the kernel's `struct __sk_buff`.
+const SKB_LEN: usize = 192;
+
+fn run_prog_on(dp: &Dataplane, prog: &str, input: &[u8], link: &str) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; input.len() + 256];
+    let mut ctx = [0u8; SKB_LEN];
+    let ifindex = nix::net::if_::if_nametoindex(link).expect("link index");
+    ctx[SKB_IFINDEX_OFF..SKB_IFINDEX_OFF + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let p = dp.program(prog).expect("program");
     let r = p
         .test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
             ..Default::default()
         })
         .expect("test run");
@@ -297,5 +313,139 @@ fn service_without_backends_drops_and_counts() {
         assert_eq!(rc, TC_ACT_SHOT);
         let after = drops(dp);
         assert_eq!(after, before + 1, "the drop is counted with its reason");
+    });
+}
+
+fn counter(dp: &Dataplane, slot: u32) -> u64 {
+    dp.maps().stats.get(&slot, 0).unwrap().iter().sum()
+}
+
+/// `inner` (an Ethernet frame) wrapped as node `from` wraps it for this
+/// node: outer IPv4 `from` → NODE, UDP to the encapsulation port.
+fn encapsulated(from: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut outer = packet(
+        Protocol::Udp,
+        (from, 50000),
+        (NODE, DEFAULT_ENCAP_PORT),
+        &inner[14..],
+    );
+    // The outer UDP checksum is optional; the programs do not read it.
+    outer[34 + 6] = 0;
+    outer[34 + 7] = 0;
+    outer
+}
+
+/// A TCP segment with `flags` (0x10 = ACK) instead of a SYN.
+fn with_tcp_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
+    p[14 + 20 + 13] = flags;
+    p
+}
+
+#[test]
+fn a_task_sending_with_another_source_is_dropped_and_counted() {
+    let fx = Fixture::new("s");
+    // A second task link, whose task holds 10.201.1.7 (a host route more
+    // specific than the subnet on link0).
+    fx.ns
+        .ip(&[
+            "link", "add", "link2", "type", "veth", "peer", "name", "link3",
+        ])
+        .unwrap();
+    fx.ns.ip(&["link", "set", "link2", "up"]).unwrap();
+    fx.ns.ip(&["link", "set", "link3", "up"]).unwrap();
+    fx.ns
+        .ip(&["route", "add", "10.201.1.7/32", "dev", "link2"])
+        .unwrap();
+    fx.run(Protocol::Udp, |dp| {
+        let spoofed = |dp: &Dataplane| counter(dp, STAT_DROP_SPOOFED);
+        let task7 = Ipv4Addr::new(10, 201, 1, 7);
+        // Its own address passes (to the stack: no frontend).
+        let own = packet(Protocol::Udp, (task7, 5000), (CLIENT, 53), b"q");
+        assert_eq!(run_prog_on(dp, PROG_TASK_INGRESS, &own, "link2").0, 0);
+        let before = spoofed(dp);
+        // Another task's address, the node's own, a client's: dropped.
+        for forged in [BACKEND, NODE, CLIENT, Ipv4Addr::new(10, 201, 1, 1)] {
+            let p = packet(Protocol::Udp, (forged, 5000), (CLIENT, 53), b"q");
+            let (rc, _) = run_prog_on(dp, PROG_TASK_INGRESS, &p, "link2");
+            assert_eq!(rc, TC_ACT_SHOT, "{forged}");
+        }
+        assert_eq!(spoofed(dp), before + 4);
+        // And its own, again, from the cache.
+        assert_eq!(run_prog_on(dp, PROG_TASK_INGRESS, &own, "link2").0, 0);
+    });
+}
+
+#[test]
+fn encapsulation_is_opened_only_from_known_nodes_on_their_way_in() {
+    let fx = Fixture::new("n");
+    fx.run(Protocol::Tcp, |dp| {
+        let peer = Ipv4Addr::new(198, 51, 100, 2);
+        let inner = packet(Protocol::Tcp, (CLIENT, 41000), (BACKEND, 80), b"");
+        let wrapped = encapsulated(peer, &inner);
+        let unknown = |dp: &Dataplane| counter(dp, STAT_DROP_DECAP_UNKNOWN);
+        let opened = |dp: &Dataplane| counter(dp, STAT_DECAP);
+        // Nobody is known yet: dropped, counted, not opened.
+        let (u, o) = (unknown(dp), opened(dp));
+        assert_eq!(run_prog(dp, PROG_HOST_INGRESS, &wrapped).0, TC_ACT_SHOT);
+        assert_eq!((unknown(dp), opened(dp)), (u + 1, o));
+        // Known, but its encapsulation comes through the overlay: not from
+        // the underlay.
+        let mut want = desired(Protocol::Tcp);
+        want.nodes.insert(peer, NODE_F_OVERLAY);
+        dp.apply(&want).unwrap();
+        assert_eq!(run_prog(dp, PROG_HOST_INGRESS, &wrapped).0, TC_ACT_SHOT);
+        assert_eq!(unknown(dp), u + 2);
+        // Known on the underlay: opened and delivered.
+        want.nodes.insert(peer, NODE_F_UNDERLAY);
+        dp.apply(&want).unwrap();
+        let (rc, out) = run_prog(dp, PROG_HOST_INGRESS, &wrapped);
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(opened(dp), o + 1);
+        assert_eq!(inspect(&out, Protocol::Tcp).src, (CLIENT, 41000));
+        // Gone from the state: refused again.
+        want.nodes.clear();
+        dp.apply(&want).unwrap();
+        assert_eq!(run_prog(dp, PROG_HOST_INGRESS, &wrapped).0, TC_ACT_SHOT);
+    });
+}
+
+#[test]
+fn a_live_flow_is_not_moved_to_another_node_by_its_packets() {
+    let fx = Fixture::new("m");
+    fx.run(Protocol::Tcp, |dp| {
+        let (a, b) = (
+            Ipv4Addr::new(198, 51, 100, 2),
+            Ipv4Addr::new(198, 51, 100, 3),
+        );
+        let mut want = desired(Protocol::Tcp);
+        want.nodes.insert(a, NODE_F_UNDERLAY);
+        want.nodes.insert(b, NODE_F_UNDERLAY);
+        dp.apply(&want).unwrap();
+        let syn = packet(Protocol::Tcp, (CLIENT, 42000), (BACKEND, 80), b"");
+        let ack = with_tcp_flags(syn.clone(), 0x10);
+        // The flow enters at node a.
+        assert_eq!(
+            run_prog(dp, PROG_HOST_INGRESS, &encapsulated(a, &syn)).0,
+            TC_ACT_REDIRECT
+        );
+        assert_eq!(
+            run_prog(dp, PROG_HOST_INGRESS, &encapsulated(a, &ack)).0,
+            TC_ACT_REDIRECT
+        );
+        // Node b (or whoever can send as it) cannot take it over mid-flow.
+        let moved = counter(dp, STAT_DROP_TUNNEL_MOVE);
+        assert_eq!(
+            run_prog(dp, PROG_HOST_INGRESS, &encapsulated(b, &ack)).0,
+            TC_ACT_SHOT
+        );
+        assert_eq!(counter(dp, STAT_DROP_TUNNEL_MOVE), moved + 1);
+        // The backend's replies still go back to node a.
+        let reply = with_tcp_flags(
+            packet(Protocol::Tcp, (BACKEND, 80), (CLIENT, 42000), b""),
+            0x12,
+        );
+        let (rc, out) = run_prog(dp, PROG_TASK_INGRESS, &reply);
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(&out[30..34], &a.octets(), "encapsulated back to node a");
     });
 }

@@ -102,6 +102,9 @@ impl DesiredService {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     pub node_addr: Ipv4Addr,
+    /// The other nodes whose encapsulation this node opens: their tunnel
+    /// address → how it arrives (`mesh_common::NODE_F_*`).
+    pub nodes: BTreeMap<Ipv4Addr, u32>,
     pub encap_port: u16,
     pub mtu: u16,
     pub tcp_timeout_s: u32,

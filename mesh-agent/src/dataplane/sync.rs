@@ -137,11 +137,35 @@ pub fn apply(
     Ok(report)
 }
 
+/// The other nodes whose encapsulation is opened: the map made equal to
+/// `want.nodes` (read back whole: it holds a few entries per node, and an
+/// agent that restarts finds what its predecessor wrote).
+fn write_nodes(maps: &mut Maps, want: &Desired) -> Result<(), DataplaneError> {
+    let err = |e| DataplaneError::map(MAP_NODES4, e);
+    let have: Vec<(u32, u32)> = maps.nodes.iter().collect::<Result<_, _>>().map_err(err)?;
+    for (addr, _) in &have {
+        if !want
+            .nodes
+            .contains_key(&std::net::Ipv4Addr::from(u32::from_be(*addr)))
+        {
+            maps.nodes.remove(addr).map_err(err)?;
+        }
+    }
+    for (addr, flags) in &want.nodes {
+        let key = u32::from(*addr).to_be();
+        if !have.contains(&(key, *flags)) {
+            maps.nodes.insert(key, flags, 0).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 fn write_node(
     maps: &mut Maps,
     have: &mut Programmed,
     want: &Desired,
 ) -> Result<(), DataplaneError> {
+    write_nodes(maps, want)?;
     let node = NodeConfig {
         node_addr: u32::from(want.node_addr).to_be(),
         encap_port: want.encap_port.to_be(),

@@ -118,6 +118,38 @@ fn send(sock: &UdpSocket, m: &Message, to: SocketAddr) {
     }
 }
 
+/// What the server does with one datagram.
+pub enum Handled {
+    /// Not a query it answers (garbage, a response): nothing is sent.
+    Drop,
+    /// This answer goes back to the client.
+    Reply(Vec<u8>),
+    /// A name it does not hold: to the host's resolvers.
+    Forward(Message),
+}
+
+/// The server's decision for datagram `buf` (all of it that does not
+/// touch the network; the fuzz target drives it).
+pub fn handle(names: &Names, buf: &[u8], forwarding: bool) -> Handled {
+    let q = match parse_query(buf) {
+        None => return Handled::Drop,
+        Some(Err(formerr)) => return reply(&formerr),
+        Some(Ok(q)) => q,
+    };
+    match names.get(&name_of(&q)) {
+        Some(addrs) => reply(&answer(&q, &addrs)),
+        None if !forwarding => reply(&reply_to(&q, ResponseCode::NXDomain)),
+        None => Handled::Forward(q),
+    }
+}
+
+fn reply(m: &Message) -> Handled {
+    match m.to_vec() {
+        Ok(b) => Handled::Reply(b),
+        Err(_) => Handled::Drop,
+    }
+}
+
 /// A query waiting to be forwarded: the parsed query, its bytes, the
 /// client, and when it came.
 type Job = (Message, Vec<u8>, SocketAddr, Instant);
@@ -147,20 +179,14 @@ pub fn serve(
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                let q = match parse_query(&buf[..n]) {
-                    None => continue,
-                    Some(Err(formerr)) => {
-                        send(&sock, &formerr, from);
-                        continue;
+                match handle(&names, &buf[..n], !upstream.is_empty()) {
+                    Handled::Drop => {}
+                    Handled::Reply(r) => {
+                        let _ = sock.send_to(&r, from);
                     }
-                    Some(Ok(q)) => q,
-                };
-                match names.get(&name_of(&q)) {
-                    Some(addrs) => send(&sock, &answer(&q, &addrs), from),
-                    None if upstream.is_empty() => {
-                        send(&sock, &reply_to(&q, ResponseCode::NXDomain), from)
+                    Handled::Forward(q) => {
+                        enqueue(&jobs, &sock, (q, buf[..n].to_vec(), from, Instant::now()))
                     }
-                    None => enqueue(&jobs, &sock, (q, buf[..n].to_vec(), from, Instant::now())),
                 }
             }
         })

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask build-ebpf [--check]   build the BPF object (or check the committed one)
-//! cargo xtask test                   every test (what CI runs)
+//! cargo xtask test                   every test and a short fuzz pass (what CI runs)
+//! cargo xtask fuzz [--secs N]        every fuzz target for N seconds
 //! cargo xtask demo [--keep]          the routing mesh in a 3-host lab
 //! cargo xtask lab up --hosts N       a lab to play in; cargo xtask lab down removes it
 //! cargo xtask bench lb               the routing mesh against direct, nftables, HAProxy
@@ -12,6 +13,7 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod docker;
+mod fuzz;
 mod lab;
 mod test;
 mod util;
@@ -52,6 +54,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run every fuzz target (cargo-fuzz on nightly) for --secs seconds each.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the test images (apiary/whoami:dev, apiary/busybox:dev) with `docker import`.
     Image,
     /// A local lab of namespace hosts.
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
     let r = match cli.cmd {
         Cmd::BuildEbpf { check } => build_ebpf::run(check),
         Cmd::Test { args } => test::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Demo { keep } => demo::run(keep),
         Cmd::Bench { name, args } => bench::run(&name, &args),
         Cmd::Lab { cmd } => lab::run(cmd),

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI runs as tests. Installs what the tests
-//! need when root, builds the `apiary` binary they drive, then runs
-//! `cargo test` over the workspace.
+//! need when root, builds the `apiary` binary they drive, runs `cargo test`
+//! over the workspace, then a bounded fuzz pass (10 s per target).
 
 use std::process::Command;
 
@@ -29,5 +29,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .env("APIARY_BIN", &bin)
             .args(["test", "--workspace"])
             .args(args),
-    )
+    )?;
+    // Only for the whole suite: a run of some tests (`-- NAME`) is not CI.
+    if args.is_empty() {
+        crate::fuzz::run(&crate::fuzz::FuzzArgs {
+            secs: FUZZ_SECS,
+            targets: Vec::new(),
+        })?;
+    }
+    Ok(())
 }
+
+/// Seconds per fuzz target in the test pass (7 targets: under 2 minutes).
+const FUZZ_SECS: u64 = 10;

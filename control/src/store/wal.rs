@@ -151,6 +151,17 @@ fn scan(bytes: &[u8], last_segment: bool) -> (Vec<(usize, usize, Entry)>, End) {
     (records, End::Clean(off))
 }
 
+/// Reads `bytes` as a segment the way opening the log does, and says how
+/// many records it holds and where they end (for the fuzz target: no
+/// bytes on disk may make opening panic or allocate without bound).
+pub fn scan_segment(bytes: &[u8], last_segment: bool) -> Result<(usize, usize), String> {
+    let (records, end) = scan(bytes, last_segment);
+    match end {
+        End::Clean(off) | End::Torn(off) => Ok((records.len(), off)),
+        End::Damaged(off, why) => Err(format!("at {off}: {why}")),
+    }
+}
+
 fn segment_firsts(dir: &Path) -> io::Result<Vec<u64>> {
     let mut firsts: Vec<u64> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())

@@ -8,7 +8,7 @@
 
 mod config;
 mod datapath;
-mod uapi;
+pub mod uapi;
 mod udp;
 
 use std::collections::HashMap;

@@ -45,20 +45,26 @@ pub fn check_source(ctx: &TcContext) -> Result<(), u32> {
     fib.family = AF_INET;
     fib.ifindex = ifindex;
     fib.__bindgen_anon_4.ipv4_dst = saddr;
-    // SAFETY: `fib` is a properly sized lookup struct on our stack.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ifindex {
+    if lookup(ctx, &mut fib) != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ifindex {
         return Err(STAT_DROP_SPOOFED);
     }
     let _ = crate::maps::TASK_SRC4.insert(&ifindex, &saddr, 0);
     Ok(())
+}
+
+/// The kernel's route for `fib`'s addresses (neighbours left to
+/// `bpf_redirect_neigh`): one of the `BPF_FIB_LKUP_RET_*` codes.
+#[inline(always)]
+fn lookup(ctx: &TcContext, fib: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: `fib` is a properly sized lookup struct on our stack.
+    unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    }
 }
 
 #[inline(always)]
@@ -95,16 +101,7 @@ pub fn redirect(
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     fib.__bindgen_anon_3.ipv4_src = saddr;
     fib.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: `fib` is a properly sized lookup struct on our stack.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    match rc {
+    match lookup(ctx, &mut fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(STAT_DROP_TOO_BIG),
         _ => return Err(STAT_DROP_FIB),

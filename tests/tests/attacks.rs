@@ -3,6 +3,8 @@
 //! failed against the daemon of 87141f9 (run with `APIARY_BIN` pointing at
 //! that build) and passes now.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -201,33 +203,11 @@ fn fake_manager(
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, s);
-            let mut buf = vec![0u8; 16384];
-            let mut got = Vec::new();
-            while let Ok(n) = tls.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break;
-                    }
-                }
-            }
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if text.is_empty() {
-                // The client hung up (in the handshake, say): nothing sent.
+            // The client hung up (in the handshake, say): nothing sent.
+            let Ok(Some((head, body))) = common::read_http_message(&mut tls) else {
                 continue;
-            }
+            };
+            let text = format!("{head}\r\n\r\n{body}");
             let answer = if text.starts_with("GET /v1/ca ") {
                 format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{ca}",

@@ -76,6 +76,34 @@ pub fn http_retry(to: SocketAddr, tries: usize) -> Option<Answer> {
     })
 }
 
+/// One HTTP/1.1 message from `r`: its head and its body (as long as its
+/// `content-length` says); `None` when the peer closes first.
+pub fn read_http_message(r: &mut impl Read) -> std::io::Result<Option<(String, String)>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = r.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(Some((head.to_string(), body[..len].to_string())));
+            }
+        }
+    }
+}
+
 /// A keep-alive HTTP/1.1 connection.
 pub struct KeepAlive {
     s: TcpStream,
@@ -99,29 +127,9 @@ impl KeepAlive {
 
     pub fn get(&mut self) -> std::io::Result<Answer> {
         self.s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = self.s.read(&mut chunk)?;
-            if n == 0 {
-                return Err(std::io::Error::other("connection closed"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if body.len() >= len {
-                    return parse(&body[..len]).ok_or_else(|| std::io::Error::other("bad answer"));
-                }
-            }
-        }
+        let (_, body) = read_http_message(&mut self.s)?
+            .ok_or_else(|| std::io::Error::other("connection closed"))?;
+        parse(&body).ok_or_else(|| std::io::Error::other("bad answer"))
     }
 }
 

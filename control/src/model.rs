@@ -301,6 +301,12 @@ pub enum Command {
         node: Node,
     },
     AddNode(Node),
+    /// A machine that left (down since) joins again: its old record, with
+    /// the same address and WireGuard key, goes as the new one comes.
+    RejoinNode {
+        old: NodeId,
+        node: Node,
+    },
     /// `swarm update`: the settings it names, applied to those of the
     /// moment it commits.
     SetSettings(SettingsChange),
@@ -383,9 +389,22 @@ impl ClusterState {
                 self.nodes.insert(node.id, node);
             }
             Command::AddNode(node) => {
-                if let Err(e) = self.node_fits(&node) {
+                if let Err(e) = self.node_fits(&node, None) {
                     return Outcome::err(e);
                 }
+                self.nodes.insert(node.id, node);
+            }
+            Command::RejoinNode { old, node } => {
+                if self.rejoins(&node) != Some(old) {
+                    return Outcome::err(format!(
+                        "node {} is not a down node with this one's address and key",
+                        show_id(old)
+                    ));
+                }
+                if let Err(e) = self.node_fits(&node, Some(old)) {
+                    return Outcome::err(e);
+                }
+                self.nodes.remove(&old);
                 self.nodes.insert(node.id, node);
             }
             Command::SetRole { id, role, at } => match self.nodes.get_mut(&id) {
@@ -565,11 +584,32 @@ impl ClusterState {
         }
     }
 
+    /// The down node `node` takes the place of when it joins: the same
+    /// machine again (same address and WireGuard key) after `swarm leave`
+    /// or a reinstall that kept its data dir, as Swarm lets a node rejoin.
+    pub fn rejoins(&self, node: &Node) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .find(|o| {
+                o.id != node.id
+                    && o.status == Status::Down
+                    && o.role == Role::Worker
+                    && o.ip() == node.ip()
+                    && o.wg_public_key == node.wg_public_key
+            })
+            .map(|o| o.id)
+    }
+
     /// A joining node must not claim what another node has: its task
     /// subnet, its WireGuard key (its peers would send it the other's
-    /// traffic) or its address; nor a port a service publishes.
-    pub fn node_fits(&self, node: &Node) -> Result<(), String> {
-        for o in self.nodes.values().filter(|o| o.id != node.id) {
+    /// traffic) or its address; nor a port a service publishes. The node it
+    /// `replaces` (see [`ClusterState::rejoins`]) is not in the way.
+    pub fn node_fits(&self, node: &Node, replaces: Option<NodeId>) -> Result<(), String> {
+        for o in self
+            .nodes
+            .values()
+            .filter(|o| o.id != node.id && Some(o.id) != replaces)
+        {
             if let Some(net) = node.task_subnet.filter(|n| o.task_subnet == Some(*n)) {
                 return Err(format!(
                     "task subnet {net} is already node {}'s",
@@ -578,14 +618,14 @@ impl ClusterState {
             }
             if node.wg_public_key.is_some() && o.wg_public_key == node.wg_public_key {
                 return Err(format!(
-                    "wg_public_key {} is already node {}'s: each node makes its own key (remove <data-dir>/wireguard.key on a copied machine)",
+                    "wg_public_key {} is already node {}'s: each node makes its own key (remove <data-dir>/wireguard.key on a copied machine; the same machine joining again replaces its old record once that is marked down)",
                     node.wg_public_key.as_deref().unwrap_or(""),
                     o.hostname
                 ));
             }
             if o.ip() == node.ip() {
                 return Err(format!(
-                    "addr {} is already node {}'s ({}): give this node its own address (--advertise-addr), or remove the other with `apiary node rm`",
+                    "addr {} is already node {}'s ({}): give this node its own address (--advertise-addr), or remove the other with `apiary node rm` (a node that left is replaced once it is marked down)",
                     node.ip(),
                     o.hostname,
                     o.addr
@@ -868,6 +908,45 @@ mod tests {
         let got = s.cluster.unwrap().settings;
         assert_eq!((got.task_history_limit, got.heartbeat_ms), (1, 2000));
         assert_eq!(got.cert_expiry_s, Settings::default().cert_expiry_s);
+    }
+
+    #[test]
+    fn a_node_that_left_rejoins_in_its_own_place_and_no_one_takes_another_s() {
+        let mut s = ClusterState::default();
+        let mut a = node(1, "h1");
+        a.wg_public_key = Some("key-a".into());
+        s.apply(Command::AddNode(a.clone()));
+        // The same machine joins again while its record is ready: refused.
+        let mut again = Node { id: 2, ..a.clone() };
+        assert!(s.rejoins(&again).is_none());
+        assert!(s.apply(Command::AddNode(again.clone())).error.is_some());
+        // Down: it takes the old record's place.
+        s.apply(Command::SetStatus {
+            ids: vec![1],
+            status: Status::Down,
+            at: 1,
+        });
+        assert_eq!(s.rejoins(&again), Some(1));
+        let out = s.apply(Command::RejoinNode {
+            old: 1,
+            node: again.clone(),
+        });
+        assert!(out.error.is_none(), "{out:?}");
+        assert_eq!(s.nodes.keys().copied().collect::<Vec<_>>(), vec![2]);
+        // Another machine with that key, or a claim on a live node: no.
+        let mut thief = node(3, "h3");
+        thief.wg_public_key = Some("key-a".into());
+        assert!(s
+            .apply(Command::AddNode(thief))
+            .error
+            .unwrap()
+            .contains("wg_public_key"));
+        again.id = 4;
+        let out = s.apply(Command::RejoinNode {
+            old: 2,
+            node: again,
+        });
+        assert!(out.error.is_some(), "node 2 is not down");
     }
 
     #[test]

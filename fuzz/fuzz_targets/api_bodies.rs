@@ -100,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
         }
         6 => {
             if let Ok(n) = serde_json::from_slice::<Node>(body) {
-                let _ = state().node_fits(&n);
+                let _ = state().node_fits(&n, None);
             }
         }
         7 => {

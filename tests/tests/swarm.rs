@@ -500,3 +500,29 @@ fn swarm_update_changes_the_settings_everywhere_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_worker_that_left_joins_again_in_its_own_place() {
+    let lab = swarm(1, 1).unwrap();
+    let before = node(&nodes(&lab, 0).unwrap(), "h2")["id"].clone();
+    lab.apiary(1, &["swarm", "leave"]).out();
+    let wt = token(&lab, "worker").unwrap();
+    let manager = lab.hosts[0].addr.to_string();
+    // At once its record is still ready: the same address is refused,
+    // saying why.
+    let err = lab
+        .apiary(1, &["swarm", "join", "--token", &wt, &manager])
+        .err();
+    assert!(err.contains("h2's") && err.contains("marked down"), "{err}");
+    until(Duration::from_secs(10), || {
+        (node(&nodes(&lab, 0).ok()?, "h2")["status"] == "down").then_some(())
+    })
+    .expect("h2 marked down");
+    lab.apiary(1, &["swarm", "join", "--token", &wt, &manager])
+        .out();
+    let v = nodes(&lab, 0).unwrap();
+    assert_eq!(v.len(), 2, "the old record was replaced: {v:?}");
+    let h2 = node(&v, "h2");
+    assert_ne!(h2["id"], before, "a new node id");
+    assert_eq!(h2["status"], "ready");
+}

@@ -517,10 +517,11 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         ..Node::new(node_id, req.hostname, req.addr, role, now_ms())
     };
     // Checked before a certificate is issued; again when applied.
-    j.manager()
-        .sm
-        .read(|a| a.state.node_fits(&node))
-        .map_err(ApiError::Conflict)?;
+    let rejoins = j.manager().sm.read(|a| {
+        let old = a.state.rejoins(&node);
+        a.state.node_fits(&node, old).map(|_| old)
+    });
+    let rejoins = rejoins.map_err(ApiError::Conflict)?;
     let cert_pem = tls::sign_node(
         &cluster.ca_cert_pem,
         &cluster.ca_key_pem,
@@ -530,7 +531,12 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
-    j.manager().write(Command::AddNode(node)).await?;
+    j.manager()
+        .write(match rejoins {
+            Some(old) => Command::RejoinNode { old, node },
+            None => Command::AddNode(node),
+        })
+        .await?;
     j.last_seen
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -731,16 +731,22 @@ impl ClusterState {
     /// the limits (checked again when applied: a request that slipped past
     /// the API's checks cannot make a leader hold what would exhaust it).
     pub fn service_fits(&self, svc: &Service) -> Result<(), String> {
-        use crate::services::{Mode, MAX_CLUSTER_TASKS, MAX_REPLICAS, MAX_VIP_TASKS};
+        use crate::services::{EndpointMode, Mode, MAX_CLUSTER_TASKS, MAX_REPLICAS, MAX_VIP_TASKS};
+        let dnsrr = svc.spec.endpoint_mode == EndpointMode::Dnsrr;
+        if dnsrr && !svc.spec.ports.is_empty() {
+            return Err(
+                "a port published through the routing mesh needs a VIP: --endpoint-mode dnsrr takes no --publish".into(),
+            );
+        }
         if let Mode::Replicated { replicas } = svc.spec.mode {
             if replicas > MAX_REPLICAS {
                 return Err(format!(
                     "replicas {replicas} is more than a service may have ({MAX_REPLICAS})"
                 ));
             }
-            if replicas > MAX_VIP_TASKS {
+            if replicas > MAX_VIP_TASKS && !dnsrr {
                 return Err(format!(
-                    "replicas {replicas} is more than the routing mesh balances behind one service VIP ({MAX_VIP_TASKS} tasks): split it into several services"
+                    "replicas {replicas} is more than the routing mesh balances behind one service VIP ({MAX_VIP_TASKS} tasks): use --endpoint-mode dnsrr (up to {MAX_REPLICAS}, no VIP or published ports), or split it into several services"
                 ));
             }
         }
@@ -787,7 +793,7 @@ impl ClusterState {
                     ));
                 }
             }
-            if other.vip == svc.vip {
+            if other.vip == svc.vip && !svc.vip.is_unspecified() {
                 return Err(format!(
                     "VIP {} is taken by service {}",
                     svc.vip, other.spec.name

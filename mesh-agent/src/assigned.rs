@@ -379,8 +379,15 @@ impl Node {
                 .filter(|b| !b.draining)
                 .map(|b| b.address)
                 .collect();
+            // A service without a VIP (`--endpoint-mode dnsrr`) answers
+            // with its tasks, as Docker's DNS round robin does.
+            let service = if e.vip.is_unspecified() {
+                tasks.clone()
+            } else {
+                vec![e.vip]
+            };
             t.insert(format!("tasks.{name}"), tasks);
-            t.insert(name, vec![e.vip]);
+            t.insert(name, service);
         }
         t
     }
@@ -487,7 +494,7 @@ impl Node {
                     control::services::Protocol::Udp => Protocol::Udp,
                 };
                 let mut frontends = Vec::new();
-                if vip_ports.insert((p.target, proto)) {
+                if !e.vip.is_unspecified() && vip_ports.insert((p.target, proto)) {
                     frontends.push(Frontend {
                         addr: e.vip,
                         port: p.target,

@@ -765,7 +765,53 @@ fn hole6_workers_and_users_cannot_poison_what_everyone_sees() {
         .err();
     assert!(err.contains("replicas") && err.contains("50000"), "{err}");
     let err = lab.apiary(0, &["service", "scale", "web=1000"]).err();
-    assert!(err.contains("256"), "{err}");
+    assert!(err.contains("256") && err.contains("dnsrr"), "{err}");
+    // Without a VIP, a large service is taken (its tasks wait for a node
+    // with that label), and a published port is not.
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "wide",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            "20000",
+            "--constraint",
+            "node.labels.none==x",
+            "--driver",
+            "exec",
+            bin.to_str().unwrap(),
+            "tool",
+            "whoami",
+        ],
+    )
+    .out();
+    let err = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "rrp",
+                "--endpoint-mode",
+                "dnsrr",
+                "-p",
+                "8081:80",
+                "--driver",
+                "exec",
+                bin.to_str().unwrap(),
+                "tool",
+                "whoami",
+            ],
+        )
+        .err();
+    assert!(err.contains("dnsrr") && err.contains("publish"), "{err}");
+    lab.apiary(0, &["service", "rm", "wide"]).out();
     std::thread::sleep(Duration::from_secs(2));
     let v = nodes(&lab, 0).unwrap();
     assert!(v.iter().all(|n| n["status"] == "ready"), "{v:?}");

@@ -109,4 +109,30 @@ fn a_task_finds_another_service_by_name_and_reaches_it_through_its_vip() {
     })
     .expect("both db tasks answer through the VIP");
     assert_eq!(names.len(), 2);
+
+    // Without a VIP (`--endpoint-mode dnsrr`) the name itself answers with
+    // the tasks, as Docker's DNS round robin does.
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "rr",
+                "--replicas",
+                "2",
+                "--endpoint-mode",
+                "dnsrr",
+                "apiary/whoami:dev",
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+    let (ok, text) = exec_in(&lab, "client", &["nslookup", "rr"]);
+    let addrs = text
+        .lines()
+        .filter(|l| l.starts_with("Address") && l.contains("10.200.") && !l.ends_with(":53"))
+        .count();
+    assert!(ok && addrs == 2, "rr → both tasks: {text}");
 }

@@ -186,13 +186,17 @@ pub async fn create(j: &Joined, spec: ServiceSpec) -> Reply {
         }
         let spec = settle(s, None, spec)?;
         let now = now_ms();
+        let vip = match spec.endpoint_mode {
+            crate::services::EndpointMode::Vip => free_vip(s)?,
+            crate::services::EndpointMode::Dnsrr => Ipv4Addr::UNSPECIFIED,
+        };
         let svc = Service {
             id: random_hex(12),
             spec,
             version: 1,
             previous: None,
             task_version: 1,
-            vip: free_vip(s)?,
+            vip,
             created_at: now,
             updated_at: now,
             update_status: None,

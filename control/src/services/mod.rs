@@ -105,6 +105,21 @@ pub struct ServiceSpec {
     /// How much of each task's output is kept (`--log-opt`).
     #[serde(default)]
     pub log: LogOpts,
+    /// How other tasks reach the service (`--endpoint-mode`).
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+}
+
+/// `vip`: one virtual IP balanced in the kernel (its backends are limited
+/// to [`MAX_VIP_TASKS`]); `dnsrr`: no VIP, the service's name resolves to
+/// its tasks' addresses (Docker's DNS round robin: no published ports, up
+/// to [`MAX_REPLICAS`] tasks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    #[default]
+    Vip,
+    Dnsrr,
 }
 
 /// How much output a task keeps, as Docker's json-file driver does: files
@@ -364,6 +379,7 @@ pub struct Service {
     /// changed: tasks made for an older one are replaced.
     #[serde(default)]
     pub task_version: u64,
+    /// 0.0.0.0 for `--endpoint-mode dnsrr` (no VIP).
     pub vip: Ipv4Addr,
     pub created_at: u64,
     pub updated_at: u64,
@@ -493,6 +509,7 @@ impl ServiceSpec {
             reserve: crate::model::Resources::default(),
             limit: crate::model::Resources::default(),
             log: LogOpts::default(),
+            endpoint_mode: EndpointMode::Vip,
         }
     }
 

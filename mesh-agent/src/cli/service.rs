@@ -179,6 +179,12 @@ pub enum DriverArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum EndpointModeArg {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum RestartArg {
     None,
     OnFailure,
@@ -233,6 +239,10 @@ pub enum ServiceCmd {
         /// How much output each task keeps: max-size=SIZE (10m), max-file=N (3).
         #[arg(long)]
         log_opt: Vec<String>,
+        /// vip (one virtual IP balanced in the kernel, up to 256 tasks) or
+        /// dnsrr (the name resolves to the tasks; no published ports).
+        #[arg(long, value_enum, default_value = "vip")]
+        endpoint_mode: EndpointModeArg,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -573,6 +583,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 restart_window,
                 health_cmd,
                 log_opt,
+                endpoint_mode,
                 rollout,
                 resources,
                 detach,
@@ -642,6 +653,10 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     reserve,
                     limit,
                     log,
+                    endpoint_mode: match endpoint_mode {
+                        EndpointModeArg::Vip => control::services::EndpointMode::Vip,
+                        EndpointModeArg::Dnsrr => control::services::EndpointMode::Dnsrr,
+                    },
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
@@ -753,7 +768,12 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                             st.state, st.message
                         );
                     }
-                    println!("Endpoint Mode:\tvip\n VIP:\t\t{}", v.vip);
+                    match v.spec.endpoint_mode {
+                        control::services::EndpointMode::Vip => {
+                            println!("Endpoint Mode:\tvip\n VIP:\t\t{}", v.vip)
+                        }
+                        control::services::EndpointMode::Dnsrr => println!("Endpoint Mode:\tdnsrr"),
+                    }
                     if !v.spec.ports.is_empty() {
                         println!("Ports:\t\t{}", ports(&v.spec));
                     }

@@ -81,12 +81,8 @@ impl Caller {
 #[derive(Clone, Debug)]
 struct Effective(Caller);
 
-fn transport(parts: &Parts) -> Caller {
-    parts
-        .extensions
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or(Caller::Anonymous)
+fn transport(ext: &hyper::http::Extensions) -> Caller {
+    ext.get::<Caller>().cloned().unwrap_or(Caller::Anonymous)
 }
 
 fn effective(parts: &Parts) -> Caller {
@@ -94,7 +90,7 @@ fn effective(parts: &Parts) -> Caller {
         .extensions
         .get::<Effective>()
         .map(|e| e.0.clone())
-        .unwrap_or_else(|| transport(parts))
+        .unwrap_or_else(|| transport(&parts.extensions))
 }
 
 async fn joined(d: &Daemon) -> Result<Arc<Joined>, ApiError> {
@@ -131,7 +127,7 @@ impl FromRequestParts<Arc<Daemon>> for Local {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<Daemon>) -> Result<Self, ApiError> {
-        match transport(parts) {
+        match transport(&parts.extensions) {
             Caller::Local => Ok(Local),
             Caller::Anonymous => Err(unauthorized()),
             _ => Err(ApiError::Forbidden(
@@ -148,7 +144,7 @@ impl FromRequestParts<Arc<Daemon>> for Known {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<Daemon>) -> Result<Self, ApiError> {
-        match transport(parts) {
+        match transport(&parts.extensions) {
             Caller::Anonymous => Err(unauthorized()),
             _ => Ok(Known),
         }
@@ -237,7 +233,7 @@ impl FromRequestParts<Arc<Daemon>> for ManagerCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
         let j = joined(state).await?;
-        match transport(parts) {
+        match transport(&parts.extensions) {
             Caller::Local => Ok(ManagerCaller { j }),
             Caller::Node { id, role } => {
                 let known = j
@@ -275,7 +271,7 @@ impl FromRequestParts<Arc<Daemon>> for RaftPeer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
-        if transport(parts) == Caller::Anonymous {
+        if transport(&parts.extensions) == Caller::Anonymous {
             return Err(unauthorized());
         }
         let j = joined(state).await?;
@@ -284,7 +280,7 @@ impl FromRequestParts<Arc<Daemon>> for RaftPeer {
                 "this node is not a manager: it runs no Raft endpoint".into(),
             ));
         }
-        let Caller::Node { id, role } = transport(parts) else {
+        let Caller::Node { id, role } = transport(&parts.extensions) else {
             return Err(ApiError::Forbidden(
                 "Raft messages need a manager's certificate of this swarm".into(),
             ));
@@ -365,83 +361,98 @@ pub async fn cluster_gate(State(d): State<Arc<Daemon>>, mut req: Request, next: 
     }
 }
 
+/// Where a cluster request is answered, and for whom.
+enum Route {
+    /// Here (the leader), acting for this caller.
+    Here(Caller),
+    /// At the leader: forwarded, naming this caller.
+    Leader(Caller),
+}
+
 async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, ApiError> {
     let j = joined(d).await?;
-    let (mut parts, body) = std::mem::take(req).into_parts();
-    let result = async {
-        let by = transport(&parts);
-        let forwarded = parts
-            .headers
-            .get(FORWARDED_FOR)
-            .map(|v| v.to_str().ok().and_then(Caller::parse));
-        let was_forwarded = forwarded.is_some();
-        let caller = match forwarded {
-            None => by.clone(),
-            Some(named) => {
-                // Only a manager forwards for others.
-                match &by {
-                    Caller::Node { id, role } if is_manager(&j, *id, *role) => {}
-                    _ => return Err(ApiError::Forbidden(NOT_MANAGER.into())),
-                }
-                named.ok_or_else(|| {
-                    ApiError::BadRequest(format!("malformed {FORWARDED_FOR} header"))
-                })?
-            }
-        };
-        let joining = parts.method == Method::POST && parts.uri.path() == "/v1/swarm/join";
-        if caller == Caller::Anonymous && !joining {
-            return Err(unauthorized());
-        }
-        if j.own_role() != CertRole::Manager {
-            // Workers hold no cluster state and speak for no manager.
-            return Err(ApiError::Unavailable(NOT_MANAGER.into()));
-        }
-        if !j.manager().is_leader() {
-            if was_forwarded {
-                return Err(ApiError::NotLeader);
-            }
-            // The leader judges a local CLI by this node's standing: a node
-            // demoted a moment ago must not keep administering.
-            let as_caller = match caller {
-                Caller::Local => Caller::Node {
-                    id: j.node_id,
-                    role: j.own_role(),
-                },
-                other => other,
-            };
-            return Ok(Some(as_caller));
-        }
-        if let Caller::Node { id, .. } = &caller {
-            let known = j.manager().sm.read(|a| a.state.nodes.contains_key(id));
-            if !known && !joining {
-                return Err(ApiError::Forbidden(format!(
-                    "node {} is not part of this swarm (it was removed): leave and join again",
-                    show_id(*id)
-                )));
-            }
-        }
-        parts.extensions.insert(Effective(caller));
-        Ok(None)
-    }
-    .await;
-    match result {
-        Err(e) => Err(e),
-        Ok(None) => {
-            *req = Request::from_parts(parts, body);
+    match route(
+        &j,
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+        req.extensions(),
+    )? {
+        Route::Here(caller) => {
+            req.extensions_mut().insert(Effective(caller));
             Ok(None)
         }
-        Ok(Some(as_caller)) => {
-            let limit = if as_caller == Caller::Anonymous {
+        Route::Leader(caller) => {
+            let limit = if caller == Caller::Anonymous {
                 JOIN_BODY_LIMIT
             } else {
                 BODY_LIMIT
             };
+            let (parts, body) = std::mem::take(req).into_parts();
             let body = axum::body::to_bytes(body, limit)
                 .await
                 .map_err(|e| ApiError::TooLarge(format!("request body: {e}")))?;
-            forward(&j, as_caller, &parts, body).await.map(Some)
+            forward(&j, caller, &parts, body).await.map(Some)
         }
     }
+}
+
+fn route(
+    j: &Joined,
+    method: &Method,
+    path: &str,
+    headers: &hyper::HeaderMap,
+    ext: &hyper::http::Extensions,
+) -> Result<Route, ApiError> {
+    let by = transport(ext);
+    let forwarded = headers
+        .get(FORWARDED_FOR)
+        .map(|v| v.to_str().ok().and_then(Caller::parse));
+    let was_forwarded = forwarded.is_some();
+    let caller = match forwarded {
+        None => by,
+        Some(named) => {
+            // Only a manager forwards for others.
+            match &by {
+                Caller::Node { id, role } if is_manager(j, *id, *role) => {}
+                _ => return Err(ApiError::Forbidden(NOT_MANAGER.into())),
+            }
+            named
+                .ok_or_else(|| ApiError::BadRequest(format!("malformed {FORWARDED_FOR} header")))?
+        }
+    };
+    let joining = method == Method::POST && path == "/v1/swarm/join";
+    if caller == Caller::Anonymous && !joining {
+        return Err(unauthorized());
+    }
+    if j.own_role() != CertRole::Manager {
+        // Workers hold no cluster state and speak for no manager.
+        return Err(ApiError::Unavailable(NOT_MANAGER.into()));
+    }
+    if !j.manager().is_leader() {
+        if was_forwarded {
+            return Err(ApiError::NotLeader);
+        }
+        // The leader judges a local CLI by this node's standing: a node
+        // demoted a moment ago must not keep administering.
+        return Ok(Route::Leader(match caller {
+            Caller::Local => Caller::Node {
+                id: j.node_id,
+                role: j.own_role(),
+            },
+            other => other,
+        }));
+    }
+    if let Caller::Node { id, .. } = &caller {
+        let known = j.manager().sm.read(|a| a.state.nodes.contains_key(id));
+        if !known && !joining {
+            return Err(ApiError::Forbidden(format!(
+                "node {} is not part of this swarm (it was removed): leave and join again",
+                show_id(*id)
+            )));
+        }
+    }
+    Ok(Route::Here(caller))
 }
 
 async fn forward(

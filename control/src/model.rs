@@ -481,10 +481,8 @@ impl ClusterState {
             Command::TaskStatus { node, reports, at } => {
                 // All or nothing: one report a node had no right to make
                 // changes none of them.
-                for r in &reports {
-                    if let Err(e) = self.report_fits(node, r) {
-                        return Outcome::err(e);
-                    }
+                if let Err(e) = self.reports_fit(node, &reports) {
+                    return Outcome::err(e);
                 }
                 for r in reports {
                     if let Some(t) = self.tasks.get_mut(&r.id).filter(|t| t.node == Some(node)) {
@@ -688,6 +686,28 @@ impl ClusterState {
             .find(|o| o.id != r.id && o.address == Some(a) && !o.state.is_terminal())
         {
             return Err(format!("task {}: address {a} is task {}'s", r.id, o.id));
+        }
+        Ok(())
+    }
+
+    /// [`ClusterState::report_fits`] for each report, and no address given to
+    /// two tasks in one batch.
+    pub fn reports_fit(
+        &self,
+        node: NodeId,
+        reports: &[crate::services::TaskReport],
+    ) -> Result<(), String> {
+        let mut seen = std::collections::HashMap::new();
+        for r in reports {
+            self.report_fits(node, r)?;
+            if let Some(a) = r.address {
+                if let Some(other) = seen.insert(a, &r.id).filter(|o| **o != r.id) {
+                    return Err(format!(
+                        "task {}: address {a} is also reported for task {other}",
+                        r.id
+                    ));
+                }
+            }
         }
         Ok(())
     }

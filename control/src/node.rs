@@ -132,7 +132,9 @@ pub fn control_dir(data_dir: &Path) -> PathBuf {
 
 /// Deletes this node's Raft state (store and log), durably.
 fn remove_raft_store(dir: &Path) -> anyhow::Result<()> {
-    for (path, is_dir) in [(dir.join("raft.redb"), false), (dir.join("raft-log"), true)] {
+    // Whatever a crash in between leaves is cleared again at the next
+    // heartbeat (its reply says this node is no voter).
+    for (path, is_dir) in [(dir.join("raft-log"), true), (dir.join("raft.redb"), false)] {
         let r = if is_dir {
             std::fs::remove_dir_all(&path)
         } else {
@@ -681,8 +683,15 @@ async fn session(j: Arc<Joined>) {
             }
         }
         // A promotion or demotion re-issues the certificate with the role
-        // the state now gives this node.
-        let role_changed = tls::CertRole::from(r.role) != j.own_role();
+        // the state now gives this node: a promoted node at once (the leader
+        // waits for it before adding it to Raft), a demoted one only once it
+        // is out of the Raft group (a worker's certificate closes its Raft
+        // endpoint, and the group's change needs it until then).
+        let role_changed = match (r.role, j.own_role()) {
+            (Role::Manager, tls::CertRole::Worker) => true,
+            (Role::Worker, tls::CertRole::Manager) => !r.voter,
+            _ => false,
+        };
         if let Err(e) = renew_if_due(&j, c, r.cert_expiry_s, role_changed).await {
             tracing::warn!(error = %format!("{e:#}"), "renewing the node certificate");
         }

@@ -52,6 +52,18 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Files the daemon writes for its tasks to read through a bind mount
+/// (`/etc/resolv.conf`, `/etc/hosts`): a task may run as any user, so they
+/// are 0644 (their directories stay 0700: a bind mount does not walk them).
+pub const TASK_READABLE: [&str; 2] = ["resolv.conf", "hosts"];
+
+/// Writes a file tasks read (see [`TASK_READABLE`]): 0644 whatever the
+/// umask.
+pub fn write_task_readable(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, contents)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
 /// Tightens everything under `dir` (itself included) that others may read
 /// or write: directories to 0700, files to 0600 (keeping the owner's
 /// execute bit). Returns what it changed, for the log. Symlinks are not
@@ -71,9 +83,13 @@ pub fn tighten(dir: &Path) -> std::io::Result<Vec<(PathBuf, u32)>> {
             continue;
         }
         let mode = meta.permissions().mode() & 0o7777;
+        let task_readable = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| TASK_READABLE.contains(&n));
         let want = if ft.is_dir() {
             Some(0o700)
-        } else if ft.is_file() && mode & 0o077 != 0 {
+        } else if ft.is_file() && mode & 0o077 != 0 && !task_readable {
             Some((mode & 0o700) | 0o600)
         } else {
             // Sockets and pipes: their creator sets the mode.
@@ -107,6 +123,7 @@ mod tests {
         std::fs::create_dir_all(d.join("a/b")).unwrap();
         std::fs::write(d.join("a/b/store"), "secret").unwrap();
         std::fs::write(d.join("a/run"), "#!").unwrap();
+        write_task_readable(&d.join("a/resolv.conf"), b"nameserver 10.0.0.1\n").unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(d.join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(d.join("a/b/store"), std::fs::Permissions::from_mode(0o644))
@@ -117,6 +134,8 @@ mod tests {
         assert_eq!(mode(&d.join("a")), 0o700);
         assert_eq!(mode(&d.join("a/b/store")), 0o600);
         assert_eq!(mode(&d.join("a/run")), 0o700);
+        // What tasks read through bind mounts stays readable.
+        assert_eq!(mode(&d.join("a/resolv.conf")), 0o644);
         assert!(changed
             .iter()
             .any(|(p, m)| p.ends_with("store") && *m == 0o644));

@@ -32,7 +32,10 @@ pub struct Recovered {
 pub fn force_new_cluster(dir: &Path, me: NodeId, addr: &str) -> anyhow::Result<Recovered> {
     let db_path = dir.join("raft.redb");
     let log_path = dir.join("raft-log");
-    let (mut applied, mut term) = read_store(&db_path);
+    let (mut applied, vote_term) = read_store(&db_path);
+    // The term goes on from the highest the member saw: its vote, its
+    // snapshot, its log.
+    let mut term = vote_term.max(applied.last_applied.map_or(0, |l| l.leader_id.term));
     let entries = if log_path.exists() {
         Wal::salvage(&log_path).with_context(|| format!("reading {}", log_path.display()))?
     } else {

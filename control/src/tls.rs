@@ -465,6 +465,16 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// Whether two secrets are equal, in a time that depends only on their
+/// lengths (a join secret is checked on an anonymous endpoint).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// `APIARY-1-<CA digest>-<secret>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {

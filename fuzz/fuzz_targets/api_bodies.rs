@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(reports) = serde_json::from_slice::<Vec<TaskReport>>(body) {
                 let mut s = state();
-                let all_fit = reports.iter().all(|r| s.report_fits(2, r).is_ok());
+                let all_fit = s.reports_fit(2, &reports).is_ok();
                 let out = s.apply(Command::TaskStatus {
                     node: 2,
                     reports,

@@ -67,6 +67,9 @@ pub struct DaemonArgs {
     /// Swarm mode: open connections the TLS API accepts from one address.
     #[arg(long, default_value_t = control::server::Limits::default().max_per_peer)]
     pub max_connections_per_peer: usize,
+    /// Swarm mode: TLS handshakes under way from one address.
+    #[arg(long, hide = true, default_value_t = control::server::Limits::default().handshakes_per_peer)]
+    pub max_handshakes_per_peer: usize,
     /// Swarm mode: how long a TLS handshake may take (e.g. 5s).
     #[arg(long, hide = true, value_parser = crate::cli::parse_duration, default_value = "5s")]
     pub api_handshake_timeout: std::time::Duration,
@@ -112,6 +115,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         limits: control::server::Limits {
             max_connections: args.max_connections,
             max_per_peer: args.max_connections_per_peer,
+            handshakes_per_peer: args.max_handshakes_per_peer,
             handshake: args.api_handshake_timeout,
             headers: args.api_header_timeout,
         },

@@ -171,18 +171,14 @@ pub async fn status(j: &Joined, node: NodeId, reports: Vec<TaskReport>) -> Reply
     let m = j.manager();
     // Only the node's own tasks, each address its own: a bad report is
     // refused whole (checked again when applied).
-    m.sm.read(|a| {
-        reports
-            .iter()
-            .try_for_each(|r| a.state.report_fits(node, r))
-    })
-    .map_err(|e| {
-        if e.contains("is not assigned to") {
-            ApiError::Forbidden(e)
-        } else {
-            ApiError::BadRequest(e)
-        }
-    })?;
+    m.sm.read(|a| a.state.reports_fit(node, &reports))
+        .map_err(|e| {
+            if e.contains("is not assigned to") {
+                ApiError::Forbidden(e)
+            } else {
+                ApiError::BadRequest(e)
+            }
+        })?;
     m.write(Command::TaskStatus {
         node,
         reports,

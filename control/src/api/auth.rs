@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use hyper::http::request::Parts;
 use hyper::Method;
 
-use super::{ApiError, Reply, BODY_LIMIT, JOIN_BODY_LIMIT, NOT_IN_SWARM, NOT_MANAGER};
+use super::{
+    ApiError, Reply, BODY_LIMIT, JOIN_BODY_LIMIT, NOT_IN_SWARM, NOT_MANAGER, SESSION_BODY_LIMIT,
+};
 use crate::model::{show_id, NodeId, Role};
 use crate::node::{Daemon, Joined};
 use crate::raft_types::TypeConfig;
@@ -172,12 +174,72 @@ impl FromRequestParts<Arc<Daemon>> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
         let j = joined(state).await?;
-        match effective(parts) {
-            Caller::Local | Caller::Client { .. } => Ok(Admin(j)),
-            Caller::Node { id, role } if is_manager(&j, id, role) => Ok(Admin(j)),
-            Caller::Node { .. } => Err(ApiError::Forbidden(NOT_MANAGER.into())),
-            Caller::Anonymous => Err(unauthorized()),
+        admit(&j, Class::Admin, &effective(parts))?;
+        Ok(Admin(j))
+    }
+}
+
+/// What a cluster route is for, and so who may call it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// Cluster administration ([`Admin`]).
+    Admin,
+    /// A node's session ([`Session`]).
+    Session,
+    /// The join handshake ([`Joining`]).
+    Join,
+}
+
+/// The cluster routes of a node's session (those whose handler takes
+/// [`Session`] in [`super::router`]).
+const SESSION_PATHS: [&str; 5] = [
+    "/v1/heartbeat",
+    "/v1/node/state",
+    "/v1/node/status",
+    "/v1/node/renew",
+    "/v1/swarm/activate",
+];
+
+fn class_of(method: &Method, path: &str) -> Class {
+    if SESSION_PATHS.contains(&path) {
+        Class::Session
+    } else if method == Method::POST && path == "/v1/swarm/join" {
+        Class::Join
+    } else {
+        Class::Admin
+    }
+}
+
+/// Whether `caller` may call a route of `class`, judged by this member's
+/// committed state: by the leader's extractors, and by a follower before it
+/// reads a body to forward.
+fn admit(j: &Joined, class: Class, caller: &Caller) -> Result<(), ApiError> {
+    let known = |id: NodeId| {
+        if j.manager().sm.read(|a| a.state.nodes.contains_key(&id)) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "node {} is not part of this swarm (it was removed): leave and join again",
+                show_id(id)
+            )))
         }
+    };
+    match (class, caller) {
+        (Class::Join, _) => Ok(()),
+        (_, Caller::Anonymous) => Err(unauthorized()),
+        (Class::Admin, Caller::Local | Caller::Client { .. }) => Ok(()),
+        (Class::Admin, Caller::Node { id, role }) => {
+            known(*id)?;
+            if is_manager(j, *id, *role) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(NOT_MANAGER.into()))
+            }
+        }
+        (Class::Session, Caller::Node { id, .. }) => known(*id),
+        (Class::Session, _) => Err(ApiError::Forbidden(
+            "only a node's own certificate may hold a node's session".into(),
+        )),
     }
 }
 
@@ -194,15 +256,15 @@ impl FromRequestParts<Arc<Daemon>> for Session {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
         let j = joined(state).await?;
-        match effective(parts) {
-            Caller::Node { id, role } => Ok(Session { j, id, role }),
-            Caller::Anonymous => Err(ApiError::Unauthorized(
-                "a node certificate of this swarm is required".into(),
-            )),
-            _ => Err(ApiError::Forbidden(
+        let caller = effective(parts);
+        admit(&j, Class::Session, &caller)?;
+        let Caller::Node { id, role } = caller else {
+            // `admit` lets only nodes hold a session.
+            return Err(ApiError::Forbidden(
                 "only a node's own certificate may hold a node's session".into(),
-            )),
-        }
+            ));
+        };
+        Ok(Session { j, id, role })
     }
 }
 
@@ -324,6 +386,12 @@ pub async fn install_snapshot(
     req: openraft::raft::InstallSnapshotRequest<TypeConfig>,
 ) -> Reply {
     let len = req.data.len() as u64;
+    if len > crate::manager::SNAPSHOT_CHUNK {
+        return Err(ApiError::TooLarge(format!(
+            "snapshot chunk of {len} bytes: at most {} each",
+            crate::manager::SNAPSHOT_CHUNK
+        )));
+    }
     {
         let mut rx = p.j.snapshot_rx.lock().unwrap_or_else(|e| e.into_inner());
         let expected = match &*rx {
@@ -366,7 +434,7 @@ enum Route {
     /// Here (the leader), acting for this caller.
     Here(Caller),
     /// At the leader: forwarded, naming this caller.
-    Leader(Caller),
+    Leader(Caller, Class),
 }
 
 async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, ApiError> {
@@ -382,11 +450,11 @@ async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, Ap
             req.extensions_mut().insert(Effective(caller));
             Ok(None)
         }
-        Route::Leader(caller) => {
-            let limit = if caller == Caller::Anonymous {
-                JOIN_BODY_LIMIT
-            } else {
-                BODY_LIMIT
+        Route::Leader(caller, class) => {
+            let limit = match class {
+                Class::Join => JOIN_BODY_LIMIT,
+                Class::Session => SESSION_BODY_LIMIT,
+                Class::Admin => BODY_LIMIT,
             };
             let (parts, body) = std::mem::take(req).into_parts();
             let body = axum::body::to_bytes(body, limit)
@@ -421,36 +489,31 @@ fn route(
                 .ok_or_else(|| ApiError::BadRequest(format!("malformed {FORWARDED_FOR} header")))?
         }
     };
-    let joining = method == Method::POST && path == "/v1/swarm/join";
-    if caller == Caller::Anonymous && !joining {
+    let class = class_of(method, path);
+    if caller == Caller::Anonymous && class != Class::Join {
         return Err(unauthorized());
     }
     if j.own_role() != CertRole::Manager {
         // Workers hold no cluster state and speak for no manager.
         return Err(ApiError::Unavailable(NOT_MANAGER.into()));
     }
+    // Judged here too before anything is read: a follower forwards only
+    // what its own state says the caller may ask.
+    admit(j, class, &caller)?;
     if !j.manager().is_leader() {
         if was_forwarded {
             return Err(ApiError::NotLeader);
         }
         // The leader judges a local CLI by this node's standing: a node
         // demoted a moment ago must not keep administering.
-        return Ok(Route::Leader(match caller {
+        let caller = match caller {
             Caller::Local => Caller::Node {
                 id: j.node_id,
                 role: j.own_role(),
             },
             other => other,
-        }));
-    }
-    if let Caller::Node { id, .. } = &caller {
-        let known = j.manager().sm.read(|a| a.state.nodes.contains_key(id));
-        if !known && !joining {
-            return Err(ApiError::Forbidden(format!(
-                "node {} is not part of this swarm (it was removed): leave and join again",
-                show_id(*id)
-            )));
-        }
+        };
+        return Ok(Route::Leader(caller, class));
     }
     Ok(Route::Here(caller))
 }

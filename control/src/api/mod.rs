@@ -112,6 +112,9 @@ fn ok<T: serde::Serialize>(v: &T) -> Reply {
 pub const BODY_LIMIT: usize = 4 << 20;
 /// What an anonymous caller may send (a join: a token and a CSR).
 pub const JOIN_BODY_LIMIT: usize = 64 << 10;
+/// A node's session: a heartbeat (with the images its engine has), a CSR,
+/// or a batch of task reports (at most 10,000).
+pub const SESSION_BODY_LIMIT: usize = 2 << 20;
 /// Raft messages from managers: 64 entries of up to 1,024 commands, or a
 /// snapshot chunk ([`crate::manager::SNAPSHOT_CHUNK`] as JSON numbers).
 pub const RAFT_BODY_LIMIT: usize = 64 << 20;
@@ -273,6 +276,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
             "/v1/node/renew",
             post(|s: Session, Json(r)| async move { swarm::renew(&s.j, s.id, r).await }),
         )
+        // Everything above: a node's session.
+        .layer(DefaultBodyLimit::max(SESSION_BODY_LIMIT))
         .route(
             "/v1/swarm",
             get(|Admin(j)| async move { swarm::inspect(&j).await }),

@@ -225,15 +225,27 @@ async fn force_new_cluster(d: &Arc<Daemon>) -> Reply {
         ));
     }
     d.stop().await;
-    let r = crate::recover::force_new_cluster(&dir, p.node_id, &p.addr)
-        .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
-    tracing::warn!(last = ?r.last, demoted = ?r.demoted, old_store = %r.moved_to.display(), "forced a new cluster of one manager from this node's state");
-    p.managers = vec![p.addr.clone()];
-    p.role = Role::Manager;
-    save_identity(&dir, &id, &p)?;
-    let j = d.start(id, p.clone()).await?;
+    // Whatever fails from here on leaves the node saying so (and refusing a
+    // plain `swarm init`, which would delete the state this keeps).
+    let rebuilt = async {
+        let r = crate::recover::force_new_cluster(&dir, p.node_id, &p.addr)
+            .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
+        tracing::warn!(last = ?r.last, demoted = ?r.demoted, old_store = %r.moved_to.display(), "forced a new cluster of one manager from this node's state");
+        p.managers = vec![p.addr.clone()];
+        p.role = Role::Manager;
+        save_identity(&dir, &id, &p)?;
+        let j = d.start(id, p.clone()).await?;
+        wait_leader(&j).await?;
+        Ok::<_, ApiError>(j)
+    };
+    let j = match rebuilt.await {
+        Ok(j) => j,
+        Err(e) => {
+            d.set_broken(Some(format!("swarm init --force-new-cluster failed: {e}")));
+            return Err(e);
+        }
+    };
     d.set_broken(None);
-    wait_leader(&j).await?;
     let worker_token = j
         .manager()
         .sm
@@ -434,14 +446,23 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
     };
     let j = enter(d, id, p).await?;
     if r.role == Role::Manager {
-        let activated = match j
-            .call_leader(&remote, Method::POST, "/v1/swarm/activate", None, &[])
-            .await
-        {
-            Ok((s, _)) if s.is_success() => Ok(()),
-            Ok((s, b)) => Err(remote_err(&remote, s, &b)),
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
-        };
+        // A manager that forwards it may not have applied this node's
+        // join yet (it judges the caller by its own state): asked again.
+        let mut activated = Ok(());
+        for attempt in 0..5 {
+            activated = match j
+                .call_leader(&remote, Method::POST, "/v1/swarm/activate", None, &[])
+                .await
+            {
+                Ok((s, _)) if s.is_success() => Ok(()),
+                Ok((s, b)) => Err(remote_err(&remote, s, &b)),
+                Err(e) => Err(ApiError::Unavailable(e.to_string())),
+            };
+            if activated.is_ok() || attempt == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         if let Err(e) = activated {
             // The managers list it as a manager that never joined Raft:
             // `node demote` then `node rm` there clears it.
@@ -474,11 +495,13 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
     let cluster =
         cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
     let digest = tls::ca_digest(&cluster.ca_cert_pem)?;
-    let role = if t.ca_digest != digest {
+    // Compared in constant time: the endpoint is anonymous.
+    let same = tls::same_secret;
+    let role = if !same(&t.ca_digest, &digest) {
         None
-    } else if t.secret == cluster.worker_secret {
+    } else if same(&t.secret, &cluster.worker_secret) {
         Some(Role::Worker)
-    } else if t.secret == cluster.manager_secret {
+    } else if same(&t.secret, &cluster.manager_secret) {
         Some(Role::Manager)
     } else {
         None

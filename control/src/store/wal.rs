@@ -98,6 +98,22 @@ fn seg_name(first: u64) -> String {
     format!("{first:020}.wal")
 }
 
+/// Whether the record whose body starts at `body` is whole but for its
+/// length field: a JSON value there ends with the checksum the header
+/// stores. A flipped high bit of the length reaches into the zeros past
+/// the log and would pass for a torn write; acknowledged entries follow.
+fn length_damaged(bytes: &[u8], body: usize, crc: u32) -> bool {
+    let Some(rest) = bytes.get(body..) else {
+        return false;
+    };
+    let mut values =
+        serde_json::Deserializer::from_slice(rest).into_iter::<serde::de::IgnoredAny>();
+    match values.next() {
+        Some(Ok(_)) => crc32fast::hash(&rest[..values.byte_offset()]) == crc,
+        _ => false,
+    }
+}
+
 /// How a segment's records end.
 enum End {
     /// A zero header (or the end of the file) at this offset.
@@ -123,7 +139,7 @@ fn scan(bytes: &[u8], last_segment: bool) -> (Vec<(usize, usize, Entry)>, End) {
             .get(off + 8..off + 8 + len)
             .filter(|_| len <= MAX_RECORD);
         let Some(body) = body.filter(|b| crc32fast::hash(b) == crc) else {
-            if last_segment && torn(bytes, off + 8, len) {
+            if last_segment && torn(bytes, off + 8, len) && !length_damaged(bytes, off + 8, crc) {
                 return (records, End::Torn(off));
             }
             let why = match body {
@@ -360,9 +376,15 @@ impl Wal {
             self.sync_dir()?;
         }
         if let Some(s) = self.segments.last_mut() {
-            s.file.write_all_at(&[0u8; 8], off - 8)?;
+            // Zeros from the cut to the old end (and its terminator): the
+            // dropped records must not lie past the end, where a torn
+            // append would leave them instead of zeros.
+            let old_end = s.len + 8;
+            let cut = off - 8;
+            s.file
+                .write_all_at(&vec![0u8; (old_end.max(cut + 8) - cut) as usize], cut)?;
             s.file.sync_data()?;
-            s.len = off - 8;
+            s.len = cut;
         }
         Ok(())
     }
@@ -476,6 +498,62 @@ mod tests {
             .map(|e| e.log_id.index)
             .collect();
         assert_eq!(kept, vec![1]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_length_is_damage_even_where_zeros_follow() {
+        let d = scratch("len");
+        let mut w = Wal::open(&d).unwrap();
+        for i in 1..=3 {
+            w.append(&[&entry(1, i)]).unwrap();
+        }
+        let (_, off, _) = w.index[&3];
+        drop(w);
+        // The last record's length gains a high bit: its body would reach
+        // into the preallocated zeros, like a torn write's.
+        let seg = d.join(seg_name(1));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let mut len = [0u8; 4];
+        f.read_exact_at(&mut len, off - 8).unwrap();
+        len[2] ^= 0x10;
+        f.write_all_at(&len, off - 8).unwrap();
+        drop(f);
+        assert!(matches!(Wal::open(&d), Err(WalError::Corrupt { .. })));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_tail_leaves_only_zeros_past_the_end() {
+        let d = scratch("zeros");
+        let mut w = Wal::open(&d).unwrap();
+        let es: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
+        w.append(&es.iter().collect::<Vec<_>>()).unwrap();
+        w.truncate(3).unwrap();
+        let end = w.segments[0].len as usize;
+        drop(w);
+        let bytes = fs::read(d.join(seg_name(1))).unwrap();
+        assert!(
+            bytes[end..].iter().all(|b| *b == 0),
+            "stale records past the end"
+        );
+        // An append over that space torn half-way reads as torn, not damage.
+        let mut w = Wal::open(&d).unwrap();
+        w.append(&[&entry(2, 3)]).unwrap();
+        let (_, off, len) = w.index[&3];
+        drop(w);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(d.join(seg_name(1)))
+            .unwrap();
+        f.write_all_at(&vec![0u8; len as usize], off).unwrap();
+        drop(f);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(indexes(&w), vec![(1, 1), (1, 2)]);
         fs::remove_dir_all(&d).unwrap();
     }
 

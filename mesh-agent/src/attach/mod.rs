@@ -267,7 +267,9 @@ impl Attacher {
                 .map(|d| format!("nameserver {d}"))
                 .collect()
         };
-        std::fs::write(&path, servers.join("\n") + "\n").map_err(io)?;
+        // A task running as any user reads it.
+        control::private_fs::write_task_readable(&path, (servers.join("\n") + "\n").as_bytes())
+            .map_err(io)?;
         Ok(path)
     }
 

@@ -186,19 +186,23 @@ impl DockerDriver {
                     source,
                 };
                 std::fs::create_dir_all(r.parent().unwrap_or(r)).map_err(io)?;
-                std::fs::write(r, "").map_err(|source| DriverError::Io {
-                    what: format!("creating {}", r.display()),
-                    source,
+                control::private_fs::write_task_readable(r, b"").map_err(|source| {
+                    DriverError::Io {
+                        what: format!("creating {}", r.display()),
+                        source,
+                    }
                 })?;
             }
             binds.push(format!("{}:/etc/resolv.conf:ro", r.display()));
             // With Docker's networking off (below) the engine leaves
             // /etc/hosts empty; localhost must still resolve.
             let hosts = r.with_file_name("hosts");
-            std::fs::write(&hosts, HOSTS).map_err(|source| DriverError::Io {
-                what: format!("writing {}", hosts.display()),
-                source,
-            })?;
+            control::private_fs::write_task_readable(&hosts, HOSTS.as_bytes()).map_err(
+                |source| DriverError::Io {
+                    what: format!("writing {}", hosts.display()),
+                    source,
+                },
+            )?;
             binds.push(format!("{}:/etc/hosts:ro", hosts.display()));
         }
         let labels = HashMap::from([

@@ -31,6 +31,12 @@ pub const FORWARD_WORKERS: usize = 8;
 pub const FORWARD_QUEUE: usize = 256;
 /// The largest message read or sent (EDNS's common size).
 const MAX_MESSAGE: usize = 4096;
+/// What a client without EDNS takes over UDP.
+const PLAIN_UDP: usize = 512;
+/// What this server offers with EDNS (the size DNS flag day settled on).
+const EDNS_PAYLOAD: u16 = 1232;
+/// Bytes of one A record in an answer (name as a pointer).
+const A_RECORD: usize = 16;
 
 /// Names and their addresses (lower case, no trailing dot), shared with
 /// the runtime, which keeps it current.
@@ -48,12 +54,16 @@ impl Names {
         true
     }
 
-    fn get(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+    /// At most `max` of `name`'s addresses, from a random place in its
+    /// list (round robin over a large service without copying all of it).
+    fn pick(&self, name: &str, max: usize) -> Option<Vec<Ipv4Addr>> {
+        let t = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let all = t.get(name)?;
+        if all.len() <= max {
+            return Some(all.clone());
+        }
+        let start = control::tls::random_u64() as usize % all.len();
+        Some(all.iter().cycle().skip(start).take(max).copied().collect())
     }
 }
 
@@ -84,7 +94,8 @@ fn name_of(q: &Message) -> String {
         .to_string()
 }
 
-/// An empty answer to `q` with `code`, its question copied.
+/// An empty answer to `q` with `code`, its question copied (and an OPT
+/// record when the query had one, as EDNS requires).
 fn reply_to(q: &Message, code: ResponseCode) -> Message {
     let mut r = Message::response(q.metadata.id, q.metadata.op_code);
     r.metadata.authoritative = true;
@@ -92,7 +103,26 @@ fn reply_to(q: &Message, code: ResponseCode) -> Message {
     r.metadata.recursion_available = true;
     r.metadata.response_code = code;
     r.queries = q.queries.clone();
+    if q.edns.is_some() {
+        let mut e = hickory_proto::op::Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD);
+        r.edns = Some(e);
+    }
     r
+}
+
+/// How many A records fit the client's UDP size: a name of a large
+/// `dnsrr` service answers with as many of its tasks as fit (a random
+/// window of them, so clients spread), never a message too large to send.
+fn records_that_fit(q: &Message, question_len: usize) -> usize {
+    let size = q
+        .edns
+        .as_ref()
+        .map(|e| usize::from(e.max_payload().min(EDNS_PAYLOAD)).max(PLAIN_UDP))
+        .unwrap_or(PLAIN_UDP);
+    // Header, question, and an OPT record (11 bytes) when there is one.
+    let overhead = 12 + question_len + if q.edns.is_some() { 11 } else { 0 };
+    size.saturating_sub(overhead) / A_RECORD
 }
 
 /// Our answer for one of the cluster's names: A records (empty for other
@@ -136,7 +166,9 @@ pub fn handle(names: &Names, buf: &[u8], forwarding: bool) -> Handled {
         Some(Err(formerr)) => return reply(&formerr),
         Some(Ok(q)) => q,
     };
-    match names.get(&name_of(&q)) {
+    let name = name_of(&q);
+    let fit = records_that_fit(&q, name.len() + 2 + 4);
+    match names.pick(&name, fit) {
         Some(addrs) => reply(&answer(&q, &addrs)),
         None if !forwarding => reply(&reply_to(&q, ResponseCode::NXDomain)),
         None => Handled::Forward(q),
@@ -299,6 +331,39 @@ mod tests {
         m.metadata.recursion_desired = true;
         m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
         m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_name_with_many_tasks_answers_what_fits_a_datagram() {
+        let names = Names::default();
+        let many: Vec<Ipv4Addr> = (0..50_000u32)
+            .map(|i| Ipv4Addr::from(0x0ac8_0000 + i))
+            .collect();
+        names.set(HashMap::from([("wide".to_string(), many)]));
+        let ask = |edns: bool| {
+            let mut m = Message::from_vec(&query("wide", RecordType::A)).unwrap();
+            if edns {
+                let mut e = hickory_proto::op::Edns::new();
+                e.set_max_payload(4096);
+                m.edns = Some(e);
+            }
+            match handle(&names, &m.to_vec().unwrap(), false) {
+                Handled::Reply(r) => r,
+                _ => panic!("no answer"),
+            }
+        };
+        let plain = ask(false);
+        assert!(plain.len() <= PLAIN_UDP, "{}", plain.len());
+        let r = Message::from_vec(&plain).unwrap();
+        assert!(r.answers.len() >= 25, "{}", r.answers.len());
+        assert!(!r.metadata.truncation);
+        let big = ask(true);
+        assert!(big.len() <= usize::from(EDNS_PAYLOAD), "{}", big.len());
+        let r2 = Message::from_vec(&big).unwrap();
+        assert!(r2.answers.len() > r.answers.len() && r2.edns.is_some());
+        // Another query, another window of the tasks.
+        let again = Message::from_vec(&ask(false)).unwrap();
+        assert_ne!(again.answers[0], r.answers[0]);
     }
 
     #[test]

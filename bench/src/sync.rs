@@ -53,6 +53,7 @@ pub fn desired(services: usize, backends: usize) -> Desired {
     Desired {
         node_addr: Ipv4Addr::new(10, 99, 0, 1),
         nodes: Default::default(),
+        task_nets: Default::default(),
         encap_port: mesh_common::DEFAULT_ENCAP_PORT,
         mtu: 1500,
         tcp_timeout_s: 7200,

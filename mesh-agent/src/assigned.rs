@@ -548,6 +548,14 @@ impl Node {
                 .values()
                 .map(|g| (*g, mesh_common::NODE_F_OVERLAY))
                 .collect(),
+            task_nets: self
+                .state
+                .peers
+                .iter()
+                .filter_map(|p| p.task_subnet)
+                .chain(std::iter::once(self.subnet))
+                .map(|net| (net, gateway(net)))
+                .collect(),
             encap_port: mesh_common::DEFAULT_ENCAP_PORT,
             mtu: self.mtu,
             tcp_timeout_s: ct.tcp_timeout_s,

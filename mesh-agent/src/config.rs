@@ -721,6 +721,11 @@ impl StaticConfig {
                 .filter(|n| n.name != me.name)
                 .map(|n| (self.tunnel_addr(n), by))
                 .collect(),
+            task_nets: self
+                .nodes
+                .iter()
+                .map(|n| (n.task_subnet, self.tunnel_addr(n)))
+                .collect(),
             encap_port: self.encap_port,
             mtu: self.mtu.unwrap_or(mtu),
             tcp_timeout_s: self.conntrack.tcp_timeout_s,

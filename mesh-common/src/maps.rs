@@ -25,6 +25,11 @@ pub const MAP_STATS: &str = "apiary_stats_v2";
 /// overlay is on) → `NODE_F_*`. A packet to the encapsulation port from
 /// anyone else, or arriving on the wrong interface, is dropped.
 pub const MAP_NODES4: &str = "apiary_nodes4";
+/// Whose tasks an address belongs to: LPM trie, each node's task subnet
+/// (network order, with its prefix length) → that node's tunnel address
+/// (network order). An opened packet from another node must come from that
+/// node's own tasks or from outside the cluster, and go to this node's.
+pub const MAP_TASK_NETS4: &str = "apiary_task_nets4";
 /// The source address each task link may send with, learned by the task
 /// program once the route to that address leaves by that link. LRU hash:
 /// ifindex → IPv4 address (network order).
@@ -50,6 +55,8 @@ pub const NODE_F_OVERLAY: u32 = 1 << 1;
 
 /// Entries of [`MAP_NODES4`].
 pub const MAX_NODES: u32 = 16_384;
+/// Entries of [`MAP_TASK_NETS4`].
+pub const MAX_TASK_NETS: u32 = MAX_NODES;
 /// Entries of [`MAP_TASK_SRC4`].
 pub const MAX_TASK_LINKS: u32 = 65_536;
 

@@ -60,7 +60,10 @@ counters! {
     /// from a different node holds, and not a new connection (SYN) on a
     /// finished one: the entry stays.
     STAT_DROP_TUNNEL_MOVE = 20, "drop_tunnel_move", true;
+    /// An opened packet claims a source among another node's tasks than the
+    /// sender's, or (not a reply) goes to no task of this node.
+    STAT_DROP_DECAP_INNER = 21, "drop_decap_inner_address", true;
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STAT_MAX: u32 = 21;
+pub const STAT_MAX: u32 = 22;

@@ -86,8 +86,18 @@ fn opened(ctx: &TcContext, cfg: &NodeConfig, ingress_node: u32) -> Verdict {
     let Some(pkt) = Packet::parse(ctx)? else {
         return Err(STAT_DROP_DECAP);
     };
+    // The sender speaks for its own tasks and for outside clients, never
+    // for another node's tasks.
+    if maps::task_owner(pkt.saddr).is_some_and(|owner| owner != ingress_node) {
+        return Err(STAT_DROP_DECAP_INNER);
+    }
     if let Some(action) = nat::reply(ctx, &pkt)? {
         return Ok(action);
+    }
+    // Not a reply: a flow for one of this node's tasks, nowhere else (the
+    // node is no relay).
+    if maps::task_owner(pkt.daddr) != Some(cfg.node_addr) {
+        return Err(STAT_DROP_DECAP_INNER);
     }
     ct::note_tunnel(&pkt, ingress_node, cfg)?;
     route::forward(ctx, &pkt)

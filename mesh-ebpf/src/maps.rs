@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use mesh_common::*;
 
@@ -39,6 +39,16 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_MAX, 0);
 
 #[map(name = "apiary_nodes4")]
 pub static NODES4: HashMap<u32, u32> = HashMap::pinned(MAX_NODES, 0);
+
+#[map(name = "apiary_task_nets4")]
+pub static TASK_NETS4: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_TASK_NETS, 0);
+
+/// The tunnel address of the node whose tasks hold `addr` (network order),
+/// if it is a task address of the cluster.
+#[inline(always)]
+pub fn task_owner(addr: u32) -> Option<u32> {
+    TASK_NETS4.get(Key::new(32, addr)).copied()
+}
 
 #[map(name = "apiary_task_src4")]
 pub static TASK_SRC4: LruHashMap<u32, u32> = LruHashMap::pinned(MAX_TASK_LINKS, 0);

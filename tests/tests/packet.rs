@@ -102,6 +102,8 @@ fn desired(proto: Protocol) -> Desired {
     Desired {
         node_addr: NODE,
         nodes: Default::default(),
+        // This node's tasks (the backend's subnet is this node's).
+        task_nets: BTreeMap::from([("10.201.1.0/24".parse().unwrap(), NODE)]),
         encap_port: DEFAULT_ENCAP_PORT,
         mtu: 1500,
         tcp_timeout_s: 60,
@@ -406,6 +408,51 @@ fn encapsulation_is_opened_only_from_known_nodes_on_their_way_in() {
         want.nodes.clear();
         dp.apply(&want).unwrap();
         assert_eq!(run_prog(dp, PROG_HOST_INGRESS, &wrapped).0, TC_ACT_SHOT);
+    });
+}
+
+#[test]
+fn another_node_speaks_only_for_its_own_tasks_and_sends_only_to_ours() {
+    let fx = Fixture::new("i");
+    fx.run(Protocol::Tcp, |dp| {
+        let (a, b) = (
+            Ipv4Addr::new(198, 51, 100, 2),
+            Ipv4Addr::new(198, 51, 100, 3),
+        );
+        let mut want = desired(Protocol::Tcp);
+        want.nodes.insert(a, NODE_F_UNDERLAY);
+        want.task_nets.insert("10.201.2.0/24".parse().unwrap(), a);
+        want.task_nets.insert("10.201.3.0/24".parse().unwrap(), b);
+        dp.apply(&want).unwrap();
+        let inner =
+            |src: Ipv4Addr, dst: Ipv4Addr| packet(Protocol::Tcp, (src, 43000), (dst, 80), b"");
+        let drops = |dp: &Dataplane| counter(dp, STAT_DROP_DECAP_INNER);
+        let before = drops(dp);
+        // One of a's own tasks, and an outside client: delivered.
+        for src in [Ipv4Addr::new(10, 201, 2, 5), CLIENT] {
+            let (rc, _) = run_prog(
+                dp,
+                PROG_HOST_INGRESS,
+                &encapsulated(a, &inner(src, BACKEND)),
+            );
+            assert_eq!(rc, TC_ACT_REDIRECT, "{src}");
+        }
+        // As one of b's tasks, or as one of ours: refused.
+        for src in [Ipv4Addr::new(10, 201, 3, 5), Ipv4Addr::new(10, 201, 1, 9)] {
+            let (rc, _) = run_prog(
+                dp,
+                PROG_HOST_INGRESS,
+                &encapsulated(a, &inner(src, BACKEND)),
+            );
+            assert_eq!(rc, TC_ACT_SHOT, "{src}");
+        }
+        // To anything but this node's tasks (b's, the outside): this node
+        // relays nothing.
+        for dst in [Ipv4Addr::new(10, 201, 3, 5), Ipv4Addr::new(192, 0, 2, 99)] {
+            let (rc, _) = run_prog(dp, PROG_HOST_INGRESS, &encapsulated(a, &inner(CLIENT, dst)));
+            assert_eq!(rc, TC_ACT_SHOT, "{dst}");
+        }
+        assert_eq!(drops(dp), before + 4);
     });
 }
 

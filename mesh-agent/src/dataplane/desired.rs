@@ -105,6 +105,8 @@ pub struct Desired {
     /// The other nodes whose encapsulation this node opens: their tunnel
     /// address → how it arrives (`mesh_common::NODE_F_*`).
     pub nodes: BTreeMap<Ipv4Addr, u32>,
+    /// Every node's task subnet (this one's too) → its tunnel address.
+    pub task_nets: BTreeMap<ipnet::Ipv4Net, Ipv4Addr>,
     pub encap_port: u16,
     pub mtu: u16,
     pub tcp_timeout_s: u32,

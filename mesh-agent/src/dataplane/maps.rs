@@ -3,6 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use mesh_common::*;
 
@@ -16,6 +17,7 @@ pub struct Maps {
     pub ct: HashMap<MapData, Ct4Key, CtEntry>,
     pub config: Array<MapData, NodeConfig>,
     pub nodes: HashMap<MapData, u32, u32>,
+    pub task_nets: LpmTrie<MapData, u32, u32>,
     pub stats: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
@@ -48,6 +50,7 @@ impl Maps {
             ct: typed(dir, MAP_CT4)?,
             config: typed(dir, MAP_CONFIG)?,
             nodes: typed(dir, MAP_NODES4)?,
+            task_nets: typed(dir, MAP_TASK_NETS4)?,
             stats: typed(dir, MAP_STATS)?,
             svc_stats: typed(dir, MAP_SVC_STATS)?,
             backend_stats: typed(dir, MAP_BACKEND_STATS)?,

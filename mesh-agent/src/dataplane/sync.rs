@@ -160,12 +160,48 @@ fn write_nodes(maps: &mut Maps, want: &Desired) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Whose tasks each address is: the trie made equal to `want.task_nets`.
+fn write_task_nets(maps: &mut Maps, want: &Desired) -> Result<(), DataplaneError> {
+    use aya::maps::lpm_trie::Key;
+    let err = |e| DataplaneError::map(MAP_TASK_NETS4, e);
+    let have: Vec<(Key<u32>, u32)> = maps
+        .task_nets
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let key = |net: &ipnet::Ipv4Net| {
+        Key::new(
+            u32::from(net.prefix_len()),
+            u32::from(net.network()).to_be(),
+        )
+    };
+    let wanted: Vec<(Key<u32>, u32)> = want
+        .task_nets
+        .iter()
+        .map(|(net, owner)| (key(net), u32::from(*owner).to_be()))
+        .collect();
+    let same =
+        |a: &Key<u32>, b: &Key<u32>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    for (k, _) in &have {
+        if !wanted.iter().any(|(w, _)| same(k, w)) {
+            maps.task_nets.remove(k).map_err(err)?;
+        }
+    }
+    for (k, owner) in &wanted {
+        if !have.iter().any(|(h, o)| same(h, k) && o == owner) {
+            maps.task_nets.insert(k, owner, 0).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 fn write_node(
     maps: &mut Maps,
     have: &mut Programmed,
     want: &Desired,
 ) -> Result<(), DataplaneError> {
     write_nodes(maps, want)?;
+    write_task_nets(maps, want)?;
     let node = NodeConfig {
         node_addr: u32::from(want.node_addr).to_be(),
         encap_port: want.encap_port.to_be(),

@@ -510,7 +510,7 @@ impl Node {
                         vip: false,
                     });
                 }
-                let backends = e
+                let mut backends: Vec<DesiredBackend> = e
                     .backends
                     .iter()
                     .filter(|b| !unready.contains(&b.address))
@@ -528,6 +528,14 @@ impl Node {
                         })
                     })
                     .collect();
+                // A VIP service holds at most the table's worth of replicas,
+                // but a start-first rollout runs a few more for a while:
+                // the draining ones give way, not the whole data plane.
+                let max = mesh_common::MAX_BACKENDS_PER_SERVICE as usize;
+                if backends.len() > max {
+                    backends.sort_by_key(|b| b.draining);
+                    backends.truncate(max);
+                }
                 let published = (p.published != 0).then_some(p.published);
                 DesiredService::add_port(
                     &mut services,

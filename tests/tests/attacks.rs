@@ -623,6 +623,22 @@ fn hole4_a_client_certificate_reaches_the_api_and_nothing_else() {
     }
 }
 
+/// `service create` of an exec service running `apiary tool whoami`, with
+/// `args` before the program (name, flags), on host 0.
+fn create_whoami(lab: &Lab, args: &[&str]) -> apiary_tests::Cli {
+    let bin = apiary_tests::apiary_bin();
+    let mut all = vec!["service", "create", "--driver", "exec"];
+    all.extend_from_slice(args);
+    all.extend([
+        bin.to_str().unwrap(),
+        "tool",
+        "whoami",
+        "--listen",
+        "0.0.0.0:80",
+    ]);
+    lab.apiary(0, &all)
+}
+
 /// GET `path` on the leader (h1) with h1's own certificate: the state as
 /// the managers hold it.
 fn as_manager(lab: &Lab, path: &str) -> serde_json::Value {
@@ -641,24 +657,9 @@ fn as_manager(lab: &Lab, path: &str) -> serde_json::Value {
 #[test]
 fn hole6_workers_and_users_cannot_poison_what_everyone_sees() {
     let lab = swarm(1, 1).unwrap();
-    let bin = apiary_tests::apiary_bin();
-    lab.apiary(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--driver",
-            "exec",
-            "--constraint",
-            "node.hostname==h2",
-            bin.to_str().unwrap(),
-            "tool",
-            "whoami",
-            "--listen",
-            "0.0.0.0:80",
-        ],
+    create_whoami(
+        &lab,
+        &["--name", "web", "--constraint", "node.hostname==h2"],
     )
     .out();
     let tasks = as_manager(&lab, "/v1/services/web/tasks");
@@ -725,24 +726,8 @@ fn hole6_workers_and_users_cannot_poison_what_everyone_sees() {
 
     // Ports every node listens on cannot be published.
     for port in ["2377", "6390", "51820", "22"] {
-        let err = lab
-            .apiary(
-                0,
-                &[
-                    "service",
-                    "create",
-                    "--name",
-                    &format!("p{port}"),
-                    "--driver",
-                    "exec",
-                    "-p",
-                    &format!("{port}:80"),
-                    bin.to_str().unwrap(),
-                    "tool",
-                    "whoami",
-                ],
-            )
-            .err();
+        let (name, publish) = (format!("p{port}"), format!("{port}:80"));
+        let err = create_whoami(&lab, &["--name", &name, "-p", &publish]).err();
         assert!(
             err.contains(port) && err.contains("reserved"),
             "{port}: {err}"
@@ -750,34 +735,15 @@ fn hole6_workers_and_users_cannot_poison_what_everyone_sees() {
     }
     // A replica count no leader could hold is refused, naming the limit;
     // the leader is still there.
-    let err = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "huge",
-                "--replicas",
-                "100000000",
-                "--driver",
-                "exec",
-                bin.to_str().unwrap(),
-                "tool",
-                "whoami",
-            ],
-        )
-        .err();
+    let err = create_whoami(&lab, &["--name", "huge", "--replicas", "100000000"]).err();
     assert!(err.contains("replicas") && err.contains("50000"), "{err}");
     let err = lab.apiary(0, &["service", "scale", "web=1000"]).err();
     assert!(err.contains("256") && err.contains("dnsrr"), "{err}");
     // Without a VIP, a large service is taken (its tasks wait for a node
     // with that label), and a published port is not.
-    lab.apiary(
-        0,
+    create_whoami(
+        &lab,
         &[
-            "service",
-            "create",
             "-d",
             "--name",
             "wide",
@@ -787,34 +753,14 @@ fn hole6_workers_and_users_cannot_poison_what_everyone_sees() {
             "20000",
             "--constraint",
             "node.labels.none==x",
-            "--driver",
-            "exec",
-            bin.to_str().unwrap(),
-            "tool",
-            "whoami",
         ],
     )
     .out();
-    let err = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "rrp",
-                "--endpoint-mode",
-                "dnsrr",
-                "-p",
-                "8081:80",
-                "--driver",
-                "exec",
-                bin.to_str().unwrap(),
-                "tool",
-                "whoami",
-            ],
-        )
-        .err();
+    let err = create_whoami(
+        &lab,
+        &["--name", "rrp", "--endpoint-mode", "dnsrr", "-p", "8081:80"],
+    )
+    .err();
     assert!(err.contains("dnsrr") && err.contains("publish"), "{err}");
     lab.apiary(0, &["service", "rm", "wide"]).out();
     std::thread::sleep(Duration::from_secs(2));
@@ -1050,22 +996,7 @@ fn hole8_task_output_is_rotated_private_and_read_in_chunks() {
         "gaps in {nums:?}"
     );
     // Bad options are refused by name.
-    let err = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "x",
-                "--driver",
-                "exec",
-                "--log-opt",
-                "max-size=0",
-                "/bin/true",
-            ],
-        )
-        .err();
+    let err = create_whoami(&lab, &["--name", "x", "--log-opt", "max-size=0"]).err();
     assert!(err.contains("max-size"), "{err}");
 }
 
@@ -1244,34 +1175,27 @@ fn stat(lab: &Lab, d: usize, name: &str) -> u64 {
 #[test]
 fn hole5_a_task_can_neither_forge_its_source_nor_open_another_nodes_encapsulation() {
     let lab = swarm(1, 1).unwrap();
-    let bin = apiary_tests::apiary_bin();
-    let exec = |name: &str, host: &str, cmd: &[&str]| {
-        let mut args = vec![
+    create_whoami(
+        &lab,
+        &["--name", "victim", "--constraint", "node.hostname==h1"],
+    )
+    .out();
+    lab.apiary(
+        0,
+        &[
             "service",
             "create",
             "--name",
-            name,
+            "evil",
             "--driver",
             "exec",
             "--constraint",
-        ];
-        let c = format!("node.hostname=={host}");
-        args.push(&c);
-        args.extend_from_slice(cmd);
-        lab.apiary(0, &args).out();
-    };
-    exec(
-        "victim",
-        "h1",
-        &[
-            bin.to_str().unwrap(),
-            "tool",
-            "whoami",
-            "--listen",
-            "0.0.0.0:80",
+            "node.hostname==h2",
+            "/bin/sleep",
+            "600",
         ],
-    );
-    exec("evil", "h2", &["/bin/sleep", "600"]);
+    )
+    .out();
     let evil = as_manager(&lab, "/v1/services/evil/tasks")[0]["id"]
         .as_str()
         .unwrap()

@@ -433,6 +433,18 @@ mod tests {
             .collect()
     }
 
+    /// Flips the bits of `mask` in the byte at `at` of `path`.
+    fn flip(path: &Path, at: u64, mask: u8) {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ mask], at).unwrap();
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("apiary-wal-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
@@ -472,15 +484,7 @@ mod tests {
         // One bit of entry 2's body flips: every byte was written, so this
         // is damage, not a crash mid-write; entries 3-5 follow it.
         let seg = d.join(seg_name(1));
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&seg)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, off + 3).unwrap();
-        f.write_all_at(&[b[0] ^ 0x04], off + 3).unwrap();
-        drop(f);
+        flip(&seg, off + 3, 0x04);
         let err = Wal::open(&d).err().expect("a damaged log does not open");
         let msg = err.to_string();
         assert!(
@@ -512,17 +516,7 @@ mod tests {
         drop(w);
         // The last record's length gains a high bit: its body would reach
         // into the preallocated zeros, like a torn write's.
-        let seg = d.join(seg_name(1));
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&seg)
-            .unwrap();
-        let mut len = [0u8; 4];
-        f.read_exact_at(&mut len, off - 8).unwrap();
-        len[2] ^= 0x10;
-        f.write_all_at(&len, off - 8).unwrap();
-        drop(f);
+        flip(&d.join(seg_name(1)), off - 8 + 2, 0x10);
         assert!(matches!(Wal::open(&d), Err(WalError::Corrupt { .. })));
         fs::remove_dir_all(&d).unwrap();
     }

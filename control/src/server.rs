@@ -180,7 +180,8 @@ pub async fn serve_tls(app: Router, j: Arc<Joined>, listener: TcpListener, limit
                 tracing::debug!(%peer, anonymous = anon, "connection refused: too many open connections");
                 return;
             };
-            serve_conn(app, caller, TokioIo::new(tls), limits.headers, !anon).await;
+            let io = TokioIo::new(tls);
+            serve_conn(app, caller, Some(peer.ip()), io, limits.headers, !anon).await;
         });
     }
 }
@@ -198,7 +199,7 @@ pub async fn serve_unix(
             acc = unix.accept() => {
                 if let Ok((s, _)) = acc {
                     let app = app.clone();
-                    tokio::spawn(serve_conn(app, Caller::Local, TokioIo::new(s), Limits::default().headers, true));
+                    tokio::spawn(serve_conn(app, Caller::Local, None, TokioIo::new(s), Limits::default().headers, true));
                 }
             }
             _ = &mut stop => return,
@@ -209,6 +210,7 @@ pub async fn serve_unix(
 async fn serve_conn<S>(
     app: Router,
     caller: Caller,
+    peer: Option<IpAddr>,
     io: TokioIo<S>,
     headers: Duration,
     keep_alive: bool,
@@ -219,6 +221,9 @@ async fn serve_conn<S>(
         app,
         move |mut req: axum::extract::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(caller.clone());
+            if let Some(ip) = peer {
+                req.extensions_mut().insert(crate::api::auth::PeerAddr(ip));
+            }
             req
         },
     );

@@ -518,6 +518,33 @@ fn a_worker_that_left_joins_again_in_its_own_place() {
         (node(&nodes(&lab, 0).ok()?, "h2")["status"] == "down").then_some(())
     })
     .expect("h2 marked down");
+    // Someone else with the token claims h2's address and key: its place is
+    // taken only from h2's own address.
+    let key = node(&nodes(&lab, 0).unwrap(), "h2")["wg_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, csr) = control::tls::new_key_and_csr().unwrap();
+    let claim = serde_json::json!({
+        "token": wt, "csr_pem": csr, "hostname": "h2", "addr": "10.99.0.2:2377", "wg_public_key": key,
+    });
+    let out = lab
+        .client
+        .run(
+            "curl",
+            &[
+                "-sk",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &claim.to_string(),
+                &format!("https://{manager}:2377/v1/swarm/join"),
+            ],
+        )
+        .unwrap();
+    assert!(out.trim_end().ends_with("409"), "{out}");
     lab.apiary(1, &["swarm", "join", "--token", &wt, &manager])
         .out();
     let v = nodes(&lab, 0).unwrap();

@@ -37,6 +37,17 @@ pub enum Caller {
 /// The header a manager forwards a request to the leader with, naming the
 /// caller it acts for; believed only from a manager.
 pub const FORWARDED_FOR: &str = "x-apiary-caller";
+/// With it: the address the caller connected from.
+pub const FORWARDED_PEER: &str = "x-apiary-peer";
+
+/// The address a TLS caller connected from (the transport's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
+/// The address the caller of a cluster route connected from: its own, or
+/// the one a manager forwarded for (none for the unix socket).
+#[derive(Clone, Copy, Debug)]
+struct EffectivePeer(Option<std::net::IpAddr>);
 
 impl Caller {
     /// From a CA-verified client certificate (or none).
@@ -271,14 +282,17 @@ impl FromRequestParts<Arc<Daemon>> for Session {
 /// `swarm join`: anyone; the token decides.
 pub struct Joining {
     pub j: Arc<Joined>,
+    /// Where the joining node connected from.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl FromRequestParts<Arc<Daemon>> for Joining {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Daemon>) -> Result<Self, ApiError> {
         Ok(Joining {
             j: joined(state).await?,
+            peer: parts.extensions.get::<EffectivePeer>().and_then(|p| p.0),
         })
     }
 }
@@ -431,10 +445,11 @@ pub async fn cluster_gate(State(d): State<Arc<Daemon>>, mut req: Request, next: 
 
 /// Where a cluster request is answered, and for whom.
 enum Route {
-    /// Here (the leader), acting for this caller.
-    Here(Caller),
-    /// At the leader: forwarded, naming this caller.
-    Leader(Caller, Class),
+    /// Here (the leader), acting for this caller (connected from there).
+    Here(Caller, Option<std::net::IpAddr>),
+    /// At the leader: forwarded, naming this caller (and where it
+    /// connected from).
+    Leader(Caller, Option<std::net::IpAddr>, Class),
 }
 
 async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, ApiError> {
@@ -446,11 +461,12 @@ async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, Ap
         req.headers(),
         req.extensions(),
     )? {
-        Route::Here(caller) => {
+        Route::Here(caller, peer) => {
             req.extensions_mut().insert(Effective(caller));
+            req.extensions_mut().insert(EffectivePeer(peer));
             Ok(None)
         }
-        Route::Leader(caller, class) => {
+        Route::Leader(caller, peer, class) => {
             let limit = match class {
                 Class::Join => JOIN_BODY_LIMIT,
                 Class::Session => SESSION_BODY_LIMIT,
@@ -460,7 +476,7 @@ async fn gate(d: &Arc<Daemon>, req: &mut Request) -> Result<Option<Response>, Ap
             let body = axum::body::to_bytes(body, limit)
                 .await
                 .map_err(|e| ApiError::TooLarge(format!("request body: {e}")))?;
-            forward(&j, caller, &parts, body).await.map(Some)
+            forward(&j, caller, peer, &parts, body).await.map(Some)
         }
     }
 }
@@ -477,6 +493,14 @@ fn route(
         .get(FORWARDED_FOR)
         .map(|v| v.to_str().ok().and_then(Caller::parse));
     let was_forwarded = forwarded.is_some();
+    // Believed, like the caller, only from a manager (checked below).
+    let peer = if was_forwarded {
+        headers
+            .get(FORWARDED_PEER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    } else {
+        ext.get::<PeerAddr>().map(|p| p.0)
+    };
     let caller = match forwarded {
         None => by,
         Some(named) => {
@@ -513,14 +537,15 @@ fn route(
             },
             other => other,
         };
-        return Ok(Route::Leader(caller, class));
+        return Ok(Route::Leader(caller, peer, class));
     }
-    Ok(Route::Here(caller))
+    Ok(Route::Here(caller, peer))
 }
 
 async fn forward(
     j: &Joined,
     caller: Caller,
+    peer: Option<std::net::IpAddr>,
     parts: &Parts,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -541,7 +566,10 @@ async fn forward(
             parts.method.clone(),
             &uri,
             b,
-            &[(FORWARDED_FOR, caller.header())],
+            &[(FORWARDED_FOR, caller.header())]
+                .into_iter()
+                .chain(peer.map(|p| (FORWARDED_PEER, p.to_string())))
+                .collect::<Vec<_>>(),
         )
         .await
         .map_err(|e| {

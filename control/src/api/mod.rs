@@ -246,7 +246,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
     let join = Router::new()
         .route(
             "/v1/swarm/join",
-            post(|s: auth::Joining, Json(r)| async move { swarm::join(&s.j, r).await }),
+            post(|s: auth::Joining, Json(r)| async move { swarm::join(&s.j, r, s.peer).await }),
         )
         .layer(DefaultBodyLimit::max(JOIN_BODY_LIMIT));
     let cluster = Router::new()

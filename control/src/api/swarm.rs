@@ -489,7 +489,9 @@ fn cluster_and_managers(j: &Joined) -> (Option<ClusterInfo>, Vec<String>) {
 }
 
 /// On the leader: a node presents a token and a CSR.
-pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
+/// `peer`: where the joining node connected from; a node that claims a
+/// down worker's place must connect from that worker's address.
+pub async fn join(j: &Joined, req: JoinRequest, peer: Option<std::net::IpAddr>) -> Reply {
     let t = Token::parse(&req.token).map_err(ApiError::BadRequest)?;
     let (cluster, managers) = cluster_and_managers(j);
     let cluster =
@@ -540,8 +542,11 @@ pub async fn join(j: &Joined, req: JoinRequest) -> Reply {
         ..Node::new(node_id, req.hostname, req.addr, role, now_ms())
     };
     // Checked before a certificate is issued; again when applied.
+    // The address and key a join names are only claims; a rejoin must at
+    // least come from that address.
+    let from_there = peer.is_some_and(|p| node.ip().parse() == Ok(p));
     let rejoins = j.manager().sm.read(|a| {
-        let old = a.state.rejoins(&node);
+        let old = a.state.rejoins(&node).filter(|_| from_there);
         a.state.node_fits(&node, old).map(|_| old)
     });
     let rejoins = rejoins.map_err(ApiError::Conflict)?;

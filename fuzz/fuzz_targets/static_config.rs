@@ -1,4 +1,4 @@
-//! `apiary daemon --static-config FILE` and `apiary config check`: any
+//! `apiary daemon --static-config FILE` and `--check-config FILE`: any
 //! text is refused with a message or taken, never a panic; what is taken
 //! yields a data plane description.
 #![no_main]

@@ -25,6 +25,10 @@ pub struct DaemonArgs {
     /// Without it the daemon runs in swarm mode (`apiary swarm init|join`).
     #[arg(long)]
     pub static_config: Option<PathBuf>,
+    /// Parse and validate a static config, print the first problem, and
+    /// exit (nothing is started or touched).
+    #[arg(long, value_name = "FILE", conflicts_with = "static_config")]
+    pub check_config: Option<PathBuf>,
     /// Swarm mode: the local API socket (root only).
     #[arg(long, default_value = control::client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -182,10 +186,25 @@ fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `apiary daemon --check-config FILE`.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = crate::config::load(file)?;
+    println!(
+        "{}: ok ({} nodes, {} services)",
+        file.display(),
+        cfg.nodes.len(),
+        cfg.services.len()
+    );
+    Ok(())
+}
+
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // Before any thread or file exists: nothing the daemon writes is ever
     // readable by others, not even for a moment.
     control::private_fs::set_daemon_umask();
+    if let Some(file) = &args.check_config {
+        return check_config(file);
+    }
     let Some(static_config) = args.static_config.clone() else {
         return run_swarm(args);
     };

@@ -4,7 +4,7 @@
 //! apiary daemon --static-config mesh.yaml --data-dir /var/lib/apiary
 //! apiary lb ls
 //! apiary lb stats
-//! apiary config check mesh.yaml
+//! apiary daemon --check-config mesh.yaml
 //! apiary tool whoami --listen 0.0.0.0:80
 //! ```
 
@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use mesh_agent::dataplane::{maps::Maps, read_names, view};
-use mesh_agent::{cli, config, daemon, tool};
+use mesh_agent::{cli, daemon, tool};
 
 #[derive(Parser)]
 #[command(
@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node daemon.
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     /// Create, join and leave a swarm.
     Swarm {
         #[command(subcommand)]
@@ -60,11 +60,6 @@ enum Cmd {
     Lb {
         #[command(subcommand)]
         cmd: LbCmd,
-    },
-    /// Work with static config files.
-    Config {
-        #[command(subcommand)]
-        cmd: ConfigCmd,
     },
     /// The tasks this node's agent runs.
     Task {
@@ -141,12 +136,6 @@ enum OverlayCmd {
 }
 
 #[derive(Subcommand)]
-enum ConfigCmd {
-    /// Parse and validate a static config; print the first problem.
-    Check { file: PathBuf },
-}
-
-#[derive(Subcommand)]
 enum ToolCmd {
     /// HTTP (and UDP echo) server answering with its name and the client address it saw.
     Whoami {
@@ -205,7 +194,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Daemon(args) => daemon::run(args),
+        Cmd::Daemon(args) => daemon::run(*args),
         Cmd::Swarm { cmd } => cli::swarm::run(cmd, &cli.connect),
         Cmd::Node { cmd } => cli::node::run(cmd, &cli.connect),
         Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
@@ -230,18 +219,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", view::render_stats(&stats));
             }
-            Ok(())
-        }
-        Cmd::Config {
-            cmd: ConfigCmd::Check { file },
-        } => {
-            let cfg = config::load(&file)?;
-            println!(
-                "{}: ok ({} nodes, {} services)",
-                file.display(),
-                cfg.nodes.len(),
-                cfg.services.len()
-            );
             Ok(())
         }
         Cmd::Task {

@@ -782,7 +782,7 @@ fn hole6_a_task_id_or_interface_prefix_cannot_reach_outside_its_own() {
     let check = |yaml: String| {
         let f = lab.dir.join("check.yaml");
         std::fs::write(&f, yaml).unwrap();
-        lab.apiary(0, &["config", "check", f.to_str().unwrap()])
+        lab.apiary(0, &["daemon", "--check-config", f.to_str().unwrap()])
             .err()
     };
     for name in ["..", ".", ".x"] {

@@ -50,13 +50,13 @@ fn bad_reloads_are_rejected_and_leave_the_maps_untouched() {
             "{what}: the maps changed"
         );
 
-        // `apiary config check` says the same and fails.
+        // `apiary daemon --check-config` says the same and fails.
         let out = Command::new(apiary_bin())
-            .args(["config", "check"])
+            .args(["daemon", "--check-config"])
             .arg(&lab.daemons[0].config)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{what}: config check accepted it");
+        assert!(!out.status.success(), "{what}: --check-config accepted it");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(want),
             "{what}: {}",

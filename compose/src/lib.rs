@@ -1,0 +1,3 @@
+//! Compose files as Docker's CLI reads them for `stack deploy`.
+
+pub mod yaml;

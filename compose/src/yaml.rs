@@ -21,6 +21,8 @@ pub struct Node {
     pub kind: Kind,
     /// 1-based line where the node starts.
     pub line: usize,
+    /// Which of the loaded files it came from (an index the loader keeps).
+    pub file: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +43,18 @@ pub enum Kind {
 pub struct Key {
     pub name: String,
     pub line: usize,
+}
+
+impl Node {
+    /// Marks every node of the tree as read from file number `file`.
+    pub fn set_file(&mut self, file: usize) {
+        self.file = file;
+        match &mut self.kind {
+            Kind::Seq(items) => items.iter_mut().for_each(|i| i.set_file(file)),
+            Kind::Map(entries) => entries.iter_mut().for_each(|(_, v)| v.set_file(file)),
+            _ => {}
+        }
+    }
 }
 
 impl Node {
@@ -105,6 +119,7 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     Ok(root.unwrap_or(Node {
         kind: Kind::Map(Vec::new()),
         line: 1,
+        file: 0,
     }))
 }
 
@@ -157,7 +172,14 @@ impl Builder<'_> {
                 } else {
                     Kind::Scalar { text, plain }
                 };
-                (Node { kind, line }, anchor)
+                (
+                    Node {
+                        kind,
+                        line,
+                        file: 0,
+                    },
+                    anchor,
+                )
             }
             Event::SequenceStart(anchor, _) => {
                 let mut items = Vec::new();
@@ -172,6 +194,7 @@ impl Builder<'_> {
                     Node {
                         kind: Kind::Seq(items),
                         line,
+                        file: 0,
                     },
                     anchor,
                 )
@@ -197,6 +220,7 @@ impl Builder<'_> {
                 Node {
                     kind: Kind::Scalar { text, .. },
                     line,
+                    ..
                 } => Key { name: text, line },
                 Node {
                     kind: Kind::Null, ..
@@ -251,6 +275,7 @@ impl Builder<'_> {
         Ok(Node {
             kind: Kind::Map(own),
             line,
+            file: 0,
         })
     }
 }

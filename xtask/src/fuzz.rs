@@ -15,6 +15,7 @@ use crate::util::{exec, is_root, root, target_dir};
 /// Every target in `fuzz/Cargo.toml`.
 pub const TARGETS: &[&str] = &[
     "static_config",
+    "compose",
     "api_bodies",
     "join_token",
     "dns",

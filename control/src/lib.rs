@@ -10,6 +10,7 @@ pub mod manager;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod objects;
 pub mod private_fs;
 pub mod raft_types;
 pub mod recover;

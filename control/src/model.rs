@@ -284,6 +284,11 @@ pub struct ClusterState {
     pub services: BTreeMap<String, Service>,
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,
+    /// By id; a secret's data is sealed (see [`crate::objects`]).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, crate::objects::Object>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, crate::objects::Object>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +358,12 @@ pub enum Command {
         id: String,
         status: crate::services::UpdateStatus,
         rollback: bool,
+    },
+    /// `secret create` / `config create`.
+    CreateObject(crate::objects::Object),
+    RemoveObject {
+        kind: crate::objects::Kind,
+        id: String,
     },
     /// The orchestrator's decisions: tasks created or changed, tasks gone.
     Reconcile {
@@ -471,6 +482,26 @@ impl ClusterState {
                     return Outcome::err(e);
                 }
                 self.services.insert(svc.id.clone(), svc);
+            }
+            Command::CreateObject(o) => {
+                if let Err(e) = self.object_fits(&o) {
+                    return Outcome::err(e);
+                }
+                self.objects_mut(o.kind).insert(o.id.clone(), o);
+            }
+            Command::RemoveObject { kind, id } => {
+                if let Some(o) = self.objects(kind).get(&id) {
+                    if let Some(svc) = self.object_user(kind, &o.name) {
+                        return Outcome::err(format!(
+                            "{} {} is in use by service {svc}: remove it from the service first",
+                            kind.word(),
+                            o.name
+                        ));
+                    }
+                }
+                if self.objects_mut(kind).remove(&id).is_none() {
+                    return Outcome::err(format!("{} {id} not found", kind.word()));
+                }
             }
             Command::RemoveService { id } => {
                 if self.services.remove(&id).is_none() {
@@ -770,6 +801,7 @@ impl ClusterState {
                 ));
             }
         }
+        self.refs_fit(svc)?;
         let total = self.desired_tasks_with(svc);
         if total > MAX_CLUSTER_TASKS {
             return Err(format!(
@@ -840,6 +872,135 @@ impl ClusterState {
                 "service id prefix {name:?} is ambiguous ({k} services match)"
             )),
         }
+    }
+
+    pub fn objects(&self, kind: crate::objects::Kind) -> &BTreeMap<String, crate::objects::Object> {
+        match kind {
+            crate::objects::Kind::Secret => &self.secrets,
+            crate::objects::Kind::Config => &self.configs,
+        }
+    }
+
+    fn objects_mut(
+        &mut self,
+        kind: crate::objects::Kind,
+    ) -> &mut BTreeMap<String, crate::objects::Object> {
+        match kind {
+            crate::objects::Kind::Secret => &mut self.secrets,
+            crate::objects::Kind::Config => &mut self.configs,
+        }
+    }
+
+    /// By name, then full id, then a unique id prefix (as Docker resolves).
+    pub fn find_object(
+        &self,
+        kind: crate::objects::Kind,
+        name: &str,
+    ) -> Result<&crate::objects::Object, String> {
+        let all = self.objects(kind);
+        if let Some(o) = all.values().find(|o| o.name == name) {
+            return Ok(o);
+        }
+        if let Some(o) = all.get(name) {
+            return Ok(o);
+        }
+        let hits: Vec<_> = all
+            .values()
+            .filter(|o| !name.is_empty() && o.id.starts_with(name))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits[0]),
+            0 => Err(format!("{} {name} not found", kind.word())),
+            k => Err(format!(
+                "{} id prefix {name:?} is ambiguous ({k} match)",
+                kind.word()
+            )),
+        }
+    }
+
+    /// Every secret and config a service names exists, each target once.
+    fn refs_fit(&self, svc: &Service) -> Result<(), String> {
+        use crate::objects::{Kind, MAX_REFS};
+        for (kind, refs) in [
+            (Kind::Secret, &svc.spec.secrets),
+            (Kind::Config, &svc.spec.configs),
+        ] {
+            if refs.len() > MAX_REFS {
+                return Err(format!(
+                    "a service uses at most {MAX_REFS} {}s",
+                    kind.word()
+                ));
+            }
+            let mut targets = std::collections::BTreeSet::new();
+            for r in refs {
+                r.check(kind)?;
+                if !self.objects(kind).values().any(|o| o.name == r.source) {
+                    return Err(format!(
+                        "{} {} not found: create it first (apiary {} create {} FILE)",
+                        kind.word(),
+                        r.source,
+                        kind.word(),
+                        r.source
+                    ));
+                }
+                if !targets.insert(r.target.as_str()) {
+                    return Err(format!(
+                        "two {}s have the same target {:?}",
+                        kind.word(),
+                        r.target
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A service whose spec refers to the named secret or config.
+    pub fn object_user(&self, kind: crate::objects::Kind, name: &str) -> Option<String> {
+        self.services
+            .values()
+            .find(|s| s.spec.uses(kind, name))
+            .map(|s| s.spec.name.clone())
+    }
+
+    /// Checked when proposing and again when applying: a leader never
+    /// applies what a bad request (or a bad leader) put in the log.
+    pub fn object_fits(&self, o: &crate::objects::Object) -> Result<(), String> {
+        use crate::objects::{self as obj, Blob};
+        obj::valid_name(o.kind, &o.name)?;
+        obj::check_labels(&o.labels)?;
+        obj::check_size(o.kind, &o.name, o.size as usize)?;
+        let sealed = matches!(o.data, Blob::Sealed { .. });
+        if sealed != (o.kind == obj::Kind::Secret) {
+            return Err(format!(
+                "{} {}: data stored the wrong way",
+                o.kind.word(),
+                o.name
+            ));
+        }
+        let all = self.objects(o.kind);
+        if all.contains_key(&o.id) {
+            return Err(format!("{} id {} already exists", o.kind.word(), o.id));
+        }
+        if all.values().any(|x| x.name == o.name) {
+            return Err(format!("{} {} already exists", o.kind.word(), o.name));
+        }
+        if all.len() >= obj::MAX_OBJECTS {
+            return Err(format!(
+                "the swarm holds {} {}s already, the most it keeps: remove unused ones first",
+                obj::MAX_OBJECTS,
+                o.kind.word()
+            ));
+        }
+        let total: u64 = all.values().map(|x| x.size).sum::<u64>() + o.size;
+        if total > obj::MAX_TOTAL {
+            return Err(format!(
+                "the swarm's {}s would hold {total} bytes, above the limit of {} bytes: remove unused ones first",
+                o.kind.word(),
+                obj::MAX_TOTAL
+            ));
+        }
+        Ok(())
     }
 
     pub fn managers(&self) -> impl Iterator<Item = &Node> {

@@ -124,7 +124,13 @@ pub struct Joined {
     agent: Option<Arc<crate::assignments::AgentLink>>,
     pool: Mutex<Vec<(tls::Expect, Conn)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The key that seals secrets, read from [`DATA_KEY_FILE`] when first
+    /// needed (managers only).
+    data_key: Mutex<Option<crate::objects::DataKey>>,
 }
+
+/// Beside the Raft store, never in it.
+pub const DATA_KEY_FILE: &str = "data.key";
 
 pub fn control_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("control")
@@ -354,6 +360,7 @@ impl Daemon {
             agent: self.agent.clone(),
             pool: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            data_key: Mutex::new(None),
         });
         let tasks = vec![
             tokio::spawn(crate::server::serve_tls(
@@ -430,6 +437,7 @@ impl Joined {
     async fn reset_raft(&self) -> anyhow::Result<()> {
         let old = self.manager();
         let _ = old.raft.shutdown().await;
+        self.forget_data_key();
         // The log too: a demoted node that kept it would think itself a
         // voter again after a restart (its membership entries say so).
         remove_raft_store(&self.dir)?;
@@ -444,6 +452,35 @@ impl Joined {
         .await?;
         *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(())
+    }
+
+    /// The data key that seals secrets; only managers have one.
+    pub fn data_key(&self) -> Result<crate::objects::DataKey, crate::objects::ObjError> {
+        let mut k = self.data_key.lock().unwrap_or_else(|p| p.into_inner());
+        if k.is_none() {
+            *k = crate::objects::DataKey::load(&self.dir.join(DATA_KEY_FILE))?;
+        }
+        k.clone().ok_or_else(|| {
+            crate::objects::ObjError::NoKey(format!(
+                "{} is missing",
+                self.dir.join(DATA_KEY_FILE).display()
+            ))
+        })
+    }
+
+    pub fn set_data_key(
+        &self,
+        key: crate::objects::DataKey,
+    ) -> Result<(), crate::objects::ObjError> {
+        key.save(&self.dir.join(DATA_KEY_FILE))?;
+        *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        Ok(())
+    }
+
+    /// A demoted manager keeps no key to the swarm's secrets.
+    fn forget_data_key(&self) {
+        *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = std::fs::remove_file(self.dir.join(DATA_KEY_FILE));
     }
 
     pub fn identity(&self) -> Identity {
@@ -728,6 +765,12 @@ async fn renew_if_due(
     }
     let r: api::RenewReply = serde_json::from_slice(&b)?;
     j.set_certificate(r.cert_pem, key)?;
+    if let Some(k) = r.data_key {
+        // Only a manager's answer to a manager (the state's role) holds it.
+        if j.own_role() == tls::CertRole::Manager {
+            j.set_data_key(crate::objects::DataKey::from_b64(&k).map_err(anyhow::Error::msg)?)?;
+        }
+    }
     tracing::info!(role = j.own_role().ou(), "node certificate renewed");
     Ok(())
 }

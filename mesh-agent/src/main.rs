@@ -51,6 +51,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Box<cli::service::ServiceCmd>,
     },
+    /// Manage secrets: files in tasks, encrypted at rest (on a manager).
+    Secret {
+        #[command(subcommand)]
+        cmd: cli::objects::ObjectCmd,
+    },
+    /// Manage configs: files in tasks, not secret (on a manager).
+    Config {
+        #[command(subcommand)]
+        cmd: cli::objects::ObjectCmd,
+    },
     /// The swarm's small key-value space (committed through Raft).
     Kv {
         #[command(subcommand)]
@@ -199,6 +209,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node { cmd } => cli::node::run(cmd, &cli.connect),
         Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
         Cmd::Service { cmd } => cli::service::run(*cmd, &cli.connect),
+        Cmd::Secret { cmd } => cli::objects::run(control::objects::Kind::Secret, cmd, &cli.connect),
+        Cmd::Config { cmd } => cli::objects::run(control::objects::Kind::Config, cmd, &cli.connect),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {
             let maps = Maps::open_pinned(&pin_path(a.pin_path)?)?;
             let rows = view::list(&maps, &read_names(&a.data_dir))?;

@@ -584,6 +584,12 @@ impl Lab {
     /// Runs the `apiary` CLI in host `h`'s namespace against its daemon's
     /// socket.
     pub fn apiary(&self, h: usize, args: &[&str]) -> Cli {
+        self.apiary_stdin(h, args, None)
+    }
+
+    /// `apiary ARGS…` on host `h` with `input` on its standard input.
+    pub fn apiary_stdin(&self, h: usize, args: &[&str], input: Option<&[u8]>) -> Cli {
+        use std::io::Write;
         let socket = self
             .daemons
             .iter()
@@ -591,14 +597,26 @@ impl Lab {
             .and_then(|d| d.socket.clone())
             .unwrap_or_else(|| self.dir.join("no-daemon.sock"));
         let bin = apiary_bin();
-        let out = self.hosts[h]
-            .ns
-            .command(bin.to_str().expect("utf-8 path"))
-            .arg("--socket")
+        let mut cmd = self.hosts[h].ns.command(bin.to_str().expect("utf-8 path"));
+        cmd.arg("--socket")
             .arg(&socket)
             .args(args)
             .env("NO_COLOR", "1")
-            .output();
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let out = cmd.spawn().and_then(|mut child| {
+            let mut stdin = child.stdin.take().expect("piped");
+            // A writer thread: a child that stops reading early (a size
+            // limit) must not block us.
+            let data = input.unwrap_or_default().to_vec();
+            let w = std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+            let o = child.wait_with_output();
+            let _ = w.join();
+            o
+        });
         match out {
             Ok(o) => Cli {
                 ok: o.status.success(),

@@ -11,6 +11,7 @@
 mod agent;
 pub mod auth;
 mod nodes;
+pub mod objects;
 mod services;
 mod swarm;
 
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::http::{error_response, json_response, Body};
 use crate::node::Daemon;
+use crate::objects::Kind;
 
 pub use agent::{AssignedTask, Backend, Endpoints, NodeState, Peer};
 pub use auth::{Admin, Caller, InSwarm, Local, ManagerCaller, RaftPeer, Session, FORWARDED_FOR};
@@ -360,6 +362,34 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(
             "/v1/services/{name}/rollback",
             post(|Admin(j), Path(n): Path<String>| async move { services::rollback(&j, &n).await }),
+        )
+        .route(
+            "/v1/secrets",
+            post(|Admin(j), Json(r)| async move { objects::create(&j, Kind::Secret, r).await })
+                .get(|Admin(j)| async move { objects::list(&j, Kind::Secret).await }),
+        )
+        .route(
+            "/v1/secrets/{name}",
+            get(|Admin(j), Path(n): Path<String>| async move {
+                objects::inspect(&j, Kind::Secret, &n).await
+            })
+            .delete(|Admin(j), Path(n): Path<String>| async move {
+                objects::remove(&j, Kind::Secret, &n).await
+            }),
+        )
+        .route(
+            "/v1/configs",
+            post(|Admin(j), Json(r)| async move { objects::create(&j, Kind::Config, r).await })
+                .get(|Admin(j)| async move { objects::list(&j, Kind::Config).await }),
+        )
+        .route(
+            "/v1/configs/{name}",
+            get(|Admin(j), Path(n): Path<String>| async move {
+                objects::inspect(&j, Kind::Config, &n).await
+            })
+            .delete(|Admin(j), Path(n): Path<String>| async move {
+                objects::remove(&j, Kind::Config, &n).await
+            }),
         )
         .route(
             "/v1/kv/{key}",

@@ -469,6 +469,16 @@ pub struct ServiceUpdate {
     /// `--log-opt` (`max-size=…`, `max-file=…`).
     #[serde(default)]
     pub log_opt: Vec<String>,
+    #[serde(default)]
+    pub secret_add: Vec<crate::objects::FileRef>,
+    /// Secret names.
+    #[serde(default)]
+    pub secret_rm: Vec<String>,
+    #[serde(default)]
+    pub config_add: Vec<crate::objects::FileRef>,
+    /// Config names.
+    #[serde(default)]
+    pub config_rm: Vec<String>,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
@@ -538,6 +548,35 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
         }
     }
     spec.constraints.extend(u.constraint_add);
+    for (kind, refs, rm, add) in [
+        (
+            crate::objects::Kind::Secret,
+            &mut spec.secrets,
+            u.secret_rm,
+            u.secret_add,
+        ),
+        (
+            crate::objects::Kind::Config,
+            &mut spec.configs,
+            u.config_rm,
+            u.config_add,
+        ),
+    ] {
+        for r in &rm {
+            let before = refs.len();
+            refs.retain(|x| &x.source != r);
+            if refs.len() == before {
+                return Err(ApiError::NotFound(format!(
+                    "{name} does not use {} {r}",
+                    kind.word()
+                )));
+            }
+        }
+        for r in add {
+            refs.retain(|x| x.source != r.source);
+            refs.push(r);
+        }
+    }
     Ok(spec)
 }
 

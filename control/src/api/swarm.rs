@@ -165,6 +165,10 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         managers: vec![addr.clone()],
     };
     let j = enter(d, id, p).await?;
+    if let Err(e) = j.set_data_key(crate::objects::DataKey::generate()) {
+        leave_quietly(d).await;
+        return Err(ApiError::Internal(e.to_string()));
+    }
     let created = async {
         j.manager().initialize(&addr).await?;
         wait_leader(&j).await
@@ -333,6 +337,9 @@ pub struct JoinReply {
     pub role: Role,
     pub cert_pem: String,
     pub managers: Vec<String>,
+    /// The data key that seals secrets: to a manager only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
 }
 
 async fn call(
@@ -445,6 +452,13 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
         },
     };
     let j = enter(d, id, p).await?;
+    if let (Role::Manager, Some(k)) = (r.role, &r.data_key) {
+        let key = crate::objects::DataKey::from_b64(k).map_err(|e| {
+            ApiError::Unavailable(format!("the manager at {remote} sent a bad data key: {e}"))
+        })?;
+        j.set_data_key(key)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     if r.role == Role::Manager {
         // A manager that forwards it may not have applied this node's
         // join yet (it judges the caller by its own state): asked again.
@@ -569,12 +583,17 @@ pub async fn join(j: &Joined, req: JoinRequest, peer: Option<std::net::IpAddr>) 
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(node_id, std::time::Instant::now());
+    let data_key = match role {
+        Role::Manager => j.data_key().ok().map(|k| k.to_b64()),
+        Role::Worker => None,
+    };
     ok(&JoinReply {
         node_id,
         cluster_id: cluster.id,
         role,
         cert_pem,
         managers,
+        data_key,
     })
 }
 
@@ -678,6 +697,9 @@ pub struct RenewRequest {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct RenewReply {
     pub cert_pem: String,
+    /// To a node the state makes a manager (a promotion): the data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
 }
 
 /// A renewed certificate names the role the committed state gives the node
@@ -703,7 +725,11 @@ pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
-    ok(&RenewReply { cert_pem })
+    let data_key = match role {
+        Role::Manager => j.data_key().ok().map(|k| k.to_b64()),
+        Role::Worker => None,
+    };
+    ok(&RenewReply { cert_pem, data_key })
 }
 
 #[derive(Serialize, Deserialize, Debug)]

@@ -108,6 +108,12 @@ pub struct ServiceSpec {
     /// How other tasks reach the service (`--endpoint-mode`).
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
+    /// Files under `/run/secrets` in each task (`--secret`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::objects::FileRef>,
+    /// Files at absolute paths in each task (`--config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::objects::FileRef>,
 }
 
 /// `vip`: one virtual IP balanced in the kernel (its backends are limited
@@ -448,6 +454,10 @@ pub struct TaskRun {
     pub health_cmd: Option<String>,
     #[serde(default)]
     pub limit: crate::model::Resources,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::objects::FileRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::objects::FileRef>,
 }
 
 impl From<&ServiceSpec> for TaskRun {
@@ -459,6 +469,8 @@ impl From<&ServiceSpec> for TaskRun {
             driver: s.driver,
             health_cmd: s.health_cmd.clone(),
             limit: s.limit,
+            secrets: s.secrets.clone(),
+            configs: s.configs.clone(),
         }
     }
 }
@@ -510,7 +522,18 @@ impl ServiceSpec {
             limit: crate::model::Resources::default(),
             log: LogOpts::default(),
             endpoint_mode: EndpointMode::Vip,
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
+    }
+
+    /// Whether the spec refers to the named secret or config.
+    pub fn uses(&self, kind: crate::objects::Kind, name: &str) -> bool {
+        let refs = match kind {
+            crate::objects::Kind::Secret => &self.secrets,
+            crate::objects::Kind::Config => &self.configs,
+        };
+        refs.iter().any(|r| r.source == name)
     }
 
     /// Whether `other` runs different tasks (not just more or fewer).

@@ -1,6 +1,7 @@
 //! Client verbs that talk to the daemon's API: `swarm`, `node`, `kv`.
 
 pub mod node;
+pub mod objects;
 pub mod service;
 pub mod swarm;
 
@@ -93,6 +94,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     Ok(Duration::from_millis(ms))
+}
+
+/// Docker's relative times ("2 minutes ago", "About an hour ago").
+pub fn ago(ms: u64) -> String {
+    let s = control::model::now_ms().saturating_sub(ms) / 1000;
+    let (m, h, d) = (s / 60, s / 3600, s / 86_400);
+    let text = match s {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".to_string(),
+        120..=3599 => format!("{m} minutes"),
+        3600..=7199 => "About an hour".to_string(),
+        7200..=172_799 => format!("{h} hours"),
+        172_800..=1_209_599 => format!("{d} days"),
+        1_209_600..=7_775_999 => format!("{} weeks", d / 7),
+        7_776_000..=63_071_999 => format!("{} months", d / 30),
+        _ => format!("{} years", d / 365),
+    };
+    text + " ago"
 }
 
 /// Left-aligned columns separated by three spaces, like Docker's tables.

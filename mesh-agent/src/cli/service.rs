@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hyper::Method;
 
-use super::{table, Connect};
+use super::{ago, table, Connect};
 use control::api::{
     LogQuery, NodeLogs, ScaleRequest, ServiceUpdate, ServiceView, TaskLog, TaskView,
 };
 use control::client::Client;
 use control::model::Resources;
+use control::objects::{FileRef, Kind};
 use control::services::{
     parse_port, Driver, FailureAction, Mode, Protocol, RestartCondition, RestartPolicy,
     ServiceSpec, TaskState, UpdateOrder, UpdatePatch, UpdateState,
@@ -243,6 +244,13 @@ pub enum ServiceCmd {
         /// dnsrr (the name resolves to the tasks; no published ports).
         #[arg(long, value_enum, default_value = "vip")]
         endpoint_mode: EndpointModeArg,
+        /// NAME or source=NAME,target=FILE,uid=,gid=,mode=0444: a file
+        /// under /run/secrets in each task.
+        #[arg(long)]
+        secret: Vec<String>,
+        /// NAME or source=NAME,target=/PATH,uid=,gid=,mode=0444.
+        #[arg(long)]
+        config: Vec<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -299,6 +307,16 @@ pub enum ServiceCmd {
         /// max-size=SIZE or max-file=N: how much output each task keeps.
         #[arg(long)]
         log_opt: Vec<String>,
+        /// Add or replace a secret (as --secret of create).
+        #[arg(long)]
+        secret_add: Vec<String>,
+        /// A secret's name.
+        #[arg(long)]
+        secret_rm: Vec<String>,
+        #[arg(long)]
+        config_add: Vec<String>,
+        #[arg(long)]
+        config_rm: Vec<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -449,15 +467,11 @@ fn state_word(s: TaskState) -> String {
     }
 }
 
-fn ago(ms: u64) -> String {
-    let now = control::model::now_ms();
-    let s = now.saturating_sub(ms) / 1000;
-    match s {
-        0..=1 => "Less than a second ago".into(),
-        2..=59 => format!("{s} seconds ago"),
-        60..=3599 => format!("{} minutes ago", s / 60),
-        _ => format!("{} hours ago", s / 3600),
-    }
+fn file_refs(kind: Kind, flags: &[String]) -> anyhow::Result<Vec<FileRef>> {
+    flags
+        .iter()
+        .map(|f| FileRef::parse(kind, f).map_err(anyhow::Error::msg))
+        .collect()
 }
 
 fn rollout_word(s: UpdateState) -> &'static str {
@@ -584,6 +598,8 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 health_cmd,
                 log_opt,
                 endpoint_mode,
+                secret,
+                config,
                 rollout,
                 resources,
                 detach,
@@ -657,6 +673,8 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                         EndpointModeArg::Vip => control::services::EndpointMode::Vip,
                         EndpointModeArg::Dnsrr => control::services::EndpointMode::Dnsrr,
                     },
+                    secrets: file_refs(Kind::Secret, &secret)?,
+                    configs: file_refs(Kind::Config, &config)?,
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
@@ -816,6 +834,10 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 constraint_add,
                 constraint_rm,
                 log_opt,
+                secret_add,
+                secret_rm,
+                config_add,
+                config_rm,
                 rollout,
                 resources,
                 detach,
@@ -851,6 +873,10 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     constraint_add,
                     constraint_rm,
                     log_opt,
+                    secret_add: file_refs(Kind::Secret, &secret_add)?,
+                    secret_rm,
+                    config_add: file_refs(Kind::Config, &config_add)?,
+                    config_rm,
                 };
                 let v: ServiceView = c
                     .call(

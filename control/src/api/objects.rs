@@ -1,0 +1,152 @@
+//! `secret create|ls|inspect|rm` and `config …`, on the leader. A secret's
+//! data is sealed here, before it is proposed, and no answer carries it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ok, ApiError, Reply};
+use crate::model::{now_ms, Command};
+use crate::node::Joined;
+use crate::objects::{self, Kind, Object};
+use crate::tls::random_hex;
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct CreateObject {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The data, base64.
+    pub data: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ObjectView {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub size: u64,
+    /// Services that use it.
+    pub used_by: Vec<String>,
+    /// A config's data (base64); never a secret's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+fn view(s: &crate::model::ClusterState, o: &Object, with_data: bool) -> ObjectView {
+    let data = match (&o.data, with_data) {
+        (objects::Blob::Plain { b64 }, true) => Some(b64.clone()),
+        _ => None,
+    };
+    ObjectView {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        labels: o.labels.clone(),
+        created_at: o.created_at,
+        updated_at: o.updated_at,
+        size: o.size,
+        used_by: s
+            .services
+            .values()
+            .filter(|svc| svc.spec.uses(o.kind, &o.name))
+            .map(|svc| svc.spec.name.clone())
+            .collect(),
+        data,
+    }
+}
+
+pub async fn create(j: &Joined, kind: Kind, req: CreateObject) -> Reply {
+    let bad = ApiError::BadRequest;
+    objects::valid_name(kind, &req.name).map_err(bad)?;
+    objects::check_labels(&req.labels).map_err(bad)?;
+    // Refused before decoding: base64 of the largest allowed data.
+    if req.data.len() > objects::MAX_DATA.div_ceil(3) * 4 + 4 {
+        return Err(ApiError::TooLarge(format!(
+            "{} {} is larger than {} bytes (500 KiB)",
+            kind.word(),
+            req.name,
+            objects::MAX_DATA
+        )));
+    }
+    let plain = objects::b64_decode(&req.data).map_err(bad)?;
+    objects::check_size(kind, &req.name, plain.len()).map_err(|e| {
+        if plain.len() > objects::MAX_DATA {
+            ApiError::TooLarge(e)
+        } else {
+            ApiError::BadRequest(e)
+        }
+    })?;
+    let id = random_hex(12);
+    let data = match kind {
+        Kind::Secret => j
+            .data_key()
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .seal(kind, &id, &plain),
+        Kind::Config => objects::plain(&plain),
+    };
+    let now = now_ms();
+    let o = Object {
+        id: id.clone(),
+        name: req.name,
+        kind,
+        labels: req.labels,
+        created_at: now,
+        updated_at: now,
+        size: plain.len() as u64,
+        data,
+    };
+    let m = j.manager();
+    m.sm.read(|a| a.state.object_fits(&o)).map_err(|e| {
+        if e.ends_with("already exists") {
+            ApiError::Conflict(e)
+        } else {
+            ApiError::BadRequest(e)
+        }
+    })?;
+    m.write(Command::CreateObject(o)).await?;
+    ok(&id)
+}
+
+pub async fn list(j: &Joined, kind: Kind) -> Reply {
+    let m = j.manager();
+    m.ensure_current().await?;
+    let v: Vec<ObjectView> = m.sm.read(|a| {
+        a.state
+            .objects(kind)
+            .values()
+            .map(|o| view(&a.state, o, false))
+            .collect()
+    });
+    ok(&v)
+}
+
+pub async fn inspect(j: &Joined, kind: Kind, name: &str) -> Reply {
+    let m = j.manager();
+    m.ensure_current().await?;
+    m.sm.read(|a| match a.state.find_object(kind, name) {
+        Ok(o) => ok(&view(&a.state, o, true)),
+        Err(e) => Err(ApiError::NotFound(e)),
+    })
+}
+
+pub async fn remove(j: &Joined, kind: Kind, name: &str) -> Reply {
+    let m = j.manager();
+    let (id, name) = m.sm.read(|a| {
+        let o = a
+            .state
+            .find_object(kind, name)
+            .map_err(ApiError::NotFound)?;
+        if let Some(svc) = a.state.object_user(kind, &o.name) {
+            return Err(ApiError::Conflict(format!(
+                "{} {} is in use by the following service: {svc}",
+                kind.word(),
+                o.name
+            )));
+        }
+        Ok((o.id.clone(), o.name.clone()))
+    })?;
+    m.write(Command::RemoveObject { kind, id }).await?;
+    ok(&name)
+}

@@ -1,0 +1,253 @@
+//! Secrets and configs on a real swarm: sealed at rest (no plaintext in any
+//! node's files, Raft log and snapshots included), never in an answer,
+//! the data key only on managers (given at join and promotion, taken at
+//! demotion), Docker's limits and in-use rule.
+
+use std::path::Path;
+use std::time::Duration;
+
+use apiary_tests::swarm::{token, until};
+use apiary_tests::Lab;
+use serde_json::Value;
+
+/// Every file under `dir` that contains `needle`.
+fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            hits.extend(files_with(&p, needle));
+        } else if meta.is_file() {
+            if let Ok(data) = std::fs::read(&p) {
+                if data.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    hits
+}
+
+fn key_file(lab: &Lab, h: usize) -> std::path::PathBuf {
+    lab.data_dir(h).join("control/data.key")
+}
+
+/// Three hosts: two managers (so a joining manager needs the key) and a
+/// worker; snapshots every 20 entries, so the secret lands in one.
+fn lab() -> Lab {
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon_with(h, &["--raft-snapshot-every", "20"])
+            .unwrap();
+    }
+    lab.apiary(0, &["swarm", "init"]).out();
+    let mt = token(&lab, "manager").unwrap();
+    let wt = token(&lab, "worker").unwrap();
+    let m = lab.hosts[0].addr.to_string();
+    lab.apiary(1, &["swarm", "join", "--token", &mt, &m]).out();
+    lab.apiary(2, &["swarm", "join", "--token", &wt, &m]).out();
+    lab
+}
+
+#[test]
+fn secrets_are_sealed_at_rest_and_never_answered() {
+    let lab = lab();
+    let plain = format!("password123-{}", std::process::id());
+    let id = lab
+        .apiary_stdin(
+            0,
+            &["secret", "create", "my_password", "-"],
+            Some(plain.as_bytes()),
+        )
+        .out();
+    assert_eq!(id.trim().len(), 24, "an id: {id}");
+    // A second manager creates one too (forwarded to the leader).
+    let file = lab.dir.join("other.txt");
+    std::fs::write(&file, format!("{plain}-other")).unwrap();
+    lab.apiary(
+        1,
+        &[
+            "secret",
+            "create",
+            "--label",
+            "env=dev",
+            "other",
+            file.to_str().unwrap(),
+        ],
+    )
+    .out();
+
+    let ls = lab.apiary(1, &["secret", "ls"]).out();
+    let header = ls.lines().next().unwrap();
+    for col in ["ID", "NAME", "DRIVER", "CREATED", "UPDATED"] {
+        assert!(header.contains(col), "{ls}");
+    }
+    assert!(ls.contains("my_password") && ls.contains("other"), "{ls}");
+    let inspect = lab
+        .apiary(0, &["secret", "inspect", "my_password", "other"])
+        .out();
+    let v: Vec<Value> = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v[0]["Spec"]["Name"], "my_password");
+    assert_eq!(v[1]["Spec"]["Labels"]["env"], "dev");
+    assert!(v[0]["Spec"].get("Data").is_none());
+    for out in [
+        &ls,
+        &inspect,
+        &lab.apiary(0, &["secret", "ls", "--format", "json"]).out(),
+    ] {
+        assert!(!out.contains(&plain), "an answer holds the secret: {out}");
+    }
+
+    // Enough entries for a snapshot after the secret, then every file of
+    // every node: no plaintext (store, WAL, snapshot, certificates, logs).
+    for i in 0..30 {
+        lab.apiary(0, &["kv", "put", &format!("k{i}"), "v"]).out();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&plain);
+    for h in 0..3 {
+        for needle in [plain.as_bytes(), b64.as_bytes()] {
+            let hits = files_with(&lab.data_dir(h), needle);
+            assert!(hits.is_empty(), "host {h} holds the secret in {hits:?}");
+        }
+    }
+    // The data key: on both managers, private; not on the worker.
+    use std::os::unix::fs::PermissionsExt;
+    for h in 0..2 {
+        let meta = std::fs::metadata(key_file(&lab, h)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(
+        std::fs::read(key_file(&lab, 0)).unwrap(),
+        std::fs::read(key_file(&lab, 1)).unwrap(),
+        "one key for the swarm"
+    );
+    assert!(!key_file(&lab, 2).exists(), "a worker holds the data key");
+
+    // A worker promoted gets the key; demoted, it drops it.
+    let nodes: Vec<Value> =
+        serde_json::from_str(&lab.apiary(0, &["node", "ls", "--format", "json"]).out()).unwrap();
+    let w = nodes
+        .iter()
+        .find(|n| n["role"] == "worker")
+        .unwrap_or_else(|| panic!("no worker among {nodes:?}"));
+    let wid = w["id"].as_str().unwrap().to_string();
+    lab.apiary(0, &["node", "promote", &wid]).out();
+    until(Duration::from_secs(30), || {
+        key_file(&lab, 2).exists().then_some(())
+    })
+    .expect("the promoted node got the data key");
+    lab.apiary(0, &["node", "demote", &wid]).out();
+    until(Duration::from_secs(30), || {
+        (!key_file(&lab, 2).exists()).then_some(())
+    })
+    .expect("the demoted node dropped the data key");
+}
+
+#[test]
+fn limits_names_and_the_in_use_rule() {
+    let lab = lab();
+    let max = 500 * 1024;
+    let e = lab
+        .apiary_stdin(
+            0,
+            &["secret", "create", "big", "-"],
+            Some(&vec![b'x'; max + 1]),
+        )
+        .err();
+    assert!(e.contains("500 KiB"), "{e}");
+    lab.apiary_stdin(
+        0,
+        &["secret", "create", "exactly", "-"],
+        Some(&vec![b'x'; max]),
+    )
+    .out();
+    for bad in ["..", "a/b", "x-", "x y", ".hidden"] {
+        let e = lab
+            .apiary_stdin(0, &["secret", "create", bad, "-"], Some(b"v"))
+            .err();
+        assert!(e.contains("invalid secret name"), "{bad}: {e}");
+    }
+    let e = lab
+        .apiary_stdin(0, &["secret", "create", "empty", "-"], Some(b""))
+        .err();
+    assert!(e.contains("empty"), "{e}");
+    lab.apiary_stdin(0, &["secret", "create", "pw", "-"], Some(b"s3cret"))
+        .out();
+    let e = lab
+        .apiary_stdin(0, &["secret", "create", "pw", "-"], Some(b"again"))
+        .err();
+    assert!(e.contains("already exists"), "{e}");
+    let ls = lab.apiary(0, &["secret", "ls", "-q"]).out();
+    assert_eq!(ls.lines().count(), 2, "only `exactly` and `pw`: {ls}");
+
+    // A service that names a missing secret is refused; one that uses a
+    // secret keeps it from being removed.
+    let bin = apiary_tests::apiary_bin();
+    let svc = |secret: &str| {
+        lab.apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "--driver",
+                "exec",
+                "--secret",
+                secret,
+                bin.to_str().unwrap(),
+                "tool",
+                "whoami",
+                "--listen",
+                "0.0.0.0:80",
+            ],
+        )
+    };
+    let e = svc("missing").err();
+    assert!(e.contains("secret missing not found"), "{e}");
+    let e = svc("source=pw,target=../../etc/shadow").err();
+    assert!(e.contains("without `..`"), "{e}");
+    svc("source=pw,target=db_password,mode=0400").out();
+    let e = lab.apiary(0, &["secret", "rm", "pw"]).err();
+    assert!(e.contains("in use by") && e.contains("web"), "{e}");
+    assert!(lab.apiary(0, &["secret", "ls"]).out().contains("pw"));
+    lab.apiary(0, &["service", "update", "-d", "--secret-rm", "pw", "web"])
+        .out();
+    lab.apiary(0, &["secret", "rm", "pw", "exactly"]).out();
+    assert_eq!(lab.apiary(0, &["secret", "ls", "-q"]).out(), "");
+    lab.apiary(0, &["service", "rm", "web"]).out();
+}
+
+#[test]
+fn configs_keep_their_data_readable() {
+    let lab = lab();
+    lab.apiary_stdin(
+        0,
+        &["config", "create", "app.conf", "-"],
+        Some(b"listen 80;\n"),
+    )
+    .out();
+    let v: Vec<Value> =
+        serde_json::from_str(&lab.apiary(1, &["config", "inspect", "app.conf"]).out()).unwrap();
+    assert_eq!(
+        v[0]["Spec"]["Data"], "bGlzdGVuIDgwOwo=",
+        "base64 of the data, as Docker shows it"
+    );
+    let ls = lab.apiary(0, &["config", "ls"]).out();
+    assert!(
+        ls.starts_with("ID") && !ls.contains("DRIVER") && ls.contains("app.conf"),
+        "{ls}"
+    );
+    lab.apiary(0, &["config", "rm", "app.conf"]).out();
+    let e = lab.apiary(0, &["config", "inspect", "app.conf"]).err();
+    assert!(e.contains("not found"), "{e}");
+}

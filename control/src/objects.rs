@@ -23,7 +23,7 @@ pub const MAX_OBJECTS: usize = 1000;
 pub const MAX_TOTAL: u64 = 64 << 20;
 pub const MAX_LABELS: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Secret,
@@ -361,6 +361,21 @@ impl DataKey {
                     .map_err(|_| fail())?;
                 Ok(plain.to_vec())
             }
+        }
+    }
+
+    /// A config's data, or a secret's with `key`.
+    pub fn open_with(key: Option<&DataKey>, o: &Object) -> Result<Vec<u8>, ObjError> {
+        match (&o.data, key) {
+            (Blob::Plain { b64 }, _) => B64.decode(b64).map_err(|_| {
+                ObjError::Invalid(format!(
+                    "{} {}: stored data is not base64",
+                    o.kind.word(),
+                    o.name
+                ))
+            }),
+            (Blob::Sealed { .. }, Some(k)) => k.open(o),
+            (Blob::Sealed { .. }, None) => Err(ObjError::NoKey(o.name.clone())),
         }
     }
 

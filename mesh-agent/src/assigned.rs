@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use control::api::{AssignedTask, NodeState};
+use control::api::{AssignedTask, NodeState, ObjectData};
 use control::assignments::{Assignment, RuntimeLink};
+use control::objects::Kind;
 use control::services::{Driver, TaskReport, TaskRun, TaskState};
 use ipnet::Ipv4Net;
 
@@ -231,7 +232,7 @@ impl Node {
             .tasks
             .iter()
             .filter(|t| t.task.desired == TaskState::Running)
-            .map(task_spec)
+            .map(|t| task_spec(t, &state.files))
             .collect();
         let (rt, adopted) = Runtime::start(rcfg, &want)?;
         log_tasks(&adopted);
@@ -336,7 +337,7 @@ impl Node {
                         .get(&t.task.id)
                         .is_some_and(|at| at.elapsed() < DRAIN)
             })
-            .map(task_spec)
+            .map(|t| task_spec(t, &self.state.files))
             .collect();
         if want != self.wanted {
             self.worker.want(want.clone());
@@ -654,10 +655,31 @@ fn peers(state: &NodeState, port: u16) -> Vec<overlay::Peer> {
 }
 
 /// An assigned task as the task manager runs it: its id names it, its
-/// address comes from this node's IPAM.
-fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
+/// address comes from this node's IPAM, its secrets and configs from the
+/// data the managers sent with the assignment (a missing one leaves the
+/// task without it: it fails to start and says so).
+fn task_spec(t: &AssignedTask, data: &[ObjectData]) -> TaskSpecConfig {
     // The task's own spec: during a rollout the service's is the new one.
     let run = t.task.run.clone().unwrap_or_else(|| TaskRun::from(&t.spec));
+    let mut files = Vec::new();
+    for (kind, refs) in [(Kind::Secret, &run.secrets), (Kind::Config, &run.configs)] {
+        for r in refs {
+            let found = data.iter().find(|d| d.kind == kind && d.name == r.source);
+            let bytes = found.and_then(|d| control::objects::b64_decode(&d.data).ok());
+            files.push(crate::taskfiles::TaskFile {
+                secret: kind == Kind::Secret,
+                target: r.target.clone(),
+                uid: r.uid,
+                gid: r.gid,
+                mode: r.mode,
+                // Marked missing: the task manager refuses to start it.
+                data: bytes.unwrap_or_default(),
+            });
+            if found.is_none() {
+                tracing::warn!(task = %t.task.id, "{} {} not sent with the assignment", kind.word(), r.source);
+            }
+        }
+    }
     let (driver, image, command) = match run.driver {
         Driver::Docker => (DriverKind::Docker, Some(run.image), run.command),
         Driver::Exec => (
@@ -679,5 +701,6 @@ fn task_spec(t: &AssignedTask) -> TaskSpecConfig {
         health_cmd: run.health_cmd,
         cpus: (run.limit.nano_cpus > 0).then(|| run.limit.nano_cpus as f64 / 1e9),
         log: t.spec.log,
+        files,
     }
 }

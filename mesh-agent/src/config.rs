@@ -120,6 +120,9 @@ pub struct TaskSpecConfig {
     /// How much output is kept: `{max_size: BYTES, max_files: N}`.
     #[serde(default)]
     pub log: control::services::LogOpts,
+    /// Secrets and configs (swarm mode): never read from a file.
+    #[serde(skip)]
+    pub files: Vec<crate::taskfiles::TaskFile>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

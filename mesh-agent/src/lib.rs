@@ -15,5 +15,6 @@ pub mod netwatch;
 pub mod overlay;
 pub mod runtime;
 pub mod task_worker;
+pub mod taskfiles;
 pub mod tasks;
 pub mod tool;

@@ -174,6 +174,12 @@ enum ToolCmd {
         /// Bound over the task's /etc/resolv.conf.
         #[arg(long)]
         resolv_conf: Option<PathBuf>,
+        /// Read-only bind mounts in the task: each --bind-src with the
+        /// --bind-dst at the same position.
+        #[arg(long)]
+        bind_src: Vec<PathBuf>,
+        #[arg(long)]
+        bind_dst: Vec<String>,
         /// Bytes per output file before the next one starts.
         #[arg(long, default_value_t = control::services::LogOpts::default().max_size)]
         log_max_size: u64,
@@ -283,6 +289,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ToolCmd::Shim {
                     dir,
                     resolv_conf,
+                    bind_src,
+                    bind_dst,
                     log_max_size,
                     log_max_files,
                     command,
@@ -290,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => mesh_agent::driver::shim::run(
             &dir,
             resolv_conf.as_deref(),
+            &bind_src.into_iter().zip(bind_dst).collect::<Vec<_>>(),
             control::services::LogOpts {
                 max_size: log_max_size,
                 max_files: log_max_files,

@@ -35,6 +35,8 @@ pub struct TaskManager {
     scope: String,
     /// The spec each running task was started with.
     running: BTreeMap<String, TaskSpecConfig>,
+    /// Where tasks' secrets and configs are mounted (`files/TASK`).
+    data_dir: PathBuf,
     /// Standalone mode restarts a task that ended; in a swarm the
     /// orchestrator decides (restart policy) and makes a new task.
     restart_locally: bool,
@@ -91,6 +93,7 @@ impl TaskManager {
             docker_socket: drivers.docker_socket,
             scope,
             running: BTreeMap::new(),
+            data_dir: data_dir.clone(),
             restart_locally: true,
         };
         let mut r = Reconciled::default();
@@ -132,6 +135,12 @@ impl TaskManager {
         }
         let live: HashSet<String> = m.running.keys().cloned().collect();
         m.attacher.gc(&live)?;
+        // Files of tasks that ended while no agent watched.
+        for task in crate::taskfiles::listed(&m.data_dir) {
+            if !live.contains(&task) {
+                crate::taskfiles::cleanup(&m.data_dir, &task);
+            }
+        }
         Ok((m, r))
     }
 
@@ -256,7 +265,7 @@ impl TaskManager {
                 containers.push(spec);
                 continue;
             }
-            let res = self.start_exec(spec).map_err(|e| e.to_string());
+            let res = self.start_exec(spec);
             results.push((spec.name.clone(), res));
         }
         results.extend(self.start_containers(&containers));
@@ -285,7 +294,19 @@ impl TaskManager {
                 .map(|s| (s.name.clone(), Err(e.clone())))
                 .collect();
         }
-        let tasks: Vec<TaskSpec> = specs.iter().map(|s| self.driver_spec(s)).collect();
+        let mut out = Vec::new();
+        let mut ready: Vec<&TaskSpecConfig> = Vec::new();
+        let mut tasks: Vec<TaskSpec> = Vec::new();
+        for s in specs {
+            match self.spec_with_files(s) {
+                Ok(t) => {
+                    tasks.push(t);
+                    ready.push(s);
+                }
+                Err(e) => out.push((s.name.clone(), Err(e))),
+            }
+        }
+        let specs = ready;
         let fixed: BTreeMap<String, Option<std::net::Ipv4Addr>> = specs
             .iter()
             .map(|s| {
@@ -303,14 +324,16 @@ impl TaskManager {
                 .map(|a| a.addr)
                 .map_err(|e| e.to_string())
         });
-        let mut out = Vec::new();
         for (spec, res) in specs.iter().zip(results) {
             match res {
                 Ok(_) => {
                     self.running.insert(spec.name.clone(), (*spec).clone());
                     out.push((spec.name.clone(), Ok(())));
                 }
-                Err(e) => out.push((spec.name.clone(), Err(e.to_string()))),
+                Err(e) => {
+                    crate::taskfiles::cleanup(&self.data_dir, &spec.name);
+                    out.push((spec.name.clone(), Err(e.to_string())));
+                }
             }
         }
         out
@@ -328,20 +351,43 @@ impl TaskManager {
             health_cmd: spec.health_cmd.clone(),
             cpus: spec.cpus,
             log: spec.log,
+            binds: Vec::new(),
         }
     }
 
+    /// The driver's spec with the task's secrets and configs mounted (an
+    /// empty one means its data never arrived: refused).
+    fn spec_with_files(&self, spec: &TaskSpecConfig) -> Result<TaskSpec, String> {
+        let mut task = self.driver_spec(spec);
+        if spec.files.is_empty() {
+            return Ok(task);
+        }
+        if let Some(f) = spec.files.iter().find(|f| f.data.is_empty()) {
+            return Err(format!(
+                "the data of the file for {} did not arrive (a secret or config the managers could not open)",
+                f.target
+            ));
+        }
+        task.binds = crate::taskfiles::prepare(&self.data_dir, &spec.name, &spec.files)
+            .map_err(|e| e.to_string())?;
+        Ok(task)
+    }
+
     /// Starts an exec task (docker ones start together, `start_containers`).
-    fn start_exec(&mut self, spec: &TaskSpecConfig) -> Result<(), TaskError> {
-        let task = self.driver_spec(spec);
+    fn start_exec(&mut self, spec: &TaskSpecConfig) -> Result<(), String> {
+        let task = self.spec_with_files(spec)?;
         let fixed = (!spec.address.is_unspecified()).then_some(spec.address);
         let attacher = &mut self.attacher;
-        self.exec.start(&task, &mut |id, netns| {
+        let started = self.exec.start(&task, &mut |id, netns| {
             attacher
                 .attach_at(id, netns, fixed)
                 .map(|a| a.addr)
                 .map_err(|e| e.to_string())
-        })?;
+        });
+        if let Err(e) = started {
+            crate::taskfiles::cleanup(&self.data_dir, &spec.name);
+            return Err(e.to_string());
+        }
         self.running.insert(spec.name.clone(), spec.clone());
         Ok(())
     }
@@ -363,6 +409,7 @@ impl TaskManager {
         if let Err(e) = self.attacher.detach(id) {
             tracing::warn!(task = id, "detaching: {e}");
         }
+        crate::taskfiles::cleanup(&self.data_dir, id);
         self.running.remove(id);
     }
 }

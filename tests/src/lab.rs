@@ -721,6 +721,8 @@ impl Lab {
         for h in &self.hosts {
             remove_containers(&cgroup_parent(&h.ns.name).replace('/', "-"));
         }
+        // Tasks' secret file systems a killed daemon left mounted.
+        unmount_below(&self.dir);
         let _ = fs::remove_file(Path::new(OWNERS).join(&self.id));
         if std::env::var_os("APIARY_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
@@ -906,6 +908,22 @@ fn sweep_dead() {
 }
 
 /// Deletes lab namespaces and pin directories: of lab `id`, or of every lab.
+/// Lazily unmounts everything mounted below `dir` (deepest first).
+pub fn unmount_below(dir: &Path) {
+    let prefix = format!("{}/", dir.display());
+    let mut points: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
     let prefix = id.unwrap_or(PREFIX);
     let mut n = 0;
@@ -934,6 +952,7 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&format!("apiary-lab-{prefix}")) {
+                unmount_below(&e.path());
                 let _ = fs::remove_dir_all(e.path());
             }
         }

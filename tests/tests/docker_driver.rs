@@ -39,6 +39,7 @@ fn spec(lab: &Lab, id: &str, image: &str, command: &[&str]) -> TaskSpec {
         memory_max: Some(64 << 20),
         cpus: Some(0.5),
         log: Default::default(),
+        binds: Vec::new(),
     }
 }
 

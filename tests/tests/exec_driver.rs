@@ -37,6 +37,7 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         memory_max: None,
         cpus: None,
         log: Default::default(),
+        binds: Vec::new(),
     }
 }
 

@@ -10,8 +10,16 @@ use apiary_tests::swarm::{token, until};
 use apiary_tests::Lab;
 use serde_json::Value;
 
-/// Every file under `dir` that contains `needle`.
+/// Every file under `dir` on a disk (not in a tmpfs mounted below it)
+/// that contains `needle`.
 fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0);
+    on_device(dir, dev, needle)
+}
+
+fn on_device(dir: &Path, dev: u64, needle: &[u8]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
     let mut hits = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return hits;
@@ -21,8 +29,11 @@ fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
+        if meta.dev() != dev {
+            continue;
+        }
         if meta.is_dir() {
-            hits.extend(files_with(&p, needle));
+            hits.extend(on_device(&p, dev, needle));
         } else if meta.is_file() {
             if let Ok(data) = std::fs::read(&p) {
                 if data.windows(needle.len()).any(|w| w == needle) {
@@ -250,4 +261,148 @@ fn configs_keep_their_data_readable() {
     lab.apiary(0, &["config", "rm", "app.conf"]).out();
     let e = lab.apiary(0, &["config", "inspect", "app.conf"]).err();
     assert!(e.contains("not found"), "{e}");
+}
+
+fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The task file systems mounted under the lab's data dirs.
+fn task_mounts(lab: &Lab) -> Vec<String> {
+    let dir = lab.dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&dir) && m.contains("/files/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn tasks_read_their_secrets_from_memory_with_their_owner_and_mode() {
+    let lab = lab();
+    let plain = format!(
+        "pw-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let sum = sha256(plain.as_bytes());
+    lab.apiary_stdin(
+        0,
+        &["secret", "create", "my_password", "-"],
+        Some(plain.as_bytes()),
+    )
+    .out();
+    lab.apiary_stdin(
+        0,
+        &["config", "create", "app.conf", "-"],
+        Some(b"listen 80;\n"),
+    )
+    .out();
+    // An exec task on the worker, a container on a manager.
+    let exec_script = "sha256sum /run/secrets/db/pw; stat -c 'mode=%a uid=%u gid=%g' /run/secrets/db/pw; (echo x > /run/secrets/db/pw) 2>/dev/null && echo WRITABLE || echo read-only; exec sleep 600";
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "ex",
+            "--driver",
+            "exec",
+            "--constraint",
+            "node.role==worker",
+            "--secret",
+            "source=my_password,target=db/pw,uid=1000,gid=1000,mode=0440",
+            "/bin/sh",
+            "-c",
+            exec_script,
+        ],
+    )
+    .out();
+    let docker_script = "sha256sum /run/secrets/my_password; stat -c 'mode=%a' /run/secrets/my_password; cat /etc/app.conf; exec sleep 600";
+    lab.apiary(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "dk",
+            "--constraint",
+            "node.role==manager",
+            "--secret",
+            "my_password",
+            "--config",
+            "source=app.conf,target=/etc/app.conf",
+            "apiary/busybox:dev",
+            "sh",
+            "-c",
+            docker_script,
+        ],
+    )
+    .out();
+    let logs = |svc: &str| lab.apiary(0, &["service", "logs", svc]).out();
+    until(Duration::from_secs(60), || {
+        logs("ex").contains(&sum).then_some(())
+    })
+    .unwrap_or_else(|| panic!("exec task output: {}", logs("ex")));
+    until(Duration::from_secs(60), || {
+        logs("dk").contains("listen 80;").then_some(())
+    })
+    .unwrap_or_else(|| panic!("container output: {}", logs("dk")));
+    let ex = logs("ex");
+    assert!(
+        ex.contains("mode=440 uid=1000 gid=1000") && ex.contains("read-only"),
+        "{ex}"
+    );
+    let dk = logs("dk");
+    assert!(dk.contains(&sum) && dk.contains("mode=444"), "{dk}");
+
+    // In memory only: a tmpfs per task, nothing on any disk of a node or
+    // in Docker's files, nothing in `docker inspect`, nothing on the host's
+    // own /run/secrets (the exec task's mount is in its namespace).
+    assert_eq!(task_mounts(&lab).len(), 2, "{:?}", task_mounts(&lab));
+    for h in 0..3 {
+        let hits = files_with(&lab.data_dir(h), plain.as_bytes());
+        assert!(hits.is_empty(), "host {h}: {hits:?}");
+    }
+    let hits = files_with(Path::new("/var/lib/docker/containers"), plain.as_bytes());
+    assert!(hits.is_empty(), "Docker's files: {hits:?}");
+    let ids = std::process::Command::new("docker")
+        .args(["ps", "-aq"])
+        .output()
+        .unwrap();
+    for id in String::from_utf8_lossy(&ids.stdout).lines() {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(&plain),
+            "docker inspect {id}"
+        );
+    }
+    assert!(!Path::new("/run/secrets/db/pw").exists());
+
+    lab.apiary(0, &["service", "rm", "ex", "dk"]).out();
+    until(Duration::from_secs(60), || {
+        task_mounts(&lab).is_empty().then_some(())
+    })
+    .unwrap_or_else(|| panic!("left mounted: {:?}", task_mounts(&lab)));
+    lab.apiary(0, &["secret", "rm", "my_password"]).out();
 }

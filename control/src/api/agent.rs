@@ -65,6 +65,72 @@ pub struct NodeState {
     pub tasks: Vec<AssignedTask>,
     pub peers: Vec<Peer>,
     pub services: Vec<Endpoints>,
+    /// The secrets and configs this node's tasks use (and no others),
+    /// opened: held in the agent's memory, never written to its disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ObjectData>,
+}
+
+/// One secret's or config's data, for the node whose tasks use it.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+pub struct ObjectData {
+    pub kind: crate::objects::Kind,
+    pub name: String,
+    /// Base64.
+    pub data: String,
+}
+
+impl std::fmt::Debug for ObjectData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ObjectData({} {}, {} bytes)",
+            self.kind.word(),
+            self.name,
+            self.data.len()
+        )
+    }
+}
+
+/// The data of every secret and config a task of `node` that is not over
+/// yet refers to. One that cannot be opened is left out (its task fails
+/// to start and says which).
+fn node_files(j: &Joined, s: &crate::model::ClusterState, node: NodeId) -> Vec<ObjectData> {
+    use crate::objects::Kind;
+    let mut wanted = std::collections::BTreeSet::new();
+    for t in s.tasks.values() {
+        if t.node != Some(node) || t.state.is_terminal() || t.desired.is_terminal() {
+            continue;
+        }
+        let Some(svc) = s.services.get(&t.service) else {
+            continue;
+        };
+        let run = t
+            .run
+            .clone()
+            .unwrap_or_else(|| crate::services::TaskRun::from(&svc.spec));
+        wanted.extend(run.secrets.iter().map(|r| (Kind::Secret, r.source.clone())));
+        wanted.extend(run.configs.iter().map(|r| (Kind::Config, r.source.clone())));
+    }
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let key = j.data_key();
+    let mut out = Vec::new();
+    for (kind, name) in wanted {
+        let Some(o) = s.objects(kind).values().find(|o| o.name == name) else {
+            continue;
+        };
+        match crate::objects::DataKey::open_with(key.as_ref().ok(), o) {
+            Ok(data) => out.push(ObjectData {
+                kind,
+                name,
+                data: crate::objects::b64_encode(&data),
+            }),
+            Err(e) => tracing::warn!(error = %e, "a task's {} is not available", kind.word()),
+        }
+    }
+    out
 }
 
 /// The longest a `?since=` request waits for a change (below the 6 s a
@@ -142,6 +208,7 @@ pub async fn state(j: &Joined, node: NodeId, q: StateQuery) -> Reply {
             node_id: show_id(node),
             addr: me.map(|n| host_of(&n.addr)).unwrap_or_default(),
             task_subnet: me.and_then(|n| n.task_subnet),
+            files: node_files(j, s, node),
             tasks,
             peers,
             services,

@@ -29,7 +29,7 @@ use crate::http::{error_response, json_response, Body};
 use crate::node::Daemon;
 use crate::objects::Kind;
 
-pub use agent::{AssignedTask, Backend, Endpoints, NodeState, Peer};
+pub use agent::{AssignedTask, Backend, Endpoints, NodeState, ObjectData, Peer};
 pub use auth::{Admin, Caller, InSwarm, Local, ManagerCaller, RaftPeer, Session, FORWARDED_FOR};
 pub use nodes::{KvValue, NodeView, UpdateRequest};
 pub use services::{

@@ -205,6 +205,9 @@ impl DockerDriver {
             )?;
             binds.push(format!("{}:/etc/hosts:ro", hosts.display()));
         }
+        for b in &spec.binds {
+            binds.push(format!("{}:{}:ro", b.source.display(), b.target));
+        }
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.id.clone()),
             (LABEL_NODE.to_string(), self.node.clone()),

@@ -186,6 +186,14 @@ impl TaskDriver for ExecDriver {
                     .iter()
                     .flat_map(|r| [std::ffi::OsStr::new("--resolv-conf"), r.as_os_str()]),
             )
+            .args(spec.binds.iter().flat_map(|b| {
+                [
+                    std::ffi::OsStr::new("--bind-src"),
+                    b.source.as_os_str(),
+                    std::ffi::OsStr::new("--bind-dst"),
+                    std::ffi::OsStr::new(b.target.as_str()),
+                ]
+            }))
             .arg("--")
             .args(&spec.command)
             .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))

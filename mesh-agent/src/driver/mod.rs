@@ -62,6 +62,8 @@ pub struct TaskSpec {
     pub cpus: Option<f64>,
     /// How much of its output is kept.
     pub log: control::services::LogOpts,
+    /// Read-only bind mounts (its secrets and configs).
+    pub binds: Vec<crate::taskfiles::Bind>,
 }
 
 /// What a task's health check says.

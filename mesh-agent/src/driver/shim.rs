@@ -25,6 +25,7 @@ use super::state::{ExitRecord, CGROUP, EXIT, SHIM_PID, STDERR, STDOUT, TASK_PID}
 pub fn run(
     dir: &Path,
     resolv_conf: Option<&Path>,
+    binds: &[(PathBuf, String)],
     log: control::services::LogOpts,
     command: &[String],
 ) -> anyhow::Result<()> {
@@ -49,8 +50,8 @@ pub fn run(
     if line.trim() != "go" {
         bail!("the agent did not confirm the network; not starting");
     }
-    if let Some(resolv) = resolv_conf {
-        mount_resolv_conf(resolv)?;
+    if resolv_conf.is_some() || !binds.is_empty() {
+        private_mounts(resolv_conf, binds)?;
     }
     let devnull = std::fs::OpenOptions::new()
         .read(true)
@@ -231,10 +232,10 @@ fn supervise(
     }
 }
 
-/// Gives the task its own view of /etc/resolv.conf: a private mount
-/// namespace (changes on the host still propagate in) with the agent's file
-/// bound over it.
-fn mount_resolv_conf(resolv: &Path) -> anyhow::Result<()> {
+/// Gives the task its own view of /etc/resolv.conf and its secrets and
+/// configs: a private mount namespace (changes on the host still
+/// propagate in) with the agent's files bound over them, read-only.
+fn private_mounts(resolv: Option<&Path>, binds: &[(PathBuf, String)]) -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("making the task's mount namespace")?;
@@ -246,13 +247,49 @@ fn mount_resolv_conf(resolv: &Path) -> anyhow::Result<()> {
         None::<&str>,
     )
     .context("making / a slave mount")?;
-    mount(
-        Some(resolv),
-        "/etc/resolv.conf",
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .with_context(|| format!("binding {} over /etc/resolv.conf", resolv.display()))?;
+    if let Some(resolv) = resolv {
+        mount(
+            Some(resolv),
+            "/etc/resolv.conf",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {} over /etc/resolv.conf", resolv.display()))?;
+    }
+    for (src, dst) in binds {
+        let dst = Path::new(dst);
+        if src.is_dir() {
+            // An exec task sees the host's file system: /run/secrets is
+            // made (empty) if the host has none.
+            std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+        } else if !dst.exists() {
+            bail!(
+                "config target {} does not exist on this host: an exec task sees the host's files, so a config can only cover an existing file",
+                dst.display()
+            );
+        }
+        mount(
+            Some(src.as_path()),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {} over {}", src.display(), dst.display()))?;
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .with_context(|| format!("making {} read-only", dst.display()))?;
+    }
     Ok(())
 }

@@ -143,6 +143,33 @@ pub struct ClusterInfo {
     pub address_pool: ipnet::Ipv4Net,
     #[serde(default = "default_subnet_size")]
     pub subnet_size: u8,
+    /// The root CA key sealed with the data key (`ca_key_pem` is then
+    /// empty; clusters made before it keep theirs there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<crate::objects::Blob>,
+    /// Autolock: the operator's unlock key, sealed with the data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<crate::objects::Blob>,
+}
+
+impl ClusterInfo {
+    /// The root CA key, opened with the data key if it is sealed.
+    pub fn ca_key_pem(
+        &self,
+        key: Option<&crate::objects::DataKey>,
+    ) -> Result<String, crate::objects::ObjError> {
+        match &self.ca_key {
+            None => Ok(self.ca_key_pem.clone()),
+            Some(blob) => {
+                let k = key.ok_or_else(|| {
+                    crate::objects::ObjError::NoKey("the CA key is sealed with it".into())
+                })?;
+                let pem = k.open_aad(crate::objects::CA_KEY_AAD, blob)?;
+                String::from_utf8(pem)
+                    .map_err(|_| crate::objects::ObjError::Open("the CA key".into()))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +186,8 @@ impl ClusterInfo {
             settings,
             address_pool: default_pool(),
             subnet_size: 24,
+            ca_key: None,
+            unlock_key: None,
         }
     }
 }
@@ -359,6 +388,10 @@ pub enum Command {
         status: crate::services::UpdateStatus,
         rollback: bool,
     },
+    /// Autolock on (the unlock key, sealed with the data key) or off.
+    SetUnlockKey {
+        key: Option<crate::objects::Blob>,
+    },
     /// `secret create` / `config create`.
     CreateObject(crate::objects::Object),
     RemoveObject {
@@ -483,6 +516,10 @@ impl ClusterState {
                 }
                 self.services.insert(svc.id.clone(), svc);
             }
+            Command::SetUnlockKey { key } => match self.cluster.as_mut() {
+                Some(c) => c.unlock_key = key,
+                None => return Outcome::err("the swarm is not initialized".into()),
+            },
             Command::CreateObject(o) => {
                 if let Err(e) = self.object_fits(&o) {
                     return Outcome::err(e);

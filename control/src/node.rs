@@ -87,6 +87,11 @@ pub struct Daemon {
     broken: std::sync::RwLock<Option<String>>,
     /// Serializes init, join and leave.
     pub lifecycle: tokio::sync::Mutex<()>,
+    /// An autolocked manager after a restart: the membership it will
+    /// resume once `swarm unlock` gives the key.
+    locked: std::sync::Mutex<Option<(Identity, Persisted)>>,
+    /// The operator's unlock key, in memory only (autolock).
+    unlock: std::sync::Mutex<Option<crate::objects::UnlockKey>>,
 }
 
 pub struct Joined {
@@ -127,6 +132,8 @@ pub struct Joined {
     /// The key that seals secrets, read from [`DATA_KEY_FILE`] when first
     /// needed (managers only).
     data_key: Mutex<Option<crate::objects::DataKey>>,
+    /// Autolock: the unlock key the data key file is sealed with.
+    unlock: Mutex<Option<crate::objects::UnlockKey>>,
 }
 
 /// Beside the Raft store, never in it.
@@ -264,6 +271,36 @@ impl Daemon {
             .clone()
     }
 
+    /// Whether this manager waits for `swarm unlock`.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// `swarm unlock`: the key must open this manager's data key file;
+    /// then the membership resumes.
+    pub async fn unlock(self: &Arc<Self>, key: crate::objects::UnlockKey) -> Result<(), String> {
+        let Some((id, p)) = self.locked.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Err("this node is not locked".into());
+        };
+        let relock = |why: String| {
+            *self.locked.lock().unwrap_or_else(|p| p.into_inner()) = Some((id.clone(), p.clone()));
+            Err(why)
+        };
+        if let Err(e) =
+            crate::objects::DataKey::load(&self.control_dir().join(DATA_KEY_FILE), Some(&key))
+        {
+            return relock(e.to_string());
+        }
+        *self.unlock.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        if let Err(e) = self.start(id.clone(), p.clone()).await {
+            return relock(format!("{e:#}"));
+        }
+        Ok(())
+    }
+
     pub fn set_broken(&self, why: Option<String>) {
         *self.broken.write().unwrap_or_else(|p| p.into_inner()) = why;
     }
@@ -275,12 +312,18 @@ impl Daemon {
     pub async fn info(&self) -> Info {
         match self.joined().await {
             None => Info {
-                swarm: if self.broken().is_some() {
+                swarm: if self.is_locked() {
+                    "locked".into()
+                } else if self.broken().is_some() {
                     "error".into()
                 } else {
                     "inactive".into()
                 },
-                error: self.broken(),
+                error: if self.is_locked() {
+                    Some(crate::objects::ObjError::Locked.to_string())
+                } else {
+                    self.broken()
+                },
                 node_id: None,
                 hostname: self.cfg.hostname.clone(),
                 addr: None,
@@ -361,6 +404,12 @@ impl Daemon {
             pool: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             data_key: Mutex::new(None),
+            unlock: Mutex::new(
+                self.unlock
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
         });
         let tasks = vec![
             tokio::spawn(crate::server::serve_tls(
@@ -372,6 +421,7 @@ impl Daemon {
             tokio::spawn(session(j.clone())),
             tokio::spawn(monitor(j.clone())),
             tokio::spawn(orchestrate(j.clone())),
+            tokio::spawn(key_file_sync(j.clone())),
         ];
         let mut tasks = tasks;
         if let Some(link) = &self.agent {
@@ -458,7 +508,12 @@ impl Joined {
     pub fn data_key(&self) -> Result<crate::objects::DataKey, crate::objects::ObjError> {
         let mut k = self.data_key.lock().unwrap_or_else(|p| p.into_inner());
         if k.is_none() {
-            *k = crate::objects::DataKey::load(&self.dir.join(DATA_KEY_FILE))?;
+            let unlock = self
+                .unlock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            *k = crate::objects::DataKey::load(&self.dir.join(DATA_KEY_FILE), unlock.as_ref())?;
         }
         k.clone().ok_or_else(|| {
             crate::objects::ObjError::NoKey(format!(
@@ -472,9 +527,33 @@ impl Joined {
         &self,
         key: crate::objects::DataKey,
     ) -> Result<(), crate::objects::ObjError> {
-        key.save(&self.dir.join(DATA_KEY_FILE))?;
+        let unlock = self
+            .unlock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        key.save(&self.dir.join(DATA_KEY_FILE), unlock.as_ref())?;
         *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
         Ok(())
+    }
+
+    /// Seals the data key file with `unlock` (autolock on) or writes it as
+    /// it is (off); the next `data_key` reads it so.
+    pub fn set_unlock(
+        &self,
+        unlock: Option<crate::objects::UnlockKey>,
+    ) -> Result<(), crate::objects::ObjError> {
+        let key = self.data_key()?;
+        *self.unlock.lock().unwrap_or_else(|p| p.into_inner()) = unlock;
+        self.set_data_key(key)
+    }
+
+    fn unlock_id(&self) -> Option<String> {
+        self.unlock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|u| u.id())
     }
 
     /// A demoted manager keeps no key to the swarm's secrets.
@@ -910,6 +989,47 @@ async fn monitor(j: Arc<Joined>) {
     }
 }
 
+/// Keeps this manager's data key file as the committed state wants it:
+/// sealed with the swarm's unlock key while autolock is on (a rotation
+/// re-seals it), as it is when off.
+async fn key_file_sync(j: Arc<Joined>) {
+    let mut written: Option<Option<String>> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if j.own_role() != tls::CertRole::Manager {
+            continue;
+        }
+        let Ok(key) = j.data_key() else { continue };
+        let sealed = j
+            .manager()
+            .sm
+            .read(|a| a.state.cluster.as_ref().and_then(|c| c.unlock_key.clone()));
+        let want = match sealed {
+            None => None,
+            Some(blob) => match key.open_aad(crate::objects::UNLOCK_KEY_AAD, &blob) {
+                Ok(text) => {
+                    match crate::objects::UnlockKey::parse(&String::from_utf8_lossy(&text)) {
+                        Ok(u) => Some(u),
+                        Err(_) => continue,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the swarm's unlock key does not open");
+                    continue;
+                }
+            },
+        };
+        let want_id = want.as_ref().map(|u| u.id());
+        if written.as_ref() == Some(&want_id) && j.unlock_id() == want_id {
+            continue;
+        }
+        match j.set_unlock(want) {
+            Ok(()) => written = Some(want_id),
+            Err(e) => tracing::warn!(error = %e, "sealing the data key file"),
+        }
+    }
+}
+
 /// `apiary daemon` in swarm mode: serves the unix socket, resumes the swarm
 /// membership found in the data dir, and runs until SIGTERM/SIGINT.
 pub async fn run(
@@ -922,8 +1042,17 @@ pub async fn run(
         joined: tokio::sync::RwLock::new(None),
         broken: std::sync::RwLock::new(None),
         lifecycle: tokio::sync::Mutex::new(()),
+        locked: std::sync::Mutex::new(None),
+        unlock: std::sync::Mutex::new(None),
     });
     let resumed = match load_identity(&d.control_dir()) {
+        Ok(Some((id, p)))
+            if crate::objects::DataKey::file_is_sealed(&d.control_dir().join(DATA_KEY_FILE)) =>
+        {
+            tracing::warn!("the swarm is autolocked: this manager waits for `apiary swarm unlock`");
+            *d.locked.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, p));
+            Ok(())
+        }
         Ok(Some((id, p))) => d.start(id, p).await.map(|_| ()),
         Ok(None) => Ok(()),
         Err(e) => Err(e),

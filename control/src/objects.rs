@@ -77,6 +77,10 @@ pub enum ObjError {
     Open(String),
     #[error("{path}: {err}")]
     KeyFile { path: String, err: String },
+    #[error("Swarm is encrypted and needs to be unlocked before it can be used. Please use \"apiary swarm unlock\" to unlock it.")]
+    Locked,
+    #[error("invalid unlock key: it does not open this manager's key (give the key printed by `swarm init --autolock` or the last `swarm unlock-key --rotate`, as SWMKEY-1-…)")]
+    BadUnlockKey,
 }
 
 /// Docker's rule for secret and config names.
@@ -317,13 +321,19 @@ impl DataKey {
     }
 
     pub fn seal(&self, kind: Kind, id: &str, plain: &[u8]) -> Blob {
+        self.seal_aad(&aad(kind, id), plain)
+    }
+
+    /// Seals anything else the store keeps secret (the CA key, the unlock
+    /// key), bound to what it is by `aad`.
+    pub fn seal_aad(&self, aad: &str, plain: &[u8]) -> Blob {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the kernel's random numbers");
         let mut buf = plain.to_vec();
         self.aead()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(kind, id).as_bytes()),
+                Aad::from(aad.as_bytes()),
                 &mut buf,
             )
             .expect("sealing fits in memory");
@@ -335,16 +345,18 @@ impl DataKey {
     }
 
     pub fn open(&self, o: &Object) -> Result<Vec<u8>, ObjError> {
-        match &o.data {
-            Blob::Plain { b64 } => B64.decode(b64).map_err(|_| {
-                ObjError::Invalid(format!(
-                    "{} {}: stored data is not base64",
-                    o.kind.word(),
-                    o.name
-                ))
-            }),
+        self.open_aad(&aad(o.kind, &o.id), &o.data)
+            .map_err(|_| ObjError::Open(o.name.clone()))
+    }
+
+    /// Opens what `seal_aad` sealed with the same `aad`.
+    pub fn open_aad(&self, aad: &str, blob: &Blob) -> Result<Vec<u8>, ObjError> {
+        match blob {
+            Blob::Plain { b64 } => B64
+                .decode(b64)
+                .map_err(|_| ObjError::Invalid(format!("{aad}: stored data is not base64"))),
             Blob::Sealed { nonce, ct, .. } => {
-                let fail = || ObjError::Open(o.name.clone());
+                let fail = || ObjError::Open(aad.to_string());
                 let nonce: [u8; NONCE_LEN] = B64
                     .decode(nonce)
                     .ok()
@@ -355,7 +367,7 @@ impl DataKey {
                     .aead()
                     .open_in_place(
                         Nonce::assume_unique_for_key(nonce),
-                        Aad::from(aad(o.kind, &o.id).as_bytes()),
+                        Aad::from(aad.as_bytes()),
                         &mut buf,
                     )
                     .map_err(|_| fail())?;
@@ -379,26 +391,99 @@ impl DataKey {
         }
     }
 
-    /// Reads the key file a manager keeps beside its store.
-    pub fn load(path: &Path) -> Result<Option<Self>, ObjError> {
+    /// Reads the key file a manager keeps beside its store: the key
+    /// itself, or (autolock) the key sealed with the operator's unlock key.
+    pub fn load(path: &Path, unlock: Option<&UnlockKey>) -> Result<Option<Self>, ObjError> {
         let err = |e: String| ObjError::KeyFile {
             path: path.display().to_string(),
             err: e,
         };
-        match std::fs::read_to_string(path) {
-            Ok(s) => Self::from_b64(&s).map(Some).map_err(err),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(e.to_string())),
+        let text = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        match text.trim().strip_prefix(SEALED_PREFIX) {
+            None => Self::from_b64(&text).map(Some).map_err(err),
+            Some(sealed) => {
+                let Some(u) = unlock else {
+                    return Err(ObjError::Locked);
+                };
+                let blob: Blob = serde_json::from_str(sealed).map_err(|e| err(e.to_string()))?;
+                let plain =
+                    u.0.open_aad(KEY_FILE_AAD, &blob)
+                        .map_err(|_| ObjError::BadUnlockKey)?;
+                Self::from_b64(&String::from_utf8_lossy(&plain))
+                    .map(Some)
+                    .map_err(err)
+            }
         }
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), ObjError> {
-        crate::private_fs::write_private(path, self.to_b64().as_bytes()).map_err(|e| {
-            ObjError::KeyFile {
-                path: path.display().to_string(),
-                err: e.to_string(),
-            }
+    /// Writes the key file: sealed with `unlock` (autolock) or as it is.
+    pub fn save(&self, path: &Path, unlock: Option<&UnlockKey>) -> Result<(), ObjError> {
+        let text = match unlock {
+            None => self.to_b64(),
+            Some(u) => format!(
+                "{SEALED_PREFIX}{}",
+                serde_json::to_string(&u.0.seal_aad(KEY_FILE_AAD, self.to_b64().as_bytes()))
+                    .expect("a blob serializes")
+            ),
+        };
+        crate::private_fs::write_private(path, text.as_bytes()).map_err(|e| ObjError::KeyFile {
+            path: path.display().to_string(),
+            err: e.to_string(),
         })
+    }
+
+    /// Whether the key file at `path` is sealed (autolock).
+    pub fn file_is_sealed(path: &Path) -> bool {
+        std::fs::read_to_string(path).is_ok_and(|t| t.trim().starts_with(SEALED_PREFIX))
+    }
+}
+
+const SEALED_PREFIX: &str = "sealed:";
+const KEY_FILE_AAD: &str = "apiary/data-key-file";
+/// What the unlock key is sealed under in the state.
+pub const UNLOCK_KEY_AAD: &str = "apiary/unlock-key";
+/// What the CA key is sealed under in the state.
+pub const CA_KEY_AAD: &str = "apiary/ca-key";
+
+/// The operator's key for an autolocked swarm (Docker's `SWMKEY-1-…`):
+/// it seals each manager's data key file, and a restarted manager waits
+/// for it (`swarm unlock`).
+#[derive(Clone)]
+pub struct UnlockKey(DataKey);
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(…)")
+    }
+}
+
+const UNLOCK_PREFIX: &str = "SWMKEY-1-";
+
+impl UnlockKey {
+    pub fn generate() -> Self {
+        UnlockKey(DataKey::generate())
+    }
+
+    pub fn show(&self) -> String {
+        format!("{UNLOCK_PREFIX}{}", self.0.to_b64())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ObjError> {
+        let k = s
+            .trim()
+            .strip_prefix(UNLOCK_PREFIX)
+            .ok_or(ObjError::BadUnlockKey)?;
+        DataKey::from_b64(k)
+            .map(UnlockKey)
+            .map_err(|_| ObjError::BadUnlockKey)
+    }
+
+    pub fn id(&self) -> String {
+        self.0.id()
     }
 }
 
@@ -516,13 +601,31 @@ mod tests {
         crate::private_fs::create_private_dir(&dir).unwrap();
         let path = dir.join("data.key");
         let k = DataKey::generate();
-        k.save(&path).unwrap();
+        k.save(&path, None).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(DataKey::load(&path).unwrap().unwrap().id(), k.id());
+        assert_eq!(DataKey::load(&path, None).unwrap().unwrap().id(), k.id());
+        // Autolock: sealed with the unlock key, which it then needs.
+        let u = UnlockKey::generate();
+        k.save(&path, Some(&u)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&k.to_b64()));
+        assert!(DataKey::file_is_sealed(&path));
+        assert!(matches!(DataKey::load(&path, None), Err(ObjError::Locked)));
+        let other = UnlockKey::generate();
+        assert!(matches!(
+            DataKey::load(&path, Some(&other)),
+            Err(ObjError::BadUnlockKey)
+        ));
+        let again = UnlockKey::parse(&u.show()).unwrap();
+        assert_eq!(
+            DataKey::load(&path, Some(&again)).unwrap().unwrap().id(),
+            k.id()
+        );
+        assert!(UnlockKey::parse("SWMKEY-1-nope").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

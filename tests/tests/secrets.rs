@@ -129,6 +129,18 @@ fn secrets_are_sealed_at_rest_and_never_answered() {
             assert!(hits.is_empty(), "host {h} holds the secret in {hits:?}");
         }
     }
+    // The root CA key is sealed in the replicated state too: no private
+    // key in any Raft file (the node's own key is in control/tls).
+    for h in 0..2 {
+        let control = lab.data_dir(h).join("control");
+        let mut hits = files_with(&control.join("raft-log"), b"PRIVATE KEY");
+        hits.extend(
+            files_with(&control, b"PRIVATE KEY")
+                .into_iter()
+                .filter(|f| f.contains("raft")),
+        );
+        assert!(hits.is_empty(), "host {h}: a private key in {hits:?}");
+    }
     // The data key: on both managers, private; not on the worker.
     use std::os::unix::fs::PermissionsExt;
     for h in 0..2 {
@@ -405,4 +417,93 @@ fn tasks_read_their_secrets_from_memory_with_their_owner_and_mode() {
     })
     .unwrap_or_else(|| panic!("left mounted: {:?}", task_mounts(&lab)));
     lab.apiary(0, &["secret", "rm", "my_password"]).out();
+}
+
+fn sealed_on_disk(lab: &Lab, h: usize) -> bool {
+    std::fs::read_to_string(key_file(lab, h)).is_ok_and(|t| t.starts_with("sealed:"))
+}
+
+#[test]
+fn an_autolocked_manager_waits_for_its_key_and_a_rotation_changes_it() {
+    let mut lab = Lab::up(2).unwrap();
+    for h in 0..2 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    let init = lab.apiary(0, &["swarm", "init", "--autolock"]).out();
+    let key = init
+        .split_whitespace()
+        .find(|w| w.starts_with("SWMKEY-1-"))
+        .unwrap_or_else(|| panic!("no unlock key printed: {init}"))
+        .to_string();
+    assert!(init.contains("apiary swarm unlock"), "{init}");
+    let mt = token(&lab, "manager").unwrap();
+    let m = lab.hosts[0].addr.to_string();
+    lab.apiary(1, &["swarm", "join", "--token", &mt, &m]).out();
+    lab.apiary_stdin(0, &["secret", "create", "pw", "-"], Some(b"autolocked"))
+        .out();
+    // Both managers' key files sealed; the key readable by an admin.
+    for h in 0..2 {
+        until(Duration::from_secs(20), || {
+            sealed_on_disk(&lab, h).then_some(())
+        })
+        .unwrap_or_else(|| panic!("host {h}'s data key file is not sealed"));
+    }
+    assert_eq!(
+        lab.apiary(1, &["swarm", "unlock-key", "-q"]).out().trim(),
+        key
+    );
+
+    // A restarted manager waits; a wrong key does not open it.
+    lab.daemon(1).kill9();
+    lab.restart_daemon(1).unwrap();
+    let e = lab.apiary(1, &["secret", "ls"]).err();
+    assert!(e.contains("needs to be unlocked"), "{e}");
+    let wrong = "SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let e = lab
+        .apiary_stdin(1, &["swarm", "unlock"], Some(wrong.as_bytes()))
+        .err();
+    assert!(e.contains("invalid unlock key"), "{e}");
+    lab.apiary_stdin(1, &["swarm", "unlock"], Some(key.as_bytes()))
+        .out();
+    until(Duration::from_secs(30), || {
+        let ls = lab.apiary(1, &["secret", "ls"]);
+        (ls.ok && ls.stdout.contains("pw")).then_some(())
+    })
+    .expect("the unlocked manager answers");
+
+    // Rotated: the old key no longer opens a restarted manager.
+    let rotated = lab
+        .apiary(0, &["swarm", "unlock-key", "--rotate", "-q"])
+        .out();
+    let rotated = rotated.trim().to_string();
+    assert!(rotated.starts_with("SWMKEY-1-") && rotated != key);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.daemon(1).kill9();
+    lab.restart_daemon(1).unwrap();
+    let e = lab
+        .apiary_stdin(1, &["swarm", "unlock"], Some(key.as_bytes()))
+        .err();
+    assert!(e.contains("invalid unlock key"), "{e}");
+    lab.apiary_stdin(1, &["swarm", "unlock"], Some(rotated.as_bytes()))
+        .out();
+
+    // Off: the files are plain again and a restart needs nothing.
+    until(Duration::from_secs(30), || {
+        lab.apiary(1, &["node", "ls"]).ok.then_some(())
+    })
+    .expect("back in the swarm");
+    lab.apiary(0, &["swarm", "update", "--autolock=false"])
+        .out();
+    for h in 0..2 {
+        until(Duration::from_secs(20), || {
+            (!sealed_on_disk(&lab, h)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("host {h}'s data key file is still sealed"));
+    }
+    lab.daemon(1).kill9();
+    lab.restart_daemon(1).unwrap();
+    until(Duration::from_secs(30), || {
+        lab.apiary(1, &["secret", "ls"]).ok.then_some(())
+    })
+    .expect("a manager without autolock resumes by itself");
 }

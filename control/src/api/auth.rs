@@ -109,6 +109,9 @@ fn effective(parts: &Parts) -> Caller {
 async fn joined(d: &Daemon) -> Result<Arc<Joined>, ApiError> {
     match d.joined().await {
         Some(j) => Ok(j),
+        None if d.is_locked() => Err(ApiError::Unavailable(
+            crate::objects::ObjError::Locked.to_string(),
+        )),
         None => Err(ApiError::Unavailable(match d.broken() {
             Some(why) => format!("This node's swarm state cannot be used: {why}"),
             None => NOT_IN_SWARM.into(),

@@ -37,9 +37,9 @@ pub use services::{
     LOG_CHUNK,
 };
 pub use swarm::{
-    ClientCertReply, ClientCertRequest, HeartbeatReply, HeartbeatRequest, InitReply, InitRequest,
-    JoinReply, LeaveRequest, LocalJoinRequest, RenewReply, RenewRequest, RotateRequest,
-    SettingsChange, SwarmView,
+    AutolockRequest, ClientCertReply, ClientCertRequest, HeartbeatReply, HeartbeatRequest,
+    InitReply, InitRequest, JoinReply, LeaveRequest, LocalJoinRequest, RenewReply, RenewRequest,
+    RotateRequest, SettingsChange, SwarmView, UnlockKeyReply, UnlockRequest,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +206,14 @@ pub fn router(d: Arc<Daemon>) -> Router {
             ),
         )
         .route(
+            "/v1/swarm/unlock",
+            post(
+                |State(d): State<Arc<Daemon>>, _: Local, Json(r)| async move {
+                    swarm::unlock(&d, r).await
+                },
+            ),
+        )
+        .route(
             "/v1/swarm/leave",
             post(
                 |State(d): State<Arc<Daemon>>, _: Local, Json(r)| async move {
@@ -287,6 +295,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(
             "/v1/swarm/rotate",
             post(|Admin(j), Json(r)| async move { swarm::rotate(&j, r).await }),
+        )
+        .route(
+            "/v1/swarm/unlockkey",
+            get(|Admin(j)| async move { swarm::unlock_key(&j).await }),
+        )
+        .route(
+            "/v1/swarm/unlockkey/rotate",
+            post(|Admin(j)| async move { swarm::rotate_unlock_key(&j).await }),
+        )
+        .route(
+            "/v1/swarm/autolock",
+            post(|Admin(j), Json(r)| async move { swarm::autolock(&j, r).await }),
         )
         .route(
             "/v1/swarm/update",

@@ -30,6 +30,10 @@ pub struct InitRequest {
     /// Raft group (after losing the quorum, or a damaged log).
     #[serde(default)]
     pub force_new_cluster: bool,
+    /// Managers that restart wait for `swarm unlock` with the key this
+    /// prints.
+    #[serde(default)]
+    pub autolock: bool,
 }
 
 pub use crate::model::SettingsChange;
@@ -39,6 +43,8 @@ pub struct InitReply {
     pub node_id: String,
     pub addr: String,
     pub worker_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
 }
 
 /// Resolves the address other nodes reach this one at.
@@ -178,11 +184,20 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         return Err(e);
     }
     let at = now_ms();
+    let data_key = j
+        .data_key()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let unlock = req.autolock.then(crate::objects::UnlockKey::generate);
     let cluster = ClusterInfo {
         id: cluster_id,
         created_at: at,
         ca_cert_pem: ca_pem.clone(),
-        ca_key_pem: ca_key,
+        // Sealed: an autolocked manager's disk gives it to no one.
+        ca_key_pem: String::new(),
+        ca_key: Some(data_key.seal_aad(crate::objects::CA_KEY_AAD, ca_key.as_bytes())),
+        unlock_key: unlock
+            .as_ref()
+            .map(|u| data_key.seal_aad(crate::objects::UNLOCK_KEY_AAD, u.show().as_bytes())),
         worker_secret: tls::random_hex(16),
         manager_secret: tls::random_hex(16),
         settings,
@@ -207,10 +222,15 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         leave_quietly(d).await;
         return Err(e);
     }
+    if let Some(u) = &unlock {
+        j.set_unlock(Some(u.clone()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     ok(&InitReply {
         node_id: show_id(node_id),
         addr,
         worker_token,
+        unlock_key: unlock.map(|u| u.show()),
     })
 }
 
@@ -261,6 +281,7 @@ async fn force_new_cluster(d: &Arc<Daemon>) -> Reply {
         node_id: show_id(p.node_id),
         addr: p.addr,
         worker_token,
+        unlock_key: None,
     })
 }
 
@@ -566,7 +587,7 @@ pub async fn join(j: &Joined, req: JoinRequest, peer: Option<std::net::IpAddr>) 
     let rejoins = rejoins.map_err(ApiError::Conflict)?;
     let cert_pem = tls::sign_node(
         &cluster.ca_cert_pem,
-        &cluster.ca_key_pem,
+        &ca_key(j, &cluster)?,
         &req.csr_pem,
         node_id,
         role,
@@ -718,7 +739,7 @@ pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
     })?;
     let cert_pem = tls::sign_node(
         &cluster.ca_cert_pem,
-        &cluster.ca_key_pem,
+        &ca_key(j, &cluster)?,
         &req.csr_pem,
         id,
         role,
@@ -760,7 +781,7 @@ pub async fn issue_client(j: &Joined, req: ClientCertRequest) -> Reply {
         .ok_or_else(|| ApiError::Unavailable(super::NOT_MANAGER.into()))?;
     let cert_pem = tls::sign_client(
         &cluster.ca_cert_pem,
-        &cluster.ca_key_pem,
+        &ca_key(j, &cluster)?,
         &req.csr_pem,
         &req.name,
         cluster.settings.cert_expiry_s,
@@ -900,4 +921,109 @@ pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
     std::fs::remove_dir_all(&dir)
         .map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;
     ok(&"Node left the swarm.")
+}
+
+/// The root CA key, opened with this manager's data key if sealed.
+fn ca_key(j: &Joined, c: &ClusterInfo) -> Result<String, ApiError> {
+    c.ca_key_pem(j.data_key().ok().as_ref())
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct UnlockRequest {
+    pub key: String,
+}
+
+/// `swarm unlock` on a restarted autolocked manager (local socket).
+pub async fn unlock(d: &Arc<Daemon>, req: UnlockRequest) -> Reply {
+    let _g = d.lifecycle.lock().await;
+    if !d.is_locked() {
+        return Err(ApiError::Conflict(
+            "this node is not locked: there is nothing to unlock".into(),
+        ));
+    }
+    let key = crate::objects::UnlockKey::parse(&req.key)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    d.unlock(key).await.map_err(ApiError::BadRequest)?;
+    ok(&"unlocked")
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct UnlockKeyReply {
+    /// `None`: autolock is off.
+    pub unlock_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct AutolockRequest {
+    pub enable: bool,
+}
+
+fn current_unlock_key(j: &Joined) -> Result<Option<String>, ApiError> {
+    let blob = j
+        .manager()
+        .sm
+        .read(|a| a.state.cluster.as_ref().and_then(|c| c.unlock_key.clone()));
+    let Some(blob) = blob else { return Ok(None) };
+    let key = j
+        .data_key()
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let text = key
+        .open_aad(crate::objects::UNLOCK_KEY_AAD, &blob)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// `swarm unlock-key`: the current key (autolock on), or 404.
+pub async fn unlock_key(j: &Joined) -> Reply {
+    j.manager().ensure_current().await?;
+    match current_unlock_key(j)? {
+        Some(k) => ok(&UnlockKeyReply { unlock_key: Some(k) }),
+        None => Err(ApiError::NotFound(
+            "no unlock key is set: autolock is off (turn it on with `apiary swarm update --autolock=true`)".into(),
+        )),
+    }
+}
+
+/// Sets a new unlock key (`enable`) or none; every manager re-seals its
+/// data key file with it.
+async fn set_unlock_key(j: &Joined, enable: bool) -> Reply {
+    let (blob, shown) = if enable {
+        let key = j
+            .data_key()
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let u = crate::objects::UnlockKey::generate();
+        (
+            Some(key.seal_aad(crate::objects::UNLOCK_KEY_AAD, u.show().as_bytes())),
+            Some(u.show()),
+        )
+    } else {
+        (None, None)
+    };
+    j.manager()
+        .write(Command::SetUnlockKey { key: blob })
+        .await?;
+    ok(&UnlockKeyReply { unlock_key: shown })
+}
+
+/// `swarm unlock-key --rotate`.
+pub async fn rotate_unlock_key(j: &Joined) -> Reply {
+    j.manager().ensure_current().await?;
+    if current_unlock_key(j)?.is_none() {
+        return Err(ApiError::Conflict(
+            "autolock is off: there is no unlock key to rotate".into(),
+        ));
+    }
+    set_unlock_key(j, true).await
+}
+
+/// `swarm update --autolock=true|false`: a new key when turned on (none
+/// printed when it already was).
+pub async fn autolock(j: &Joined, req: AutolockRequest) -> Reply {
+    j.manager().ensure_current().await?;
+    let on = current_unlock_key(j)?.is_some();
+    if on == req.enable {
+        return ok(&UnlockKeyReply { unlock_key: None });
+    }
+    set_unlock_key(j, req.enable).await
 }

@@ -7,8 +7,8 @@ use hyper::Method;
 use super::Connect;
 use anyhow::Context;
 use control::api::{
-    ClientCertReply, ClientCertRequest, InitReply, InitRequest, LeaveRequest, LocalJoinRequest,
-    RotateRequest, SettingsChange, SwarmView,
+    AutolockRequest, ClientCertReply, ClientCertRequest, InitReply, InitRequest, LeaveRequest,
+    LocalJoinRequest, RotateRequest, SettingsChange, SwarmView, UnlockKeyReply, UnlockRequest,
 };
 use control::model::Role;
 
@@ -29,6 +29,10 @@ pub enum SwarmCmd {
         /// group; the other managers become workers, to be promoted again.
         #[arg(long)]
         force_new_cluster: bool,
+        /// Restarted managers wait for `swarm unlock` with the key printed
+        /// here (it seals their key to the swarm's secrets and CA key).
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join a swarm as a worker or manager, as the token says.
     Join {
@@ -55,6 +59,20 @@ pub enum SwarmCmd {
     Update {
         #[command(flatten)]
         settings: SettingsArgs,
+        /// Turn autolock on (prints the unlock key) or off.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        autolock: Option<bool>,
+    },
+    /// Unlock a restarted autolocked manager (the key is read from
+    /// standard input).
+    Unlock,
+    /// Show (or rotate) the key that unlocks restarted managers.
+    UnlockKey {
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the key.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show the swarm: its id, managers and settings.
     Inspect {
@@ -126,6 +144,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 settings,
                 default_addr_pool,
                 force_new_cluster,
+                autolock,
             } => {
                 let change = settings.change();
                 let r: InitReply = c
@@ -139,6 +158,7 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                             task_history_limit: change.task_history_limit,
                             default_addr_pool,
                             force_new_cluster,
+                            autolock,
                         }),
                     )
                     .await?;
@@ -149,6 +169,10 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 println!("To add a worker to this swarm, run the following command:\n");
                 println!("    apiary swarm join --token {} {}\n", r.worker_token, r.addr);
                 println!("To add a manager to this swarm, run 'apiary swarm join-token manager' and follow the instructions.");
+                if let Some(k) = r.unlock_key {
+                    println!();
+                    print_unlock_key(&k);
+                }
             }
             SwarmCmd::Join {
                 token,
@@ -199,11 +223,63 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
                 println!("To add a {name} to this swarm, run the following command:\n");
                 println!("    apiary swarm join --token {token} {addr}\n");
             }
-            SwarmCmd::Update { settings } => {
-                let _: SwarmView = c
-                    .call(Method::POST, "/v1/swarm/update", Some(&settings.change()))
-                    .await?;
+            SwarmCmd::Update { settings, autolock } => {
+                let change = settings.change();
+                if !change.is_empty() || autolock.is_none() {
+                    let _: SwarmView = c
+                        .call(Method::POST, "/v1/swarm/update", Some(&change))
+                        .await?;
+                }
+                let mut key = None;
+                if let Some(enable) = autolock {
+                    let r: UnlockKeyReply = c
+                        .call(
+                            Method::POST,
+                            "/v1/swarm/autolock",
+                            Some(&AutolockRequest { enable }),
+                        )
+                        .await?;
+                    key = r.unlock_key;
+                }
                 println!("Swarm updated.");
+                if let Some(k) = key {
+                    print_unlock_key(&k);
+                }
+            }
+            SwarmCmd::Unlock => {
+                use std::io::IsTerminal;
+                if std::io::stdin().is_terminal() {
+                    eprint!("Please enter unlock key: ");
+                }
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                let _: String = c
+                    .call(
+                        Method::POST,
+                        "/v1/swarm/unlock",
+                        Some(&UnlockRequest {
+                            key: line.trim().to_string(),
+                        }),
+                    )
+                    .await?;
+            }
+            SwarmCmd::UnlockKey { rotate, quiet } => {
+                let r: UnlockKeyReply = if rotate {
+                    c.call(Method::POST, "/v1/swarm/unlockkey/rotate", None::<&()>)
+                        .await?
+                } else {
+                    c.call(Method::GET, "/v1/swarm/unlockkey", None::<&()>)
+                        .await?
+                };
+                let k = r.unlock_key.unwrap_or_default();
+                if quiet {
+                    println!("{k}");
+                    return Ok(());
+                }
+                if rotate {
+                    println!("Successfully rotated manager unlock key.\n");
+                }
+                print_unlock_key(&k);
             }
             SwarmCmd::Inspect { json } => {
                 let v: SwarmView = c.call(Method::GET, "/v1/swarm", None::<&()>).await?;
@@ -272,4 +348,13 @@ pub fn run(cmd: SwarmCmd, conn: &Connect) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Docker's words around an unlock key.
+fn print_unlock_key(k: &str) {
+    println!("To unlock a swarm manager after it restarts, run the `apiary swarm unlock`");
+    println!("command and provide the following key:\n");
+    println!("    {k}\n");
+    println!("Please remember to store this key in a password manager, since without it you");
+    println!("will not be able to restart the manager.");
 }

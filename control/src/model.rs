@@ -955,9 +955,24 @@ impl ClusterState {
         }
     }
 
-    /// Every secret and config a service names exists, each target once.
+    /// Every secret and config a service names exists, each target once;
+    /// its mounts are sound.
     fn refs_fit(&self, svc: &Service) -> Result<(), String> {
         use crate::objects::{Kind, MAX_REFS};
+        use crate::services::mounts::MAX_MOUNTS;
+        if svc.spec.mounts.len() > MAX_MOUNTS {
+            return Err(format!("a service has at most {MAX_MOUNTS} mounts"));
+        }
+        let mut targets = std::collections::BTreeSet::new();
+        for m in &svc.spec.mounts {
+            m.check()?;
+            if !targets.insert(m.target.as_str()) {
+                return Err(format!("two mounts have the same target {:?}", m.target));
+            }
+        }
+        if svc.spec.stop_grace_ms.is_some_and(|g| g > 24 * 3_600_000) {
+            return Err("--stop-grace-period is at most 24h".into());
+        }
         for (kind, refs) in [
             (Kind::Secret, &svc.spec.secrets),
             (Kind::Config, &svc.spec.configs),

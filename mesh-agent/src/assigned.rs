@@ -702,5 +702,7 @@ fn task_spec(t: &AssignedTask, data: &[ObjectData]) -> TaskSpecConfig {
         cpus: (run.limit.nano_cpus > 0).then(|| run.limit.nano_cpus as f64 / 1e9),
         log: t.spec.log,
         files,
+        mounts: run.mounts,
+        stop_grace: run.stop_grace_ms.map(std::time::Duration::from_millis),
     }
 }

@@ -123,6 +123,12 @@ pub struct TaskSpecConfig {
     /// Secrets and configs (swarm mode): never read from a file.
     #[serde(skip)]
     pub files: Vec<crate::taskfiles::TaskFile>,
+    /// Volumes, bind and tmpfs mounts (swarm mode).
+    #[serde(skip)]
+    pub mounts: Vec<control::services::mounts::Mount>,
+    /// SIGTERM to SIGKILL when it stops (swarm mode; 10 s otherwise).
+    #[serde(skip)]
+    pub stop_grace: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -174,12 +174,10 @@ enum ToolCmd {
         /// Bound over the task's /etc/resolv.conf.
         #[arg(long)]
         resolv_conf: Option<PathBuf>,
-        /// Read-only bind mounts in the task: each --bind-src with the
-        /// --bind-dst at the same position.
+        /// The task's mounts, as JSON (`[{source, target, read_only,
+        /// tmpfs, create_target}]`).
         #[arg(long)]
-        bind_src: Vec<PathBuf>,
-        #[arg(long)]
-        bind_dst: Vec<String>,
+        mounts: Option<String>,
         /// Bytes per output file before the next one starts.
         #[arg(long, default_value_t = control::services::LogOpts::default().max_size)]
         log_max_size: u64,
@@ -289,8 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ToolCmd::Shim {
                     dir,
                     resolv_conf,
-                    bind_src,
-                    bind_dst,
+                    mounts,
                     log_max_size,
                     log_max_files,
                     command,
@@ -298,7 +295,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => mesh_agent::driver::shim::run(
             &dir,
             resolv_conf.as_deref(),
-            &bind_src.into_iter().zip(bind_dst).collect::<Vec<_>>(),
+            &match mounts {
+                Some(j) => serde_json::from_str(&j).context("reading --mounts")?,
+                None => Vec::new(),
+            },
             control::services::LogOpts {
                 max_size: log_max_size,
                 max_files: log_max_files,

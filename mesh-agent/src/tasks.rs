@@ -352,6 +352,7 @@ impl TaskManager {
             cpus: spec.cpus,
             log: spec.log,
             binds: Vec::new(),
+            mounts: spec.mounts.clone(),
         }
     }
 
@@ -395,9 +396,14 @@ impl TaskManager {
     /// Stops (if running), detaches and forgets a task.
     fn retire(&mut self, id: &str) {
         let kind = self.running.get(id).map(|s| s.driver).unwrap_or_default();
+        let grace = self
+            .running
+            .get(id)
+            .and_then(|s| s.stop_grace)
+            .unwrap_or(STOP_GRACE);
         match self.driver(kind) {
             Ok(d) => {
-                if let Err(e) = d.stop(id, STOP_GRACE) {
+                if let Err(e) = d.stop(id, grace) {
                     tracing::warn!(task = id, "stopping: {e}");
                 }
                 if let Err(e) = d.remove(id) {

@@ -74,6 +74,38 @@ fn remove_containers(prefix: &str) {
     }
 }
 
+/// Removes the Docker volumes of lab nodes whose scope starts with
+/// `prefix` (after their containers).
+fn remove_volumes(prefix: &str) {
+    let Ok(out) = Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "--filter",
+            "label=io.apiary.node",
+            "--format",
+            "{{.Name}} {{.Label \"io.apiary.node\"}}",
+        ])
+        .output()
+    else {
+        return;
+    };
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, scope)| scope.starts_with(prefix))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if !names.is_empty() {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&names)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Removes the cgroups of labs whose id starts with `prefix`, deepest first.
 fn remove_cgroups(prefix: &str) -> Vec<String> {
     let mut errors = Vec::new();
@@ -720,6 +752,7 @@ impl Lab {
         remove_uapi_sockets(&self.id);
         for h in &self.hosts {
             remove_containers(&cgroup_parent(&h.ns.name).replace('/', "-"));
+            remove_volumes(&cgroup_parent(&h.ns.name).replace('/', "-"));
         }
         // Tasks' secret file systems a killed daemon left mounted.
         unmount_below(&self.dir);
@@ -948,6 +981,7 @@ pub fn sweep(id: Option<&str>) -> anyhow::Result<usize> {
     remove_cgroups(prefix);
     remove_uapi_sockets(prefix);
     remove_containers(&cgroup_parent(prefix).replace('/', "-"));
+    remove_volumes(&cgroup_parent(prefix).replace('/', "-"));
     if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

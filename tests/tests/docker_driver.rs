@@ -40,6 +40,7 @@ fn spec(lab: &Lab, id: &str, image: &str, command: &[&str]) -> TaskSpec {
         cpus: Some(0.5),
         log: Default::default(),
         binds: Vec::new(),
+        mounts: Vec::new(),
     }
 }
 

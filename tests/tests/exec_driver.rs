@@ -38,6 +38,7 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         cpus: None,
         log: Default::default(),
         binds: Vec::new(),
+        mounts: Vec::new(),
     }
 }
 

@@ -479,6 +479,13 @@ pub struct ServiceUpdate {
     /// Config names.
     #[serde(default)]
     pub config_rm: Vec<String>,
+    #[serde(default)]
+    pub mount_add: Vec<crate::services::mounts::Mount>,
+    /// Targets.
+    #[serde(default)]
+    pub mount_rm: Vec<String>,
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
@@ -576,6 +583,20 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
             refs.retain(|x| x.source != r.source);
             refs.push(r);
         }
+    }
+    for t in &u.mount_rm {
+        let before = spec.mounts.len();
+        spec.mounts.retain(|m| &m.target != t);
+        if spec.mounts.len() == before {
+            return Err(ApiError::NotFound(format!("{name} has no mount at {t}")));
+        }
+    }
+    for m in u.mount_add {
+        spec.mounts.retain(|x| x.target != m.target);
+        spec.mounts.push(m);
+    }
+    if let Some(g) = u.stop_grace_ms {
+        spec.stop_grace_ms = Some(g);
     }
     Ok(spec)
 }

@@ -3,6 +3,7 @@
 //! and scheduler keep.
 
 pub mod constraint;
+pub mod mounts;
 pub mod orchestrator;
 pub mod scheduler;
 
@@ -114,6 +115,13 @@ pub struct ServiceSpec {
     /// Files at absolute paths in each task (`--config`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<crate::objects::FileRef>,
+    /// Volumes, bind and tmpfs mounts (`--mount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<mounts::Mount>,
+    /// SIGTERM to SIGKILL when a task stops (`--stop-grace-period`);
+    /// `None`: 10 s, as Docker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
 }
 
 /// `vip`: one virtual IP balanced in the kernel (its backends are limited
@@ -458,6 +466,10 @@ pub struct TaskRun {
     pub secrets: Vec<crate::objects::FileRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<crate::objects::FileRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<mounts::Mount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
 }
 
 impl From<&ServiceSpec> for TaskRun {
@@ -471,6 +483,8 @@ impl From<&ServiceSpec> for TaskRun {
             limit: s.limit,
             secrets: s.secrets.clone(),
             configs: s.configs.clone(),
+            mounts: s.mounts.clone(),
+            stop_grace_ms: s.stop_grace_ms,
         }
     }
 }
@@ -524,6 +538,8 @@ impl ServiceSpec {
             endpoint_mode: EndpointMode::Vip,
             secrets: Vec::new(),
             configs: Vec::new(),
+            mounts: Vec::new(),
+            stop_grace_ms: None,
         }
     }
 

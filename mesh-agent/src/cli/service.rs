@@ -251,6 +251,12 @@ pub enum ServiceCmd {
         /// NAME or source=NAME,target=/PATH,uid=,gid=,mode=0444.
         #[arg(long)]
         config: Vec<String>,
+        /// type=volume|bind|tmpfs,source=…,target=…[,readonly] (Docker's).
+        #[arg(long)]
+        mount: Vec<String>,
+        /// Time between SIGTERM and SIGKILL when a task stops [default: 10s].
+        #[arg(long, value_parser = super::parse_duration)]
+        stop_grace_period: Option<Duration>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -317,6 +323,14 @@ pub enum ServiceCmd {
         config_add: Vec<String>,
         #[arg(long)]
         config_rm: Vec<String>,
+        /// Add or replace a mount (as --mount of create).
+        #[arg(long)]
+        mount_add: Vec<String>,
+        /// A mount's target.
+        #[arg(long)]
+        mount_rm: Vec<String>,
+        #[arg(long, value_parser = super::parse_duration)]
+        stop_grace_period: Option<Duration>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -474,6 +488,13 @@ fn file_refs(kind: Kind, flags: &[String]) -> anyhow::Result<Vec<FileRef>> {
         .collect()
 }
 
+fn mounts(flags: &[String]) -> anyhow::Result<Vec<control::services::mounts::Mount>> {
+    flags
+        .iter()
+        .map(|f| control::services::mounts::Mount::parse(f).map_err(anyhow::Error::msg))
+        .collect()
+}
+
 fn rollout_word(s: UpdateState) -> &'static str {
     match s {
         UpdateState::Updating | UpdateState::Paused | UpdateState::Completed => "update",
@@ -600,6 +621,8 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 endpoint_mode,
                 secret,
                 config,
+                mount,
+                stop_grace_period,
                 rollout,
                 resources,
                 detach,
@@ -675,6 +698,8 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     },
                     secrets: file_refs(Kind::Secret, &secret)?,
                     configs: file_refs(Kind::Config, &config)?,
+                    mounts: mounts(&mount)?,
+                    stop_grace_ms: stop_grace_period.map(|d| d.as_millis() as u64),
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
@@ -838,6 +863,9 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 secret_rm,
                 config_add,
                 config_rm,
+                mount_add,
+                mount_rm,
+                stop_grace_period,
                 rollout,
                 resources,
                 detach,
@@ -877,6 +905,9 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     secret_rm,
                     config_add: file_refs(Kind::Config, &config_add)?,
                     config_rm,
+                    mount_add: mounts(&mount_add)?,
+                    mount_rm,
+                    stop_grace_ms: stop_grace_period.map(|d| d.as_millis() as u64),
                 };
                 let v: ServiceView = c
                     .call(

@@ -40,6 +40,14 @@ pub struct DockerDriver {
     node: String,
 }
 
+/// The Docker volume behind a task's named volume on node `node`.
+pub fn volume_name(node: &str, name: &str) -> String {
+    format!("{node}_{name}")
+}
+
+/// Labels of the volumes Apiary makes: the node and the volume's own name.
+pub const LABEL_VOLUME: &str = "io.apiary.volume";
+
 fn docker_err(task: &str, what: &str) -> impl FnOnce(bollard::errors::Error) -> DriverError {
     let (task, what) = (task.to_string(), what.to_string());
     move |e| DriverError::Start {
@@ -208,6 +216,8 @@ impl DockerDriver {
         for b in &spec.binds {
             binds.push(format!("{}:{}:ro", b.source.display(), b.target));
         }
+        let mounts: Vec<bollard::models::Mount> =
+            spec.mounts.iter().map(|m| self.mount(m)).collect();
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.id.clone()),
             (LABEL_NODE.to_string(), self.node.clone()),
@@ -237,6 +247,7 @@ impl DockerDriver {
                 memory: spec.memory_max.map(|m| m as i64),
                 nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
                 binds: (!binds.is_empty()).then_some(binds),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 // Docker's own rotation, set for every task (the engine's
                 // default keeps everything).
                 log_config: Some(HostConfigLogConfig {
@@ -251,6 +262,53 @@ impl DockerDriver {
             ..Default::default()
         };
         Ok((name, body))
+    }
+
+    /// A `--mount` as Docker's. A named volume is this node's: the engine
+    /// may serve several nodes (the lab), so its name carries the node
+    /// (`NODE_NAME`) and its labels say whose it is.
+    fn mount(&self, m: &control::services::mounts::Mount) -> bollard::models::Mount {
+        use bollard::models::{MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions};
+        use control::services::mounts::MountKind;
+        let mut out = bollard::models::Mount {
+            target: Some(m.target.clone()),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        };
+        match &m.kind {
+            MountKind::Volume { nocopy, labels } => {
+                out.typ = Some(MountType::VOLUME);
+                out.source = m.source.as_ref().map(|n| volume_name(&self.node, n));
+                let mut l: HashMap<String, String> =
+                    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                l.insert(LABEL_NODE.to_string(), self.node.clone());
+                if let Some(n) = &m.source {
+                    l.insert(LABEL_VOLUME.to_string(), n.clone());
+                }
+                out.volume_options = Some(MountVolumeOptions {
+                    no_copy: Some(*nocopy),
+                    labels: Some(l),
+                    ..Default::default()
+                });
+            }
+            MountKind::Bind { propagation } => {
+                out.typ = Some(MountType::BIND);
+                out.source = m.source.clone();
+                out.bind_options = propagation.as_deref().map(|p| MountBindOptions {
+                    propagation: p.parse().ok(),
+                    ..Default::default()
+                });
+            }
+            MountKind::Tmpfs { size, mode } => {
+                out.typ = Some(MountType::TMPFS);
+                out.tmpfs_options = Some(MountTmpfsOptions {
+                    size_bytes: size.map(|s| s as i64),
+                    mode: mode.map(|m| m as i64),
+                    ..Default::default()
+                });
+            }
+        }
+        out
     }
 
     /// Starts several tasks: Docker Engine creates and starts their

@@ -19,6 +19,8 @@ use super::{
 pub struct ExecDriver {
     /// Task directories live here, one per task.
     dir: PathBuf,
+    /// Named volumes of exec tasks (a directory each).
+    volumes: PathBuf,
     /// The `apiary` binary (runs the shim).
     bin: PathBuf,
     cgroups: Layout,
@@ -69,11 +71,61 @@ impl ExecDriver {
     pub fn new(data_dir: &Path, bin: PathBuf, cgroup_parent: &str) -> Self {
         ExecDriver {
             dir: data_dir.join("exec"),
+            volumes: data_dir.join("volumes"),
             bin,
             cgroups: Layout::detect(),
             cgroup_parent: cgroup_parent.to_string(),
             checks: Default::default(),
         }
+    }
+
+    /// The task's secrets, configs and mounts as the shim makes them:
+    /// named volumes are directories under `DATA_DIR/volumes`.
+    fn shim_mounts(&self, spec: &TaskSpec) -> Result<Vec<super::shim::ShimMount>, DriverError> {
+        use control::services::mounts::MountKind;
+        let mut out: Vec<super::shim::ShimMount> = spec
+            .binds
+            .iter()
+            .map(|b| super::shim::ShimMount {
+                source: Some(b.source.clone()),
+                create_target: b.target == "/run/secrets",
+                target: PathBuf::from(&b.target),
+                read_only: true,
+                tmpfs: None,
+            })
+            .collect();
+        for m in &spec.mounts {
+            let (source, tmpfs) = match &m.kind {
+                MountKind::Bind { .. } => (m.source.as_ref().map(PathBuf::from), None),
+                MountKind::Volume { .. } => {
+                    let name = m
+                        .source
+                        .clone()
+                        .unwrap_or_else(|| format!("{}-{}", spec.id, out.len()));
+                    let dir = self.volumes.join(&name).join("_data");
+                    std::fs::create_dir_all(&dir).map_err(|source| DriverError::Io {
+                        what: format!("creating volume {name} at {}", dir.display()),
+                        source,
+                    })?;
+                    (Some(dir), None)
+                }
+                MountKind::Tmpfs { size, mode } => {
+                    let mut opts = format!("mode={:o}", mode.unwrap_or(0o1777));
+                    if let Some(s) = size {
+                        opts += &format!(",size={s}");
+                    }
+                    (None, Some(opts))
+                }
+            };
+            out.push(super::shim::ShimMount {
+                source,
+                target: PathBuf::from(&m.target),
+                read_only: m.read_only,
+                tmpfs,
+                create_target: false,
+            });
+        }
+        Ok(out)
     }
 
     /// Runs task `id`'s health command once (at most 1 s) in its network
@@ -186,14 +238,13 @@ impl TaskDriver for ExecDriver {
                     .iter()
                     .flat_map(|r| [std::ffi::OsStr::new("--resolv-conf"), r.as_os_str()]),
             )
-            .args(spec.binds.iter().flat_map(|b| {
-                [
-                    std::ffi::OsStr::new("--bind-src"),
-                    b.source.as_os_str(),
-                    std::ffi::OsStr::new("--bind-dst"),
-                    std::ffi::OsStr::new(b.target.as_str()),
-                ]
-            }))
+            .args(match self.shim_mounts(spec)? {
+                m if m.is_empty() => Vec::new(),
+                m => vec![
+                    "--mounts".to_string(),
+                    serde_json::to_string(&m).expect("mounts serialize"),
+                ],
+            })
             .arg("--")
             .args(&spec.command)
             .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))

@@ -64,6 +64,8 @@ pub struct TaskSpec {
     pub log: control::services::LogOpts,
     /// Read-only bind mounts (its secrets and configs).
     pub binds: Vec<crate::taskfiles::Bind>,
+    /// Volumes, bind and tmpfs mounts (`--mount`).
+    pub mounts: Vec<control::services::mounts::Mount>,
 }
 
 /// What a task's health check says.

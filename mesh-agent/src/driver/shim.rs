@@ -25,7 +25,7 @@ use super::state::{ExitRecord, CGROUP, EXIT, SHIM_PID, STDERR, STDOUT, TASK_PID}
 pub fn run(
     dir: &Path,
     resolv_conf: Option<&Path>,
-    binds: &[(PathBuf, String)],
+    mounts: &[ShimMount],
     log: control::services::LogOpts,
     command: &[String],
 ) -> anyhow::Result<()> {
@@ -50,8 +50,8 @@ pub fn run(
     if line.trim() != "go" {
         bail!("the agent did not confirm the network; not starting");
     }
-    if resolv_conf.is_some() || !binds.is_empty() {
-        private_mounts(resolv_conf, binds)?;
+    if resolv_conf.is_some() || !mounts.is_empty() {
+        private_mounts(resolv_conf, mounts)?;
     }
     let devnull = std::fs::OpenOptions::new()
         .read(true)
@@ -232,10 +232,25 @@ fn supervise(
     }
 }
 
-/// Gives the task its own view of /etc/resolv.conf and its secrets and
-/// configs: a private mount namespace (changes on the host still
-/// propagate in) with the agent's files bound over them, read-only.
-fn private_mounts(resolv: Option<&Path>, binds: &[(PathBuf, String)]) -> anyhow::Result<()> {
+/// One mount the shim makes in the task's mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShimMount {
+    /// A bind mount's source; `None` with `tmpfs`.
+    pub source: Option<PathBuf>,
+    pub target: PathBuf,
+    pub read_only: bool,
+    /// A tmpfs with these options (`size=…,mode=…`).
+    pub tmpfs: Option<String>,
+    /// Make the target directory on the host if it is missing (only
+    /// /run/secrets: an exec task sees the host's files, and other
+    /// targets must already be there).
+    pub create_target: bool,
+}
+
+/// Gives the task its own view of /etc/resolv.conf, its secrets, configs
+/// and mounts: a private mount namespace (changes on the host still
+/// propagate in) with them mounted over the host's paths.
+fn private_mounts(resolv: Option<&Path>, mounts: &[ShimMount]) -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("making the task's mount namespace")?;
@@ -257,39 +272,40 @@ fn private_mounts(resolv: Option<&Path>, binds: &[(PathBuf, String)]) -> anyhow:
         )
         .with_context(|| format!("binding {} over /etc/resolv.conf", resolv.display()))?;
     }
-    for (src, dst) in binds {
-        let dst = Path::new(dst);
-        if src.is_dir() {
-            // An exec task sees the host's file system: /run/secrets is
-            // made (empty) if the host has none.
+    for m in mounts {
+        let dst = m.target.as_path();
+        if m.create_target {
             std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
         } else if !dst.exists() {
             bail!(
-                "config target {} does not exist on this host: an exec task sees the host's files, so a config can only cover an existing file",
+                "mount target {} does not exist on this host: an exec task sees the host's files, so a mount can only cover an existing path",
                 dst.display()
             );
         }
-        mount(
-            Some(src.as_path()),
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("binding {} over {}", src.display(), dst.display()))?;
-        mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .with_context(|| format!("making {} read-only", dst.display()))?;
+        let safe = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        match (&m.tmpfs, &m.source) {
+            (Some(opts), _) => mount(Some("tmpfs"), dst, Some("tmpfs"), safe, Some(opts.as_str()))
+                .with_context(|| format!("mounting a tmpfs on {}", dst.display()))?,
+            (None, Some(src)) => mount(
+                Some(src.as_path()),
+                dst,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("binding {} over {}", src.display(), dst.display()))?,
+            (None, None) => bail!("mount at {} has no source", dst.display()),
+        }
+        if m.read_only {
+            mount(
+                None::<&str>,
+                dst,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | safe,
+                None::<&str>,
+            )
+            .with_context(|| format!("making {} read-only", dst.display()))?;
+        }
     }
     Ok(())
 }

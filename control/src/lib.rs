@@ -9,6 +9,7 @@ pub mod http;
 pub mod manager;
 pub mod model;
 pub mod network;
+pub mod networks;
 pub mod node;
 pub mod objects;
 pub mod private_fs;

@@ -318,6 +318,9 @@ pub struct ClusterState {
     pub secrets: BTreeMap<String, crate::objects::Object>,
     #[serde(default)]
     pub configs: BTreeMap<String, crate::objects::Object>,
+    /// Swarm networks by id.
+    #[serde(default)]
+    pub networks: BTreeMap<String, crate::networks::Network>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +394,10 @@ pub enum Command {
     /// Autolock on (the unlock key, sealed with the data key) or off.
     SetUnlockKey {
         key: Option<crate::objects::Blob>,
+    },
+    CreateNetwork(crate::networks::Network),
+    RemoveNetwork {
+        id: String,
     },
     /// `secret create` / `config create`.
     CreateObject(crate::objects::Object),
@@ -520,6 +527,25 @@ impl ClusterState {
                 Some(c) => c.unlock_key = key,
                 None => return Outcome::err("the swarm is not initialized".into()),
             },
+            Command::CreateNetwork(n) => {
+                if let Err(e) = self.network_fits(&n) {
+                    return Outcome::err(e);
+                }
+                self.networks.insert(n.id.clone(), n);
+            }
+            Command::RemoveNetwork { id } => {
+                if let Some(n) = self.networks.get(&id) {
+                    if let Some(svc) = self.network_user(&n.name) {
+                        return Outcome::err(format!(
+                            "network {} is in use by service {svc}: remove the service first",
+                            n.name
+                        ));
+                    }
+                }
+                if self.networks.remove(&id).is_none() {
+                    return Outcome::err(format!("network {id} not found"));
+                }
+            }
             Command::CreateObject(o) => {
                 if let Err(e) = self.object_fits(&o) {
                     return Outcome::err(e);
@@ -970,6 +996,37 @@ impl ClusterState {
                 return Err(format!("two mounts have the same target {:?}", m.target));
             }
         }
+        crate::objects::check_labels(&svc.spec.labels)?;
+        crate::objects::check_labels(&svc.spec.container_labels)?;
+        if svc
+            .spec
+            .entrypoint
+            .as_ref()
+            .is_some_and(|e| e.len() > 1024 || e.iter().map(String::len).sum::<usize>() > 65536)
+        {
+            return Err("the entrypoint is too long".into());
+        }
+        if svc.spec.networks.len() > crate::networks::MAX_ATTACHMENTS {
+            return Err(format!(
+                "a service is on at most {} networks",
+                crate::networks::MAX_ATTACHMENTS
+            ));
+        }
+        let mut nets = std::collections::BTreeSet::new();
+        for a in &svc.spec.networks {
+            a.check()?;
+            if a.target != crate::networks::DEFAULT
+                && !self.networks.values().any(|n| n.name == a.target)
+            {
+                return Err(format!(
+                    "network {} not found: create it first (apiary network create {})",
+                    a.target, a.target
+                ));
+            }
+            if !nets.insert(a.target.as_str()) {
+                return Err(format!("network {} named twice", a.target));
+            }
+        }
         if svc.spec.stop_grace_ms.is_some_and(|g| g > 24 * 3_600_000) {
             return Err("--stop-grace-period is at most 24h".into());
         }
@@ -1005,6 +1062,56 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    pub fn network_fits(&self, n: &crate::networks::Network) -> Result<(), String> {
+        crate::networks::valid_name(&n.name)?;
+        crate::objects::check_labels(&n.labels)?;
+        if n.driver != "overlay" {
+            return Err(format!(
+                "network driver {:?} is not supported: swarm networks are overlay networks",
+                n.driver
+            ));
+        }
+        if self.networks.contains_key(&n.id) {
+            return Err(format!("network id {} already exists", n.id));
+        }
+        if self.networks.values().any(|o| o.name == n.name) {
+            return Err(format!("network with name {} already exists", n.name));
+        }
+        if self.networks.len() >= crate::networks::MAX_NETWORKS {
+            return Err(format!(
+                "the swarm has {} networks, the most it keeps",
+                crate::networks::MAX_NETWORKS
+            ));
+        }
+        Ok(())
+    }
+
+    /// By name, then id, then a unique id prefix.
+    pub fn find_network(&self, name: &str) -> Result<&crate::networks::Network, String> {
+        if let Some(n) = self.networks.values().find(|n| n.name == name) {
+            return Ok(n);
+        }
+        let hits: Vec<_> = self
+            .networks
+            .values()
+            .filter(|n| !name.is_empty() && n.id.starts_with(name))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits[0]),
+            0 => Err(format!("network {name} not found")),
+            k => Err(format!(
+                "network id prefix {name:?} is ambiguous ({k} match)"
+            )),
+        }
+    }
+
+    pub fn network_user(&self, name: &str) -> Option<String> {
+        self.services
+            .values()
+            .find(|s| s.spec.networks.iter().any(|a| a.target == name))
+            .map(|s| s.spec.name.clone())
     }
 
     /// A service whose spec refers to the named secret or config.

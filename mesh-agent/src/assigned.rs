@@ -704,5 +704,7 @@ fn task_spec(t: &AssignedTask, data: &[ObjectData]) -> TaskSpecConfig {
         files,
         mounts: run.mounts,
         stop_grace: run.stop_grace_ms.map(std::time::Duration::from_millis),
+        labels: run.container_labels,
+        entrypoint: run.entrypoint,
     }
 }

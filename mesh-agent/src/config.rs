@@ -129,6 +129,11 @@ pub struct TaskSpecConfig {
     /// SIGTERM to SIGKILL when it stops (swarm mode; 10 s otherwise).
     #[serde(skip)]
     pub stop_grace: Option<std::time::Duration>,
+    /// Container labels and entrypoint (swarm mode, docker driver).
+    #[serde(skip)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(skip)]
+    pub entrypoint: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

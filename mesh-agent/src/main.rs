@@ -51,6 +51,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Box<cli::service::ServiceCmd>,
     },
+    /// Deploy and manage stacks of services from compose files (on a manager).
+    Stack {
+        #[command(subcommand)]
+        cmd: cli::stack::StackCmd,
+    },
+    /// Manage swarm networks (on a manager).
+    Network {
+        #[command(subcommand)]
+        cmd: cli::network::NetworkCmd,
+    },
     /// Manage secrets: files in tasks, encrypted at rest (on a manager).
     Secret {
         #[command(subcommand)]
@@ -213,6 +223,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node { cmd } => cli::node::run(cmd, &cli.connect),
         Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
         Cmd::Service { cmd } => cli::service::run(*cmd, &cli.connect),
+        Cmd::Network { cmd } => cli::network::run(cmd, &cli.connect),
+        Cmd::Stack { cmd } => cli::stack::run(cmd, &cli.connect),
         Cmd::Secret { cmd } => cli::objects::run(control::objects::Kind::Secret, cmd, &cli.connect),
         Cmd::Config { cmd } => cli::objects::run(control::objects::Kind::Config, cmd, &cli.connect),
         Cmd::Lb { cmd: LbCmd::Ls(a) } => {

@@ -353,6 +353,8 @@ impl TaskManager {
             log: spec.log,
             binds: Vec::new(),
             mounts: spec.mounts.clone(),
+            labels: spec.labels.clone(),
+            entrypoint: spec.entrypoint.clone(),
         }
     }
 

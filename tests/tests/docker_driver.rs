@@ -41,6 +41,8 @@ fn spec(lab: &Lab, id: &str, image: &str, command: &[&str]) -> TaskSpec {
         log: Default::default(),
         binds: Vec::new(),
         mounts: Vec::new(),
+        labels: Default::default(),
+        entrypoint: None,
     }
 }
 

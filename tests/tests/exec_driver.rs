@@ -39,6 +39,8 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         log: Default::default(),
         binds: Vec::new(),
         mounts: Vec::new(),
+        labels: Default::default(),
+        entrypoint: None,
     }
 }
 

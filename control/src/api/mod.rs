@@ -10,6 +10,7 @@
 
 mod agent;
 pub mod auth;
+pub mod networks;
 mod nodes;
 pub mod objects;
 mod services;
@@ -396,6 +397,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
             .delete(|Admin(j), Path(n): Path<String>| async move {
                 objects::remove(&j, Kind::Secret, &n).await
             }),
+        )
+        .route(
+            "/v1/networks",
+            post(|Admin(j), Json(r)| async move { networks::create(&j, r).await })
+                .get(|Admin(j)| async move { networks::list(&j).await }),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(|Admin(j), Path(n): Path<String>| async move { networks::inspect(&j, &n).await })
+                .delete(|Admin(j), Path(n): Path<String>| async move {
+                    networks::remove(&j, &n).await
+                }),
         )
         .route(
             "/v1/configs",

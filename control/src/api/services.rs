@@ -486,11 +486,32 @@ pub struct ServiceUpdate {
     pub mount_rm: Vec<String>,
     #[serde(default)]
     pub stop_grace_ms: Option<u64>,
+    #[serde(default)]
+    pub network_add: Vec<crate::networks::Attachment>,
+    /// Network names.
+    #[serde(default)]
+    pub network_rm: Vec<String>,
+    #[serde(default)]
+    pub label_add: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+    /// A whole new spec (`stack deploy`): applied first, then the rest.
+    #[serde(default)]
+    pub spec: Option<ServiceSpec>,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
     let name = &old.spec.name;
     let mut spec = old.spec.clone();
+    if let Some(new) = u.spec {
+        if new.name != *name {
+            return Err(ApiError::BadRequest(format!(
+                "a service cannot be renamed ({name} → {})",
+                new.name
+            )));
+        }
+        spec = new;
+    }
     if let Some(i) = u.image {
         spec.image = i;
     }
@@ -598,6 +619,23 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
     if let Some(g) = u.stop_grace_ms {
         spec.stop_grace_ms = Some(g);
     }
+    for n in &u.network_rm {
+        let before = spec.networks.len();
+        spec.networks.retain(|a| &a.target != n);
+        if spec.networks.len() == before {
+            return Err(ApiError::NotFound(format!("{name} is not on network {n}")));
+        }
+    }
+    for a in u.network_add {
+        spec.networks.retain(|x| x.target != a.target);
+        spec.networks.push(a);
+    }
+    for k in &u.label_rm {
+        if spec.labels.remove(k).is_none() {
+            return Err(ApiError::NotFound(format!("{name} has no label {k}")));
+        }
+    }
+    spec.labels.extend(u.label_add);
     Ok(spec)
 }
 

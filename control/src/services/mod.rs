@@ -9,6 +9,8 @@ pub mod scheduler;
 
 use std::net::Ipv4Addr;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
@@ -122,6 +124,18 @@ pub struct ServiceSpec {
     /// `None`: 10 s, as Docker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_ms: Option<u64>,
+    /// The networks it is on (`--network`); none: the `default` network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::networks::Attachment>,
+    /// Service labels (`--label`; a stack's `com.docker.stack.namespace`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Container labels (`--container-label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
+    /// Overrides the image's entrypoint (docker driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
 }
 
 /// `vip`: one virtual IP balanced in the kernel (its backends are limited
@@ -470,6 +484,10 @@ pub struct TaskRun {
     pub mounts: Vec<mounts::Mount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
 }
 
 impl From<&ServiceSpec> for TaskRun {
@@ -485,6 +503,8 @@ impl From<&ServiceSpec> for TaskRun {
             configs: s.configs.clone(),
             mounts: s.mounts.clone(),
             stop_grace_ms: s.stop_grace_ms,
+            container_labels: s.container_labels.clone(),
+            entrypoint: s.entrypoint.clone(),
         }
     }
 }
@@ -540,6 +560,10 @@ impl ServiceSpec {
             configs: Vec::new(),
             mounts: Vec::new(),
             stop_grace_ms: None,
+            networks: Vec::new(),
+            labels: BTreeMap::new(),
+            container_labels: BTreeMap::new(),
+            entrypoint: None,
         }
     }
 

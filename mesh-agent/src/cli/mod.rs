@@ -1,8 +1,10 @@
 //! Client verbs that talk to the daemon's API: `swarm`, `node`, `kv`.
 
+pub mod network;
 pub mod node;
 pub mod objects;
 pub mod service;
+pub mod stack;
 pub mod swarm;
 
 use std::path::PathBuf;

@@ -257,6 +257,19 @@ pub enum ServiceCmd {
         /// Time between SIGTERM and SIGKILL when a task stops [default: 10s].
         #[arg(long, value_parser = super::parse_duration)]
         stop_grace_period: Option<Duration>,
+        /// NAME or name=NAME,alias=ALIAS: a swarm network to be on
+        /// (repeatable) [default: the swarm's `default` network].
+        #[arg(long)]
+        network: Vec<String>,
+        /// Service label KEY=VALUE.
+        #[arg(short, long)]
+        label: Vec<String>,
+        /// Container label KEY=VALUE.
+        #[arg(long)]
+        container_label: Vec<String>,
+        /// Overrides the image's entrypoint (split at spaces).
+        #[arg(long)]
+        entrypoint: Option<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -331,6 +344,15 @@ pub enum ServiceCmd {
         mount_rm: Vec<String>,
         #[arg(long, value_parser = super::parse_duration)]
         stop_grace_period: Option<Duration>,
+        /// Join a network (as --network of create).
+        #[arg(long)]
+        network_add: Vec<String>,
+        #[arg(long)]
+        network_rm: Vec<String>,
+        #[arg(long)]
+        label_add: Vec<String>,
+        #[arg(long)]
+        label_rm: Vec<String>,
         #[command(flatten)]
         rollout: RolloutArgs,
         #[command(flatten)]
@@ -481,10 +503,73 @@ fn state_word(s: TaskState) -> String {
     }
 }
 
+/// `service ls`'s table (also `stack services`).
+pub fn services_table(v: &[ServiceView]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|s| {
+            vec![
+                s.id[..12.min(s.id.len())].to_string(),
+                s.spec.name.clone(),
+                match s.spec.mode {
+                    Mode::Replicated { .. } => "replicated".into(),
+                    Mode::Global => "global".into(),
+                },
+                format!("{}/{}", s.running, s.desired),
+                s.spec.image.clone(),
+                ports(&s.spec),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows)
+}
+
+/// `service ps`'s table (also `stack ps`).
+pub fn tasks_table(ts: &[TaskView]) -> String {
+    let rows: Vec<Vec<String>> = ts
+        .iter()
+        .map(|t| {
+            let err = if t.state == TaskState::Pending || t.state >= TaskState::Failed {
+                t.message.clone()
+            } else {
+                String::new()
+            };
+            vec![
+                t.id[..12.min(t.id.len())].to_string(),
+                t.name.clone(),
+                t.image.clone(),
+                t.node.clone().unwrap_or_default(),
+                state_word(t.desired),
+                format!("{} {}", state_word(t.state), ago(t.updated_at)),
+                err,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "IMAGE",
+            "NODE",
+            "DESIRED STATE",
+            "CURRENT STATE",
+            "ERROR",
+        ],
+        &rows,
+    )
+}
+
 fn file_refs(kind: Kind, flags: &[String]) -> anyhow::Result<Vec<FileRef>> {
     flags
         .iter()
         .map(|f| FileRef::parse(kind, f).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+fn attachments(flags: &[String]) -> anyhow::Result<Vec<control::networks::Attachment>> {
+    flags
+        .iter()
+        .map(|f| control::networks::Attachment::parse(f).map_err(anyhow::Error::msg))
         .collect()
 }
 
@@ -502,7 +587,7 @@ fn rollout_word(s: UpdateState) -> &'static str {
     }
 }
 
-async fn tasks(c: &mut Client, service: &str) -> anyhow::Result<Vec<TaskView>> {
+pub async fn tasks(c: &mut Client, service: &str) -> anyhow::Result<Vec<TaskView>> {
     c.call(
         Method::GET,
         &format!("/v1/services/{service}/tasks"),
@@ -623,6 +708,10 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 config,
                 mount,
                 stop_grace_period,
+                network,
+                label,
+                container_label,
+                entrypoint,
                 rollout,
                 resources,
                 detach,
@@ -700,6 +789,11 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     configs: file_refs(Kind::Config, &config)?,
                     mounts: mounts(&mount)?,
                     stop_grace_ms: stop_grace_period.map(|d| d.as_millis() as u64),
+                    networks: attachments(&network)?,
+                    labels: super::network::labels(&label),
+                    container_labels: super::network::labels(&container_label),
+                    entrypoint: entrypoint
+                        .map(|e| e.split_whitespace().map(str::to_string).collect()),
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);
@@ -717,63 +811,11 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     }
                     return Ok(());
                 }
-                let rows: Vec<Vec<String>> = v
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id[..12.min(s.id.len())].to_string(),
-                            s.spec.name.clone(),
-                            match s.spec.mode {
-                                Mode::Replicated { .. } => "replicated".into(),
-                                Mode::Global => "global".into(),
-                            },
-                            format!("{}/{}", s.running, s.desired),
-                            s.spec.image.clone(),
-                            ports(&s.spec),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows)
-                );
+                print!("{}", services_table(&v));
             }
             ServiceCmd::Ps { service } => {
                 let ts = tasks(&mut c, &service).await?;
-                let rows: Vec<Vec<String>> = ts
-                    .iter()
-                    .map(|t| {
-                        let err = if t.state == TaskState::Pending || t.state >= TaskState::Failed {
-                            t.message.clone()
-                        } else {
-                            String::new()
-                        };
-                        vec![
-                            t.id[..12.min(t.id.len())].to_string(),
-                            t.name.clone(),
-                            t.image.clone(),
-                            t.node.clone().unwrap_or_default(),
-                            state_word(t.desired),
-                            format!("{} {}", state_word(t.state), ago(t.updated_at)),
-                            err,
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "ID",
-                            "NAME",
-                            "IMAGE",
-                            "NODE",
-                            "DESIRED STATE",
-                            "CURRENT STATE",
-                            "ERROR"
-                        ],
-                        &rows
-                    )
-                );
+                print!("{}", tasks_table(&ts));
             }
             ServiceCmd::Inspect { pretty, services } => {
                 let all: Vec<ServiceView> =
@@ -866,6 +908,10 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 mount_add,
                 mount_rm,
                 stop_grace_period,
+                network_add,
+                network_rm,
+                label_add,
+                label_rm,
                 rollout,
                 resources,
                 detach,
@@ -908,6 +954,11 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     mount_add: mounts(&mount_add)?,
                     mount_rm,
                     stop_grace_ms: stop_grace_period.map(|d| d.as_millis() as u64),
+                    network_add: attachments(&network_add)?,
+                    network_rm,
+                    label_add: super::network::labels(&label_add),
+                    label_rm,
+                    spec: None,
                 };
                 let v: ServiceView = c
                     .call(

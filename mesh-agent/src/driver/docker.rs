@@ -218,13 +218,17 @@ impl DockerDriver {
         }
         let mounts: Vec<bollard::models::Mount> =
             spec.mounts.iter().map(|m| self.mount(m)).collect();
-        let labels = HashMap::from([
-            (LABEL_TASK.to_string(), spec.id.clone()),
-            (LABEL_NODE.to_string(), self.node.clone()),
-        ]);
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_TASK.to_string(), spec.id.clone());
+        labels.insert(LABEL_NODE.to_string(), self.node.clone());
         let body = ContainerCreateBody {
             image: Some(image),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            entrypoint: spec.entrypoint.clone(),
             env: (!spec.env.is_empty()).then(|| spec.env.clone()),
             labels: Some(labels),
             // The agent attaches the task's network itself. Without this the

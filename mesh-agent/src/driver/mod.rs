@@ -66,6 +66,10 @@ pub struct TaskSpec {
     pub binds: Vec<crate::taskfiles::Bind>,
     /// Volumes, bind and tmpfs mounts (`--mount`).
     pub mounts: Vec<control::services::mounts::Mount>,
+    /// Container labels (docker driver; Apiary's own come on top).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Overrides the image's entrypoint (docker driver).
+    pub entrypoint: Option<Vec<String>>,
 }
 
 /// What a task's health check says.

@@ -1,0 +1,216 @@
+//! `apiary stack deploy` of the tutorial's own files (only `image:` lines
+//! rewritten to local images) on a 3-host swarm: the objects Docker would
+//! make, named and labelled for the stack; deploying again updates in
+//! place; `--prune`; `stack rm` keeps volumes; external objects that are
+//! missing and invalid files are refused before anything is made.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apiary_tests::swarm::{swarm, until};
+use apiary_tests::Lab;
+
+const IMAGE: &str = "apiary/whoami:dev";
+
+/// The seed file with every `image:` replaced, and nothing else.
+fn seed_with_images(lab: &Lab, name: &str, image: &str) -> PathBuf {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/seed")
+        .join(name);
+    let text = std::fs::read_to_string(&seed).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("image:") {
+            Some(_) => {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}image: {image}")
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    let path = lab.dir.join(name);
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+    path
+}
+
+fn lines_with<'a>(out: &'a str, word: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.contains(word)).collect()
+}
+
+#[test]
+fn the_tutorials_stack_deploys_updates_prunes_and_goes() {
+    let lab = swarm(1, 2).unwrap();
+    let file = seed_with_images(&lab, "docker-stack.yml", IMAGE);
+    let f = file.to_str().unwrap();
+    let out = lab.apiary(0, &["stack", "deploy", "-c", f, "my_app"]).out();
+    for line in [
+        "Creating network my_app_backend",
+        "Creating network my_app_default",
+        "Creating service my_app_db",
+        "Creating service my_app_web",
+        "Creating service my_app_visualizer",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert!(
+        out.find("my_app_db").unwrap() < out.find("Creating service my_app_web").unwrap(),
+        "db before web (depends_on): {out}"
+    );
+    let ls = lab.apiary(0, &["stack", "ls"]).out();
+    assert!(
+        ls.starts_with("NAME") && ls.contains("my_app") && ls.contains(" 3"),
+        "{ls}"
+    );
+    until(Duration::from_secs(90), || {
+        let s = lab.apiary(0, &["stack", "services", "my_app"]).out();
+        s.contains("10/10").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", lab.apiary(0, &["stack", "services", "my_app"]).out()));
+    let services = lab.apiary(0, &["stack", "services", "my_app"]).out();
+    assert!(
+        services.contains("*:8000->8000/tcp") && services.contains("*:5432->5432/tcp"),
+        "{services}"
+    );
+    let ps = lab.apiary(0, &["stack", "ps", "my_app"]).out();
+    assert_eq!(lines_with(&ps, "my_app_web.").len(), 10, "{ps}");
+    // Placement on managers, as the file says.
+    for l in lines_with(&ps, "my_app_db.")
+        .iter()
+        .chain(lines_with(&ps, "my_app_visualizer.").iter())
+    {
+        assert!(l.contains(" h1 "), "not on the manager: {l}");
+    }
+    let nets = lab.apiary(0, &["network", "ls"]).out();
+    assert!(
+        nets.contains("my_app_backend") && nets.contains("overlay"),
+        "{nets}"
+    );
+    let web: serde_json::Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "my_app_web"]).out()).unwrap();
+    let spec = &web[0]["spec"];
+    assert_eq!(spec["labels"]["com.docker.stack.namespace"], "my_app");
+    assert_eq!(spec["networks"][0]["target"], "my_app_backend");
+    assert_eq!(spec["networks"][0]["aliases"][0], "web");
+    assert_eq!(spec["update"]["parallelism"], 2);
+    assert_eq!(spec["restart"]["condition"], "on-failure");
+
+    // Again: in place.
+    let again = lab.apiary(0, &["stack", "deploy", "-c", f, "my_app"]).out();
+    assert_eq!(lines_with(&again, "Updating service").len(), 3, "{again}");
+    assert!(!again.contains("Creating"), "{again}");
+
+    // Without the visualizer, with --prune: it goes.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let cut = text.find("  visualizer:").unwrap();
+    let end = text.find("\nnetworks:").unwrap();
+    let smaller = lab.dir.join("smaller.yml");
+    std::fs::write(&smaller, format!("{}{}", &text[..cut], &text[end + 1..])).unwrap();
+    let pruned = lab
+        .apiary(
+            0,
+            &[
+                "stack",
+                "deploy",
+                "--prune",
+                "-c",
+                smaller.to_str().unwrap(),
+                "my_app",
+            ],
+        )
+        .out();
+    assert!(
+        pruned.contains("Removing service my_app_visualizer"),
+        "{pruned}"
+    );
+
+    // rm: services and networks go; the volume stays.
+    let rm = lab.apiary(0, &["stack", "rm", "my_app"]).out();
+    assert!(
+        rm.contains("Removing service my_app_web")
+            && rm.contains("Removing network my_app_backend"),
+        "{rm}"
+    );
+    assert!(!lab.apiary(0, &["network", "ls"]).out().contains("my_app_"));
+    assert!(lab.apiary(0, &["stack", "ls"]).out().lines().count() == 1);
+    let vols = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "--filter",
+            "label=io.apiary.volume=my_app_db-data",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(!vols.stdout.is_empty(), "the db volume was removed");
+}
+
+#[test]
+fn the_secrets_stack_needs_its_external_secret_and_nothing_is_made_without_it() {
+    let lab = swarm(1, 0).unwrap();
+    let file = seed_with_images(&lab, "docker-stack-secrets.yml", IMAGE);
+    let f = file.to_str().unwrap();
+    let e = lab.apiary(0, &["stack", "deploy", "-c", f, "my_app"]).err();
+    assert!(
+        e.contains("my_password") && e.contains("could not be found"),
+        "{e}"
+    );
+    assert!(!lab.apiary(0, &["network", "ls"]).out().contains("my_app_"));
+    assert_eq!(lab.apiary(0, &["service", "ls", "-q"]).out(), "");
+    lab.apiary_stdin(
+        0,
+        &["secret", "create", "my_password", "-"],
+        Some(b"password123"),
+    )
+    .out();
+    lab.apiary(0, &["stack", "deploy", "-c", f, "my_app"]).out();
+    let web: serde_json::Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "my_app_web"]).out()).unwrap();
+    assert_eq!(web[0]["spec"]["secrets"][0]["source"], "my_password");
+    // In use by the stack: the secret stays until the stack goes.
+    let e = lab.apiary(0, &["secret", "rm", "my_password"]).err();
+    assert!(e.contains("in use"), "{e}");
+    lab.apiary(0, &["stack", "rm", "my_app"]).out();
+    lab.apiary(0, &["secret", "rm", "my_password"]).out();
+}
+
+#[test]
+fn invalid_files_are_refused_with_file_line_and_key_and_nothing_deployed() {
+    let lab = swarm(1, 0).unwrap();
+    let cases = [
+        (
+            "services:\n  web:\n    image: x\n    deploy:\n      replicas: ten\n",
+            ":5: services.web.deploy.replicas",
+        ),
+        (
+            "services:\n  web:\n    image: x\n    networks: [nope]\n",
+            "undefined network \"nope\"",
+        ),
+        (
+            "version: '2'\nservices:\n  web:\n    image: x\n",
+            ":1: version",
+        ),
+        (
+            "services:\n  web:\n    image: ${IMG:?set IMG}\n",
+            "required variable IMG",
+        ),
+        (
+            "services:\n  web:\n    image: x\n    ports: [{target: 80, mode: host}]\n",
+            "mode: host",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = lab.dir.join(format!("bad{i}.yml"));
+        std::fs::write(&path, text).unwrap();
+        let e = lab
+            .apiary(0, &["stack", "deploy", "-c", path.to_str().unwrap(), "bad"])
+            .err();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = lab
+        .apiary(0, &["stack", "deploy", "-c", "/nonexistent.yml", "../x"])
+        .err();
+    assert!(e.contains("invalid stack name"), "{e}");
+    assert_eq!(lab.apiary(0, &["service", "ls", "-q"]).out(), "");
+    assert!(!lab.apiary(0, &["network", "ls"]).out().contains("bad_"));
+}

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         ),
     ]));
     for forwarding in [false, true] {
-        if let Handled::Reply(r) = handle(&names, data, forwarding) {
+        if let Handled::Reply(r) = handle(&names, data, forwarding, None) {
             assert!(r.len() >= 12);
             assert_eq!(r[..2], data[..2], "the query's id");
         }

@@ -363,15 +363,28 @@ impl Node {
             }
         }
         self.net.scan_task_links();
-        if self.names.set(self.name_table()) {
+        if self.names.set_table(self.name_table()) {
             tracing::debug!("service names updated");
         }
         self.reports(now)
     }
 
-    /// `<service>` → its VIP, `tasks.<service>` → its running tasks.
-    fn name_table(&self) -> HashMap<String, Vec<Ipv4Addr>> {
-        let mut t = HashMap::new();
+    /// On each network: `<service>` and its aliases → its VIP,
+    /// `tasks.<service>` → its running tasks; and each local task's
+    /// networks, by its address (what it may resolve).
+    fn name_table(&self) -> crate::dns::Table {
+        use control::networks::{Attachment, DEFAULT};
+        let on = |nets: &[Attachment]| -> Vec<Attachment> {
+            if nets.is_empty() {
+                vec![Attachment {
+                    target: DEFAULT.into(),
+                    aliases: Vec::new(),
+                }]
+            } else {
+                nets.to_vec()
+            }
+        };
+        let mut t = crate::dns::Table::default();
         for e in &self.state.services {
             let name = e.name.to_ascii_lowercase();
             let tasks: Vec<Ipv4Addr> = e
@@ -387,8 +400,29 @@ impl Node {
             } else {
                 vec![e.vip]
             };
-            t.insert(format!("tasks.{name}"), tasks);
-            t.insert(name, service);
+            for a in on(&e.networks) {
+                let names = t.by_net.entry(a.target.clone()).or_default();
+                for n in std::iter::once(name.clone())
+                    .chain(a.aliases.iter().map(|x| x.to_ascii_lowercase()))
+                {
+                    names.insert(format!("tasks.{n}"), tasks.clone());
+                    names.insert(n, service.clone());
+                }
+            }
+        }
+        for task in &self.state.tasks {
+            let addr = self
+                .seen
+                .get(&task.task.id)
+                .and_then(|s| s.address)
+                .or(task.task.address);
+            if let Some(addr) = addr {
+                let nets = on(&task.spec.networks)
+                    .into_iter()
+                    .map(|a| a.target)
+                    .collect();
+                t.clients.insert(addr, nets);
+            }
         }
         t
     }

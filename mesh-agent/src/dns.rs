@@ -1,7 +1,9 @@
 //! The agent's DNS server for its tasks (their resolv.conf points at the
 //! node's task gateway): `<service>` answers the service's VIP,
 //! `tasks.<service>` the addresses of its running tasks, like Swarm's
-//! embedded DNS; any other name is passed to the host's resolvers.
+//! embedded DNS; any other name is passed to the host's resolvers. A task
+//! sees only the names of the networks it is on (its service's, known by
+//! the task's address), aliases included (`db` in a stack).
 //!
 //! Every task can reach it, so it assumes hostile clients: messages are
 //! parsed by hickory-proto, forwarding runs on a fixed pool of workers with
@@ -38,14 +40,32 @@ const EDNS_PAYLOAD: u16 = 1232;
 /// Bytes of one A record in an answer (name as a pointer).
 const A_RECORD: usize = 16;
 
-/// Names and their addresses (lower case, no trailing dot), shared with
-/// the runtime, which keeps it current.
+/// Names and their addresses (lower case, no trailing dot).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Table {
+    /// What every client sees.
+    pub global: HashMap<String, Vec<Ipv4Addr>>,
+    /// What the tasks on each network see.
+    pub by_net: HashMap<String, HashMap<String, Vec<Ipv4Addr>>>,
+    /// The networks of each task of this node, by its address.
+    pub clients: HashMap<Ipv4Addr, Vec<String>>,
+}
+
+/// The table, shared with the runtime, which keeps it current.
 #[derive(Clone, Default)]
-pub struct Names(Arc<RwLock<HashMap<String, Vec<Ipv4Addr>>>>);
+pub struct Names(Arc<RwLock<Table>>);
 
 impl Names {
-    /// Replaces the table; `true` when it changed.
-    pub fn set(&self, table: HashMap<String, Vec<Ipv4Addr>>) -> bool {
+    /// Replaces the names every client sees; `true` when they changed.
+    pub fn set(&self, global: HashMap<String, Vec<Ipv4Addr>>) -> bool {
+        self.set_table(Table {
+            global,
+            ..Table::default()
+        })
+    }
+
+    /// Replaces the whole table; `true` when it changed.
+    pub fn set_table(&self, table: Table) -> bool {
         let mut t = self.0.write().unwrap_or_else(|p| p.into_inner());
         if *t == table {
             return false;
@@ -54,13 +74,37 @@ impl Names {
         true
     }
 
-    /// At most `max` of `name`'s addresses, from a random place in its
-    /// list (round robin over a large service without copying all of it).
-    fn pick(&self, name: &str, max: usize) -> Option<Vec<Ipv4Addr>> {
+    /// At most `max` of `name`'s addresses as `client` sees them, from a
+    /// random place in the list (round robin over a large service without
+    /// copying all of it).
+    fn pick(&self, name: &str, max: usize, client: Option<Ipv4Addr>) -> Option<Vec<Ipv4Addr>> {
         let t = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let all = t.get(name)?;
+        let mut found: Vec<&Vec<Ipv4Addr>> = t.global.get(name).into_iter().collect();
+        if let Some(nets) = client.and_then(|c| t.clients.get(&c)) {
+            for n in nets {
+                if let Some(a) = t.by_net.get(n).and_then(|m| m.get(name)) {
+                    found.push(a);
+                }
+            }
+        }
+        let all: Vec<Ipv4Addr> = match found.as_slice() {
+            [] => return None,
+            [one] => {
+                if one.len() <= max {
+                    return Some((*one).clone());
+                }
+                let start = control::tls::random_u64() as usize % one.len();
+                return Some(one.iter().cycle().skip(start).take(max).copied().collect());
+            }
+            many => {
+                let mut v: Vec<Ipv4Addr> = many.iter().flat_map(|a| a.iter().copied()).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        };
         if all.len() <= max {
-            return Some(all.clone());
+            return Some(all);
         }
         let start = control::tls::random_u64() as usize % all.len();
         Some(all.iter().cycle().skip(start).take(max).copied().collect())
@@ -160,7 +204,7 @@ pub enum Handled {
 
 /// The server's decision for datagram `buf` (all of it that does not
 /// touch the network; the fuzz target drives it).
-pub fn handle(names: &Names, buf: &[u8], forwarding: bool) -> Handled {
+pub fn handle(names: &Names, buf: &[u8], forwarding: bool, client: Option<Ipv4Addr>) -> Handled {
     let q = match parse_query(buf) {
         None => return Handled::Drop,
         Some(Err(formerr)) => return reply(&formerr),
@@ -168,7 +212,7 @@ pub fn handle(names: &Names, buf: &[u8], forwarding: bool) -> Handled {
     };
     let name = name_of(&q);
     let fit = records_that_fit(&q, name.len() + 2 + 4);
-    match names.pick(&name, fit) {
+    match names.pick(&name, fit, client) {
         Some(addrs) => reply(&answer(&q, &addrs)),
         None if !forwarding => reply(&reply_to(&q, ResponseCode::NXDomain)),
         None => Handled::Forward(q),
@@ -211,7 +255,11 @@ pub fn serve(
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                match handle(&names, &buf[..n], !upstream.is_empty()) {
+                let client = match from.ip() {
+                    std::net::IpAddr::V4(a) => Some(a),
+                    std::net::IpAddr::V6(_) => None,
+                };
+                match handle(&names, &buf[..n], !upstream.is_empty(), client) {
                     Handled::Drop => {}
                     Handled::Reply(r) => {
                         let _ = sock.send_to(&r, from);
@@ -347,7 +395,7 @@ mod tests {
                 e.set_max_payload(4096);
                 m.edns = Some(e);
             }
-            match handle(&names, &m.to_vec().unwrap(), false) {
+            match handle(&names, &m.to_vec().unwrap(), false, None) {
                 Handled::Reply(r) => r,
                 _ => panic!("no answer"),
             }
@@ -364,6 +412,46 @@ mod tests {
         // Another query, another window of the tasks.
         let again = Message::from_vec(&ask(false)).unwrap();
         assert_ne!(again.answers[0], r.answers[0]);
+    }
+
+    #[test]
+    fn a_task_sees_the_names_of_its_networks_only() {
+        let (a, b) = (Ipv4Addr::new(10, 200, 0, 5), Ipv4Addr::new(10, 200, 0, 6));
+        let names = Names::default();
+        names.set_table(Table {
+            global: HashMap::new(),
+            by_net: HashMap::from([
+                (
+                    "front".to_string(),
+                    HashMap::from([("web".to_string(), vec![Ipv4Addr::new(10, 96, 0, 2)])]),
+                ),
+                (
+                    "back".to_string(),
+                    HashMap::from([("db".to_string(), vec![Ipv4Addr::new(10, 96, 0, 3)])]),
+                ),
+            ]),
+            clients: HashMap::from([
+                (a, vec!["back".to_string()]),
+                (b, vec!["front".to_string(), "back".to_string()]),
+            ]),
+        });
+        let ask = |client| match handle(&names, &query("db", RecordType::A), false, client) {
+            Handled::Reply(r) => Message::from_vec(&r).unwrap().metadata.response_code,
+            _ => panic!("no answer"),
+        };
+        assert_eq!(ask(Some(a)), ResponseCode::NoError);
+        assert_eq!(ask(Some(b)), ResponseCode::NoError);
+        assert_eq!(ask(None), ResponseCode::NXDomain, "not a task of this node");
+        let web = |client| match handle(&names, &query("web", RecordType::A), false, client) {
+            Handled::Reply(r) => Message::from_vec(&r).unwrap().metadata.response_code,
+            _ => panic!("no answer"),
+        };
+        assert_eq!(
+            web(Some(a)),
+            ResponseCode::NXDomain,
+            "front is not a's network"
+        );
+        assert_eq!(web(Some(b)), ResponseCode::NoError);
     }
 
     #[test]

@@ -136,3 +136,47 @@ fn a_task_finds_another_service_by_name_and_reaches_it_through_its_vip() {
         .count();
     assert!(ok && addrs == 2, "rr → both tasks: {text}");
 }
+
+/// Whether `name` resolves from service `from`'s task.
+fn resolves(lab: &Lab, from: &str, name: &str) -> bool {
+    let (ok, text) = exec_in(lab, from, &["nslookup", name]);
+    ok && text
+        .lines()
+        .any(|l| l.starts_with("Address") && l.contains("10.") && !l.ends_with(":53"))
+}
+
+#[test]
+fn names_resolve_only_within_shared_networks_aliases_included() {
+    let lab = swarm(1, 0).unwrap();
+    for n in ["front", "back"] {
+        lab.apiary(0, &["network", "create", n]).out();
+    }
+    let create = |name: &str, nets: &[&str]| {
+        let mut args = vec!["service", "create", "--name", name];
+        for n in nets {
+            args.extend(["--network", n]);
+        }
+        args.extend(["apiary/busybox:dev", "sleep", "600"]);
+        lab.apiary(0, &args).out();
+    };
+    create("api", &["name=front", "name=back,alias=database"]);
+    create("ui", &["front"]);
+    create("worker", &["back"]);
+    create("loner", &[]);
+    // ui (front) sees api, not worker (back) nor loner (default).
+    assert!(resolves(&lab, "ui", "api"));
+    assert!(!resolves(&lab, "ui", "worker"), "worker is only on back");
+    assert!(!resolves(&lab, "ui", "loner"), "loner is on default");
+    // worker (back) sees api, also by its alias there; ui is on front only.
+    assert!(resolves(&lab, "worker", "api"));
+    assert!(resolves(&lab, "worker", "database"));
+    assert!(!resolves(&lab, "ui", "database"), "the alias is back's");
+    assert!(!resolves(&lab, "worker", "ui"));
+    // The default network: services that name none see each other only.
+    create("loner2", &[]);
+    assert!(resolves(&lab, "loner", "loner2"));
+    assert!(!resolves(&lab, "loner", "api"));
+    // A network in use cannot go.
+    let e = lab.apiary(0, &["network", "rm", "back"]).err();
+    assert!(e.contains("in use"), "{e}");
+}

@@ -48,6 +48,9 @@ pub struct Endpoints {
     pub ports: Vec<PortSpec>,
     /// Tasks reported running, with their addresses.
     pub backends: Vec<Backend>,
+    /// The networks it is on, with its aliases there (none: `default`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::networks::Attachment>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -188,6 +191,7 @@ pub async fn state(j: &Joined, node: NodeId, q: StateQuery) -> Reply {
                 name: svc.spec.name.clone(),
                 vip: svc.vip,
                 ports: svc.spec.ports.clone(),
+                networks: svc.spec.networks.clone(),
                 backends: s
                     .tasks
                     .values()

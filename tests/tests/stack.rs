@@ -4,9 +4,12 @@
 //! place; `--prune`; `stack rm` keeps volumes; external objects that are
 //! missing and invalid files are refused before anything is made.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use apiary_tests::lab::client_addr;
 use apiary_tests::swarm::{swarm, until};
 use apiary_tests::Lab;
 
@@ -14,6 +17,11 @@ const IMAGE: &str = "apiary/whoami:dev";
 
 /// The seed file with every `image:` replaced, and nothing else.
 fn seed_with_images(lab: &Lab, name: &str, image: &str) -> PathBuf {
+    seed_with(lab, name, &|_| image.to_string())
+}
+
+/// The seed file with each `image:` as `map` gives it, and nothing else.
+fn seed_with(lab: &Lab, name: &str, map: &dyn Fn(&str) -> String) -> PathBuf {
     let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/seed")
         .join(name);
@@ -21,9 +29,9 @@ fn seed_with_images(lab: &Lab, name: &str, image: &str) -> PathBuf {
     let out: Vec<String> = text
         .lines()
         .map(|l| match l.trim_start().strip_prefix("image:") {
-            Some(_) => {
+            Some(old) => {
                 let indent = &l[..l.len() - l.trim_start().len()];
-                format!("{indent}image: {image}")
+                format!("{indent}image: {}", map(old.trim()))
             }
             None => l.to_string(),
         })
@@ -213,4 +221,118 @@ fn invalid_files_are_refused_with_file_line_and_key_and_nothing_deployed() {
     assert!(e.contains("invalid stack name"), "{e}");
     assert_eq!(lab.apiary(0, &["service", "ls", "-q"]).out(), "");
     assert!(!lab.apiary(0, &["network", "ls"]).out().contains("bad_"));
+}
+
+/// The tutorial's images, built here from Debian's packages.
+fn real_image(seed: &str) -> String {
+    match seed {
+        "postgres" => "apiary/postgres:dev",
+        "dockersamples/visualizer:stable" => "apiary/visualizer:dev",
+        _ => "apiary/django:dev",
+    }
+    .to_string()
+}
+
+/// `GET path` from the lab's client: status and JSON body.
+fn get(lab: &Lab, to: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let path = path.to_string();
+    lab.client
+        .run_in(move || -> Option<serde_json::Value> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).ok()?;
+            if !buf.starts_with("HTTP/1.1 200") && !buf.starts_with("HTTP/1.0 200") {
+                return None;
+            }
+            serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
+        })
+        .ok()
+        .flatten()
+}
+
+#[test]
+fn the_tutorials_stacks_run_postgresql_and_django_and_keep_their_rows() {
+    let lab = swarm(1, 2).unwrap();
+    let file = seed_with(&lab, "docker-stack.yml", &real_image);
+    let f = file.to_str().unwrap().to_string();
+    lab.apiary(0, &["stack", "deploy", "-c", &f, "my_app"])
+        .out();
+    // Every host's :8000 serves Django, which writes to and reads from
+    // PostgreSQL (host `db` on the stack's network).
+    for h in 0..3 {
+        let to = SocketAddr::from((lab.hosts[h].addr, 8000));
+        let text = format!("row-from-h{}", h + 1);
+        let (r, _) = until(Duration::from_secs(180), || {
+            get(&lab, to, &format!("/rows?add={text}"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "host {h}'s :8000 never answered; {}",
+                lab.apiary(0, &["stack", "ps", "my_app"]).out()
+            )
+        });
+        assert!(r["added"].is_number(), "{r}");
+        assert_eq!(
+            r["client"],
+            client_addr().to_string(),
+            "the client's own address reaches Django"
+        );
+    }
+    let all = get(&lab, SocketAddr::from((lab.hosts[2].addr, 8000)), "/rows").unwrap();
+    assert_eq!(all["rows"].as_array().unwrap().len(), 3, "{all}");
+    // The visualizer stand-in on a manager, with the engine's socket.
+    let (v, _) = until(Duration::from_secs(60), || {
+        get(&lab, SocketAddr::from((lab.hosts[1].addr, 8080)), "/")
+    })
+    .expect("the visualizer answers on :8080");
+    assert_eq!(v["docker_sock"], true, "{v}");
+
+    // Removed and deployed again: the rows are in the kept volume.
+    lab.apiary(0, &["stack", "rm", "my_app"]).out();
+    until(Duration::from_secs(60), || {
+        lab.apiary(0, &["service", "ls", "-q"])
+            .out()
+            .is_empty()
+            .then_some(())
+    })
+    .expect("the stack's services gone");
+    std::thread::sleep(Duration::from_secs(3));
+    lab.apiary(0, &["stack", "deploy", "-c", &f, "my_app"])
+        .out();
+    let (rows, _) = until(Duration::from_secs(180), || {
+        get(&lab, SocketAddr::from((lab.hosts[0].addr, 8000)), "/rows")
+            .filter(|r| r["rows"].as_array().is_some_and(|a| a.len() == 3))
+    })
+    .expect("the earlier rows, from the kept volume");
+    assert_eq!(rows["rows"][0]["text"], "row-from-h1");
+    lab.apiary(0, &["stack", "rm", "my_app"]).out();
+}
+
+#[test]
+fn the_secrets_stack_runs_with_the_password_from_its_secret() {
+    let lab = swarm(1, 1).unwrap();
+    let pw = format!("pw-{}", std::process::id());
+    lab.apiary_stdin(
+        0,
+        &["secret", "create", "my_password", "-"],
+        Some(pw.as_bytes()),
+    )
+    .out();
+    let file = seed_with(&lab, "docker-stack-secrets.yml", &real_image);
+    lab.apiary(
+        0,
+        &["stack", "deploy", "-c", file.to_str().unwrap(), "my_app"],
+    )
+    .out();
+    // PostgreSQL took its password from the secret's file and Django
+    // connects with the same file: a row is written and read.
+    let to = SocketAddr::from((lab.hosts[1].addr, 8000));
+    let (r, _) = until(Duration::from_secs(180), || {
+        get(&lab, to, "/rows?add=secret-row")
+    })
+    .unwrap_or_else(|| panic!("{}", lab.apiary(0, &["stack", "ps", "my_app"]).out()));
+    assert_eq!(r["rows"][0]["text"], "secret-row", "{r}");
+    lab.apiary(0, &["stack", "rm", "my_app"]).out();
 }

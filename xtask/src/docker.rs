@@ -188,5 +188,6 @@ pub fn build_images() -> anyhow::Result<()> {
         Some(&bin),
         r#"["/bin/apiary","tool","whoami","--listen","0.0.0.0:80"]"#,
     )?;
-    import(BUSYBOX_IMAGE, None, r#"["/bin/sh"]"#)
+    import(BUSYBOX_IMAGE, None, r#"["/bin/sh"]"#)?;
+    crate::stack_images::build()
 }

@@ -15,6 +15,7 @@ mod demo;
 mod docker;
 mod fuzz;
 mod lab;
+mod stack_images;
 mod test;
 mod util;
 

@@ -1006,6 +1006,17 @@ impl ClusterState {
         {
             return Err("the entrypoint is too long".into());
         }
+        if svc.spec.depends_on.len() > 64 {
+            return Err("a service depends on at most 64 others".into());
+        }
+        if svc
+            .spec
+            .depends_on
+            .iter()
+            .any(|d| d.service == svc.spec.name)
+        {
+            return Err(format!("service {} cannot depend on itself", svc.spec.name));
+        }
         if svc.spec.networks.len() > crate::networks::MAX_ATTACHMENTS {
             return Err(format!(
                 "a service is on at most {} networks",

@@ -336,3 +336,51 @@ fn the_secrets_stack_runs_with_the_password_from_its_secret() {
     assert_eq!(r["rows"][0]["text"], "secret-row", "{r}");
     lab.apiary(0, &["stack", "rm", "my_app"]).out();
 }
+
+#[test]
+fn depends_on_holds_a_service_until_its_dependency_is_healthy_and_says_so() {
+    let lab = swarm(1, 0).unwrap();
+    let path = lab.dir.join("deps.yml");
+    std::fs::write(
+        &path,
+        "services:\n  db:\n    image: apiary/busybox:dev\n    command: sh -c 'sleep 600'\n    healthcheck:\n      test: [\"CMD\", \"test\", \"-e\", \"/tmp/ready\"]\n  web:\n    image: apiary/busybox:dev\n    command: sleep 600\n    depends_on:\n      db:\n        condition: service_healthy\n",
+    )
+    .unwrap();
+    lab.apiary(
+        0,
+        &["stack", "deploy", "-c", path.to_str().unwrap(), "deps"],
+    )
+    .out();
+    let ps = || lab.apiary(0, &["stack", "ps", "deps"]).out();
+    until(Duration::from_secs(30), || {
+        ps().contains("waiting for deps_db to be healthy (depends_on)")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", ps()));
+    // db becomes healthy: web starts.
+    let (cid, _) = until(Duration::from_secs(30), || {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                "label=com.docker.stack.namespace=deps",
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_string)
+    })
+    .expect("db's container");
+    std::process::Command::new("docker")
+        .args(["exec", &cid, "touch", "/tmp/ready"])
+        .status()
+        .unwrap();
+    until(Duration::from_secs(60), || {
+        let s = lab.apiary(0, &["stack", "services", "deps"]).out();
+        (s.lines().filter(|l| l.contains("1/1")).count() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", ps()));
+}

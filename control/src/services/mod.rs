@@ -136,6 +136,30 @@ pub struct ServiceSpec {
     /// Overrides the image's entrypoint (docker driver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// Services whose tasks must be up before this one's are placed
+    /// (compose's `depends_on`, which Swarm ignores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// What a service waits for in another (compose's conditions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// A task of it has started.
+    ServiceStarted,
+    /// A task of it passes its health check (or, without one, takes
+    /// connections).
+    ServiceHealthy,
+    /// A task of it ended with status 0.
+    ServiceCompletedSuccessfully,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// The service's name.
+    pub service: String,
+    pub condition: Condition,
 }
 
 /// `vip`: one virtual IP balanced in the kernel (its backends are limited
@@ -564,6 +588,7 @@ impl ServiceSpec {
             labels: BTreeMap::new(),
             container_labels: BTreeMap::new(),
             entrypoint: None,
+            depends_on: Vec::new(),
         }
     }
 

@@ -334,6 +334,47 @@ fn rollout<'a>(
     r
 }
 
+/// How long a service's new tasks wait for the services it depends on
+/// before they are placed anyway (a dependency that never comes must not
+/// hold a service forever; its tasks say why they wait meanwhile).
+pub const DEPENDS_ON_WAIT_MS: u64 = 120_000;
+
+/// Why `svc`'s new tasks wait (`depends_on`), if they do.
+fn waiting(s: &ClusterState, svc: &super::Service, now: u64) -> Option<String> {
+    use super::Condition;
+    if svc.spec.depends_on.is_empty() || now.saturating_sub(svc.updated_at) > DEPENDS_ON_WAIT_MS {
+        return None;
+    }
+    for d in &svc.spec.depends_on {
+        let Some(dep) = s.services.values().find(|o| o.spec.name == d.service) else {
+            continue;
+        };
+        let met = s
+            .tasks
+            .values()
+            .filter(|t| t.service == dep.id)
+            .any(|t| match d.condition {
+                Condition::ServiceStarted => {
+                    matches!(t.state, TaskState::Starting | TaskState::Running)
+                }
+                Condition::ServiceHealthy => t.state == TaskState::Running,
+                Condition::ServiceCompletedSuccessfully => t.state == TaskState::Complete,
+            });
+        if !met {
+            let what = match d.condition {
+                Condition::ServiceStarted => "started",
+                Condition::ServiceHealthy => "healthy",
+                Condition::ServiceCompletedSuccessfully => "completed successfully",
+            };
+            return Some(format!(
+                "waiting for {} to be {what} (depends_on)",
+                d.service
+            ));
+        }
+    }
+    None
+}
+
 pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut plan = Plan::default();
     let mut load = Load::default();
@@ -434,6 +475,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
         keep.sort_by_key(|t| (slot_key(t), t.spec_version < svc.task_version, t.created_at));
         // Built on first use, once the service's own tasks are counted.
         let mut placer: Option<Placer> = None;
+        let wait = waiting(s, svc, now);
         let mut place = |slot: u64,
                          on: Option<NodeId>,
                          old: Option<&Task>,
@@ -444,6 +486,7 @@ pub fn reconcile(s: &ClusterState, now: u64, new_id: &mut dyn FnMut() -> String)
                     load.add(n);
                     Ok(n)
                 }
+                None if wait.is_some() => Err(wait.clone().unwrap_or_default()),
                 None => placer
                     .get_or_insert_with(|| {
                         Placer::new(
@@ -622,6 +665,66 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn depends_on_holds_new_tasks_until_the_dependency_runs_or_the_wait_ends() {
+        let mut s = state(2);
+        service(&mut s, "db", Mode::Replicated { replicas: 1 }, &[]);
+        service(&mut s, "web", Mode::Replicated { replicas: 2 }, &[]);
+        let mut web = s.services["svc-web"].clone();
+        web.spec.depends_on = vec![super::super::Dependency {
+            service: "db".into(),
+            condition: super::super::Condition::ServiceHealthy,
+        }];
+        web.updated_at = 1;
+        s.apply(Command::UpdateService(web));
+        let tick = |s: &mut ClusterState, now: u64| {
+            let plan = reconcile(s, now, &mut || {
+                format!("t{}", now ^ crate::tls::random_u64())
+            });
+            s.apply(Command::Reconcile {
+                put: plan.put,
+                remove: plan.remove,
+            });
+        };
+        tick(&mut s, 2);
+        let webs = |s: &ClusterState| -> Vec<Task> {
+            s.tasks
+                .values()
+                .filter(|t| t.service == "svc-web")
+                .cloned()
+                .collect()
+        };
+        assert_eq!(webs(&s).len(), 2);
+        for t in webs(&s) {
+            assert_eq!(t.state, TaskState::Pending);
+            assert_eq!(t.message, "waiting for db to be healthy (depends_on)");
+        }
+        // db's task runs: web's are placed.
+        for t in s.tasks.values_mut().filter(|t| t.service == "svc-db") {
+            t.state = TaskState::Running;
+        }
+        tick(&mut s, 3);
+        assert!(webs(&s).iter().all(|t| t.node.is_some()), "{:?}", webs(&s));
+
+        // A dependency that never comes holds them for a while only.
+        let mut s = state(1);
+        service(&mut s, "app", Mode::Replicated { replicas: 1 }, &[]);
+        let mut app = s.services["svc-app"].clone();
+        app.spec.depends_on = vec![super::super::Dependency {
+            service: "never".into(),
+            condition: super::super::Condition::ServiceStarted,
+        }];
+        s.apply(Command::UpdateService(app));
+        service(&mut s, "never", Mode::Replicated { replicas: 0 }, &[]);
+        tick(&mut s, 1000);
+        assert!(s.tasks.values().all(|t| t.node.is_none()));
+        tick(&mut s, 1000 + DEPENDS_ON_WAIT_MS + 1);
+        assert!(
+            s.tasks.values().any(|t| t.node.is_some()),
+            "placed once the wait is over"
+        );
     }
 
     #[test]

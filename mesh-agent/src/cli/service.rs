@@ -794,6 +794,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     container_labels: super::network::labels(&container_label),
                     entrypoint: entrypoint
                         .map(|e| e.split_whitespace().map(str::to_string).collect()),
+                    depends_on: Vec::new(),
                 };
                 let v: ServiceView = c.call(Method::POST, "/v1/services", Some(&spec)).await?;
                 println!("{}", v.id);

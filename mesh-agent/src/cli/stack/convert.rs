@@ -317,6 +317,20 @@ pub fn plan(stack: &str, p: &Project) -> Result<Plan, String> {
                 *to = rollout(u);
             }
         }
+        spec.depends_on = s
+            .depends_on
+            .iter()
+            .map(|(dep, cond)| control::services::Dependency {
+                service: format!("{stack}_{dep}"),
+                condition: match cond {
+                    c::Condition::Started => control::services::Condition::ServiceStarted,
+                    c::Condition::Healthy => control::services::Condition::ServiceHealthy,
+                    c::Condition::CompletedSuccessfully => {
+                        control::services::Condition::ServiceCompletedSuccessfully
+                    }
+                },
+            })
+            .collect();
         spec.endpoint_mode = match d.endpoint_mode {
             c::EndpointMode::Vip => EndpointMode::Vip,
             c::EndpointMode::Dnsrr => EndpointMode::Dnsrr,

@@ -9,6 +9,7 @@
 
 pub mod lab;
 pub mod net;
+pub mod seed;
 pub mod swarm;
 
 pub use lab::{apiary_bin, sweep, Cli, Daemon, Host, Lab, Task};

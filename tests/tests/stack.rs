@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use apiary_tests::lab::client_addr;
@@ -20,25 +20,8 @@ fn seed_with_images(lab: &Lab, name: &str, image: &str) -> PathBuf {
     seed_with(lab, name, &|_| image.to_string())
 }
 
-/// The seed file with each `image:` as `map` gives it, and nothing else.
 fn seed_with(lab: &Lab, name: &str, map: &dyn Fn(&str) -> String) -> PathBuf {
-    let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/seed")
-        .join(name);
-    let text = std::fs::read_to_string(&seed).unwrap();
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| match l.trim_start().strip_prefix("image:") {
-            Some(old) => {
-                let indent = &l[..l.len() - l.trim_start().len()];
-                format!("{indent}image: {}", map(old.trim()))
-            }
-            None => l.to_string(),
-        })
-        .collect();
-    let path = lab.dir.join(name);
-    std::fs::write(&path, out.join("\n") + "\n").unwrap();
-    path
+    apiary_tests::seed::with_images(&lab.dir, name, map).unwrap()
 }
 
 fn lines_with<'a>(out: &'a str, word: &str) -> Vec<&'a str> {
@@ -225,12 +208,7 @@ fn invalid_files_are_refused_with_file_line_and_key_and_nothing_deployed() {
 
 /// The tutorial's images, built here from Debian's packages.
 fn real_image(seed: &str) -> String {
-    match seed {
-        "postgres" => "apiary/postgres:dev",
-        "dockersamples/visualizer:stable" => "apiary/visualizer:dev",
-        _ => "apiary/django:dev",
-    }
-    .to_string()
+    apiary_tests::seed::local_image(seed).to_string()
 }
 
 /// `GET path` from the lab's client: status and JSON body.

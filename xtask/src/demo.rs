@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: the Swarm tutorial's steps in a 3-host lab: init,
 //! join, a service publishing :8080 (containers), scale, drain, with an
-//! outside client calling every host's :8080 along the way.
+//! outside client calling every host's :8080 along the way; then its second
+//! half: a secret, and its stack file (PostgreSQL and Django built from
+//! Debian's packages) deployed and called on every host's :8000.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -125,7 +127,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         lab.start_swarm_daemon(h)?;
     }
     let mut failures = Vec::new();
-    let result = tour(&lab, &mut failures);
+    let result = tour(&lab, &mut failures).and_then(|()| stacks(&lab, &mut failures));
     if keep {
         lab.keep()?;
         println!();
@@ -142,7 +144,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("demo failed: {}", failures.join("; "));
     }
-    println!("\ndemo ok: the tutorial's swarm and service steps, every host's :8080 answering from the tasks (containers reached through WireGuard, balanced in the kernel) with the client's real address, drained with no failed request");
+    println!("\ndemo ok: the tutorial's swarm and service steps, every host's :8080 answering from the tasks (containers reached through WireGuard, balanced in the kernel) with the client's real address, drained with no failed request; its secrets stack (PostgreSQL and Django) deployed unchanged but for image names, answering on every host's :8000");
     Ok(())
 }
 
@@ -211,5 +213,83 @@ fn tour(lab: &Lab, failures: &mut Vec<String>) -> anyhow::Result<()> {
         &["overlay", "show", "--interface", &format!("{}w3", lab.id)],
     )?;
     print!("{show}");
+    Ok(())
+}
+
+/// `GET path` from the client: the JSON body of a 200 answer.
+fn get_json(lab: &Lab, to: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let path = path.to_string();
+    lab.client
+        .run_in(move || -> Option<serde_json::Value> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).ok()?;
+            buf.starts_with("HTTP/1.1 200").then_some(())?;
+            serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
+        })
+        .ok()
+        .flatten()
+}
+
+/// The tutorial's second half: `docker secret create`, then `docker stack
+/// deploy -c docker-stack-secrets.yml` with its images built here.
+fn stacks(lab: &Lab, failures: &mut Vec<String>) -> anyhow::Result<()> {
+    println!("\n== echo password123 | docker secret create my_password -");
+    println!("\n$ echo password123 | h1 secret create my_password -");
+    let out = lab.apiary_stdin(
+        0,
+        &["secret", "create", "my_password", "-"],
+        Some(b"password123"),
+    );
+    if !out.ok {
+        bail!("secret create: {}", out.stderr);
+    }
+    print!("{}", out.stdout);
+    sh(lab, 0, &["secret", "ls"])?;
+
+    let file = apiary_tests::seed::with_images(&lab.dir, "docker-stack-secrets.yml", &|i| {
+        apiary_tests::seed::local_image(i).to_string()
+    })?;
+    println!("\n== docker stack deploy -c docker-stack-secrets.yml my_app (the tutorial's file; only its images are the PostgreSQL and Django ones built here from Debian's packages)");
+    sh(
+        lab,
+        0,
+        &[
+            "stack",
+            "deploy",
+            "-c",
+            file.to_str().unwrap_or_default(),
+            "my_app",
+        ],
+    )?;
+    println!("\n== from the client ({}), every host's :8000: Django writes a row to PostgreSQL (host `db`, password from /run/secrets/my_password) and reads them back", client_addr());
+    for h in 0..lab.hosts.len() {
+        let to = SocketAddr::from((lab.hosts[h].addr, 8000));
+        let path = format!("/rows?add=hello-from-h{}", h + 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let answer = loop {
+            if let Some(a) = get_json(lab, to, &path) {
+                break Some(a);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        match answer {
+            Some(a) => println!(
+                "  {to} GET {path} -> added row {}, client {}, {} rows",
+                a["added"],
+                a["client"],
+                a["rows"].as_array().map_or(0, Vec::len)
+            ),
+            None => failures.push(format!("{to}: Django never answered")),
+        }
+    }
+    sh(lab, 0, &["stack", "services", "my_app"])?;
+    sh(lab, 0, &["stack", "ps", "my_app"])?;
+    sh(lab, 0, &["stack", "rm", "my_app"])?;
     Ok(())
 }

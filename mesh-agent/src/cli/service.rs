@@ -540,7 +540,11 @@ pub fn tasks_table(ts: &[TaskView]) -> String {
                 t.image.clone(),
                 t.node.clone().unwrap_or_default(),
                 state_word(t.desired),
-                format!("{} {}", state_word(t.state), ago(t.updated_at)),
+                format!(
+                    "{} {}",
+                    state_word(t.state),
+                    ago(t.updated_at).to_lowercase()
+                ),
                 err,
             ]
         })

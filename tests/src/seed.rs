@@ -1,0 +1,41 @@
+//! The tutorial's files (`../shared/seed/`), read where they are and
+//! never edited: the one change allowed, `image:` names, is made in a copy.
+
+use std::path::{Path, PathBuf};
+
+/// Where the seed files are, for tests and for CI alike.
+pub fn seed_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed")
+}
+
+/// The image built here for each of the tutorial's (`cargo xtask image`).
+pub fn local_image(seed_image: &str) -> &'static str {
+    match seed_image {
+        "postgres" => "apiary/postgres:dev",
+        "dockersamples/visualizer:stable" => "apiary/visualizer:dev",
+        _ => "apiary/django:dev",
+    }
+}
+
+/// A copy of seed file `name` in `dir` with each `image:` as `map` gives
+/// it, and every other line as it is.
+pub fn with_images(
+    dir: &Path,
+    name: &str,
+    map: &dyn Fn(&str) -> String,
+) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(seed_dir().join(name))?;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("image:") {
+            Some(old) => {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}image: {}", map(old.trim()))
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, out.join("\n") + "\n")?;
+    Ok(path)
+}

@@ -554,7 +554,7 @@ impl ClusterState {
             }
             Command::RemoveObject { kind, id } => {
                 if let Some(o) = self.objects(kind).get(&id) {
-                    if let Some(svc) = self.object_user(kind, &o.name) {
+                    if let Some(svc) = self.version_user(o) {
                         return Outcome::err(format!(
                             "{} {} is in use by service {svc}: remove it from the service first",
                             kind.word(),
@@ -961,7 +961,11 @@ impl ClusterState {
         name: &str,
     ) -> Result<&crate::objects::Object, String> {
         let all = self.objects(kind);
-        if let Some(o) = all.values().find(|o| o.name == name) {
+        if let Some(o) = all
+            .values()
+            .filter(|o| o.name == name)
+            .max_by_key(|o| o.version)
+        {
             return Ok(o);
         }
         if let Some(o) = all.get(name) {
@@ -1054,7 +1058,11 @@ impl ClusterState {
             let mut targets = std::collections::BTreeSet::new();
             for r in refs {
                 r.check(kind)?;
-                if !self.objects(kind).values().any(|o| o.name == r.source) {
+                let exists = self
+                    .objects(kind)
+                    .values()
+                    .any(|o| o.name == r.source && r.version.is_none_or(|v| v == o.version));
+                if !exists {
                     return Err(format!(
                         "{} {} not found: create it first (apiary {} create {} FILE)",
                         kind.word(),
@@ -1133,6 +1141,26 @@ impl ClusterState {
             .map(|s| s.spec.name.clone())
     }
 
+    /// The newest version of the named secret or config.
+    pub fn latest_version(&self, kind: crate::objects::Kind, name: &str) -> Option<u64> {
+        self.objects(kind)
+            .values()
+            .filter(|o| o.name == name)
+            .map(|o| o.version)
+            .max()
+    }
+
+    /// A service whose tasks use this very version of a secret or config
+    /// (as Docker, its current spec: a rollback to a spec whose secret is
+    /// gone is refused then, naming it).
+    pub fn version_user(&self, o: &crate::objects::Object) -> Option<String> {
+        let latest = self.latest_version(o.kind, &o.name).unwrap_or(o.version);
+        self.services
+            .values()
+            .find(|s| s.spec.refs(o.kind).iter().any(|r| r.uses(o, latest)))
+            .map(|s| s.spec.name.clone())
+    }
+
     /// Checked when proposing and again when applying: a leader never
     /// applies what a bad request (or a bad leader) put in the log.
     pub fn object_fits(&self, o: &crate::objects::Object) -> Result<(), String> {
@@ -1152,8 +1180,19 @@ impl ClusterState {
         if all.contains_key(&o.id) {
             return Err(format!("{} id {} already exists", o.kind.word(), o.id));
         }
-        if all.values().any(|x| x.name == o.name) {
+        if all
+            .values()
+            .any(|x| x.name == o.name && x.version == o.version)
+        {
             return Err(format!("{} {} already exists", o.kind.word(), o.name));
+        }
+        if o.version == 0 || o.version > 1_000_000 {
+            return Err(format!(
+                "{} {}: invalid version {}",
+                o.kind.word(),
+                o.name,
+                o.version
+            ));
         }
         if all.len() >= obj::MAX_OBJECTS {
             return Err(format!(

@@ -50,6 +50,14 @@ pub struct Object {
     /// Bytes of data (plaintext).
     pub size: u64,
     pub data: Blob,
+    /// Several objects share a name, one per version (a stack deploy whose
+    /// file changed makes the next); a plain create makes version 1.
+    #[serde(default = "first_version")]
+    pub version: u64,
+}
+
+fn first_version() -> u64 {
+    1
 }
 
 /// An object's data as stored.
@@ -151,6 +159,10 @@ pub struct FileRef {
     /// Docker's default is 0444.
     #[serde(default = "default_mode")]
     pub mode: u32,
+    /// The object's version (`None`: the latest when the task is given
+    /// its data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 fn default_mode() -> u32 {
@@ -208,6 +220,7 @@ impl FileRef {
             uid,
             gid,
             mode,
+            version: None,
         };
         r.check(kind)?;
         Ok(r.normalized(kind))
@@ -259,6 +272,14 @@ impl FileRef {
             ));
         }
         Ok(())
+    }
+}
+
+impl FileRef {
+    /// Whether this reference uses `o`, `latest` being the newest version
+    /// of `o`'s name.
+    pub fn uses(&self, o: &Object, latest: u64) -> bool {
+        self.source == o.name && self.version.unwrap_or(latest) == o.version
     }
 }
 
@@ -521,6 +542,7 @@ mod tests {
             updated_at: 0,
             size: 0,
             data,
+            version: 1,
         }
     }
 

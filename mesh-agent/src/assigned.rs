@@ -698,7 +698,11 @@ fn task_spec(t: &AssignedTask, data: &[ObjectData]) -> TaskSpecConfig {
     let mut files = Vec::new();
     for (kind, refs) in [(Kind::Secret, &run.secrets), (Kind::Config, &run.configs)] {
         for r in refs {
-            let found = data.iter().find(|d| d.kind == kind && d.name == r.source);
+            let found = data
+                .iter()
+                .filter(|d| d.kind == kind && d.name == r.source)
+                .filter(|d| r.version.is_none_or(|v| v == d.version))
+                .max_by_key(|d| d.version);
             let bytes = found.and_then(|d| control::objects::b64_decode(&d.data).ok());
             files.push(crate::taskfiles::TaskFile {
                 secret: kind == Kind::Secret,

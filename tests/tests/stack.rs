@@ -362,3 +362,56 @@ fn depends_on_holds_a_service_until_its_dependency_is_healthy_and_says_so() {
     })
     .unwrap_or_else(|| panic!("{}", ps()));
 }
+
+#[test]
+fn a_changed_secret_or_config_file_makes_a_new_version_and_rolls_its_services() {
+    let lab = swarm(1, 0).unwrap();
+    let dir = lab.dir.join("versions");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pw.txt"), "first-password").unwrap();
+    std::fs::write(dir.join("app.conf"), "setting=1\n").unwrap();
+    let file = dir.join("stack.yml");
+    std::fs::write(
+        &file,
+        "services:\n  app:\n    image: apiary/busybox:dev\n    command: sh -c 'cat /run/secrets/pw; echo; cat /etc/app.conf; exec sleep 600'\n    secrets: [pw]\n    configs: [{source: conf, target: /etc/app.conf}]\nsecrets:\n  pw: {file: ./pw.txt}\nconfigs:\n  conf: {file: ./app.conf}\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = lab.apiary(0, &["stack", "deploy", "-c", f, "v"]).out();
+    assert!(
+        out.contains("Creating secret v_pw") && out.contains("Creating config v_conf"),
+        "{out}"
+    );
+    let logs = || lab.apiary(0, &["service", "logs", "v_app"]).out();
+    until(Duration::from_secs(60), || {
+        logs().contains("setting=1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", logs()));
+    assert!(logs().contains("first-password"));
+    // Unchanged: nothing new.
+    let again = lab.apiary(0, &["stack", "deploy", "-c", f, "v"]).out();
+    assert!(
+        !again.contains("secret") && !again.contains("config"),
+        "{again}"
+    );
+    // Changed files: version 2 of each, and the service's task replaced.
+    std::fs::write(dir.join("pw.txt"), "second-password").unwrap();
+    std::fs::write(dir.join("app.conf"), "setting=2\n").unwrap();
+    let out = lab.apiary(0, &["stack", "deploy", "-c", f, "v"]).out();
+    assert!(out.contains("Updating secret v_pw (version 2)"), "{out}");
+    assert!(out.contains("Updating config v_conf (version 2)"), "{out}");
+    until(Duration::from_secs(60), || {
+        let l = logs();
+        (l.contains("second-password") && l.contains("setting=2")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", logs()));
+    let ls = lab.apiary(0, &["secret", "ls"]).out();
+    assert!(ls.lines().next().unwrap().contains("VERSION"), "{ls}");
+    assert_eq!(ls.lines().filter(|l| l.contains("v_pw")).count(), 2, "{ls}");
+    lab.apiary(0, &["stack", "rm", "v"]).out();
+    assert_eq!(
+        lab.apiary(0, &["secret", "ls", "-q"]).out(),
+        "",
+        "every version goes with the stack"
+    );
+}

@@ -79,8 +79,14 @@ pub struct NodeState {
 pub struct ObjectData {
     pub kind: crate::objects::Kind,
     pub name: String,
+    #[serde(default = "one")]
+    pub version: u64,
     /// Base64.
     pub data: String,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl std::fmt::Debug for ObjectData {
@@ -112,22 +118,32 @@ fn node_files(j: &Joined, s: &crate::model::ClusterState, node: NodeId) -> Vec<O
             .run
             .clone()
             .unwrap_or_else(|| crate::services::TaskRun::from(&svc.spec));
-        wanted.extend(run.secrets.iter().map(|r| (Kind::Secret, r.source.clone())));
-        wanted.extend(run.configs.iter().map(|r| (Kind::Config, r.source.clone())));
+        for (kind, refs) in [(Kind::Secret, &run.secrets), (Kind::Config, &run.configs)] {
+            for r in refs {
+                if let Some(v) = r.version.or_else(|| s.latest_version(kind, &r.source)) {
+                    wanted.insert((kind, r.source.clone(), v));
+                }
+            }
+        }
     }
     if wanted.is_empty() {
         return Vec::new();
     }
     let key = j.data_key();
     let mut out = Vec::new();
-    for (kind, name) in wanted {
-        let Some(o) = s.objects(kind).values().find(|o| o.name == name) else {
+    for (kind, name, version) in wanted {
+        let Some(o) = s
+            .objects(kind)
+            .values()
+            .find(|o| o.name == name && o.version == version)
+        else {
             continue;
         };
         match crate::objects::DataKey::open_with(key.as_ref().ok(), o) {
             Ok(data) => out.push(ObjectData {
                 kind,
                 name,
+                version,
                 data: crate::objects::b64_encode(&data),
             }),
             Err(e) => tracing::warn!(error = %e, "a task's {} is not available", kind.word()),

@@ -411,6 +411,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 }),
         )
         .route(
+            "/v1/secrets/{name}/same",
+            post(|Admin(j), Path(n): Path<String>, Json(r)| async move {
+                objects::same(&j, Kind::Secret, &n, r).await
+            }),
+        )
+        .route(
+            "/v1/configs/{name}/same",
+            post(|Admin(j), Path(n): Path<String>, Json(r)| async move {
+                objects::same(&j, Kind::Config, &n, r).await
+            }),
+        )
+        .route(
             "/v1/configs",
             post(|Admin(j), Json(r)| async move { objects::create(&j, Kind::Config, r).await })
                 .get(|Admin(j)| async move { objects::list(&j, Kind::Config).await }),

@@ -18,6 +18,10 @@ pub struct CreateObject {
     pub labels: BTreeMap<String, String>,
     /// The data, base64.
     pub data: String,
+    /// Make the next version of an existing name (a changed stack file)
+    /// instead of refusing the name.
+    #[serde(default)]
+    pub new_version: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -28,11 +32,17 @@ pub struct ObjectView {
     pub created_at: u64,
     pub updated_at: u64,
     pub size: u64,
+    #[serde(default = "one")]
+    pub version: u64,
     /// Services that use it.
     pub used_by: Vec<String>,
     /// A config's data (base64); never a secret's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn view(s: &crate::model::ClusterState, o: &Object, with_data: bool) -> ObjectView {
@@ -47,12 +57,15 @@ fn view(s: &crate::model::ClusterState, o: &Object, with_data: bool) -> ObjectVi
         created_at: o.created_at,
         updated_at: o.updated_at,
         size: o.size,
-        used_by: s
-            .services
-            .values()
-            .filter(|svc| svc.spec.uses(o.kind, &o.name))
-            .map(|svc| svc.spec.name.clone())
-            .collect(),
+        version: o.version,
+        used_by: {
+            let latest = s.latest_version(o.kind, &o.name).unwrap_or(o.version);
+            s.services
+                .values()
+                .filter(|svc| svc.spec.refs(o.kind).iter().any(|r| r.uses(o, latest)))
+                .map(|svc| svc.spec.name.clone())
+                .collect()
+        },
         data,
     }
 }
@@ -87,7 +100,13 @@ pub async fn create(j: &Joined, kind: Kind, req: CreateObject) -> Reply {
         Kind::Config => objects::plain(&plain),
     };
     let now = now_ms();
+    let m = j.manager();
+    let version = match m.sm.read(|a| a.state.latest_version(kind, &req.name)) {
+        Some(v) if req.new_version => v + 1,
+        _ => 1,
+    };
     let o = Object {
+        version,
         id: id.clone(),
         name: req.name,
         kind,
@@ -97,7 +116,6 @@ pub async fn create(j: &Joined, kind: Kind, req: CreateObject) -> Reply {
         size: plain.len() as u64,
         data,
     };
-    let m = j.manager();
     m.sm.read(|a| a.state.object_fits(&o)).map_err(|e| {
         if e.ends_with("already exists") {
             ApiError::Conflict(e)
@@ -131,22 +149,70 @@ pub async fn inspect(j: &Joined, kind: Kind, name: &str) -> Reply {
     })
 }
 
+/// `DELETE …/{id}` removes that version; `DELETE …/{name}` every version
+/// of the name. Refused whole while a service uses any of them.
 pub async fn remove(j: &Joined, kind: Kind, name: &str) -> Reply {
     let m = j.manager();
-    let (id, name) = m.sm.read(|a| {
-        let o = a
-            .state
-            .find_object(kind, name)
-            .map_err(ApiError::NotFound)?;
-        if let Some(svc) = a.state.object_user(kind, &o.name) {
-            return Err(ApiError::Conflict(format!(
-                "{} {} is in use by the following service: {svc}",
-                kind.word(),
-                o.name
-            )));
+    let (ids, shown) = m.sm.read(|a| {
+        let s = &a.state;
+        let all = s.objects(kind);
+        let chosen: Vec<&Object> = match all.get(name) {
+            Some(o) => vec![o],
+            None => {
+                let o = s.find_object(kind, name).map_err(ApiError::NotFound)?;
+                all.values().filter(|x| x.name == o.name).collect()
+            }
+        };
+        for o in &chosen {
+            if let Some(svc) = s.version_user(o) {
+                return Err(ApiError::Conflict(format!(
+                    "{} {} is in use by the following service: {svc}",
+                    kind.word(),
+                    o.name
+                )));
+            }
         }
-        Ok((o.id.clone(), o.name.clone()))
+        Ok((
+            chosen.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
+            chosen.first().map(|o| o.name.clone()).unwrap_or_default(),
+        ))
     })?;
-    m.write(Command::RemoveObject { kind, id }).await?;
-    ok(&name)
+    for id in ids {
+        m.write(Command::RemoveObject { kind, id }).await?;
+    }
+    ok(&shown)
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct SameRequest {
+    /// Base64.
+    pub data: String,
+}
+
+/// Whether `data` is what the newest version of `name` holds (`stack
+/// deploy` asks before making a new version); the data itself never
+/// comes back.
+pub async fn same(j: &Joined, kind: Kind, name: &str, req: SameRequest) -> Reply {
+    let m = j.manager();
+    m.ensure_current().await?;
+    let o =
+        m.sm.read(|a| a.state.find_object(kind, name).cloned())
+            .map_err(ApiError::NotFound)?;
+    let given = objects::b64_decode(&req.data).map_err(ApiError::BadRequest)?;
+    let key = match kind {
+        Kind::Secret => Some(
+            j.data_key()
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+        ),
+        Kind::Config => None,
+    };
+    let have = objects::DataKey::open_with(key.as_ref(), &o)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let same = have.len() == given.len()
+        && have
+            .iter()
+            .zip(&given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    ok(&same)
 }

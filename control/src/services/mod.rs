@@ -594,11 +594,14 @@ impl ServiceSpec {
 
     /// Whether the spec refers to the named secret or config.
     pub fn uses(&self, kind: crate::objects::Kind, name: &str) -> bool {
-        let refs = match kind {
+        self.refs(kind).iter().any(|r| r.source == name)
+    }
+
+    pub fn refs(&self, kind: crate::objects::Kind) -> &[crate::objects::FileRef] {
+        match kind {
             crate::objects::Kind::Secret => &self.secrets,
             crate::objects::Kind::Config => &self.configs,
-        };
-        refs.iter().any(|r| r.source == name)
+        }
     }
 
     /// Whether `other` runs different tasks (not just more or fewer).

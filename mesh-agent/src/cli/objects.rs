@@ -97,7 +97,7 @@ fn docker_json(kind: Kind, v: &ObjectView) -> serde_json::Value {
     }
     serde_json::json!({
         "ID": v.id,
-        "Version": { "Index": v.updated_at },
+        "Version": { "Index": v.version },
         "CreatedAt": rfc3339(v.created_at),
         "UpdatedAt": rfc3339(v.updated_at),
         "Spec": spec,
@@ -120,6 +120,7 @@ pub fn run(kind: Kind, cmd: ObjectCmd, conn: &Connect) -> anyhow::Result<()> {
                     name,
                     labels: l,
                     data: base64::engine::general_purpose::STANDARD.encode(&data),
+                    new_version: false,
                 };
                 let id: String = c.call(Method::POST, &base, Some(&req)).await?;
                 println!("{id}");
@@ -130,7 +131,7 @@ pub fn run(kind: Kind, cmd: ObjectCmd, conn: &Connect) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&all)?);
                     return Ok(());
                 }
-                all.sort_by(|a, b| a.name.cmp(&b.name));
+                all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
                 if quiet {
                     for o in &all {
                         println!("{}", o.id);
@@ -140,7 +141,7 @@ pub fn run(kind: Kind, cmd: ObjectCmd, conn: &Connect) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = all
                     .iter()
                     .map(|o| {
-                        let mut r = vec![o.id.clone(), o.name.clone()];
+                        let mut r = vec![o.id.clone(), o.name.clone(), o.version.to_string()];
                         if kind == Kind::Secret {
                             r.push(String::new());
                         }
@@ -150,8 +151,8 @@ pub fn run(kind: Kind, cmd: ObjectCmd, conn: &Connect) -> anyhow::Result<()> {
                     })
                     .collect();
                 let header: &[&str] = match kind {
-                    Kind::Secret => &["ID", "NAME", "DRIVER", "CREATED", "UPDATED"],
-                    Kind::Config => &["ID", "NAME", "CREATED", "UPDATED"],
+                    Kind::Secret => &["ID", "NAME", "VERSION", "DRIVER", "CREATED", "UPDATED"],
+                    Kind::Config => &["ID", "NAME", "VERSION", "CREATED", "UPDATED"],
                 };
                 print!("{}", table(header, &rows));
             }

@@ -268,6 +268,7 @@ pub fn plan(stack: &str, p: &Project) -> Result<Plan, String> {
                     uid: id(&r.uid, "uid")?,
                     gid: id(&r.gid, "gid")?,
                     mode: r.mode.unwrap_or(0o444),
+                    version: None,
                 };
                 f.check(kind)
                     .map_err(|e| at(&format!("{}s", kind.word()), e))?;

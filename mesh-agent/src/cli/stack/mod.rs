@@ -12,7 +12,7 @@ use base64::Engine;
 use hyper::Method;
 
 use control::api::networks::{CreateNetwork, NetworkView};
-use control::api::objects::{CreateObject, ObjectView};
+use control::api::objects::{CreateObject, ObjectView, SameRequest};
 use control::api::{ServiceUpdate, ServiceView, TaskView};
 use control::client::Client;
 use control::objects::{Kind, MAX_DATA};
@@ -105,7 +105,12 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
         let all: Vec<ObjectView> = c
             .call(Method::GET, &format!("/v1/{}s", kind.word()), None::<&()>)
             .await?;
-        have_obj.extend(all.into_iter().map(|o| ((kind, o.name.clone()), o)));
+        for o in all {
+            let key = (kind, o.name.clone());
+            if have_obj.get(&key).is_none_or(|old| old.version < o.version) {
+                have_obj.insert(key, o);
+            }
+        }
     }
     let mut data = BTreeMap::new();
     for o in &plan.objects {
@@ -143,26 +148,46 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
             )
             .await?;
     }
+    // The version each secret and config the services will use: a
+    // file's changed data makes the next version, and the services that
+    // use it roll (their tasks' specs name the version).
+    let mut versions: BTreeMap<(Kind, String), u64> = have_obj
+        .iter()
+        .map(|(k, o)| (k.clone(), o.version))
+        .collect();
     for o in &plan.objects {
-        let Some(bytes) = data.get(&(o.kind, o.name.clone())) else {
+        let key = (o.kind, o.name.clone());
+        let Some(bytes) = data.get(&key) else {
             continue;
         };
         let word = o.kind.word();
-        if let Some(old) = have_obj.get(&(o.kind, o.name.clone())) {
-            // Secrets never come back to compare; a config's data does.
-            if let Some(d) = &old.data {
-                let same = base64::engine::general_purpose::STANDARD
-                    .decode(d)
-                    .ok()
-                    .as_deref()
-                    == Some(bytes.as_slice());
-                if !same {
-                    bail!("{word} {} changed, and a {word}'s data cannot change in place: give the new one another name (or remove the stack first)", o.name);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let new_version = match have_obj.get(&key) {
+            None => false,
+            Some(old) => {
+                let same: bool = match (&old.data, o.kind) {
+                    (Some(d), Kind::Config) => *d == b64,
+                    _ => {
+                        c.call(
+                            Method::POST,
+                            &format!("/v1/{word}s/{}/same", old.id),
+                            Some(&SameRequest { data: b64.clone() }),
+                        )
+                        .await?
+                    }
+                };
+                if same {
+                    continue;
                 }
+                true
             }
-            continue;
+        };
+        let version = versions.get(&key).map_or(1, |v| v + 1);
+        if new_version {
+            println!("Updating {word} {} (version {version})", o.name);
+        } else {
+            println!("Creating {word} {}", o.name);
         }
-        println!("Creating {word} {}", o.name);
         let _: String = c
             .call(
                 Method::POST,
@@ -170,14 +195,27 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
                 Some(&CreateObject {
                     name: o.name.clone(),
                     labels: o.labels.clone(),
-                    data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                    data: b64,
+                    new_version,
                 }),
             )
             .await?;
+        versions.insert(key, version);
+    }
+    let mut specs = plan.services.clone();
+    for spec in &mut specs {
+        for (kind, refs) in [
+            (Kind::Secret, &mut spec.secrets),
+            (Kind::Config, &mut spec.configs),
+        ] {
+            for r in refs.iter_mut() {
+                r.version = versions.get(&(kind, r.source.clone())).copied();
+            }
+        }
     }
     let existing = services(c).await?;
-    let wanted: BTreeSet<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
-    for spec in &plan.services {
+    let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    for spec in &specs {
         match existing.iter().find(|s| s.spec.name == spec.name) {
             Some(old) => {
                 println!("Updating service {} (id: {})", spec.name, old.id);

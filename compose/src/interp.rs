@@ -18,7 +18,11 @@ impl<F: Fn(&str) -> Option<String>> Lookup for F {
 }
 
 pub(crate) fn tree(n: &mut Node, path: &str, env: &dyn Lookup) -> R<()> {
-    let at = n.clone();
+    let at = Node {
+        kind: crate::yaml::Kind::Null,
+        line: n.line,
+        file: n.file,
+    };
     match &mut n.kind {
         Kind::Scalar { text, .. } if text.contains('$') => {
             *text = substitute(text, env).map_err(|e| bad(&at, path, e))?;
@@ -38,8 +42,20 @@ pub(crate) fn tree(n: &mut Node, path: &str, env: &dyn Lookup) -> R<()> {
     Ok(())
 }
 
+/// How deep `${A:-${B:-…}}` may nest.
+pub const MAX_NESTING: usize = 16;
+
 /// Substitutes one string; the error says what is wrong with it.
 pub fn substitute(s: &str, env: &dyn Lookup) -> Result<String, String> {
+    substitute_at(s, env, 0)
+}
+
+fn substitute_at(s: &str, env: &dyn Lookup, depth: usize) -> Result<String, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "interpolation nested deeper than {MAX_NESTING} levels"
+        ));
+    }
     let invalid = || {
         format!(
             "invalid interpolation format in {s:?}: you may need to escape any $ with another $"
@@ -55,7 +71,7 @@ pub fn substitute(s: &str, env: &dyn Lookup) -> Result<String, String> {
             rest = r;
         } else if let Some(body) = after.strip_prefix('{') {
             let end = closing_brace(body).ok_or_else(invalid)?;
-            out.push_str(&braced(&body[..end], env).map_err(|e| e.unwrap_or_else(invalid))?);
+            out.push_str(&braced(&body[..end], env, depth).map_err(|e| e.unwrap_or_else(invalid))?);
             rest = &body[end + 1..];
         } else {
             let len = name_len(after);
@@ -104,7 +120,7 @@ fn closing_brace(body: &str) -> Option<usize> {
 }
 
 /// `None` as the error means "invalid format" (the caller words it).
-fn braced(body: &str, env: &dyn Lookup) -> Result<String, Option<String>> {
+fn braced(body: &str, env: &dyn Lookup, depth: usize) -> Result<String, Option<String>> {
     let len = name_len(body);
     if len == 0 {
         return Err(None);
@@ -112,7 +128,7 @@ fn braced(body: &str, env: &dyn Lookup) -> Result<String, Option<String>> {
     let (name, op) = body.split_at(len);
     let value = env.get(name);
     let set_nonempty = value.as_deref().is_some_and(|v| !v.is_empty());
-    let sub = |w: &str| substitute(w, env).map_err(Some);
+    let sub = |w: &str| substitute_at(w, env, depth + 1).map_err(Some);
     let required = |w: &str, unset: bool| -> Result<String, Option<String>> {
         if unset {
             let why = sub(w)?;
@@ -186,6 +202,14 @@ mod tests {
         );
         assert!(s("${EMPTY:?}").unwrap_err().contains("EMPTY"));
         assert!(s("${UNSET?}").is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = "${A:-".repeat(1000) + &"}".repeat(1000);
+        assert!(s(&deep).unwrap_err().contains("deeper"));
+        let ok = "${A:-".repeat(10) + "x" + &"}".repeat(10);
+        assert_eq!(s(&ok).unwrap(), "x");
     }
 
     #[test]

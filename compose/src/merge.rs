@@ -6,55 +6,19 @@
 
 use crate::yaml::{Key, Kind, Node};
 
-pub(crate) fn files(mut base: Node, over: Node) -> Node {
-    let (Kind::Map(b), Kind::Map(o)) = (&mut base.kind, over.kind) else {
-        return base;
-    };
-    for (k, v) in o {
-        match b.iter_mut().find(|(bk, _)| bk.name == k.name) {
-            Some((_, bv)) if k.name == "services" => {
-                let old = std::mem::replace(
-                    bv,
-                    Node {
-                        kind: Kind::Null,
-                        line: 0,
-                        file: 0,
-                    },
-                );
-                *bv = by_name(old, v, service);
-            }
-            Some((_, bv)) => {
-                let old = std::mem::replace(
-                    bv,
-                    Node {
-                        kind: Kind::Null,
-                        line: 0,
-                        file: 0,
-                    },
-                );
-                *bv = deep(old, v);
-            }
-            None => b.push((k, v)),
-        }
-    }
-    base
-}
+/// How two values under the same key of a mapping merge.
+type Rule = fn(&str, Node, Node) -> Node;
 
-fn by_name(base: Node, over: Node, each: fn(Node, Node) -> Node) -> Node {
+/// Merges mapping `over` into mapping `base` key by key with `rule`; any
+/// other pair of values: `over` wins.
+fn maps(base: Node, over: Node, rule: Rule) -> Node {
     match (base.kind, over.kind) {
         (Kind::Map(mut b), Kind::Map(o)) => {
             for (k, v) in o {
                 match b.iter_mut().find(|(bk, _)| bk.name == k.name) {
                     Some((_, bv)) => {
-                        let old = std::mem::replace(
-                            bv,
-                            Node {
-                                kind: Kind::Null,
-                                line: 0,
-                                file: 0,
-                            },
-                        );
-                        *bv = each(old, v);
+                        let old = std::mem::replace(bv, null());
+                        *bv = rule(&k.name, old, v);
                     }
                     None => b.push((k, v)),
                 }
@@ -68,82 +32,35 @@ fn by_name(base: Node, over: Node, each: fn(Node, Node) -> Node) -> Node {
     }
 }
 
-fn service(base: Node, over: Node) -> Node {
-    let (Kind::Map(b), Kind::Map(o)) = (&base.kind, &over.kind) else {
-        return deep(base, over);
-    };
-    let mut b = b.clone();
-    for (k, v) in o.clone() {
-        let Some(pos) = b.iter().position(|(bk, _)| bk.name == k.name) else {
-            b.push((k, v));
-            continue;
-        };
-        let old = b[pos].1.clone();
-        b[pos].1 = match k.name.as_str() {
-            "ports" | "volumes" | "secrets" | "configs" => concat(old, v),
-            "environment" | "labels" => deep(as_map(old, true), as_map(v, true)),
-            "networks" | "depends_on" => deep(as_map(old, false), as_map(v, false)),
-            "deploy" => deploy(old, v),
-            _ => deep(old, v),
-        };
-    }
+fn null() -> Node {
     Node {
-        kind: Kind::Map(b),
-        ..base
+        kind: Kind::Null,
+        line: 0,
+        file: 0,
     }
 }
 
-fn deploy(base: Node, over: Node) -> Node {
-    match (&base.kind, &over.kind) {
-        (Kind::Map(b), Kind::Map(o)) => {
-            let mut b = b.clone();
-            for (k, v) in o.clone() {
-                match b.iter().position(|(bk, _)| bk.name == k.name) {
-                    Some(pos) if k.name == "labels" => {
-                        let old = b[pos].1.clone();
-                        b[pos].1 = deep(as_map(old, true), as_map(v, true));
-                    }
-                    Some(pos) => {
-                        let old = b[pos].1.clone();
-                        b[pos].1 = deep(old, v);
-                    }
-                    None => b.push((k, v)),
-                }
-            }
-            Node {
-                kind: Kind::Map(b),
-                ..base
-            }
-        }
-        _ => deep(base, over),
-    }
+pub(crate) fn files(base: Node, over: Node) -> Node {
+    maps(base, over, |key, old, new| match key {
+        "services" => maps(old, new, |_, o, n| maps(o, n, service_key)),
+        _ => deep(old, new),
+    })
 }
 
 fn deep(base: Node, over: Node) -> Node {
-    match (base.kind, over.kind) {
-        (Kind::Map(mut b), Kind::Map(o)) => {
-            for (k, v) in o {
-                match b.iter_mut().find(|(bk, _)| bk.name == k.name) {
-                    Some((_, bv)) => {
-                        let old = std::mem::replace(
-                            bv,
-                            Node {
-                                kind: Kind::Null,
-                                line: 0,
-                                file: 0,
-                            },
-                        );
-                        *bv = deep(old, v);
-                    }
-                    None => b.push((k, v)),
-                }
-            }
-            Node {
-                kind: Kind::Map(b),
-                ..base
-            }
-        }
-        (_, kind) => Node { kind, ..over },
+    maps(base, over, |_, o, n| deep(o, n))
+}
+
+fn service_key(key: &str, old: Node, new: Node) -> Node {
+    match key {
+        "ports" | "volumes" | "secrets" | "configs" => concat(old, new),
+        "environment" | "labels" => deep(as_map(old, true), as_map(new, true)),
+        "networks" | "depends_on" => deep(as_map(old, false), as_map(new, false)),
+        "deploy" => maps(old, new, |k, o, n| match k {
+            "labels" => deep(as_map(o, true), as_map(n, true)),
+            _ => deep(o, n),
+        }),
+        _ => deep(old, new),
     }
 }
 

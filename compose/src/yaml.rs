@@ -13,8 +13,11 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// The most nodes a file may expand to once aliases are resolved.
 pub const MAX_NODES: usize = 200_000;
-/// The deepest nesting accepted.
+/// The deepest nesting accepted (aliases included).
 pub const MAX_DEPTH: usize = 64;
+/// The most scalar text a file may expand to (an alias of a long string
+/// many times over is as bad as many nodes).
+pub const MAX_BYTES: usize = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -101,6 +104,7 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
         p: Parser::new_from_str(text),
         anchors: HashMap::new(),
         nodes: 0,
+        bytes: 0,
     };
     let mut root = None;
     loop {
@@ -125,8 +129,10 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
 
 struct Builder<'a> {
     p: Parser<std::str::Chars<'a>>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchored node with its height.
+    anchors: HashMap<usize, (Node, usize)>,
     nodes: usize,
+    bytes: usize,
 }
 
 impl Builder<'_> {
@@ -138,12 +144,13 @@ impl Builder<'_> {
         })
     }
 
-    fn count(&mut self, m: &Marker, n: usize) -> Result<(), YamlError> {
+    fn count(&mut self, m: &Marker, n: usize, bytes: usize) -> Result<(), YamlError> {
         self.nodes += n;
-        if self.nodes > MAX_NODES {
+        self.bytes += bytes;
+        if self.nodes > MAX_NODES || self.bytes > MAX_BYTES {
             return Err(err(
                 m,
-                format!("the file expands to more than {MAX_NODES} values (aliases of aliases?)"),
+                format!("the file expands to more than {MAX_NODES} values or {MAX_BYTES} bytes (aliases of aliases?)"),
             ));
         }
         Ok(())
@@ -153,14 +160,18 @@ impl Builder<'_> {
         if depth > MAX_DEPTH {
             return Err(err(&m, format!("nested deeper than {MAX_DEPTH} levels")));
         }
-        self.count(&m, 1)?;
+        self.count(&m, 1, 0)?;
         let line = m.line();
         let (node, anchor) = match ev {
             Event::Alias(id) => {
-                let Some(n) = self.anchors.get(&id).cloned() else {
+                let Some((n, height)) = self.anchors.get(&id).cloned() else {
                     return Err(err(&m, "alias to an unknown anchor"));
                 };
-                self.count(&m, size(&n))?;
+                if depth + height > MAX_DEPTH {
+                    return Err(err(&m, format!("nested deeper than {MAX_DEPTH} levels")));
+                }
+                let (nodes, bytes) = size(&n);
+                self.count(&m, nodes, bytes)?;
                 return Ok(n);
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -202,8 +213,12 @@ impl Builder<'_> {
             Event::MappingStart(anchor, _) => (self.map(line, depth)?, anchor),
             other => return Err(err(&m, format!("unexpected YAML event {other:?}"))),
         };
+        if let Kind::Scalar { text, .. } = &node.kind {
+            self.count(&m, 0, text.len())?;
+        }
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            let h = height(&node);
+            self.anchors.insert(anchor, (node.clone(), h));
         }
         Ok(node)
     }
@@ -280,10 +295,27 @@ impl Builder<'_> {
     }
 }
 
-fn size(n: &Node) -> usize {
+/// Nodes and scalar bytes in a tree.
+fn size(n: &Node) -> (usize, usize) {
     match &n.kind {
-        Kind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Kind::Map(entries) => 1 + entries.iter().map(|(_, v)| 1 + size(v)).sum::<usize>(),
+        Kind::Seq(items) => items
+            .iter()
+            .map(size)
+            .fold((1, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
+        Kind::Map(entries) => entries.iter().fold((1, 0), |a, (k, v)| {
+            let (n, b) = size(v);
+            (a.0 + 1 + n, a.1 + k.name.len() + b)
+        }),
+        Kind::Scalar { text, .. } => (1, text.len()),
+        Kind::Null => (1, 0),
+    }
+}
+
+/// Levels below and including a node.
+fn height(n: &Node) -> usize {
+    match &n.kind {
+        Kind::Seq(items) => 1 + items.iter().map(height).max().unwrap_or(0),
+        Kind::Map(entries) => 1 + entries.iter().map(|(_, v)| height(v)).max().unwrap_or(0),
         _ => 1,
     }
 }
@@ -334,6 +366,25 @@ mod tests {
         }
         let e = parse(&doc).unwrap_err();
         assert!(e.msg.contains("more than"), "{}", e.msg);
+    }
+
+    #[test]
+    fn a_long_string_aliased_many_times_stops_at_the_byte_budget() {
+        let big = "x".repeat(1 << 20);
+        let mut doc = format!("a: &a {big}\nb: [");
+        doc += &vec!["*a"; 40].join(", ");
+        doc += "]\n";
+        let e = parse(&doc).unwrap_err();
+        assert!(e.msg.contains("bytes"), "{}", e.msg);
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_depth_limit() {
+        let mut doc = String::from("a0: &a0 [[[[[[[[[[x]]]]]]]]]]\n");
+        for i in 1..10 {
+            doc += &format!("a{i}: &a{i} [[[[[[[[[*a{}]]]]]]]]]\n", i - 1);
+        }
+        assert!(parse(&doc).unwrap_err().msg.contains("deeper"));
     }
 
     #[test]

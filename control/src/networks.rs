@@ -95,6 +95,11 @@ impl Attachment {
         }
         for a in &self.aliases {
             crate::services::valid_name(a).map_err(|_| format!("invalid alias {a:?}"))?;
+            if a.to_ascii_lowercase().starts_with("tasks.") {
+                return Err(format!(
+                    "invalid alias {a:?}: `tasks.` names are the tasks' own"
+                ));
+            }
         }
         Ok(())
     }

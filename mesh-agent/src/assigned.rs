@@ -385,6 +385,7 @@ impl Node {
             }
         };
         let mut t = crate::dns::Table::default();
+        let mut aliases = Vec::new();
         for e in &self.state.services {
             let name = e.name.to_ascii_lowercase();
             let tasks: Vec<Ipv4Addr> = e
@@ -402,12 +403,21 @@ impl Node {
             };
             for a in on(&e.networks) {
                 let names = t.by_net.entry(a.target.clone()).or_default();
-                for n in std::iter::once(name.clone())
-                    .chain(a.aliases.iter().map(|x| x.to_ascii_lowercase()))
-                {
-                    names.insert(format!("tasks.{n}"), tasks.clone());
-                    names.insert(n, service.clone());
-                }
+                names.insert(format!("tasks.{name}"), tasks.clone());
+                names.insert(name.clone(), service.clone());
+                aliases.push((a.target, a.aliases, service.clone(), tasks.clone()));
+            }
+        }
+        // Aliases after every service's own name: an alias never takes a
+        // name a service has on that network (the first alias wins among
+        // aliases).
+        for (net, names, service, tasks) in aliases {
+            let table = t.by_net.entry(net).or_default();
+            for n in names.iter().map(|x| x.to_ascii_lowercase()) {
+                table
+                    .entry(format!("tasks.{n}"))
+                    .or_insert_with(|| tasks.clone());
+                table.entry(n).or_insert_with(|| service.clone());
             }
         }
         for task in &self.state.tasks {

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// One file for a task.
-#[derive(Clone, PartialEq, Eq)]
+/// One file for a task. Two are equal when they put the same file in the
+/// same place (the bytes do not count: a running task is never restarted
+/// because the data arrived, went missing for a moment, or was re-sent).
+#[derive(Clone)]
 pub struct TaskFile {
     pub secret: bool,
     /// A secret's path under /run/secrets, or a config's absolute path.
@@ -20,6 +22,15 @@ pub struct TaskFile {
     pub mode: u32,
     pub data: Vec<u8>,
 }
+
+impl PartialEq for TaskFile {
+    fn eq(&self, o: &Self) -> bool {
+        (self.secret, &self.target, self.uid, self.gid, self.mode)
+            == (o.secret, &o.target, o.uid, o.gid, o.mode)
+    }
+}
+
+impl Eq for TaskFile {}
 
 impl std::fmt::Debug for TaskFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -115,3 +115,26 @@ impl Ns {
         ip(&["netns", "delete", &self.name]).map(|_| ())
     }
 }
+
+impl Ns {
+    /// `GET path` from this namespace (HTTP/1.0, a new connection): the
+    /// JSON body of a 200 answer, or `None`.
+    pub fn get_json(&self, to: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
+        use std::io::{Read, Write};
+        let path = path.to_string();
+        self.run_in(move || -> Option<serde_json::Value> {
+            let timeout = std::time::Duration::from_secs(3);
+            let mut s = std::net::TcpStream::connect_timeout(&to, timeout).ok()?;
+            s.set_read_timeout(Some(timeout * 3)).ok()?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).ok()?;
+            if !buf.starts_with("HTTP/1.1 200") && !buf.starts_with("HTTP/1.0 200") {
+                return None;
+            }
+            serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
+        })
+        .ok()
+        .flatten()
+    }
+}

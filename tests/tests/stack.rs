@@ -4,8 +4,7 @@
 //! place; `--prune`; `stack rm` keeps volumes; external objects that are
 //! missing and invalid files are refused before anything is made.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -211,23 +210,9 @@ fn real_image(seed: &str) -> String {
     apiary_tests::seed::local_image(seed).to_string()
 }
 
-/// `GET path` from the lab's client: status and JSON body.
+/// `GET path` from the lab's client: the JSON body of a 200 answer.
 fn get(lab: &Lab, to: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let path = path.to_string();
-    lab.client
-        .run_in(move || -> Option<serde_json::Value> {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            if !buf.starts_with("HTTP/1.1 200") && !buf.starts_with("HTTP/1.0 200") {
-                return None;
-            }
-            serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
-        })
-        .ok()
-        .flatten()
+    lab.client.get_json(to, path)
 }
 
 #[test]
@@ -414,4 +399,57 @@ fn a_changed_secret_or_config_file_makes_a_new_version_and_rolls_its_services() 
         "",
         "every version goes with the stack"
     );
+}
+
+#[test]
+fn a_stack_takes_nothing_that_is_not_its_own_and_a_refused_deploy_leaves_nothing() {
+    let lab = swarm(1, 0).unwrap();
+    lab.apiary(
+        0,
+        &[
+            "service", "create", "-d", "--name", "s_web", "-p", "8000:80", IMAGE,
+        ],
+    )
+    .out();
+    lab.apiary_stdin(0, &["secret", "create", "shared_pw", "-"], Some(b"theirs"))
+        .out();
+    let write = |name: &str, text: &str| {
+        let p = lab.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    std::fs::write(lab.dir.join("pw.txt"), "mine").unwrap();
+    // Another's service by name, another's secret by `name:`.
+    let f = write(
+        "takeover.yml",
+        &format!("services:\n  web:\n    image: {IMAGE}\n"),
+    );
+    let e = lab.apiary(0, &["stack", "deploy", "-c", &f, "s"]).err();
+    assert!(
+        e.contains("service s_web exists and is not part of stack s"),
+        "{e}"
+    );
+    let f = write(
+        "secret.yml",
+        &format!("services:\n  app:\n    image: {IMAGE}\n    secrets: [pw]\nsecrets:\n  pw: {{name: shared_pw, file: ./pw.txt}}\n"),
+    );
+    let e = lab.apiary(0, &["stack", "deploy", "-c", &f, "t"]).err();
+    assert!(
+        e.contains("secret shared_pw exists and is not part of stack t"),
+        "{e}"
+    );
+    // A service the leader refuses (its port is taken): the network and
+    // the secret the deploy made are gone again, no service was made.
+    let f = write(
+        "port.yml",
+        &format!("services:\n  app:\n    image: {IMAGE}\n    ports: [\"8000:80\"]\n    networks: [back]\n    secrets: [mine]\nnetworks:\n  back:\nsecrets:\n  mine: {{file: ./pw.txt}}\n"),
+    );
+    let e = lab.apiary(0, &["stack", "deploy", "-c", &f, "u"]).err();
+    assert!(
+        e.contains("8000") && e.contains("nothing was deployed"),
+        "{e}"
+    );
+    assert!(!lab.apiary(0, &["network", "ls"]).out().contains("u_back"));
+    assert!(!lab.apiary(0, &["secret", "ls"]).out().contains("u_mine"));
+    assert!(!lab.apiary(0, &["service", "ls"]).out().contains("u_app"));
 }

@@ -218,19 +218,7 @@ fn tour(lab: &Lab, failures: &mut Vec<String>) -> anyhow::Result<()> {
 
 /// `GET path` from the client: the JSON body of a 200 answer.
 fn get_json(lab: &Lab, to: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let path = path.to_string();
-    lab.client
-        .run_in(move || -> Option<serde_json::Value> {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            buf.starts_with("HTTP/1.1 200").then_some(())?;
-            serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
-        })
-        .ok()
-        .flatten()
+    lab.client.get_json(to, path)
 }
 
 /// The tutorial's second half: `docker secret create`, then `docker stack

@@ -285,7 +285,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route(
             "/v1/node/renew",
-            post(|s: Session, Json(r)| async move { swarm::renew(&s.j, s.id, r).await }),
+            post(|s: Session, Json(r)| async move { swarm::renew(&s.j, s.id, s.role, r).await }),
         )
         // Everything above: a node's session.
         .layer(DefaultBodyLimit::max(SESSION_BODY_LIMIT))
@@ -342,7 +342,11 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route(
             "/v1/services",
-            post(|Admin(j), Json(r)| async move { services::create(&j, r).await })
+            post(
+                |Admin(j), Query(q): Query<services::CreateQuery>, Json(r)| async move {
+                    services::create(&j, r, q).await
+                },
+            )
                 .get(|Admin(j)| async move { services::list(&j).await }),
         )
         .route(
@@ -376,9 +380,12 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route(
             "/v1/services/{name}/update",
-            post(|Admin(j), Path(n): Path<String>, Json(r)| async move {
-                services::update(&j, &n, r).await
-            }),
+            post(
+                |Admin(j),
+                 Path(n): Path<String>,
+                 Query(q): Query<services::CreateQuery>,
+                 Json(r)| async move { services::update(&j, &n, r, q).await },
+            ),
         )
         .route(
             "/v1/services/{name}/rollback",

@@ -101,8 +101,24 @@ pub async fn create(j: &Joined, kind: Kind, req: CreateObject) -> Reply {
     };
     let now = now_ms();
     let m = j.manager();
-    let version = match m.sm.read(|a| a.state.latest_version(kind, &req.name)) {
-        Some(v) if req.new_version => v + 1,
+    let latest =
+        m.sm.read(|a| a.state.find_object(kind, &req.name).ok().cloned());
+    let version = match latest {
+        Some(old) if req.new_version => {
+            // Only the stack that made a name may version it.
+            const NS: &str = "com.docker.stack.namespace";
+            let owner = old.labels.get(NS);
+            if owner.is_none() || owner != req.labels.get(NS) {
+                return Err(ApiError::Conflict(format!(
+                    "{} {} exists and is not part of stack {}: a stack makes new versions of its own {}s only",
+                    kind.word(),
+                    req.name,
+                    req.labels.get(NS).map_or("(none)", String::as_str),
+                    kind.word()
+                )));
+            }
+            old.version + 1
+        }
         _ => 1,
     };
     let o = Object {
@@ -156,12 +172,12 @@ pub async fn remove(j: &Joined, kind: Kind, name: &str) -> Reply {
     let (ids, shown) = m.sm.read(|a| {
         let s = &a.state;
         let all = s.objects(kind);
-        let chosen: Vec<&Object> = match all.get(name) {
-            Some(o) => vec![o],
-            None => {
-                let o = s.find_object(kind, name).map_err(ApiError::NotFound)?;
-                all.values().filter(|x| x.name == o.name).collect()
-            }
+        // A name means every version of it; an id (or an id's prefix) the
+        // one object it names.
+        let chosen: Vec<&Object> = if all.values().any(|x| x.name == name) {
+            all.values().filter(|x| x.name == name).collect()
+        } else {
+            vec![s.find_object(kind, name).map_err(ApiError::NotFound)?]
         };
         for o in &chosen {
             if let Some(svc) = s.version_user(o) {

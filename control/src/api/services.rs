@@ -162,6 +162,23 @@ fn settle(
             return Err(bad(format!("port {} is published twice", p.published)));
         }
     }
+    // Each secret and config pinned to its newest version now: a later
+    // version reaches the service only through an update of it (rolled
+    // out), never into running tasks by itself.
+    for (kind, refs) in [
+        (crate::objects::Kind::Secret, &mut spec.secrets),
+        (crate::objects::Kind::Config, &mut spec.configs),
+    ] {
+        for r in refs.iter_mut().filter(|r| r.version.is_none()) {
+            r.version = s.latest_version(kind, &r.source);
+        }
+    }
+    for m in &spec.mounts {
+        m.check().map_err(bad)?;
+    }
+    for a in &spec.networks {
+        a.check().map_err(bad)?;
+    }
     Ok(spec)
 }
 
@@ -174,7 +191,15 @@ fn free_vip(s: &ClusterState) -> Result<Ipv4Addr, ApiError> {
         .ok_or_else(|| ApiError::Conflict("no free service VIP left in 10.96.0.0/16".into()))
 }
 
-pub async fn create(j: &Joined, spec: ServiceSpec) -> Reply {
+#[derive(Deserialize, Default, Debug)]
+pub struct CreateQuery {
+    /// Check only (every test a create would pass), create nothing:
+    /// `stack deploy` checks all its services before it makes anything.
+    #[serde(default)]
+    pub check: bool,
+}
+
+pub async fn create(j: &Joined, spec: ServiceSpec, q: CreateQuery) -> Reply {
     let m = j.manager();
     let svc = m.sm.read(|a| -> Result<Service, ApiError> {
         let s = &a.state;
@@ -205,6 +230,9 @@ pub async fn create(j: &Joined, spec: ServiceSpec) -> Reply {
         Ok(svc)
     })?;
     check_image(j, &svc.spec)?;
+    if q.check {
+        return ok(&m.sm.read(|a| view(&a.state, &svc)));
+    }
     m.write(Command::CreateService(svc.clone())).await?;
     let v = m.sm.read(|a| view(&a.state, &svc));
     ok(&v)
@@ -430,7 +458,7 @@ pub async fn scale(j: &Joined, name: &str, req: ScaleRequest) -> Reply {
         replicas: Some(req.replicas),
         ..Default::default()
     };
-    update(j, name, u).await
+    update(j, name, u, CreateQuery::default()).await
 }
 
 /// `service update`: each field changes the spec only when given.
@@ -641,7 +669,13 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
 
 /// Commits `spec` as the service's new spec, the current one becoming the
 /// one `rollback` returns to.
-async fn replace(j: &Joined, old: Service, spec: ServiceSpec, rollback: bool) -> Reply {
+async fn replace(
+    j: &Joined,
+    old: Service,
+    spec: ServiceSpec,
+    rollback: bool,
+    check: bool,
+) -> Reply {
     let m = j.manager();
     let next = m.sm.read(|a| -> Result<Service, ApiError> {
         let spec = settle(&a.state, Some(&old.id), spec)?;
@@ -682,18 +716,21 @@ async fn replace(j: &Joined, old: Service, spec: ServiceSpec, rollback: bool) ->
     if next.spec.image != old.spec.image || next.spec.driver != old.spec.driver {
         check_image(j, &next.spec)?;
     }
+    if check {
+        return ok(&m.sm.read(|a| view(&a.state, &next)));
+    }
     m.write(Command::UpdateService(next.clone())).await?;
     ok(&m.sm.read(|a| view(&a.state, &next)))
 }
 
-pub async fn update(j: &Joined, name: &str, u: ServiceUpdate) -> Reply {
+pub async fn update(j: &Joined, name: &str, u: ServiceUpdate, q: CreateQuery) -> Reply {
     let old = j
         .manager()
         .sm
         .read(|a| a.state.find_service(name).cloned())
         .map_err(ApiError::NotFound)?;
     let spec = next_spec(&old, u)?;
-    replace(j, old, spec, false).await
+    replace(j, old, spec, false, q.check).await
 }
 
 pub async fn rollback(j: &Joined, name: &str) -> Reply {
@@ -708,7 +745,7 @@ pub async fn rollback(j: &Joined, name: &str) -> Reply {
             old.spec.name
         )));
     };
-    replace(j, old, prev, true).await
+    replace(j, old, prev, true, false).await
 }
 
 pub async fn remove(j: &Joined, name: &str) -> Reply {

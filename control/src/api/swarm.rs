@@ -725,7 +725,12 @@ pub struct RenewReply {
 
 /// A renewed certificate names the role the committed state gives the node
 /// (what it asks for plays no part): promotion and demotion re-issue it.
-pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
+pub async fn renew(
+    j: &Joined,
+    id: u64,
+    cert_role: crate::tls::CertRole,
+    req: RenewRequest,
+) -> Reply {
     let (cluster, role) = j.manager().sm.read(|a| {
         (
             a.state.cluster.clone(),
@@ -746,9 +751,12 @@ pub async fn renew(j: &Joined, id: u64, req: RenewRequest) -> Reply {
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
-    let data_key = match role {
-        Role::Manager => j.data_key().ok().map(|k| k.to_b64()),
-        Role::Worker => None,
+    // Only to a promotion: a worker's certificate the state now makes a
+    // manager's. A manager's own renewals never carry it (a copied manager
+    // certificate must not be a way to the key).
+    let data_key = match (role, cert_role) {
+        (Role::Manager, crate::tls::CertRole::Worker) => j.data_key().ok().map(|k| k.to_b64()),
+        _ => None,
     };
     ok(&RenewReply { cert_pem, data_key })
 }

@@ -65,6 +65,25 @@ pub async fn fetch_all<T: serde::de::DeserializeOwned>(
     Ok(all)
 }
 
+/// `DELETE {prefix}/{name}` for each name, printing the ones removed;
+/// the others' errors together at the end (Docker's `rm` verbs).
+pub async fn remove_each(c: &mut Client, prefix: &str, names: &[String]) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for n in names {
+        match c
+            .call::<String>(hyper::Method::DELETE, &format!("{prefix}/{n}"), None::<&()>)
+            .await
+        {
+            Ok(_) => println!("{n}"),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
 /// `500ms`, `5s`, `2m`, `1h`, `90d` (Docker's duration flags).
 /// A duration as `parse_duration` reads it, in the largest unit that is exact.
 pub fn format_duration(ms: u64) -> String {

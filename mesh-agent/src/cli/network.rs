@@ -105,19 +105,7 @@ pub fn run(cmd: NetworkCmd, conn: &Connect) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             }
             NetworkCmd::Rm { names } => {
-                let mut failed = Vec::new();
-                for n in names {
-                    match c
-                        .call::<String>(Method::DELETE, &format!("/v1/networks/{n}"), None::<&()>)
-                        .await
-                    {
-                        Ok(_) => println!("{n}"),
-                        Err(e) => failed.push(format!("{e:#}")),
-                    }
-                }
-                if !failed.is_empty() {
-                    anyhow::bail!("{}", failed.join("\n"));
-                }
+                super::remove_each(&mut c, "/v1/networks", &names).await?;
             }
         }
         Ok(())

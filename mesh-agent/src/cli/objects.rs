@@ -185,19 +185,7 @@ pub fn run(kind: Kind, cmd: ObjectCmd, conn: &Connect) -> anyhow::Result<()> {
                 }
             }
             ObjectCmd::Rm { names } => {
-                let mut failed = Vec::new();
-                for n in names {
-                    match c
-                        .call::<String>(Method::DELETE, &format!("{base}/{n}"), None::<&()>)
-                        .await
-                    {
-                        Ok(_) => println!("{n}"),
-                        Err(e) => failed.push(format!("{e:#}")),
-                    }
-                }
-                if !failed.is_empty() {
-                    anyhow::bail!("{}", failed.join("\n"));
-                }
+                super::remove_each(&mut c, &base, &names).await?;
             }
         }
         Ok(())

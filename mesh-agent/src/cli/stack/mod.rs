@@ -61,6 +61,20 @@ async fn services(c: &mut Client) -> anyhow::Result<Vec<ServiceView>> {
     c.call(Method::GET, "/v1/services", None::<&()>).await
 }
 
+/// A stack's services by name (an error when it has none, as Docker's).
+async fn stack_services(c: &mut Client, stack: &str) -> anyhow::Result<Vec<ServiceView>> {
+    let mut v: Vec<ServiceView> = services(c)
+        .await?
+        .into_iter()
+        .filter(|s| of_stack(&s.spec.labels, stack))
+        .collect();
+    if v.is_empty() {
+        bail!("Nothing found in stack: {stack}");
+    }
+    v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    Ok(v)
+}
+
 fn read_file(kind: Kind, path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::new();
@@ -78,6 +92,50 @@ fn read_file(kind: Kind, path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The newest version of each secret and config, by kind and name, with
+/// its stack (if any).
+async fn objects(c: &mut Client) -> anyhow::Result<BTreeMap<(Kind, String), ObjectView>> {
+    let mut out: BTreeMap<(Kind, String), ObjectView> = BTreeMap::new();
+    for kind in [Kind::Secret, Kind::Config] {
+        let all: Vec<ObjectView> = c
+            .call(Method::GET, &format!("/v1/{}s", kind.word()), None::<&()>)
+            .await?;
+        for o in all {
+            let key = (kind, o.name.clone());
+            if out.get(&key).is_none_or(|old| old.version < o.version) {
+                out.insert(key, o);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a deploy made so far, removed again when it cannot finish.
+#[derive(Default)]
+struct Made {
+    networks: Vec<String>,
+    objects: Vec<(Kind, String)>,
+}
+
+impl Made {
+    async fn undo(&self, c: &mut Client) {
+        for (kind, id) in &self.objects {
+            let _ = c
+                .call::<String>(
+                    Method::DELETE,
+                    &format!("/v1/{}s/{id}", kind.word()),
+                    None::<&()>,
+                )
+                .await;
+        }
+        for id in &self.networks {
+            let _ = c
+                .call::<String>(Method::DELETE, &format!("/v1/networks/{id}"), None::<&()>)
+                .await;
+        }
+    }
+}
+
 async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> anyhow::Result<()> {
     convert::valid_stack_name(stack).map_err(anyhow::Error::msg)?;
     let inputs = files
@@ -91,50 +149,96 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
     }
     let plan = convert::plan(stack, &project).map_err(anyhow::Error::msg)?;
 
-    // Everything checked before anything is made: external objects exist,
-    // files are readable and small enough.
+    // Checked before anything is made: external objects exist, the stack's
+    // own names are not another's, files are readable and small enough.
     let nets: Vec<NetworkView> = c.call(Method::GET, "/v1/networks", None::<&()>).await?;
-    let have_net: BTreeSet<String> = nets.iter().map(|n| n.network.name.clone()).collect();
-    for n in plan.networks.iter().filter(|n| n.external) {
-        if !have_net.contains(&n.name) {
-            bail!("network {:?} is declared as external, but could not be found. You need to create a swarm-scoped network before the stack is deployed", n.name);
+    for n in &plan.networks {
+        match nets.iter().find(|x| x.network.name == n.name) {
+            None if n.external => bail!("network {:?} is declared as external, but could not be found. You need to create a swarm-scoped network before the stack is deployed", n.name),
+            Some(x) if !n.external && !of_stack(&x.network.labels, stack) => bail!(
+                "network {} exists and is not part of stack {stack}: rename it in the file, or declare it external",
+                n.name
+            ),
+            _ => {}
         }
     }
-    let mut have_obj: BTreeMap<(Kind, String), ObjectView> = BTreeMap::new();
-    for kind in [Kind::Secret, Kind::Config] {
-        let all: Vec<ObjectView> = c
-            .call(Method::GET, &format!("/v1/{}s", kind.word()), None::<&()>)
-            .await?;
-        for o in all {
-            let key = (kind, o.name.clone());
-            if have_obj.get(&key).is_none_or(|old| old.version < o.version) {
-                have_obj.insert(key, o);
-            }
-        }
-    }
+    let have_obj = objects(c).await?;
     let mut data = BTreeMap::new();
     for o in &plan.objects {
-        match &o.file {
-            None if !have_obj.contains_key(&(o.kind, o.name.clone())) => bail!(
-                "{} {:?} is declared as external, but could not be found: create it first (apiary {} create {} FILE)",
-                o.kind.word(),
+        let word = o.kind.word();
+        let have = have_obj.get(&(o.kind, o.name.clone()));
+        match (&o.file, have) {
+            (None, None) => bail!(
+                "{word} {:?} is declared as external, but could not be found: create it first (apiary {word} create {} FILE)",
                 o.name,
-                o.kind.word(),
                 o.name
             ),
-            None => {}
-            Some(f) => {
+            (None, Some(_)) => {}
+            (Some(_), Some(h)) if !of_stack(&h.labels, stack) => bail!(
+                "{word} {} exists and is not part of stack {stack}: rename it in the file, or declare it external",
+                o.name
+            ),
+            (Some(f), _) => {
                 data.insert((o.kind, o.name.clone()), read_file(o.kind, f)?);
             }
         }
     }
+    let existing = services(c).await?;
+    for spec in &plan.services {
+        if let Some(old) = existing.iter().find(|s| s.spec.name == spec.name) {
+            if !of_stack(&old.spec.labels, stack) {
+                bail!(
+                    "service {} exists and is not part of stack {stack}: remove it, or deploy the stack under another name",
+                    spec.name
+                );
+            }
+        }
+    }
 
+    let mut made = Made::default();
+    let result = apply(c, &plan, &nets, &have_obj, &data, &existing, &mut made).await;
+    if let Err(e) = result {
+        made.undo(c).await;
+        return Err(e);
+    }
+    if prune {
+        let wanted: BTreeSet<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        for s in existing
+            .iter()
+            .filter(|s| of_stack(&s.spec.labels, stack) && !wanted.contains(s.spec.name.as_str()))
+        {
+            println!("Removing service {}", s.spec.name);
+            let _: String = c
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/services/{}", s.id),
+                    None::<&()>,
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the networks and the secrets and configs (new versions where a
+/// file changed), has every service checked by the leader, and only then
+/// creates or updates them. An error before the services leaves `made`
+/// to be undone.
+async fn apply(
+    c: &mut Client,
+    plan: &convert::Plan,
+    nets: &[NetworkView],
+    have_obj: &BTreeMap<(Kind, String), ObjectView>,
+    data: &BTreeMap<(Kind, String), Vec<u8>>,
+    existing: &[ServiceView],
+    made: &mut Made,
+) -> anyhow::Result<()> {
     for n in plan.networks.iter().filter(|n| !n.external) {
-        if have_net.contains(&n.name) {
+        if nets.iter().any(|x| x.network.name == n.name) {
             continue;
         }
         println!("Creating network {}", n.name);
-        let _: String = c
+        let id: String = c
             .call(
                 Method::POST,
                 "/v1/networks",
@@ -147,14 +251,8 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
                 }),
             )
             .await?;
+        made.networks.push(id);
     }
-    // The version each secret and config the services will use: a
-    // file's changed data makes the next version, and the services that
-    // use it roll (their tasks' specs name the version).
-    let mut versions: BTreeMap<(Kind, String), u64> = have_obj
-        .iter()
-        .map(|(k, o)| (k.clone(), o.version))
-        .collect();
     for o in &plan.objects {
         let key = (o.kind, o.name.clone());
         let Some(bytes) = data.get(&key) else {
@@ -162,6 +260,7 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
         };
         let word = o.kind.word();
         let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let next = have_obj.get(&key).map_or(1, |o| o.version + 1);
         let new_version = match have_obj.get(&key) {
             None => false,
             Some(old) => {
@@ -182,13 +281,7 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
                 true
             }
         };
-        let version = versions.get(&key).map_or(1, |v| v + 1);
-        if new_version {
-            println!("Updating {word} {} (version {version})", o.name);
-        } else {
-            println!("Creating {word} {}", o.name);
-        }
-        let _: String = c
+        let id: String = c
             .call(
                 Method::POST,
                 &format!("/v1/{word}s"),
@@ -200,8 +293,15 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
                 }),
             )
             .await?;
-        versions.insert(key, version);
+        made.objects.push((o.kind, id));
+        if new_version {
+            println!("Updating {word} {} (version {next})", o.name);
+        } else {
+            println!("Creating {word} {}", o.name);
+        }
     }
+    // The services name the versions the leader holds now.
+    let versions = objects(c).await?;
     let mut specs = plan.services.clone();
     for spec in &mut specs {
         for (kind, refs) in [
@@ -209,12 +309,35 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
             (Kind::Config, &mut spec.configs),
         ] {
             for r in refs.iter_mut() {
-                r.version = versions.get(&(kind, r.source.clone())).copied();
+                r.version = versions.get(&(kind, r.source.clone())).map(|o| o.version);
             }
         }
     }
-    let existing = services(c).await?;
-    let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    // Every service checked before any is changed.
+    for spec in &specs {
+        let checked: anyhow::Result<ServiceView> =
+            match existing.iter().find(|s| s.spec.name == spec.name) {
+                Some(old) => {
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/services/{}/update?check=true", old.id),
+                        Some(&ServiceUpdate {
+                            spec: Some(spec.clone()),
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                }
+                None => {
+                    c.call(Method::POST, "/v1/services?check=true", Some(spec))
+                        .await
+                }
+            };
+        checked.with_context(|| format!("service {} (nothing was deployed)", spec.name))?;
+    }
+    // From here on the stack changes: what was made stays.
+    made.networks.clear();
+    made.objects.clear();
     for spec in &specs {
         match existing.iter().find(|s| s.spec.name == spec.name) {
             Some(old) => {
@@ -234,21 +357,6 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
                 println!("Creating service {}", spec.name);
                 let _: ServiceView = c.call(Method::POST, "/v1/services", Some(spec)).await?;
             }
-        }
-    }
-    if prune {
-        for s in existing
-            .iter()
-            .filter(|s| of_stack(&s.spec.labels, stack) && !wanted.contains(s.spec.name.as_str()))
-        {
-            println!("Removing service {}", s.spec.name);
-            let _: String = c
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/services/{}", s.id),
-                    None::<&()>,
-                )
-                .await?;
         }
     }
     Ok(())
@@ -331,15 +439,7 @@ pub fn run(cmd: StackCmd, conn: &Connect) -> anyhow::Result<()> {
                 print!("{}", super::table(&["NAME", "SERVICES"], &rows));
             }
             StackCmd::Services { quiet, name } => {
-                let mut v: Vec<ServiceView> = services(&mut c)
-                    .await?
-                    .into_iter()
-                    .filter(|s| of_stack(&s.spec.labels, &name))
-                    .collect();
-                if v.is_empty() {
-                    bail!("Nothing found in stack: {name}");
-                }
-                v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+                let v = stack_services(&mut c, &name).await?;
                 if quiet {
                     for s in &v {
                         println!("{}", s.id);
@@ -349,17 +449,8 @@ pub fn run(cmd: StackCmd, conn: &Connect) -> anyhow::Result<()> {
                 }
             }
             StackCmd::Ps { name } => {
-                let mut v: Vec<ServiceView> = services(&mut c)
-                    .await?
-                    .into_iter()
-                    .filter(|s| of_stack(&s.spec.labels, &name))
-                    .collect();
-                if v.is_empty() {
-                    bail!("Nothing found in stack: {name}");
-                }
-                v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
                 let mut all: Vec<TaskView> = Vec::new();
-                for s in &v {
+                for s in &stack_services(&mut c, &name).await? {
                     all.extend(super::service::tasks(&mut c, &s.id).await?);
                 }
                 print!("{}", super::service::tasks_table(&all));

@@ -17,6 +17,7 @@ mod read;
 mod service;
 mod top;
 pub mod units;
+pub use service::open_regular;
 pub mod yaml;
 
 use std::collections::BTreeMap;

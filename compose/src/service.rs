@@ -278,8 +278,7 @@ fn last_wins<T, K: PartialEq>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
 
 pub(crate) fn read_small(path: &std::path::Path, max: usize) -> Result<String, String> {
     use std::io::Read;
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let f = open_regular(path)?;
     let mut buf = Vec::new();
     f.take(max as u64 + 1)
         .read_to_end(&mut buf)
@@ -288,6 +287,24 @@ pub(crate) fn read_small(path: &std::path::Path, max: usize) -> Result<String, S
         return Err(format!("{} is larger than {max} bytes", path.display()));
     }
     String::from_utf8(buf).map_err(|_| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// Opens `path` only if it is a regular file (a FIFO would block the
+/// deploy, a device is no file to ship).
+pub fn open_regular(path: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    Ok(f)
 }
 
 /// A string is split as a shell would (Docker uses shlex); a list is

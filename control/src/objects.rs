@@ -226,7 +226,9 @@ impl FileRef {
         Ok(r.normalized(kind))
     }
 
-    fn normalized(mut self, kind: Kind) -> Self {
+    /// A secret's target as a path under /run/secrets (`/run/secrets/x`
+    /// and `x` are the same file).
+    pub fn normalized(mut self, kind: Kind) -> Self {
         if kind == Kind::Secret {
             if let Some(rel) = self.target.strip_prefix("/run/secrets/") {
                 self.target = rel.to_string();

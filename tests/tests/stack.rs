@@ -197,6 +197,22 @@ fn invalid_files_are_refused_with_file_line_and_key_and_nothing_deployed() {
             .err();
         assert!(e.contains(want), "{want}: {e}");
     }
+    // A secret's `file:` that is a FIFO would block the deploy: refused.
+    nix::unistd::mkfifo(
+        &lab.dir.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let path = lab.dir.join("fifo.yml");
+    std::fs::write(
+        &path,
+        "services:\n  web:\n    image: x\n    secrets: [s]\nsecrets:\n  s: {file: ./fifo}\n",
+    )
+    .unwrap();
+    let e = lab
+        .apiary(0, &["stack", "deploy", "-c", path.to_str().unwrap(), "bad"])
+        .err();
+    assert!(e.contains("not a regular file"), "{e}");
     let e = lab
         .apiary(0, &["stack", "deploy", "-c", "/nonexistent.yml", "../x"])
         .err();

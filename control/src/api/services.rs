@@ -169,8 +169,11 @@ fn settle(
         (crate::objects::Kind::Secret, &mut spec.secrets),
         (crate::objects::Kind::Config, &mut spec.configs),
     ] {
-        for r in refs.iter_mut().filter(|r| r.version.is_none()) {
-            r.version = s.latest_version(kind, &r.source);
+        for r in refs.iter_mut() {
+            *r = r.clone().normalized(kind);
+            if r.version.is_none() {
+                r.version = s.latest_version(kind, &r.source);
+            }
         }
     }
     for m in &spec.mounts {

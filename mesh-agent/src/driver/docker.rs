@@ -139,7 +139,11 @@ impl DockerDriver {
     }
 
     fn remove_container(&self, id: &str, force: bool) -> Result<(), DriverError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(force).build();
+        // Its anonymous volumes go with it (named ones stay), as Swarm's do.
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(force)
+            .v(true)
+            .build();
         match self.rt.block_on(
             self.docker
                 .remove_container(&self.container_name(id), Some(opts)),
@@ -213,11 +217,17 @@ impl DockerDriver {
             )?;
             binds.push(format!("{}:/etc/hosts:ro", hosts.display()));
         }
-        for b in &spec.binds {
-            binds.push(format!("{}:{}:ro", b.source.display(), b.target));
-        }
-        let mounts: Vec<bollard::models::Mount> =
+        let mut mounts: Vec<bollard::models::Mount> =
             spec.mounts.iter().map(|m| self.mount(m)).collect();
+        // Secrets and configs: typed binds (a `:` in a target is no
+        // separator), read-only, after the task's own mounts.
+        mounts.extend(spec.binds.iter().map(|b| bollard::models::Mount {
+            target: Some(b.target.clone()),
+            source: Some(b.source.display().to_string()),
+            typ: Some(bollard::models::MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }));
         let mut labels: HashMap<String, String> = spec
             .labels
             .iter()

@@ -16,6 +16,10 @@ use super::{
     TaskSpec,
 };
 
+/// Anonymous volumes of exec tasks: `DATA_DIR/volumes/.anon-TASK-N` (a
+/// name no named volume can have: those start with a letter or digit).
+const ANON_PREFIX: &str = ".anon-";
+
 pub struct ExecDriver {
     /// Task directories live here, one per task.
     dir: PathBuf,
@@ -83,25 +87,18 @@ impl ExecDriver {
     /// named volumes are directories under `DATA_DIR/volumes`.
     fn shim_mounts(&self, spec: &TaskSpec) -> Result<Vec<super::shim::ShimMount>, DriverError> {
         use control::services::mounts::MountKind;
-        let mut out: Vec<super::shim::ShimMount> = spec
-            .binds
-            .iter()
-            .map(|b| super::shim::ShimMount {
-                source: Some(b.source.clone()),
-                create_target: b.target == "/run/secrets",
-                target: PathBuf::from(&b.target),
-                read_only: true,
-                tmpfs: None,
-            })
-            .collect();
-        for m in &spec.mounts {
+        let mut out: Vec<super::shim::ShimMount> = Vec::new();
+        let mut user = spec.mounts.clone();
+        // Parents before children, as Docker mounts them.
+        user.sort_by_key(|m| m.target.matches('/').count());
+        for m in &user {
             let (source, tmpfs) = match &m.kind {
                 MountKind::Bind { .. } => (m.source.as_ref().map(PathBuf::from), None),
                 MountKind::Volume { .. } => {
                     let name = m
                         .source
                         .clone()
-                        .unwrap_or_else(|| format!("{}-{}", spec.id, out.len()));
+                        .unwrap_or_else(|| format!("{ANON_PREFIX}{}-{}", spec.id, out.len()));
                     let dir = self.volumes.join(&name).join("_data");
                     std::fs::create_dir_all(&dir).map_err(|source| DriverError::Io {
                         what: format!("creating volume {name} at {}", dir.display()),
@@ -123,8 +120,18 @@ impl ExecDriver {
                 read_only: m.read_only,
                 tmpfs,
                 create_target: false,
+                noexec: false,
             });
         }
+        // Secrets and configs last: no mount of the task's can hide them.
+        out.extend(spec.binds.iter().map(|b| super::shim::ShimMount {
+            source: Some(b.source.clone()),
+            create_target: b.target == "/run/secrets",
+            target: PathBuf::from(&b.target),
+            read_only: true,
+            tmpfs: None,
+            noexec: true,
+        }));
         Ok(out)
     }
 
@@ -390,6 +397,15 @@ impl TaskDriver for ExecDriver {
             return Err(DriverError::Exists(id.to_string()));
         }
         cgroup::remove(&self.cgroups_of(id));
+        // Its anonymous volumes go with it (named ones stay).
+        if let Ok(vols) = std::fs::read_dir(&self.volumes) {
+            let mine = format!("{ANON_PREFIX}{id}-");
+            for v in vols.flatten() {
+                if v.file_name().to_string_lossy().starts_with(&mine) {
+                    let _ = std::fs::remove_dir_all(v.path());
+                }
+            }
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
         }

@@ -245,6 +245,9 @@ pub struct ShimMount {
     /// /run/secrets: an exec task sees the host's files, and other
     /// targets must already be there).
     pub create_target: bool,
+    /// Keep `noexec` when made read-only (secrets and configs).
+    #[serde(default)]
+    pub noexec: bool,
 }
 
 /// Gives the task its own view of /etc/resolv.conf, its secrets, configs
@@ -296,12 +299,17 @@ fn private_mounts(resolv: Option<&Path>, mounts: &[ShimMount]) -> anyhow::Result
             .with_context(|| format!("binding {} over {}", src.display(), dst.display()))?,
             (None, None) => bail!("mount at {} has no source", dst.display()),
         }
+        let noexec = if m.noexec {
+            MsFlags::MS_NOEXEC
+        } else {
+            MsFlags::empty()
+        };
         if m.read_only {
             mount(
                 None::<&str>,
                 dst,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | safe,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | safe | noexec,
                 None::<&str>,
             )
             .with_context(|| format!("making {} read-only", dst.display()))?;

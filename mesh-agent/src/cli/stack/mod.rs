@@ -78,8 +78,9 @@ async fn stack_services(c: &mut Client, stack: &str) -> anyhow::Result<Vec<Servi
 fn read_file(kind: Kind, path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("reading {} for a {}", path.display(), kind.word()))?
+    compose::open_regular(path)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading the file of a {}", kind.word()))?
         .take(MAX_DATA as u64 + 1)
         .read_to_end(&mut buf)?;
     if buf.len() > MAX_DATA {

@@ -75,7 +75,7 @@ async fn stack_services(c: &mut Client, stack: &str) -> anyhow::Result<Vec<Servi
     Ok(v)
 }
 
-fn read_file(kind: Kind, path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+fn read_file(kind: Kind, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::new();
     compose::open_regular(path)

@@ -45,15 +45,27 @@ fn remove_uapi_sockets(prefix: &str) {
 /// `io.apiary.node` label, `apiary-<namespace>`) starts with
 /// `apiary-<prefix>`: one daemon's, or every daemon's of a lab.
 fn remove_containers(prefix: &str) {
+    remove_labelled(&["ps", "-a"], "{{.ID}}", &["rm", "-f"], prefix);
+}
+
+/// Removes the Docker volumes of lab nodes whose scope starts with
+/// `prefix` (after their containers).
+fn remove_volumes(prefix: &str) {
+    remove_labelled(
+        &["volume", "ls"],
+        "{{.Name}}",
+        &["volume", "rm", "-f"],
+        prefix,
+    );
+}
+
+/// `docker LIST` of the objects labelled with a node whose scope starts
+/// with `prefix`, then `docker RM` of them.
+fn remove_labelled(list: &[&str], field: &str, rm: &[&str], prefix: &str) {
     let Ok(out) = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            "label=io.apiary.node",
-            "--format",
-            "{{.ID}} {{.Label \"io.apiary.node\"}}",
-        ])
+        .args(list)
+        .args(["--filter", "label=io.apiary.node", "--format"])
+        .arg(format!("{field} {{{{.Label \"io.apiary.node\"}}}}"))
         .output()
     else {
         return;
@@ -66,40 +78,8 @@ fn remove_containers(prefix: &str) {
         .collect();
     if !ids.is_empty() {
         let _ = Command::new("docker")
-            .args(["rm", "-f"])
+            .args(rm)
             .args(&ids)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Removes the Docker volumes of lab nodes whose scope starts with
-/// `prefix` (after their containers).
-fn remove_volumes(prefix: &str) {
-    let Ok(out) = Command::new("docker")
-        .args([
-            "volume",
-            "ls",
-            "--filter",
-            "label=io.apiary.node",
-            "--format",
-            "{{.Name}} {{.Label \"io.apiary.node\"}}",
-        ])
-        .output()
-    else {
-        return;
-    };
-    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, scope)| scope.starts_with(prefix))
-        .map(|(n, _)| n.to_string())
-        .collect();
-    if !names.is_empty() {
-        let _ = Command::new("docker")
-            .args(["volume", "rm", "-f"])
-            .args(&names)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -61,6 +61,18 @@ async fn services(c: &mut Client) -> anyhow::Result<Vec<ServiceView>> {
     c.call(Method::GET, "/v1/services", None::<&()>).await
 }
 
+async fn remove_service(c: &mut Client, s: &ServiceView) -> anyhow::Result<()> {
+    println!("Removing service {}", s.spec.name);
+    let _: String = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/services/{}", s.id),
+            None::<&()>,
+        )
+        .await?;
+    Ok(())
+}
+
 /// A stack's services by name (an error when it has none, as Docker's).
 async fn stack_services(c: &mut Client, stack: &str) -> anyhow::Result<Vec<ServiceView>> {
     let mut v: Vec<ServiceView> = services(c)
@@ -208,14 +220,7 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
             .iter()
             .filter(|s| of_stack(&s.spec.labels, stack) && !wanted.contains(s.spec.name.as_str()))
         {
-            println!("Removing service {}", s.spec.name);
-            let _: String = c
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/services/{}", s.id),
-                    None::<&()>,
-                )
-                .await?;
+            remove_service(c, s).await?;
         }
     }
     Ok(())
@@ -389,14 +394,7 @@ async fn remove(c: &mut Client, stack: &str) -> anyhow::Result<()> {
         bail!("Nothing found in stack: {stack}");
     }
     for s in &svcs {
-        println!("Removing service {}", s.spec.name);
-        let _: String = c
-            .call(
-                Method::DELETE,
-                &format!("/v1/services/{}", s.id),
-                None::<&()>,
-            )
-            .await?;
+        remove_service(c, s).await?;
     }
     for (kind, o) in &objs {
         println!("Removing {} {}", kind.word(), o.name);

@@ -409,6 +409,17 @@ fn a_changed_secret_or_config_file_makes_a_new_version_and_rolls_its_services() 
     let ls = lab.apiary(0, &["secret", "ls"]).out();
     assert!(ls.lines().next().unwrap().contains("VERSION"), "{ls}");
     assert_eq!(ls.lines().filter(|l| l.contains("v_pw")).count(), 2, "{ls}");
+    // A third change: the newest two versions are kept, the first goes.
+    std::fs::write(dir.join("pw.txt"), "third-password").unwrap();
+    let out = lab.apiary(0, &["stack", "deploy", "-c", f, "v"]).out();
+    assert!(out.contains("Updating secret v_pw (version 3)"), "{out}");
+    let ls = lab.apiary(0, &["secret", "ls"]).out();
+    let versions: Vec<&str> = ls
+        .lines()
+        .filter(|l| l.contains("v_pw"))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(versions, ["2", "3"], "{ls}");
     lab.apiary(0, &["stack", "rm", "v"]).out();
     assert_eq!(
         lab.apiary(0, &["secret", "ls", "-q"]).out(),

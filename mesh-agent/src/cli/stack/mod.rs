@@ -61,6 +61,39 @@ async fn services(c: &mut Client) -> anyhow::Result<Vec<ServiceView>> {
     c.call(Method::GET, "/v1/services", None::<&()>).await
 }
 
+/// Versions of the stack's secrets and configs kept: the newest and the
+/// one before (what a `service rollback` returns to); older ones go when no
+/// service uses them, so changed files do not fill the swarm's limits.
+const VERSIONS_KEPT: u64 = 2;
+
+async fn prune_versions(c: &mut Client, stack: &str) -> anyhow::Result<()> {
+    for kind in [Kind::Secret, Kind::Config] {
+        let all: Vec<ObjectView> = c
+            .call(Method::GET, &format!("/v1/{}s", kind.word()), None::<&()>)
+            .await?;
+        let mine: Vec<&ObjectView> = all.iter().filter(|o| of_stack(&o.labels, stack)).collect();
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for o in &mine {
+            let v = newest.entry(o.name.as_str()).or_default();
+            *v = (*v).max(o.version);
+        }
+        for o in mine {
+            let old = o.version + VERSIONS_KEPT <= newest[o.name.as_str()];
+            if old && o.used_by.is_empty() {
+                // Refused (409) while a service still uses it: then it stays.
+                let _ = c
+                    .call::<String>(
+                        Method::DELETE,
+                        &format!("/v1/{}s/{}", kind.word(), o.id),
+                        None::<&()>,
+                    )
+                    .await;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn remove_service(c: &mut Client, s: &ServiceView) -> anyhow::Result<()> {
     println!("Removing service {}", s.spec.name);
     let _: String = c
@@ -214,6 +247,7 @@ async fn deploy(c: &mut Client, files: &[PathBuf], prune: bool, stack: &str) -> 
         made.undo(c).await;
         return Err(e);
     }
+    prune_versions(c, stack).await?;
     if prune {
         let wanted: BTreeSet<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
         for s in existing

@@ -572,40 +572,27 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
         }
         spec.mode = Mode::Replicated { replicas: r };
     }
-    for k in &u.env_rm {
-        let before = spec.env.len();
-        spec.env.retain(|e| e.split('=').next() != Some(k.as_str()));
-        if spec.env.len() == before {
-            return Err(ApiError::NotFound(format!(
-                "{name} has no environment variable {k}"
-            )));
-        }
-    }
-    for e in u.env_add {
-        let key = e.split('=').next().unwrap_or("").to_string();
-        spec.env
-            .retain(|x| x.split('=').next() != Some(key.as_str()));
-        spec.env.push(e);
-    }
-    for p in &u.publish_rm {
-        let before = spec.ports.len();
-        spec.ports.retain(|q| q.published != *p);
-        if spec.ports.len() == before {
-            return Err(ApiError::NotFound(format!(
-                "{name} does not publish port {p}"
-            )));
-        }
-    }
+    let env_key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    remove_each(
+        &mut spec.env,
+        &u.env_rm,
+        |e, k| env_key(e) == *k,
+        |k| format!("{name} has no environment variable {k}"),
+    )?;
+    add_each(&mut spec.env, u.env_add, |a, b| env_key(a) == env_key(b));
+    remove_each(
+        &mut spec.ports,
+        &u.publish_rm,
+        |q, p| q.published == *p,
+        |p| format!("{name} does not publish port {p}"),
+    )?;
     spec.ports.extend(u.publish_add);
-    for c in &u.constraint_rm {
-        let before = spec.constraints.len();
-        spec.constraints.retain(|x| x != c);
-        if spec.constraints.len() == before {
-            return Err(ApiError::NotFound(format!(
-                "{name} has no constraint {c:?}"
-            )));
-        }
-    }
+    remove_each(
+        &mut spec.constraints,
+        &u.constraint_rm,
+        |x, c| x == c,
+        |c| format!("{name} has no constraint {c:?}"),
+    )?;
     spec.constraints.extend(u.constraint_add);
     for (kind, refs, rm, add) in [
         (
@@ -621,46 +608,33 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
             u.config_add,
         ),
     ] {
-        for r in &rm {
-            let before = refs.len();
-            refs.retain(|x| &x.source != r);
-            if refs.len() == before {
-                return Err(ApiError::NotFound(format!(
-                    "{name} does not use {} {r}",
-                    kind.word()
-                )));
-            }
-        }
-        for r in add {
-            refs.retain(|x| x.source != r.source);
-            refs.push(r);
-        }
+        remove_each(
+            refs,
+            &rm,
+            |x, r| &x.source == r,
+            |r| format!("{name} does not use {} {r}", kind.word()),
+        )?;
+        add_each(refs, add, |a, b| a.source == b.source);
     }
-    for t in &u.mount_rm {
-        let before = spec.mounts.len();
-        spec.mounts.retain(|m| &m.target != t);
-        if spec.mounts.len() == before {
-            return Err(ApiError::NotFound(format!("{name} has no mount at {t}")));
-        }
-    }
-    for m in u.mount_add {
-        spec.mounts.retain(|x| x.target != m.target);
-        spec.mounts.push(m);
-    }
+    remove_each(
+        &mut spec.mounts,
+        &u.mount_rm,
+        |m, t| &m.target == t,
+        |t| format!("{name} has no mount at {t}"),
+    )?;
+    add_each(&mut spec.mounts, u.mount_add, |a, b| a.target == b.target);
     if let Some(g) = u.stop_grace_ms {
         spec.stop_grace_ms = Some(g);
     }
-    for n in &u.network_rm {
-        let before = spec.networks.len();
-        spec.networks.retain(|a| &a.target != n);
-        if spec.networks.len() == before {
-            return Err(ApiError::NotFound(format!("{name} is not on network {n}")));
-        }
-    }
-    for a in u.network_add {
-        spec.networks.retain(|x| x.target != a.target);
-        spec.networks.push(a);
-    }
+    remove_each(
+        &mut spec.networks,
+        &u.network_rm,
+        |a, n| &a.target == n,
+        |n| format!("{name} is not on network {n}"),
+    )?;
+    add_each(&mut spec.networks, u.network_add, |a, b| {
+        a.target == b.target
+    });
     for k in &u.label_rm {
         if spec.labels.remove(k).is_none() {
             return Err(ApiError::NotFound(format!("{name} has no label {k}")));
@@ -668,6 +642,32 @@ fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
     }
     spec.labels.extend(u.label_add);
     Ok(spec)
+}
+
+/// `--X-rm` of `service update`: each key must match an item, all that
+/// match go; one that matches none is an error naming it.
+fn remove_each<T, K>(
+    list: &mut Vec<T>,
+    keys: &[K],
+    matches: impl Fn(&T, &K) -> bool,
+    missing: impl Fn(&K) -> String,
+) -> Result<(), ApiError> {
+    for k in keys {
+        let before = list.len();
+        list.retain(|x| !matches(x, k));
+        if list.len() == before {
+            return Err(ApiError::NotFound(missing(k)));
+        }
+    }
+    Ok(())
+}
+
+/// `--X-add`: each item replaces the ones it is the same as, at the end.
+fn add_each<T>(list: &mut Vec<T>, items: Vec<T>, same: impl Fn(&T, &T) -> bool) {
+    for item in items {
+        list.retain(|x| !same(x, &item));
+        list.push(item);
+    }
 }
 
 /// Commits `spec` as the service's new spec, the current one becoming the

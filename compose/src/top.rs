@@ -67,10 +67,51 @@ fn checked<'a>(n: &'a Node, kind: &str) -> R<Vec<(String, &'a Node, String)>> {
     Ok(out)
 }
 
+/// What networks and volumes both take: a name, `external`, a driver
+/// (only `driver_ok`), its options and labels.
+struct Common {
+    name: Option<String>,
+    external: bool,
+    driver: Option<String>,
+    driver_opts: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+}
+
+fn common(v: &Node, key: &str, driver_ok: &str, driver_err: &str) -> R<Common> {
+    let mut name = opt_string(get(v, "name"), &join(key, "name"))?;
+    let external = external(v, key, &mut name)?;
+    let driver = match get(v, "driver") {
+        Some(d) => {
+            let d = string(d, &join(key, "driver"))?;
+            if d != driver_ok {
+                return Err(bad(
+                    v,
+                    &join(key, "driver"),
+                    format!("driver {d:?}: {driver_err}"),
+                ));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    Ok(Common {
+        name,
+        external,
+        driver,
+        driver_opts: get(v, "driver_opts")
+            .map(|o| opts(o, &join(key, "driver_opts")))
+            .transpose()?
+            .unwrap_or_default(),
+        labels: get(v, "labels")
+            .map(|l| labels(l, &join(key, "labels")))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
 pub(crate) fn networks(n: &Node) -> R<BTreeMap<String, Network>> {
     let mut out = BTreeMap::new();
     for (name, v, key) in checked(n, "networks")? {
-        let mut net = Network::default();
         known(
             map(v, &key)?,
             &key,
@@ -85,31 +126,27 @@ pub(crate) fn networks(n: &Node) -> R<BTreeMap<String, Network>> {
             ],
             v,
         )?;
-        net.name = opt_string(get(v, "name"), &join(&key, "name"))?;
-        net.external = external(v, &key, &mut net.name)?;
-        if let Some(d) = get(v, "driver") {
-            let d = string(d, &join(&key, "driver"))?;
-            if d != "overlay" {
-                return Err(bad(
-                    v,
-                    &join(&key, "driver"),
-                    format!("driver {d:?}: a stack's networks are overlay networks"),
-                ));
-            }
-            net.driver = Some(d);
-        }
-        if let Some(o) = get(v, "driver_opts") {
-            net.driver_opts = opts(o, &join(&key, "driver_opts"))?;
-        }
-        if let Some(l) = get(v, "labels") {
-            net.labels = labels(l, &join(&key, "labels"))?;
-        }
-        if let Some(b) = get(v, "internal") {
-            net.internal = boolean(b, &join(&key, "internal"))?;
-        }
-        if let Some(b) = get(v, "attachable") {
-            net.attachable = boolean(b, &join(&key, "attachable"))?;
-        }
+        let c = common(
+            v,
+            &key,
+            "overlay",
+            "a stack's networks are overlay networks",
+        )?;
+        let flag = |k: &str| -> R<bool> {
+            get(v, k)
+                .map(|b| boolean(b, &join(&key, k)))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let net = Network {
+            external: c.external,
+            name: c.name,
+            driver: c.driver,
+            driver_opts: c.driver_opts,
+            labels: c.labels,
+            internal: flag("internal")?,
+            attachable: flag("attachable")?,
+        };
         out.insert(name, net);
     }
     Ok(out)
@@ -118,32 +155,25 @@ pub(crate) fn networks(n: &Node) -> R<BTreeMap<String, Network>> {
 pub(crate) fn volumes(n: &Node) -> R<BTreeMap<String, Volume>> {
     let mut out = BTreeMap::new();
     for (name, v, key) in checked(n, "volumes")? {
-        let mut vol = Volume::default();
         known(
             map(v, &key)?,
             &key,
             &["driver", "driver_opts", "external", "name", "labels"],
             v,
         )?;
-        vol.name = opt_string(get(v, "name"), &join(&key, "name"))?;
-        vol.external = external(v, &key, &mut vol.name)?;
-        if let Some(d) = get(v, "driver") {
-            let d = string(d, &join(&key, "driver"))?;
-            if d != "local" {
-                return Err(bad(
-                    v,
-                    &join(&key, "driver"),
-                    format!("volume driver {d:?} is not supported by Apiary yet (local)"),
-                ));
-            }
-            vol.driver = Some(d);
-        }
-        if let Some(o) = get(v, "driver_opts") {
-            vol.driver_opts = opts(o, &join(&key, "driver_opts"))?;
-        }
-        if let Some(l) = get(v, "labels") {
-            vol.labels = labels(l, &join(&key, "labels"))?;
-        }
+        let c = common(
+            v,
+            &key,
+            "local",
+            "volume drivers other than local are not supported by Apiary yet",
+        )?;
+        let vol = Volume {
+            external: c.external,
+            name: c.name,
+            driver: c.driver,
+            driver_opts: c.driver_opts,
+            labels: c.labels,
+        };
         out.insert(name, vol);
     }
     Ok(out)

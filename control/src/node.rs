@@ -548,14 +548,6 @@ impl Joined {
         self.set_data_key(key)
     }
 
-    fn unlock_id(&self) -> Option<String> {
-        self.unlock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|u| u.id())
-    }
-
     /// A demoted manager keeps no key to the swarm's secrets.
     fn forget_data_key(&self) {
         *self.data_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -993,38 +985,34 @@ async fn monitor(j: Arc<Joined>) {
 /// sealed with the swarm's unlock key while autolock is on (a rotation
 /// re-seals it), as it is when off.
 async fn key_file_sync(j: Arc<Joined>) {
-    let mut written: Option<Option<String>> = None;
+    // The sealed key the file was last written for: nothing to do while
+    // the state still holds it.
+    let mut written: Option<Option<crate::objects::Blob>> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if j.own_role() != tls::CertRole::Manager {
             continue;
         }
-        let Ok(key) = j.data_key() else { continue };
         let sealed = j
             .manager()
             .sm
             .read(|a| a.state.cluster.as_ref().and_then(|c| c.unlock_key.clone()));
-        let want = match sealed {
+        if written.as_ref() == Some(&sealed) {
+            continue;
+        }
+        let Ok(key) = j.data_key() else { continue };
+        let want = match &sealed {
             None => None,
-            Some(blob) => match key.open_aad(crate::objects::UNLOCK_KEY_AAD, &blob) {
-                Ok(text) => {
-                    match crate::objects::UnlockKey::parse(&String::from_utf8_lossy(&text)) {
-                        Ok(u) => Some(u),
-                        Err(_) => continue,
-                    }
-                }
+            Some(blob) => match crate::objects::UnlockKey::open(blob, &key) {
+                Ok(u) => Some(u),
                 Err(e) => {
                     tracing::warn!(error = %e, "the swarm's unlock key does not open");
                     continue;
                 }
             },
         };
-        let want_id = want.as_ref().map(|u| u.id());
-        if written.as_ref() == Some(&want_id) && j.unlock_id() == want_id {
-            continue;
-        }
         match j.set_unlock(want) {
-            Ok(()) => written = Some(want_id),
+            Ok(()) => written = Some(sealed),
             Err(e) => tracing::warn!(error = %e, "sealing the data key file"),
         }
     }

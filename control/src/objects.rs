@@ -468,7 +468,7 @@ impl DataKey {
 const SEALED_PREFIX: &str = "sealed:";
 const KEY_FILE_AAD: &str = "apiary/data-key-file";
 /// What the unlock key is sealed under in the state.
-pub const UNLOCK_KEY_AAD: &str = "apiary/unlock-key";
+const UNLOCK_KEY_AAD: &str = "apiary/unlock-key";
 /// What the CA key is sealed under in the state.
 pub const CA_KEY_AAD: &str = "apiary/ca-key";
 
@@ -507,6 +507,17 @@ impl UnlockKey {
 
     pub fn id(&self) -> String {
         self.0.id()
+    }
+
+    /// The key as the state keeps it: sealed with the data key.
+    pub fn seal(&self, key: &DataKey) -> Blob {
+        key.seal_aad(UNLOCK_KEY_AAD, self.show().as_bytes())
+    }
+
+    /// What `seal` made, opened.
+    pub fn open(blob: &Blob, key: &DataKey) -> Result<UnlockKey, ObjError> {
+        let text = key.open_aad(UNLOCK_KEY_AAD, blob)?;
+        UnlockKey::parse(&String::from_utf8_lossy(&text))
     }
 }
 

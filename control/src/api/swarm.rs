@@ -195,9 +195,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         // Sealed: an autolocked manager's disk gives it to no one.
         ca_key_pem: String::new(),
         ca_key: Some(data_key.seal_aad(crate::objects::CA_KEY_AAD, ca_key.as_bytes())),
-        unlock_key: unlock
-            .as_ref()
-            .map(|u| data_key.seal_aad(crate::objects::UNLOCK_KEY_AAD, u.show().as_bytes())),
+        unlock_key: unlock.as_ref().map(|u| u.seal(&data_key)),
         worker_secret: tls::random_hex(16),
         manager_secret: tls::random_hex(16),
         settings,
@@ -976,10 +974,9 @@ fn current_unlock_key(j: &Joined) -> Result<Option<String>, ApiError> {
     let key = j
         .data_key()
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let text = key
-        .open_aad(crate::objects::UNLOCK_KEY_AAD, &blob)
+    let u = crate::objects::UnlockKey::open(&blob, &key)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+    Ok(Some(u.show()))
 }
 
 /// `swarm unlock-key`: the current key (autolock on), or 404.
@@ -1001,10 +998,7 @@ async fn set_unlock_key(j: &Joined, enable: bool) -> Reply {
             .data_key()
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let u = crate::objects::UnlockKey::generate();
-        (
-            Some(key.seal_aad(crate::objects::UNLOCK_KEY_AAD, u.show().as_bytes())),
-            Some(u.show()),
-        )
+        (Some(u.seal(&key)), Some(u.show()))
     } else {
         (None, None)
     };

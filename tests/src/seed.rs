@@ -3,9 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// Where the seed files are, for tests and for CI alike.
+/// Where the seed files are, for tests and for CI alike: beside the
+/// checkout. Cargo names the package's folder at run time (`cargo test`,
+/// `cargo xtask`); the folder it was compiled in is only the fallback (a
+/// build cache shared by clones at other paths may hold a stale one).
 pub fn seed_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed")
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.join("../../shared/seed")
 }
 
 /// The image built here for each of the tutorial's (`cargo xtask image`).

@@ -179,4 +179,18 @@ fn names_resolve_only_within_shared_networks_aliases_included() {
     // A network in use cannot go.
     let e = lab.apiary(0, &["network", "rm", "back"]).err();
     assert!(e.contains("in use"), "{e}");
+    // Names are checked: reserved ones, `..`, a taken one, a foreign driver.
+    for (args, want) in [
+        (vec!["network", "create", "ingress"], "reserved"),
+        (vec!["network", "create", "../x"], "invalid network name"),
+        (vec!["network", "create", "front"], "already exists"),
+        (
+            vec!["network", "create", "-d", "bridge", "br"],
+            "not supported",
+        ),
+        (vec!["network", "rm", "default"], "cannot be removed"),
+    ] {
+        let e = lab.apiary(0, &args).err();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
 }

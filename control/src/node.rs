@@ -443,8 +443,20 @@ impl Daemon {
     /// Stops everything `start` started and forgets the swarm in memory.
     pub async fn stop(&self) -> Option<Arc<Joined>> {
         let j = self.joined.write().await.take()?;
-        for t in j.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        let tasks: Vec<JoinHandle<()>> = j
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for t in &tasks {
             t.abort();
+        }
+        // Stopped means stopped: an aborted task may be in the middle of a
+        // file write (a renewal, the data key file) that a `swarm leave`
+        // removing the directory next would race.
+        for t in tasks {
+            let _ = t.await;
         }
         let _ = j.manager().raft.shutdown().await;
         Some(j)

@@ -61,6 +61,8 @@ pub fn desired(services: usize, backends: usize) -> Desired {
         services: (0..services)
             .map(|i| (format!("svc{i}"), service(i, backends, None)))
             .collect::<BTreeMap<_, _>>(),
+        memberships: BTreeMap::new(),
+        isolate: false,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Swarm networks (`network create`, a stack's `NAME_default` and its
 //! declared ones). The overlay is one L3 network for every task; a network
-//! says which tasks are meant to reach each other, by name and (to come)
+//! says which tasks may reach each other, by name (each agent's DNS) and
 //! by the data plane's rule on both ends' memberships. A service that
 //! names none is on the cluster's `default` network.
 

@@ -3,7 +3,7 @@
 //! thread turns it into the runtime's inputs (tasks, data plane, overlay
 //! peers), applies them as diffs, and reports the tasks' states back.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +28,7 @@ use crate::overlay::{self, OverlaySpec};
 use crate::runtime::{interface_with, log_tasks, Net, Runtime, RuntimeConfig};
 use crate::task_worker::{Pass, Seen, TaskWorker};
 use crate::tasks::DriverConfig;
+use control::networks::Attachment;
 
 /// A retired task keeps running this long as a draining backend (no new
 /// connections, open ones go on) before it is stopped.
@@ -373,17 +374,6 @@ impl Node {
     /// `tasks.<service>` → its running tasks; and each local task's
     /// networks, by its address (what it may resolve).
     fn name_table(&self) -> crate::dns::Table {
-        use control::networks::{Attachment, DEFAULT};
-        let on = |nets: &[Attachment]| -> Vec<Attachment> {
-            if nets.is_empty() {
-                vec![Attachment {
-                    target: DEFAULT.into(),
-                    aliases: Vec::new(),
-                }]
-            } else {
-                nets.to_vec()
-            }
-        };
         let mut t = crate::dns::Table::default();
         let mut aliases = Vec::new();
         for e in &self.state.services {
@@ -401,7 +391,7 @@ impl Node {
             } else {
                 vec![e.vip]
             };
-            for a in on(&e.networks) {
+            for a in on_networks(&e.networks) {
                 let names = t.by_net.entry(a.target.clone()).or_default();
                 names.insert(format!("tasks.{name}"), tasks.clone());
                 names.insert(name.clone(), service.clone());
@@ -427,14 +417,36 @@ impl Node {
                 .and_then(|s| s.address)
                 .or(task.task.address);
             if let Some(addr) = addr {
-                let nets = on(&task.spec.networks)
-                    .into_iter()
-                    .map(|a| a.target)
-                    .collect();
-                t.clients.insert(addr, nets);
+                t.clients.insert(addr, attached(&task.spec.networks));
             }
         }
         t
+    }
+
+    /// Which networks each task is on, for the data plane's isolation
+    /// rule: every service's running tasks (wherever they run) and this
+    /// node's tasks (running or not yet, so none starts unbound by it).
+    fn memberships(&self) -> BTreeMap<Ipv4Addr, BTreeSet<String>> {
+        let mut sets: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+        for e in &self.state.services {
+            let nets = attached(&e.networks);
+            for b in &e.backends {
+                sets.entry(b.address).or_default().extend(nets.clone());
+            }
+        }
+        for task in &self.state.tasks {
+            let addr = self
+                .seen
+                .get(&task.task.id)
+                .and_then(|s| s.address)
+                .or(task.task.address);
+            if let Some(addr) = addr {
+                sets.entry(addr)
+                    .or_default()
+                    .extend(attached(&task.spec.networks));
+            }
+        }
+        sets
     }
 
     /// Takes in what a pass of the task worker did.
@@ -533,7 +545,20 @@ impl Node {
             // Published ports sharing a target share the VIP's frontend:
             // only the first one gets it.
             let mut vip_ports = HashSet::new();
-            for p in &e.ports {
+            // A VIP of a service that names no port answers on every port,
+            // as Swarm's does: frontends and backends at port 0, which the
+            // data plane reads as "the port the client asked for".
+            let any_port = [control::services::PortSpec {
+                target: 0,
+                published: 0,
+                protocol: control::services::Protocol::Tcp,
+            }];
+            let ports = if e.ports.is_empty() && !e.vip.is_unspecified() {
+                &any_port[..]
+            } else {
+                &e.ports[..]
+            };
+            for p in ports {
                 let proto = match p.protocol {
                     control::services::Protocol::Tcp => Protocol::Tcp,
                     control::services::Protocol::Udp => Protocol::Udp,
@@ -546,6 +571,14 @@ impl Node {
                         proto,
                         vip: true,
                     });
+                    if p.target == 0 {
+                        frontends.push(Frontend {
+                            addr: e.vip,
+                            port: 0,
+                            proto: Protocol::Udp,
+                            vip: true,
+                        });
+                    }
                 }
                 if p.published != 0 {
                     frontends.push(Frontend {
@@ -585,7 +618,7 @@ impl Node {
                 DesiredService::add_port(
                     &mut services,
                     &e.name,
-                    e.ports.len(),
+                    ports.len(),
                     (published, p.target, proto),
                     frontends,
                     backends,
@@ -614,6 +647,8 @@ impl Node {
             tcp_timeout_s: ct.tcp_timeout_s,
             udp_timeout_s: ct.udp_timeout_s,
             services,
+            memberships: self.memberships(),
+            isolate: true,
         }
     }
 }
@@ -666,6 +701,23 @@ impl PortProbe {
         }
         false
     }
+}
+
+/// A service's networks: the ones it names, or the cluster's default.
+fn on_networks(nets: &[Attachment]) -> Vec<Attachment> {
+    if nets.is_empty() {
+        vec![Attachment {
+            target: control::networks::DEFAULT.into(),
+            aliases: Vec::new(),
+        }]
+    } else {
+        nets.to_vec()
+    }
+}
+
+/// The names of a service's networks.
+fn attached(nets: &[Attachment]) -> Vec<String> {
+    on_networks(nets).into_iter().map(|a| a.target).collect()
 }
 
 fn report(id: &str, state: TaskState, message: &str) -> TaskReport {

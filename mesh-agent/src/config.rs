@@ -745,6 +745,9 @@ impl StaticConfig {
             tcp_timeout_s: self.conntrack.tcp_timeout_s,
             udp_timeout_s: self.conntrack.udp_timeout_s,
             services,
+            // Static configs have no swarm networks: tasks reach each other.
+            memberships: BTreeMap::new(),
+            isolate: false,
         }
     }
 }

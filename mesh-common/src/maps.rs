@@ -18,8 +18,9 @@ pub const MAP_CT4: &str = "apiary_ct4";
 /// Node settings the programs need. Array with one [`NodeConfig`].
 pub const MAP_CONFIG: &str = "apiary_config";
 /// Global counters and drop reasons. Per-CPU array: [`crate::stats`] index
-/// → u64 (`_v2`: three more drop reasons than `apiary_stats`).
-pub const MAP_STATS: &str = "apiary_stats_v2";
+/// → u64 (each version adds drop reasons: `_v2` three more than
+/// `apiary_stats`, `_v3` the network isolation drop).
+pub const MAP_STATS: &str = "apiary_stats_v3";
 /// The other nodes the encapsulation may come from. Hash: tunnel address
 /// (network order: the underlay address, or the overlay address when the
 /// overlay is on) → `NODE_F_*`. A packet to the encapsulation port from
@@ -34,6 +35,11 @@ pub const MAP_TASK_NETS4: &str = "apiary_task_nets4";
 /// program once the route to that address leaves by that link. LRU hash:
 /// ifindex → IPv4 address (network order).
 pub const MAP_TASK_SRC4: &str = "apiary_task_src4";
+/// The swarm networks each task address is on, for the isolation rule: a
+/// task reaches another task (directly or through a VIP) only when they
+/// share a network. Hash: task address (network order) → [`NetSet`]. A
+/// source address with no entry (not a swarm task) is not held to it.
+pub const MAP_TASK_NETSETS4: &str = "apiary_task_netsets4";
 /// Per-service counters. Per-CPU array: svc_id → [`Counters`].
 pub const MAP_SVC_STATS: &str = "apiary_lb_svc_stats";
 /// Per-backend counters. Per-CPU array: backend id → [`Counters`].
@@ -57,6 +63,10 @@ pub const NODE_F_OVERLAY: u32 = 1 << 1;
 pub const MAX_NODES: u32 = 16_384;
 /// Entries of [`MAP_TASK_NETS4`].
 pub const MAX_TASK_NETS: u32 = MAX_NODES;
+/// Words of a [`NetSet`]: networks a node's agent can number (a swarm
+/// keeps at most 1,000 networks besides its default one).
+pub const NET_SET_WORDS: usize = 16;
+pub const MAX_NET_INDEX: usize = NET_SET_WORDS * 64;
 /// Entries of [`MAP_TASK_SRC4`].
 pub const MAX_TASK_LINKS: u32 = 65_536;
 
@@ -194,7 +204,39 @@ pub struct NodeConfig {
     /// Idle time after which a UDP flow's entry is treated as new.
     pub ct_udp_timeout_s: u32,
     /// Non-zero once the agent has written the configuration.
-    pub ready: u32,
+    pub ready: u16,
+    /// `CFG_F_*` (was the upper half of a 32-bit `ready`: old pinned maps
+    /// read as no flags).
+    pub flags: u16,
+}
+
+/// Swarm mode: every packet a task sends to another task is held to the
+/// network rule ([`MAP_TASK_NETSETS4`]), and a task with no entry there is
+/// on no network. Without it (static configs), only tasks with an entry
+/// are.
+pub const CFG_F_ISOLATE: u16 = 1 << 0;
+
+/// The networks of one task: bit `i` of the set is the network the
+/// node's agent numbered `i` (each agent numbers the networks it sees; both
+/// ends of a check are read on the same node).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetSet {
+    pub words: [u64; NET_SET_WORDS],
+}
+
+impl NetSet {
+    /// Whether the two sets share a network (a fixed, branch-free pass).
+    #[inline(always)]
+    pub fn meets(&self, other: &NetSet) -> bool {
+        let mut any = 0u64;
+        let mut i = 0;
+        while i < NET_SET_WORDS {
+            any |= self.words[i] & other.words[i];
+            i += 1;
+        }
+        any != 0
+    }
 }
 
 /// Per-service and per-backend counters.
@@ -225,4 +267,6 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetSet {}
 }

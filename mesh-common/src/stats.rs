@@ -63,7 +63,10 @@ counters! {
     /// An opened packet claims a source among another node's tasks than the
     /// sender's, or (not a reply) goes to no task of this node.
     STAT_DROP_DECAP_INNER = 21, "drop_decap_inner_address", true;
+    /// A task's packet to another task (directly or through a VIP) with
+    /// which it shares no network.
+    STAT_DROP_NET_ISOLATED = 22, "drop_network_isolation", true;
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STAT_MAX: u32 = 22;
+pub const STAT_MAX: u32 = 23;

@@ -7,7 +7,7 @@ use mesh_common::*;
 use crate::{
     ct, encap,
     hdr::Packet,
-    maps::{count, count_flow, LB4_SERVICES, LB_BACKENDS, LB_MAGLEV},
+    maps::{self, count, count_flow, LB4_SERVICES, LB_BACKENDS, LB_MAGLEV},
     nat, route,
 };
 
@@ -56,7 +56,7 @@ fn choose(svc: &Lb4Service, p: &Packet, now: u64, cfg: &NodeConfig) -> Result<(u
     let mut n = 0usize;
     let mut step = 0;
     while step < PICK_ROWS {
-        let (id, be) = maglev_row(svc, row)?;
+        let (id, be) = maglev_row(svc, row, p.dport)?;
         let seen = busy[0] == id || busy[1] == id || busy[2] == id || busy[3] == id;
         if !seen {
             if !ct::tuple_busy(p, &be, now, cfg) {
@@ -81,20 +81,32 @@ fn choose(svc: &Lb4Service, p: &Packet, now: u64, cfg: &NodeConfig) -> Result<(u
 }
 
 #[inline(always)]
-fn maglev_row(svc: &Lb4Service, row: u32) -> Result<(u32, Backend), u32> {
+fn maglev_row(svc: &Lb4Service, row: u32, dport: u16) -> Result<(u32, Backend), u32> {
     let idx = (svc.svc_id * MAGLEV_HALVES + (svc.maglev_half & 1)) * MAGLEV_M + row;
     let id = *LB_MAGLEV.get(idx).ok_or(STAT_DROP_MAGLEV)?;
     let be = *LB_BACKENDS.get(id).ok_or(STAT_DROP_MAGLEV)?;
     if be.state == BACKEND_UNUSED {
         return Err(STAT_DROP_MAGLEV);
     }
-    Ok((id, be))
+    Ok((id, at_port(be, dport)))
 }
 
-/// Balances `p` if it is addressed to a frontend: `Ok(None)` if it is not.
+/// A backend of a VIP's any-port frontend (port 0) takes the port the
+/// client asked for.
 #[inline(always)]
-pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i32>, u32> {
-    let key = Lb4Key {
+fn at_port(mut be: Backend, dport: u16) -> Backend {
+    if be.port == 0 {
+        be.port = dport;
+    }
+    be
+}
+
+/// The frontend `p` is addressed to: its own port, or (for a task's
+/// packets: VIPs are reached from tasks) the VIP's any-port frontend of a
+/// service that publishes none.
+#[inline(always)]
+fn frontend(p: &Packet, from_task: bool) -> Option<Lb4Service> {
+    let mut key = Lb4Key {
         addr: p.daddr,
         port: p.dport,
         proto: p.proto,
@@ -104,10 +116,30 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
     // the element (preallocated hash: at worst a stale copy, never a torn
     // read of another key, since the agent never deletes a frontend it
     // might still rewrite).
-    let Some(svc) = (unsafe { LB4_SERVICES.get(&key) }) else {
+    if let Some(svc) = unsafe { LB4_SERVICES.get(&key) } {
+        return Some(*svc);
+    }
+    if !from_task {
+        return None;
+    }
+    key.port = 0;
+    // SAFETY: as above.
+    let svc = unsafe { LB4_SERVICES.get(&key) }?;
+    (svc.flags & SVC_F_VIP != 0).then_some(*svc)
+}
+
+/// Balances `p` if it is addressed to a frontend: `Ok(None)` if it is not.
+/// `from_task`: `p` left a task (its source is held to the network rule).
+#[inline(always)]
+pub fn balance(
+    ctx: &TcContext,
+    p: &Packet,
+    cfg: &NodeConfig,
+    from_task: bool,
+) -> Result<Option<i32>, u32> {
+    let Some(svc) = frontend(p, from_task) else {
         return Ok(None);
     };
-    let svc = *svc;
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = ct::forward_key(p);
@@ -121,7 +153,7 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
             let reopen =
                 p.is_syn() && (entry.flags & CT_F_CLOSING != 0 || be.state != BACKEND_ACTIVE);
             if be.state != BACKEND_UNUSED && fresh && !reopen && entry.svc_id == svc.svc_id {
-                chosen = Some((entry.backend_id, *be));
+                chosen = Some((entry.backend_id, at_port(*be, p.dport)));
                 ct::touch(e, &entry, now, p.is_closing());
             } else if be.state == BACKEND_UNUSED {
                 count(STAT_LB_RESELECT);
@@ -133,6 +165,11 @@ pub fn balance(ctx: &TcContext, p: &Packet, cfg: &NodeConfig) -> Result<Option<i
         Some(c) => c,
         None => {
             let (id, be) = choose(&svc, p, now, cfg)?;
+            // A VIP is reached from the service's networks only (a
+            // published port from anywhere, as Swarm's ingress network).
+            if from_task && svc.flags & SVC_F_VIP != 0 && maps::isolated(p.saddr, be.addr[0], cfg) {
+                return Err(STAT_DROP_NET_ISOLATED);
+            }
             ct::open(p, &fkey, svc.svc_id, id, &be, now);
             (id, be)
         }

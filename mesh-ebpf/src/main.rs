@@ -71,7 +71,7 @@ fn host_ingress(ctx: &TcContext) -> Verdict {
         let ingress_node = encap::decap(ctx, &pkt)?;
         return opened(ctx, &cfg, ingress_node);
     }
-    if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
+    if let Some(action) = lb::balance(ctx, &pkt, &cfg, false)? {
         return Ok(action);
     }
     // Not for a frontend: a connection straight to a task address.
@@ -143,8 +143,16 @@ fn task_ingress(ctx: &TcContext) -> Verdict {
         return encap::send(ctx, &pkt, &cfg, node);
     }
     // A task connecting to a service VIP.
-    if let Some(action) = lb::balance(ctx, &pkt, &cfg)? {
+    if let Some(action) = lb::balance(ctx, &pkt, &cfg, true)? {
         return Ok(action);
+    }
+    // A task connecting to another task's address: only on a shared
+    // network. Node gateways (a task subnet's first address, the owner's
+    // own tunnel address) are no task.
+    if let Some(owner) = maps::task_owner(pkt.daddr) {
+        if owner != pkt.daddr && maps::isolated(pkt.saddr, pkt.daddr, &cfg) {
+            return Err(STAT_DROP_NET_ISOLATED);
+        }
     }
     ct::forget_stale(&pkt);
     Ok(TC_ACT_OK)

@@ -34,7 +34,7 @@ pub static CT4: LruHashMap<Ct4Key, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTR
 #[map(name = "apiary_config")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-#[map(name = "apiary_stats_v2")]
+#[map(name = "apiary_stats_v3")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_MAX, 0);
 
 #[map(name = "apiary_nodes4")]
@@ -48,6 +48,27 @@ pub static TASK_NETS4: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_TASK_NETS, 0);
 #[inline(always)]
 pub fn task_owner(addr: u32) -> Option<u32> {
     TASK_NETS4.get(Key::new(32, addr)).copied()
+}
+
+#[map(name = "apiary_task_netsets4")]
+pub static TASK_NETSETS4: HashMap<u32, NetSet> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+/// Whether a packet a task sent from `src` to task address `dst` (both
+/// network order) crosses between networks they do not share. An address
+/// with no entry is on no network; a source without one is let through
+/// only where the node does not isolate (static configs).
+#[inline(always)]
+pub fn isolated(src: u32, dst: u32, cfg: &NodeConfig) -> bool {
+    // SAFETY: plain reads of hash values; a concurrent update replaces the
+    // element, and a stale copy only decides one packet.
+    let Some(from) = (unsafe { TASK_NETSETS4.get(&src) }) else {
+        return cfg.flags & CFG_F_ISOLATE != 0;
+    };
+    // SAFETY: as above.
+    match unsafe { TASK_NETSETS4.get(&dst) } {
+        Some(to) => !from.meets(to),
+        None => true,
+    }
 }
 
 #[map(name = "apiary_task_src4")]

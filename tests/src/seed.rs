@@ -3,15 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-/// Where the seed files are, for tests and for CI alike: beside the
-/// checkout. Cargo names the package's folder at run time (`cargo test`,
+/// This package's folder. Cargo names it at run time (`cargo test`,
 /// `cargo xtask`); the folder it was compiled in is only the fallback (a
 /// build cache shared by clones at other paths may hold a stale one).
-pub fn seed_dir() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest.join("../../shared/seed")
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Where the seed files are, for tests and for CI alike: beside the
+/// checkout.
+pub fn seed_dir() -> PathBuf {
+    package_dir().join("../../shared/seed")
 }
 
 /// The image built here for each of the tutorial's (`cargo xtask image`).

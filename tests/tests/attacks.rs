@@ -333,8 +333,8 @@ fn hole2_the_daemons_files_are_private_and_loose_ones_are_tightened() {
 /// The routes docs/api.md lists, as `(METHOD, path)` with example values
 /// in place of `{…}` and without optional query parts.
 fn documented_routes() -> Vec<(String, String)> {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(apiary_tests::seed::package_dir().join("../docs/api.md")).unwrap();
     let mut routes = Vec::new();
     for line in doc.lines() {
         let Some(rest) = line.strip_prefix("| `") else {

@@ -194,3 +194,85 @@ fn names_resolve_only_within_shared_networks_aliases_included() {
         assert!(e.contains(want), "{args:?}: {e}");
     }
 }
+
+/// Whether service `from`'s task gets an HTTP answer from `addr` (busybox
+/// `wget -T` crashes: `timeout` bounds it).
+fn connects(lab: &Lab, from: &str, addr: &str) -> bool {
+    let url = format!("http://{addr}/");
+    let (ok, body) = exec_in(lab, from, &["timeout", "3", "wget", "-q", "-O", "-", &url]);
+    ok && body.contains("client=")
+}
+
+/// The isolation drops counted on every node.
+fn isolation_drops(lab: &Lab) -> u64 {
+    (0..lab.daemons.len())
+        .map(|d| {
+            let v = lab.daemons[d].lb("stats").unwrap();
+            v["counters"]["drop_network_isolation"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no isolation counter: {v}"))
+        })
+        .sum()
+}
+
+#[test]
+fn tasks_reach_each_other_only_on_a_shared_network_and_each_refusal_is_counted() {
+    let lab = swarm(1, 1).unwrap();
+    for n in ["front", "back"] {
+        lab.apiary(0, &["network", "create", n]).out();
+    }
+    let create = |args: &[&str]| {
+        let out = lab
+            .apiary(0, &[&["service", "create"], args].concat())
+            .out();
+        assert!(out.contains("converged"), "{args:?}: {out}");
+    };
+    // Two web tasks on `back`, one per node; clients on each node.
+    create(&[
+        "--name",
+        "web",
+        "--network",
+        "back",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "apiary/whoami:dev",
+    ]);
+    for (name, nets) in [("api", "front,back"), ("ui", "front")] {
+        let mut args = vec!["--name", name, "--mode", "global"];
+        for n in nets.split(',') {
+            args.extend(["--network", n]);
+        }
+        args.extend(["apiary/busybox:dev", "sleep", "600"]);
+        create(&args);
+    }
+    let v: Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "web"]).out()).unwrap();
+    let vip = v[0]["vip"].as_str().unwrap().to_string();
+    let (_, text) = exec_in(&lab, "api", &["nslookup", "tasks.web"]);
+    let tasks: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("Address") && !l.ends_with(":53"))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    assert_eq!(tasks.len(), 2, "tasks.web from api: {text}");
+
+    // api shares `back` with web: by name, by VIP, by each task address.
+    assert!(connects(&lab, "api", "web"));
+    assert!(connects(&lab, "api", &vip));
+    for t in &tasks {
+        assert!(connects(&lab, "api", t), "api → web task {t}");
+    }
+    // ui is on `front` only: the VIP and the task addresses it knows from
+    // elsewhere stay shut, wherever the task runs, and each try counts.
+    let before = isolation_drops(&lab);
+    assert!(!connects(&lab, "ui", &vip), "ui reached web's VIP");
+    for t in &tasks {
+        assert!(!connects(&lab, "ui", t), "ui reached web task {t}");
+    }
+    assert!(
+        isolation_drops(&lab) >= before + 3,
+        "refusals not counted as drop_network_isolation"
+    );
+}

@@ -109,6 +109,8 @@ fn desired(proto: Protocol) -> Desired {
         tcp_timeout_s: 60,
         udp_timeout_s: 60,
         services: BTreeMap::from([("web".to_string(), svc)]),
+        memberships: BTreeMap::new(),
+        isolate: false,
     }
 }
 
@@ -495,4 +497,126 @@ fn a_live_flow_is_not_moved_to_another_node_by_its_packets() {
         assert_eq!(rc, TC_ACT_REDIRECT);
         assert_eq!(&out[30..34], &a.octets(), "encapsulated back to node a");
     });
+}
+
+/// `desired` plus an any-port VIP for the backend, and networks: the
+/// backend on `back`, task 10.201.1.7 on `nets_of_7`.
+fn with_networks(proto: Protocol, nets_of_7: &[&str], isolate: bool) -> Desired {
+    let mut want = desired(proto);
+    want.services.insert(
+        "db".into(),
+        DesiredService {
+            name: "db".into(),
+            frontends: [Protocol::Tcp, Protocol::Udp]
+                .into_iter()
+                .map(|proto| Frontend {
+                    addr: VIP,
+                    port: 0,
+                    proto,
+                    vip: true,
+                })
+                .collect(),
+            backends: vec![DesiredBackend {
+                addr: BACKEND,
+                port: 0,
+                draining: false,
+                node_addr: None,
+            }],
+        },
+    );
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    want.memberships = BTreeMap::from([(BACKEND, set(&["back"])), (TASK7, set(nets_of_7))]);
+    want.isolate = isolate;
+    want
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 9);
+const TASK7: Ipv4Addr = Ipv4Addr::new(10, 201, 1, 7);
+
+#[test]
+fn tasks_reach_only_tasks_and_vips_of_a_shared_network() {
+    let fx = Fixture::new("n");
+    // Task 10.201.1.7 sends from its own link (see the source check).
+    fx.ns
+        .ip(&[
+            "link", "add", "link2", "type", "veth", "peer", "name", "link3",
+        ])
+        .unwrap();
+    fx.ns.ip(&["link", "set", "link2", "up"]).unwrap();
+    fx.ns.ip(&["link", "set", "link3", "up"]).unwrap();
+    fx.ns
+        .ip(&["route", "add", "10.201.1.7/32", "dev", "link2"])
+        .unwrap();
+    let (pin, data) = (fx.pin.clone(), fx.data.clone());
+    fx.run(Protocol::Tcp, move |dp| {
+        let drops = |dp: &Dataplane| counter(dp, STAT_DROP_NET_ISOLATED);
+        let send = |dp: &Dataplane, dst: (Ipv4Addr, u16)| {
+            let p = packet(Protocol::Tcp, (TASK7, 40000), dst, b"");
+            run_prog_on(dp, PROG_TASK_INGRESS, &p, "link2")
+        };
+        // On `front` only: the backend's address and the VIP (any port)
+        // are shut, each refusal counted.
+        dp.apply(&with_networks(Protocol::Tcp, &["front"], true))
+            .unwrap();
+        let before = drops(dp);
+        assert_eq!(send(dp, (BACKEND, 5432)).0, TC_ACT_SHOT, "direct");
+        assert_eq!(send(dp, (VIP, 5432)).0, TC_ACT_SHOT, "through the VIP");
+        assert_eq!(drops(dp), before + 2);
+        // The published port answers everyone.
+        assert_eq!(send(dp, (NODE, 8080)).0, TC_ACT_REDIRECT, "published");
+
+        // Also on `back`: both open; the VIP keeps the port asked for.
+        let r = dp
+            .apply(&with_networks(Protocol::Tcp, &["front", "back"], true))
+            .unwrap();
+        assert_eq!(r.memberships_written, 1, "only task 7's entry changes");
+        assert_eq!(send(dp, (BACKEND, 5432)).0, 0, "direct, to the stack");
+        let (rc, out) = send(dp, (VIP, 5433));
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(inspect(&out, Protocol::Tcp).dst, (BACKEND, 5433));
+        assert_eq!(drops(dp), before + 2);
+
+        // A task with no entry reaches no task in swarm mode, any task
+        // without it (static configs).
+        let unknown = Ipv4Addr::new(10, 201, 1, 8);
+        fx_route(unknown);
+        let p = packet(Protocol::Tcp, (unknown, 40000), (BACKEND, 80), b"");
+        assert_eq!(
+            run_prog_on(dp, PROG_TASK_INGRESS, &p, "link2").0,
+            TC_ACT_SHOT
+        );
+        dp.apply(&with_networks(Protocol::Tcp, &["front", "back"], false))
+            .unwrap();
+        assert_eq!(run_prog_on(dp, PROG_TASK_INGRESS, &p, "link2").0, 0);
+    });
+    // A new agent on the same maps finds the memberships and their
+    // numbering: nothing to write.
+    let opts = Options {
+        pin_path: pin,
+        data_dir: data,
+        max_services: 16,
+        max_backends: 64,
+        host_iface: "lo".into(),
+        task_prefix: "apt".into(),
+    };
+    fx.ns
+        .run_in(move || {
+            let mut dp = Dataplane::load(opts).expect("load");
+            assert!(dp.adopted);
+            let r = dp
+                .apply(&with_networks(Protocol::Tcp, &["front", "back"], false))
+                .unwrap();
+            assert_eq!(r.memberships_written, 0, "{r:?}");
+        })
+        .expect("in namespace");
+}
+
+/// Routes `addr` by the second task link, inside the current namespace.
+fn fx_route(addr: Ipv4Addr) {
+    let ok = std::process::Command::new("ip")
+        .args(["route", "add", &format!("{addr}/32"), "dev", "link2"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "route to {addr}");
 }

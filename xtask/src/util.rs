@@ -5,8 +5,12 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+/// From the folder `cargo run` names at run time: a build cache shared
+/// with a checkout at another path may hold an xtask compiled there.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("workspace root")
         .to_path_buf()

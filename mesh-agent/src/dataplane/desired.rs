@@ -1,7 +1,7 @@
 //! The declarative input of the data plane: what the static config (now) or
 //! the control plane (later) wants programmed on this node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -112,4 +112,9 @@ pub struct Desired {
     pub tcp_timeout_s: u32,
     pub udp_timeout_s: u32,
     pub services: BTreeMap<String, DesiredService>,
+    /// Swarm networks by task address (local tasks, and every service's
+    /// running tasks). With `isolate`, a task reaches only tasks with which
+    /// it shares one; without, only tasks listed here are held to that.
+    pub memberships: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    pub isolate: bool,
 }

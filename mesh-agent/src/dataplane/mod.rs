@@ -35,6 +35,8 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/apiary";
 
 /// Service names by id, beside the maps (bpffs holds only BPF objects).
 const NAMES_FILE: &str = "lb-service-names.json";
+/// Each network's bit in the membership sets, beside the maps.
+const NET_INDEX_FILE: &str = "net-index.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -72,6 +74,8 @@ pub enum DataplaneError {
     TooManyBackendsInService { service: String, count: usize },
     #[error("no free backend id: raise --max-backends (needs a fresh --pin-path)")]
     TooManyBackends,
+    #[error("tasks here are on more than {max} networks; the data plane numbers at most that many", max = MAX_NET_INDEX)]
+    TooManyNetworks,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -140,6 +144,7 @@ impl Dataplane {
                 opts.max_services * LB4_ENTRIES_PER_SERVICE,
             )
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
+            .map_max_entries(MAP_TASK_NETSETS4, opts.max_backends)
             .load(OBJECT)?;
         for name in [PROG_HOST_INGRESS, PROG_TASK_INGRESS, PROG_OVERLAY_INGRESS] {
             program(&mut ebpf, name)?
@@ -148,7 +153,11 @@ impl Dataplane {
         }
         let maps = Maps::open_pinned(&opts.pin_path)?;
         let programmed = if adopted {
-            Programmed::read(&maps, &read_names(&opts.data_dir))?
+            Programmed::read(
+                &maps,
+                &read_names(&opts.data_dir),
+                read_json(&opts.data_dir.join(NET_INDEX_FILE)),
+            )?
         } else {
             Programmed::empty(maps.max_services(), maps.backends.len())
         };
@@ -179,6 +188,10 @@ impl Dataplane {
         // Names are saved even after a partial failure: they describe the maps.
         if !matches!(&report, Ok(r) if r.is_noop()) {
             write_names(&self.opts.data_dir, &self.programmed)?;
+            write_json(
+                &self.opts.data_dir.join(NET_INDEX_FILE),
+                &self.programmed.net_index,
+            )?;
         }
         report
     }
@@ -291,19 +304,28 @@ fn ensure_bpffs() -> Result<(), DataplaneError> {
 }
 
 pub fn read_names(data_dir: &Path) -> HashMap<u32, String> {
-    std::fs::read(data_dir.join(NAMES_FILE))
+    read_json(&data_dir.join(NAMES_FILE))
+}
+
+/// A record beside the maps; missing or damaged reads as empty (the maps
+/// are then rewritten, not misread).
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
+    std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
-fn write_names(data_dir: &Path, p: &Programmed) -> Result<(), DataplaneError> {
-    let path = data_dir.join(NAMES_FILE);
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DataplaneError> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(
         &tmp,
-        serde_json::to_vec_pretty(&p.names()).expect("names serialise"),
+        serde_json::to_vec_pretty(value).expect("records serialise"),
     )?;
-    std::fs::rename(tmp, path)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+fn write_names(data_dir: &Path, p: &Programmed) -> Result<(), DataplaneError> {
+    write_json(&data_dir.join(NAMES_FILE), &p.names())
 }

@@ -29,6 +29,10 @@ pub struct Programmed {
     pub services: BTreeMap<String, ProgrammedService>,
     pub backends: HashMap<BackendKey, (u32, Backend)>,
     pub node: Option<NodeConfig>,
+    /// What the network membership map holds, by address (network order).
+    pub netsets: HashMap<u32, NetSet>,
+    /// The bit of each network in those sets (saved beside the maps).
+    pub net_index: BTreeMap<String, u16>,
     /// Services read back from the maps whose names were not on record:
     /// a desired service adopts one of them by a shared frontend.
     pub unnamed: BTreeSet<String>,
@@ -66,7 +70,11 @@ impl Programmed {
 
     /// Reads back what a previous agent programmed. `names` maps service
     /// ids to the names that agent used.
-    pub fn read(maps: &Maps, names: &HashMap<u32, String>) -> Result<Self, DataplaneError> {
+    pub fn read(
+        maps: &Maps,
+        names: &HashMap<u32, String>,
+        net_index: BTreeMap<String, u16>,
+    ) -> Result<Self, DataplaneError> {
         let max_backends = maps.backends.len();
         let mut p = Programmed::empty(maps.max_services(), max_backends);
         for id in 1..max_backends {
@@ -130,6 +138,11 @@ impl Programmed {
             .get(&0, 0)
             .map_err(|e| DataplaneError::map(MAP_CONFIG, e))?;
         p.node = (node.ready != 0).then_some(node);
+        p.net_index = net_index;
+        for item in maps.netsets.iter() {
+            let (addr, set) = item.map_err(|e| DataplaneError::map(MAP_TASK_NETSETS4, e))?;
+            p.netsets.insert(addr, set);
+        }
         Ok(p)
     }
 

@@ -22,6 +22,7 @@ pub struct ApplyReport {
     pub tables_rebuilt: usize,
     pub backends_written: usize,
     pub backends_removed: usize,
+    pub memberships_written: usize,
 }
 
 impl ApplyReport {
@@ -81,7 +82,7 @@ pub fn apply(
     want: &Desired,
 ) -> Result<ApplyReport, DataplaneError> {
     let mut report = ApplyReport::default();
-    write_node(maps, have, want)?;
+    write_node(maps, have, want, &mut report)?;
 
     // Backends first, so every table written below names existing entries.
     let mut wanted_backends: HashMap<BackendKey, Backend> = HashMap::new();
@@ -195,13 +196,78 @@ fn write_task_nets(maps: &mut Maps, want: &Desired) -> Result<(), DataplaneError
     Ok(())
 }
 
+/// Which networks each task address is on: the map made equal to
+/// `want.memberships`, writing only what changed (it holds an entry per
+/// task of the cluster). Networks get a bit each, kept while in use.
+fn write_memberships(
+    maps: &mut Maps,
+    have: &mut Programmed,
+    want: &Desired,
+    report: &mut ApplyReport,
+) -> Result<(), DataplaneError> {
+    let err = |e| DataplaneError::map(MAP_TASK_NETSETS4, e);
+    let in_use: HashSet<&String> = want.memberships.values().flatten().collect();
+    have.net_index.retain(|name, _| in_use.contains(name));
+    let mut taken: HashSet<u16> = have.net_index.values().copied().collect();
+    let mut free = (0..MAX_NET_INDEX as u16).filter(|i| !taken.contains(i));
+    let mut fresh = Vec::new();
+    for name in in_use {
+        if !have.net_index.contains_key(name) {
+            let bit = free.next().ok_or(DataplaneError::TooManyNetworks)?;
+            fresh.push((name.clone(), bit));
+        }
+    }
+    for (name, bit) in fresh {
+        taken.insert(bit);
+        have.net_index.insert(name, bit);
+    }
+    let wanted: HashMap<u32, NetSet> = want
+        .memberships
+        .iter()
+        .map(|(addr, names)| {
+            let mut set = NetSet::default();
+            for bit in names.iter().filter_map(|n| have.net_index.get(n)) {
+                set.words[*bit as usize / 64] |= 1 << (bit % 64);
+            }
+            (u32::from(*addr).to_be(), set)
+        })
+        .collect();
+    let gone: Vec<u32> = have
+        .netsets
+        .keys()
+        .filter(|a| !wanted.contains_key(a))
+        .copied()
+        .collect();
+    for addr in gone {
+        // Already gone is as good as removed.
+        if let Err(e) = maps.netsets.remove(&addr) {
+            if maps.netsets.get(&addr, 0).is_ok() {
+                return Err(err(e));
+            }
+        }
+        have.netsets.remove(&addr);
+        report.memberships_written += 1;
+    }
+    for (addr, set) in wanted {
+        if have.netsets.get(&addr) != Some(&set) {
+            maps.netsets.insert(addr, set, 0).map_err(err)?;
+            have.netsets.insert(addr, set);
+            report.memberships_written += 1;
+        }
+    }
+    Ok(())
+}
+
 fn write_node(
     maps: &mut Maps,
     have: &mut Programmed,
     want: &Desired,
+    report: &mut ApplyReport,
 ) -> Result<(), DataplaneError> {
     write_nodes(maps, want)?;
     write_task_nets(maps, want)?;
+    // Before the flag that holds tasks without an entry to the rule.
+    write_memberships(maps, have, want, report)?;
     let node = NodeConfig {
         node_addr: u32::from(want.node_addr).to_be(),
         encap_port: want.encap_port.to_be(),
@@ -209,6 +275,7 @@ fn write_node(
         ct_tcp_timeout_s: want.tcp_timeout_s,
         ct_udp_timeout_s: want.udp_timeout_s,
         ready: 1,
+        flags: if want.isolate { CFG_F_ISOLATE } else { 0 },
     };
     if have.node != Some(node) {
         maps.config

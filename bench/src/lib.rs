@@ -8,6 +8,7 @@ pub mod overlay;
 pub mod raft;
 pub mod raftload;
 pub mod scheduler;
+pub mod stack;
 pub mod swarmlab;
 pub mod sync;
 pub mod wrk;

@@ -21,9 +21,12 @@ fn err(text: &str) -> String {
 }
 
 fn seed(name: &str) -> Input {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/seed")
-        .join(name);
+    // The folder cargo names at run time: a build cache shared with a
+    // checkout at another path may hold this test compiled there.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let path = dir.join("../../shared/seed").join(name);
     Input::read(&path).unwrap()
 }
 

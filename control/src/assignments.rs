@@ -26,6 +26,7 @@ pub struct AgentLink {
     reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<TaskReport>>>,
     images: Images,
     logs: LogReader,
+    volumes: Arc<dyn crate::api::volumes::NodeVolumes>,
 }
 
 /// Reads bounded chunks of a task's output on this node; blocking.
@@ -44,7 +45,10 @@ pub struct RuntimeLink {
     pub images: Images,
 }
 
-pub fn link(logs: LogReader) -> (Arc<AgentLink>, RuntimeLink) {
+pub fn link(
+    logs: LogReader,
+    volumes: Arc<dyn crate::api::volumes::NodeVolumes>,
+) -> (Arc<AgentLink>, RuntimeLink) {
     let (atx, arx) = std_mpsc::channel();
     let (rtx, rrx) = mpsc::unbounded_channel();
     let images = Images::default();
@@ -54,6 +58,7 @@ pub fn link(logs: LogReader) -> (Arc<AgentLink>, RuntimeLink) {
             reports: tokio::sync::Mutex::new(rrx),
             images: images.clone(),
             logs,
+            volumes,
         }),
         RuntimeLink {
             assignments: arx,
@@ -77,6 +82,22 @@ impl AgentLink {
     ) -> Result<crate::api::NodeLogs, String> {
         let (read, id) = (self.logs.clone(), id.to_string());
         tokio::task::spawn_blocking(move || read(&id, &q))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// This node's named volumes.
+    pub async fn volumes_list(&self) -> Result<Vec<crate::api::volumes::NodeVolume>, String> {
+        let v = self.volumes.clone();
+        tokio::task::spawn_blocking(move || v.list())
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Removes this node's volume `name`; `Ok(false)` when there is none.
+    pub async fn volumes_remove(&self, name: &str) -> Result<bool, String> {
+        let (v, name) = (self.volumes.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || v.remove(&name))
             .await
             .map_err(|e| e.to_string())?
     }

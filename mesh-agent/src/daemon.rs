@@ -135,7 +135,12 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     let logs: control::assignments::LogReader = Arc::new(move |id: &str, q| {
         crate::tasks::logs(&data, &cgroups, &socket, id, q).map_err(|e| e.to_string())
     });
-    let (agent, runtime_link) = control::assignments::link(logs);
+    let volumes = Arc::new(crate::volumes::LocalVolumes {
+        data_dir: local.data_dir.clone(),
+        cgroup_parent: local.cgroup_parent(),
+        docker_socket: local.docker_socket.clone(),
+    });
+    let (agent, runtime_link) = control::assignments::link(logs, volumes);
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = crate::assigned::spawn(local, runtime_link, stop.clone())
         .context("starting the runtime thread")?;

@@ -18,3 +18,4 @@ pub mod task_worker;
 pub mod taskfiles;
 pub mod tasks;
 pub mod tool;
+pub mod volumes;

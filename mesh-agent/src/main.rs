@@ -61,6 +61,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::network::NetworkCmd,
     },
+    /// Named volumes of the swarm's nodes (on a manager).
+    Volume {
+        #[command(subcommand)]
+        cmd: cli::volume::VolumeCmd,
+    },
     /// Manage secrets: files in tasks, encrypted at rest (on a manager).
     Secret {
         #[command(subcommand)]
@@ -224,6 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Kv { cmd } => cli::node::run_kv(cmd, &cli.connect),
         Cmd::Service { cmd } => cli::service::run(*cmd, &cli.connect),
         Cmd::Network { cmd } => cli::network::run(cmd, &cli.connect),
+        Cmd::Volume { cmd } => cli::volume::run(cmd, &cli.connect),
         Cmd::Stack { cmd } => cli::stack::run(cmd, &cli.connect),
         Cmd::Secret { cmd } => cli::objects::run(control::objects::Kind::Secret, cmd, &cli.connect),
         Cmd::Config { cmd } => cli::objects::run(control::objects::Kind::Config, cmd, &cli.connect),

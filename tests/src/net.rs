@@ -87,16 +87,7 @@ impl Ns {
         &self,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> anyhow::Result<R> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        let handle = std::thread::spawn(move || -> anyhow::Result<R> {
-            setns(&file, CloneFlags::CLONE_NEWNET).context("entering network namespace")?;
-            Ok(f())
-        });
-        match handle.join() {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
-        }
+        run_in_netns(&format!("/run/netns/{}", self.name), f)
     }
 
     pub fn delete(&self) -> anyhow::Result<()> {
@@ -120,21 +111,44 @@ impl Ns {
     /// `GET path` from this namespace (HTTP/1.0, a new connection): the
     /// JSON body of a 200 answer, or `None`.
     pub fn get_json(&self, to: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
-        use std::io::{Read, Write};
-        let path = path.to_string();
-        self.run_in(move || -> Option<serde_json::Value> {
-            let timeout = std::time::Duration::from_secs(3);
-            let mut s = std::net::TcpStream::connect_timeout(&to, timeout).ok()?;
-            s.set_read_timeout(Some(timeout * 3)).ok()?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            if !buf.starts_with("HTTP/1.1 200") && !buf.starts_with("HTTP/1.0 200") {
-                return None;
-            }
-            serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
-        })
-        .ok()
-        .flatten()
+        get_json_in(&format!("/run/netns/{}", self.name), to, path)
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path`
+/// (`/run/netns/NAME`, `/proc/PID/ns/net`).
+pub fn run_in_netns<R: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> anyhow::Result<R> {
+    let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    let handle = std::thread::spawn(move || -> anyhow::Result<R> {
+        setns(&file, CloneFlags::CLONE_NEWNET).context("entering network namespace")?;
+        Ok(f())
+    });
+    match handle.join() {
+        Ok(r) => r,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// `GET path` (HTTP/1.0, a new connection) from the network namespace at
+/// `ns`: the JSON body of a 200 answer, or `None`.
+pub fn get_json_in(ns: &str, to: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    run_in_netns(ns, move || -> Option<serde_json::Value> {
+        let timeout = std::time::Duration::from_secs(3);
+        let mut s = std::net::TcpStream::connect_timeout(&to, timeout).ok()?;
+        s.set_read_timeout(Some(timeout * 3)).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        if !buf.starts_with("HTTP/1.1 200") && !buf.starts_with("HTTP/1.0 200") {
+            return None;
+        }
+        serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
+    })
+    .ok()
+    .flatten()
 }

@@ -183,3 +183,136 @@ fn an_exec_tasks_volume_is_a_directory_of_its_node_seen_only_by_the_task() {
     );
     lab.apiary(0, &["service", "rm", "ex"]).out();
 }
+
+#[test]
+fn volumes_are_listed_inspected_and_removed_per_node() {
+    let lab = swarm(1, 1).unwrap();
+    let write = "echo x > /data/f; exec sleep 600";
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "db",
+                "--mode",
+                "global",
+                "--stop-grace-period",
+                "1s",
+                "--mount",
+                "type=volume,source=shared,target=/data",
+                IMAGE,
+                "sh",
+                "-c",
+                write,
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "ex",
+                "--driver",
+                "exec",
+                "--constraint",
+                "node.hostname==h2",
+                "--mount",
+                "type=volume,source=ev,target=/mnt",
+                "/bin/sleep",
+                "600",
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+
+    // One row per node and volume, with the tasks using it.
+    let ls = lab.apiary(0, &["volume", "ls"]).out();
+    let rows: Vec<Vec<&str>> = ls
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for want in [
+        ["h1", "local", "shared", "1"],
+        ["h2", "local", "shared", "1"],
+        ["h2", "exec", "ev", "1"],
+    ] {
+        assert!(rows.iter().any(|r| r[..] == want[..]), "{want:?} in\n{ls}");
+    }
+    assert_eq!(rows.len(), 3, "{ls}");
+    let only_h1 = lab.apiary(0, &["volume", "ls", "--node", "h1", "-q"]).out();
+    assert_eq!(only_h1.trim(), "shared");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.apiary(0, &["volume", "inspect", "shared"]).out()).unwrap();
+    let nodes: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["h1", "h2"], "{v}");
+    let mountpoint = v[0]["mountpoint"].as_str().unwrap();
+    assert!(
+        std::path::Path::new(mountpoint).join("f").exists(),
+        "{mountpoint}"
+    );
+
+    // Refused: a name on two nodes without --node, a volume in use, bad
+    // names, one that is nowhere. Nothing is removed.
+    for (args, want) in [
+        (vec!["volume", "rm", "shared"], "say which with --node"),
+        (
+            vec!["volume", "rm", "--node", "h1", "shared"],
+            "in use by task",
+        ),
+        (vec!["volume", "rm", "../etc"], "invalid volume name"),
+        (
+            vec!["volume", "rm", "--node", "../h1", "ev"],
+            "invalid node name",
+        ),
+        (vec!["volume", "rm", "nosuch"], "no such volume"),
+        (vec!["volume", "inspect", "nosuch"], "no such volume"),
+    ] {
+        let e = lab.apiary(0, &args).err();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert_eq!(
+        lab.apiary(0, &["volume", "ls", "-q"]).out().lines().count(),
+        3
+    );
+
+    // Once its tasks are gone, each node's copy goes on its own.
+    lab.apiary(0, &["service", "rm", "db", "ex"]).out();
+    until(Duration::from_secs(30), || {
+        lab.apiary(0, &["volume", "rm", "--node", "h1", "shared"])
+            .ok
+            .then_some(())
+    })
+    .expect("h1's volume removed once unused");
+    lab.apiary(0, &["volume", "rm", "ev"]).out();
+    let ls = lab.apiary(0, &["volume", "ls"]).out();
+    let rows: Vec<&str> = ls.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{ls}");
+    assert!(
+        rows[0].starts_with("h2") && rows[0].contains("shared"),
+        "{ls}"
+    );
+    assert!(
+        !lab.data_dir(1).join("volumes/ev").exists(),
+        "exec volume kept"
+    );
+    let engine = docker(&["volume", "ls", "-q"]);
+    let mine: Vec<&str> = engine
+        .lines()
+        .filter(|l| l.contains(&lab.id) && l.ends_with("_shared"))
+        .collect();
+    assert_eq!(mine.len(), 1, "one engine volume left (h2's): {mine:?}");
+    lab.apiary(0, &["volume", "rm", "shared"]).out();
+}

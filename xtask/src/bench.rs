@@ -14,17 +14,21 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
         "overlay" => &["iperf3", "iproute2", "util-linux"],
         "raft" => &["etcd-server", "etcd-client", "iproute2", "util-linux"],
         "scheduler" => &[],
-        "converge" | "failover" => &["iproute2", "util-linux"],
+        "converge" | "failover" | "stack" => &["iproute2", "util-linux"],
         other => {
-            bail!("unknown benchmark `{other}`: the benchmarks are: converge, failover, lb, overlay, raft, scheduler")
+            bail!("unknown benchmark `{other}`: the benchmarks are: converge, failover, lb, overlay, raft, scheduler, stack")
         }
     };
     ensure_packages(packages)?;
-    // Containers for `converge` (and the images it runs): Docker Engine
-    // started if it is not running, left running for the benchmark.
-    let _dockerd = if name == "converge" {
+    // Containers for `converge` and `stack` (and the images they run):
+    // Docker Engine started if it is not running, left running for the
+    // benchmark.
+    let _dockerd = if name == "converge" || name == "stack" {
         let d = crate::docker::ensure_dockerd()?;
         crate::docker::build_images()?;
+        if name == "stack" {
+            crate::stack_images::build()?;
+        }
         Some(d)
     } else {
         None

@@ -15,6 +15,7 @@ mod nodes;
 pub mod objects;
 mod services;
 mod swarm;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,6 +235,16 @@ pub fn router(d: Arc<Daemon>) -> Router {
                     services::node_logs(&m.j, &task, q).await
                 },
             ),
+        )
+        .route(
+            "/v1/node/volumes",
+            get(|m: ManagerCaller| async move { volumes::node_list(&m.j).await }),
+        )
+        .route(
+            "/v1/node/volumes/{name}",
+            axum::routing::delete(|m: ManagerCaller, Path(n): Path<String>| async move {
+                volumes::node_remove(&m.j, &n).await
+            }),
         );
     let raft =
         Router::new()
@@ -403,6 +414,19 @@ pub fn router(d: Arc<Daemon>) -> Router {
             })
             .delete(|Admin(j), Path(n): Path<String>| async move {
                 objects::remove(&j, Kind::Secret, &n).await
+            }),
+        )
+        .route(
+            "/v1/volumes",
+            get(|Admin(j), Query(q)| async move { volumes::list(&j, q).await }),
+        )
+        .route(
+            "/v1/volumes/{name}",
+            get(|Admin(j), Path(n): Path<String>, Query(q)| async move {
+                volumes::inspect(&j, &n, q).await
+            })
+            .delete(|Admin(j), Path(n): Path<String>, Query(q)| async move {
+                volumes::remove(&j, &n, q).await
             }),
         )
         .route(

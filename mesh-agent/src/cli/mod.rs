@@ -6,6 +6,7 @@ pub mod objects;
 pub mod service;
 pub mod stack;
 pub mod swarm;
+pub mod volume;
 
 use std::path::PathBuf;
 use std::time::Duration;

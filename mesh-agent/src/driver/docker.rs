@@ -123,6 +123,53 @@ impl DockerDriver {
             .collect())
     }
 
+    /// The named volumes this node's tasks made on the engine.
+    pub fn volumes(&self) -> Result<Vec<control::api::volumes::NodeVolume>, DriverError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node)],
+        )]);
+        let opts = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(filters),
+        };
+        let list = self
+            .rt
+            .block_on(self.docker.list_volumes(Some(opts)))
+            .map_err(docker_err("", "listing volumes"))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            // Made by this node (the filter) for a named volume.
+            .filter_map(|v| {
+                let name = v.labels.get(LABEL_VOLUME)?.clone();
+                (v.name == volume_name(&self.node, &name)).then(|| {
+                    control::api::volumes::NodeVolume {
+                        name,
+                        driver: v.driver,
+                        mountpoint: v.mountpoint,
+                        created_at: v.created_at.map(|d| d.to_string()),
+                        labels: v.labels.into_iter().collect(),
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// Removes this node's volume `name` from the engine (which refuses
+    /// while a container uses it); `Ok(false)` when there is none.
+    pub fn remove_volume(&self, name: &str) -> Result<bool, DriverError> {
+        let full = volume_name(&self.node, name);
+        match self.rt.block_on(self.docker.remove_volume(
+            &full,
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )) {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(docker_err("", &format!("removing volume {full}"))(e)),
+        }
+    }
+
     /// Containers are named after the node and the task.
     pub fn container_name(&self, id: &str) -> String {
         format!("apiary-{}-{id}", self.node)

@@ -83,6 +83,53 @@ impl ExecDriver {
         }
     }
 
+    /// Named volumes of exec tasks here: `DATA_DIR/volumes/NAME/_data`
+    /// (anonymous ones, which go with their task, are not listed).
+    pub fn volumes(&self) -> Vec<control::api::volumes::NodeVolume> {
+        let Ok(dir) = std::fs::read_dir(&self.volumes) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = dir
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                if !control::services::mounts::valid_volume_name(&name) {
+                    return None;
+                }
+                let meta = e.metadata().ok().filter(|m| m.is_dir())?;
+                let created = meta.modified().ok().map(|t| {
+                    time::OffsetDateTime::from(t)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                });
+                Some(control::api::volumes::NodeVolume {
+                    mountpoint: e.path().join("_data").display().to_string(),
+                    name,
+                    driver: "exec".into(),
+                    labels: Default::default(),
+                    created_at: created,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Removes exec volume `name` here; `Ok(false)` when there is none.
+    pub fn remove_volume(&self, name: &str) -> Result<bool, DriverError> {
+        if !control::services::mounts::valid_volume_name(name) {
+            return Ok(false);
+        }
+        let dir = self.volumes.join(name);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// The task's secrets, configs and mounts as the shim makes them:
     /// named volumes are directories under `DATA_DIR/volumes`.
     fn shim_mounts(&self, spec: &TaskSpec) -> Result<Vec<super::shim::ShimMount>, DriverError> {

@@ -399,9 +399,11 @@ mod tests {
     use super::*;
 
     fn project(name: &str) -> Project {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/seed")
-            .join(name);
+        // Cargo names the folder at run time (see compose's tests).
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let path = dir.join("../../shared/seed").join(name);
         compose::load(&[compose::Input::read(&path).unwrap()], &BTreeMap::new()).unwrap()
     }
 

@@ -12,9 +12,10 @@
 //! `DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`: no registry look-up); done
 //! when every service shows all its replicas and each of the 10 web tasks
 //! answers `GET /rows` on its own port. Its routing mesh needs IPVS, which
-//! this kernel lacks, so its copy of the file has no `ports:` (the only
-//! change besides images) and each task is asked inside its own network
-//! namespace: Swarm's time covers no load balancer, Apiary's covers three.
+//! this kernel lacks, and so do its VIPs: its copy of the file has no
+//! `ports:` and `endpoint_mode: dnsrr` (the only changes besides images),
+//! and each web task is asked inside its own network namespace: Swarm's
+//! time covers no load balancer, Apiary's covers three.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -77,25 +78,32 @@ fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The seed file for Swarm: images swapped, `ports:` blocks left out.
+/// The seed file for Swarm: images swapped, `ports:` blocks left out and
+/// `endpoint_mode: dnsrr` under each `deploy:` (Swarm's VIPs, like its
+/// routing mesh, are IPVS).
 fn swarm_file(dir: &Path) -> anyhow::Result<PathBuf> {
     let with_images = apiary_tests::seed::with_images(dir, SEED, &image)?;
     let text = std::fs::read_to_string(&with_images)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
     let mut out = Vec::new();
     let mut skip_deeper_than: Option<usize> = None;
-    for line in text.lines() {
-        let indent = line.len() - line.trim_start().len();
+    for (i, line) in lines.iter().enumerate() {
         if let Some(level) = skip_deeper_than {
-            if line.trim().is_empty() || indent > level {
+            if line.trim().is_empty() || indent(line) > level {
                 continue;
             }
             skip_deeper_than = None;
         }
         if line.trim_start() == "ports:" {
-            skip_deeper_than = Some(indent);
+            skip_deeper_than = Some(indent(line));
             continue;
         }
-        out.push(line);
+        out.push(line.to_string());
+        if line.trim_start() == "deploy:" {
+            let child = lines.get(i + 1).map_or(indent(line) + 2, |l| indent(l));
+            out.push(format!("{}endpoint_mode: dnsrr", " ".repeat(child)));
+        }
     }
     let path = dir.join("docker-stack-swarm.yml");
     std::fs::write(&path, out.join("\n") + "\n")?;
@@ -108,7 +116,12 @@ struct SwarmMode;
 
 impl SwarmMode {
     fn init() -> anyhow::Result<Self> {
-        let _ = docker(&["swarm", "leave", "--force"]);
+        // A swarm left behind (by an earlier run, or by hand) goes first.
+        wait(Duration::from_secs(60), "leaving an earlier swarm", || {
+            let _ = docker(&["swarm", "leave", "--force"]);
+            docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+                .is_ok_and(|s| s.trim() == "inactive")
+        })?;
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
         Ok(SwarmMode)
     }
@@ -233,7 +246,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     )?;
     writeln!(
         t,
-        "Docker Swarm: 1 node on the same engine, --resolve-image never, no ports (no IPVS here), done = all replicas up, each web task answering /rows"
+        "Docker Swarm: 1 node on the same engine, --resolve-image never, offline images, no ports and endpoint_mode dnsrr (no IPVS here), done = all replicas up, each web task answering /rows"
     )?;
     writeln!(t, "{:<16} {:>10} {:>10}", "", "median ms", "spread")?;
     writeln!(t, "{:<16} {:>10.0} {:>10.0}", "apiary", a, s_a)?;

@@ -85,7 +85,7 @@ fn run(cfg: LocalConfig, link: RuntimeLink, stop: Arc<AtomicBool>) {
     loop {
         if stop.load(Ordering::Relaxed) {
             if let Some(n) = node.take() {
-                n.net.stop();
+                n.net.release();
             }
             return;
         }

@@ -63,7 +63,7 @@ impl Runtime {
                 let o = Overlay::start(spec).context("starting the overlay")?;
                 dp.attach_overlay(o.iface())
                     .context("attaching the overlay program")?;
-                tracing::info!(interface = o.iface(), backend = ?o.kind, "overlay up");
+                tracing::info!(interface = o.iface(), backend = ?o.kind, adopted = o.adopted, "overlay up");
                 Some(o)
             }
             None => None,
@@ -98,15 +98,22 @@ impl Runtime {
         ))
     }
 
-    /// See [`Net::stop`].
+    /// See [`Net::release`].
     pub fn stop(self) {
-        self.net.stop();
+        self.net.release();
     }
 }
 
 impl Net {
-    /// Brings the overlay down; tasks go on running and the data plane
-    /// stays programmed (pinned) for the next agent.
+    /// The agent is going: tasks go on running, the data plane stays
+    /// programmed (pinned) and the overlay up, for the next agent.
+    pub fn release(mut self) {
+        if let Some(o) = self.overlay.take() {
+            o.release();
+        }
+    }
+
+    /// Leaving the swarm: the overlay comes down.
     pub fn stop(mut self) {
         if let Some(o) = self.overlay.take() {
             o.stop();

@@ -253,7 +253,8 @@ fn overlay_traffic_resumes_after_an_agent_kill9_and_after_a_host_returns() {
     );
     let t1_pid = lab.daemons[0].task_pid("t1").unwrap();
 
-    // The agent of h1 dies (its userspace WireGuard with it) and comes back.
+    // The agent of h1 dies (its userspace WireGuard, a process of its own,
+    // stays) and comes back.
     lab.daemon(0).kill9();
     lab.restart_daemon(0).unwrap();
     let after_restart = time_to_reach(t2.clone(), t1_addr, Duration::from_secs(10))

@@ -180,6 +180,16 @@ fn joins_with_bad_tokens_are_refused() {
         "{rotated}"
     );
     lab.apiary(2, &["swarm", "leave", "--force"]).out();
+    // Leaving takes the overlay down: its device process, interface and
+    // socket go (an agent that only restarts keeps them).
+    let iface = format!("{}w3", lab.id);
+    let socket = format!("/var/run/wireguard/{iface}.sock");
+    until(Duration::from_secs(10), || {
+        let links = lab.hosts[2].ns.ip(&["-o", "link"]).unwrap();
+        (!links.contains(&format!(" {iface}:")) && !std::path::Path::new(&socket).exists())
+            .then_some(())
+    })
+    .expect("the overlay device stopped after leaving");
     let err = lab
         .apiary(2, &["swarm", "join", "--token", &good, &m])
         .err();

@@ -2,13 +2,15 @@
 //! whose peers are the other nodes (allowed-ips: their task subnets, which
 //! hold their overlay addresses). The kernel's WireGuard is used where the
 //! kernel has it; otherwise Apiary's userspace WireGuard (`wg`, on gotatun's
-//! protocol code) runs inside the agent on a TUN device. Either way it is
+//! protocol code) runs on a TUN device in a process of its own (`process`),
+//! which outlives the agent as the kernel's device does. Either way it is
 //! configured through the same `DeviceUpdate`, and addresses, MTU and
 //! routes are set over rtnetlink.
 
 pub mod gso;
 pub mod keys;
 pub mod netlink;
+pub mod process;
 mod vnet;
 pub mod wg;
 
@@ -86,9 +88,10 @@ pub enum Kind {
 
 pub struct Overlay {
     pub kind: Kind,
+    /// The device was there already (an earlier agent's) and was taken on.
+    pub adopted: bool,
     name: InterfaceName,
     spec: OverlaySpec,
-    userspace: Option<wg::Device>,
 }
 
 /// Where a userspace WireGuard's UAPI socket is (as `wg` looks for it).
@@ -120,30 +123,47 @@ impl Overlay {
             iface: spec.iface.clone(),
             source,
         };
-        let (kind, userspace) = match base().apply(&name, Backend::Kernel) {
-            Ok(()) => (Kind::Kernel, None),
+        let existed = crate::netdev::links()
+            .unwrap_or_default()
+            .iter()
+            .any(|(n, _)| *n == spec.iface);
+        // An earlier agent's userspace device first: asked as a kernel
+        // one, the existing (TUN) interface would be an error.
+        let userspace_running = process::running(&spec.iface);
+        let kernel = if userspace_running {
+            Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        } else {
+            base().apply(&name, Backend::Kernel)
+        };
+        let (kind, adopted) = match kernel {
+            Ok(()) => (Kind::Kernel, existed),
             // EOPNOTSUPP: no WireGuard in this kernel.
-            Err(e) if e.raw_os_error() == Some(95) => {
-                let handle = wg::Device::start(&spec.iface, spec.mtu, &uapi_socket(&spec.iface))
-                    .map_err(|e| OverlayError::Userspace {
-                        iface: spec.iface.clone(),
-                        message: e.to_string(),
-                    })?;
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                let log = spec.key_path.with_file_name(format!("{}.log", spec.iface));
+                let adopted = process::ensure(&spec.iface, spec.mtu, &log)?;
+                // The same key and port again: nothing changes (sessions
+                // stay) on a device that had them.
                 base().apply(&name, Backend::Userspace).map_err(configure)?;
-                (Kind::Userspace, Some(handle))
+                (Kind::Userspace, adopted)
             }
             Err(e) => return Err(configure(e)),
         };
         let mut o = Overlay {
             kind,
+            adopted,
             name,
             spec: spec.clone(),
-            userspace,
         };
-        o.apply_peers(&[], &spec.peers)?;
+        // An adopted device may have peers that left meanwhile.
+        let had = if adopted {
+            o.device_peers()
+        } else {
+            Vec::new()
+        };
+        o.apply_peers(&had, &spec.peers)?;
         let (iface, addr, mtu) = (spec.iface.clone(), spec.address, u32::from(spec.mtu));
         crate::attach::netlink::run(None, move |h| netlink::link_up(h, iface, addr, mtu))?;
-        o.routes(&[], &spec.peers)?;
+        o.routes(&had, &spec.peers)?;
         Ok(o)
     }
 
@@ -188,6 +208,34 @@ impl Overlay {
         Ok(())
     }
 
+    /// The peers the device has now (an adopted one's), as far as
+    /// `apply_peers` compares them.
+    fn device_peers(&self) -> Vec<Peer> {
+        let Ok(dev) = Device::get(&self.name, backend(self.kind)) else {
+            return Vec::new();
+        };
+        dev.peers
+            .iter()
+            .map(|p| Peer {
+                name: String::new(),
+                public_key: p.config.public_key.clone(),
+                endpoint: p
+                    .config
+                    .endpoint
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                allowed: p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .filter_map(|a| match a.address {
+                        std::net::IpAddr::V4(v4) => Ipv4Net::new(v4, a.cidr).ok(),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     fn routes(&self, old: &[Peer], new: &[Peer]) -> Result<(), OverlayError> {
         let nets = |ps: &[Peer]| {
             ps.iter()
@@ -214,10 +262,15 @@ impl Overlay {
         &self.spec.iface
     }
 
-    /// Stops a userspace device (the kernel's stays) and removes its socket.
-    pub fn stop(mut self) {
-        if let Some(device) = self.userspace.take() {
-            device.stop();
+    /// The agent is going (stopped, killed, restarting): the device stays
+    /// and goes on carrying packets; the next agent takes it on.
+    pub fn release(self) {}
+
+    /// Leaving the swarm: a userspace device is stopped (its interface and
+    /// socket go); the kernel's stays, as it always has.
+    pub fn stop(self) {
+        if self.kind == Kind::Userspace {
+            process::stop(&self.spec.iface);
         }
     }
 }

@@ -9,12 +9,11 @@
 //! LB on every host.
 
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-use crate::swarmlab::{apiary, backends_everywhere, three_hosts, wait};
+use crate::swarmlab::{apiary, backends_everywhere, docker, fresh_swarm_mode, three_hosts, wait};
 use crate::{arg, median_spread};
 
 const IMAGE: &str = "apiary/whoami:dev";
@@ -59,25 +58,12 @@ fn apiary_round(n: usize, docker: bool) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1000.0)
 }
 
-fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("docker").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Leaves Docker's swarm mode as it found it.
 struct SwarmMode;
 
 impl SwarmMode {
     fn init() -> anyhow::Result<Self> {
-        let _ = docker(&["swarm", "leave", "--force"]);
-        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+        fresh_swarm_mode()?;
         Ok(SwarmMode)
     }
 }

@@ -20,12 +20,11 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-use crate::swarmlab::{apiary, backends_everywhere, three_hosts, wait};
+use crate::swarmlab::{apiary, backends_everywhere, docker, fresh_swarm_mode, three_hosts, wait};
 use crate::{arg, median_spread};
 
 const SEED: &str = "docker-stack.yml";
@@ -61,21 +60,6 @@ fn apiary_round() -> anyhow::Result<f64> {
             })
     })?;
     Ok(start.elapsed().as_secs_f64() * 1000.0)
-}
-
-fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The seed file for Swarm: images swapped, `ports:` blocks left out and
@@ -116,13 +100,7 @@ struct SwarmMode;
 
 impl SwarmMode {
     fn init() -> anyhow::Result<Self> {
-        // A swarm left behind (by an earlier run, or by hand) goes first.
-        wait(Duration::from_secs(60), "leaving an earlier swarm", || {
-            let _ = docker(&["swarm", "leave", "--force"]);
-            docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
-                .is_ok_and(|s| s.trim() == "inactive")
-        })?;
-        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+        fresh_swarm_mode()?;
         Ok(SwarmMode)
     }
 }

@@ -58,3 +58,33 @@ pub fn apiary(lab: &Lab, h: usize, args: &[&str]) -> anyhow::Result<String> {
 pub fn three_hosts() -> anyhow::Result<Lab> {
     apiary_tests::swarm::swarm(1, 2).context("setting up a 3-host swarm")
 }
+
+/// `docker ARGS` against the local engine, failing with its error output.
+/// Swarm commands run with the engine's offline-image preference (no
+/// registry look-up: Apiary makes none).
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Puts the engine in a fresh one-node swarm (a swarm left behind by an
+/// earlier run, or by hand, goes first).
+pub fn fresh_swarm_mode() -> anyhow::Result<()> {
+    wait(Duration::from_secs(60), "leaving an earlier swarm", || {
+        let _ = docker(&["swarm", "leave", "--force"]);
+        docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .is_ok_and(|s| s.trim() == "inactive")
+    })?;
+    docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+    Ok(())
+}

@@ -410,17 +410,23 @@ impl Node {
                 table.entry(n).or_insert_with(|| service.clone());
             }
         }
-        for task in &self.state.tasks {
+        for (addr, task) in self.task_addresses() {
+            t.clients.insert(addr, attached(&task.spec.networks));
+        }
+        t
+    }
+
+    /// This node's tasks that have an address: the one the task reports
+    /// here, else the one the managers know.
+    fn task_addresses(&self) -> impl Iterator<Item = (Ipv4Addr, &AssignedTask)> {
+        self.state.tasks.iter().filter_map(|task| {
             let addr = self
                 .seen
                 .get(&task.task.id)
                 .and_then(|s| s.address)
-                .or(task.task.address);
-            if let Some(addr) = addr {
-                t.clients.insert(addr, attached(&task.spec.networks));
-            }
-        }
-        t
+                .or(task.task.address)?;
+            Some((addr, task))
+        })
     }
 
     /// Which networks each task is on, for the data plane's isolation
@@ -434,17 +440,10 @@ impl Node {
                 sets.entry(b.address).or_default().extend(nets.clone());
             }
         }
-        for task in &self.state.tasks {
-            let addr = self
-                .seen
-                .get(&task.task.id)
-                .and_then(|s| s.address)
-                .or(task.task.address);
-            if let Some(addr) = addr {
-                sets.entry(addr)
-                    .or_default()
-                    .extend(attached(&task.spec.networks));
-            }
+        for (addr, task) in self.task_addresses() {
+            sets.entry(addr)
+                .or_default()
+                .extend(attached(&task.spec.networks));
         }
         sets
     }

@@ -51,9 +51,16 @@ pub struct Table {
     pub clients: HashMap<Ipv4Addr, Vec<String>>,
 }
 
-/// The table, shared with the runtime, which keeps it current.
+/// The table, shared with the runtime, which keeps it current. Until the
+/// runtime first sets it (an agent that just started or restarted), queries
+/// go unanswered: the task's resolver asks again a second later
+/// (`options timeout:1 attempts:5`) instead of hearing NXDOMAIN for a name
+/// that exists.
 #[derive(Clone, Default)]
-pub struct Names(Arc<RwLock<Table>>);
+pub struct Names {
+    table: Arc<RwLock<Table>>,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Names {
     /// Replaces the names every client sees; `true` when they changed.
@@ -66,7 +73,9 @@ impl Names {
 
     /// Replaces the whole table; `true` when it changed.
     pub fn set_table(&self, table: Table) -> bool {
-        let mut t = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
         if *t == table {
             return false;
         }
@@ -78,7 +87,7 @@ impl Names {
     /// random place in the list (round robin over a large service without
     /// copying all of it).
     fn pick(&self, name: &str, max: usize, client: Option<Ipv4Addr>) -> Option<Vec<Ipv4Addr>> {
-        let t = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
         let mut found: Vec<&Vec<Ipv4Addr>> = t.global.get(name).into_iter().collect();
         if let Some(nets) = client.and_then(|c| t.clients.get(&c)) {
             for n in nets {
@@ -205,6 +214,9 @@ pub enum Handled {
 /// The server's decision for datagram `buf` (all of it that does not
 /// touch the network; the fuzz target drives it).
 pub fn handle(names: &Names, buf: &[u8], forwarding: bool, client: Option<Ipv4Addr>) -> Handled {
+    if !names.loaded.load(std::sync::atomic::Ordering::Acquire) {
+        return Handled::Drop;
+    }
     let q = match parse_query(buf) {
         None => return Handled::Drop,
         Some(Err(formerr)) => return reply(&formerr),
@@ -379,6 +391,19 @@ mod tests {
         m.metadata.recursion_desired = true;
         m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
         m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn nothing_is_answered_before_the_first_table_so_resolvers_ask_again() {
+        let names = Names::default();
+        let q = query("web", RecordType::A);
+        assert!(matches!(handle(&names, &q, true, None), Handled::Drop));
+        assert!(matches!(handle(&names, &q, false, None), Handled::Drop));
+        names.set(HashMap::from([(
+            "web".to_string(),
+            vec![Ipv4Addr::new(10, 96, 0, 2)],
+        )]));
+        assert!(matches!(handle(&names, &q, false, None), Handled::Reply(_)));
     }
 
     #[test]

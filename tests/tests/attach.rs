@@ -72,7 +72,7 @@ fn tasks_get_a_working_eth0_and_detach_leaves_nothing() {
     );
     assert_eq!(
         std::fs::read_to_string(&a1.resolv_conf).unwrap(),
-        "nameserver 10.96.0.2\n"
+        "nameserver 10.96.0.2\noptions timeout:1 attempts:5\n"
     );
 
     // Task to task through the host, over TCP.

@@ -11,8 +11,8 @@ use apiary_tests::swarm::{swarm, until};
 use apiary_tests::Lab;
 use serde_json::Value;
 
-/// `docker exec` in the container of service `service`'s first task.
-fn exec_in(lab: &Lab, service: &str, cmd: &[&str]) -> (bool, String) {
+/// The container of service `service`'s first task.
+fn container_of(lab: &Lab, service: &str) -> String {
     let ps = lab.apiary(0, &["service", "ps", service]).out();
     let id = ps
         .lines()
@@ -26,15 +26,25 @@ fn exec_in(lab: &Lab, service: &str, cmd: &[&str]) -> (bool, String) {
         .unwrap();
     let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
     assert!(!cid.is_empty(), "no container for task {id}");
+    cid
+}
+
+/// `docker exec` in container `cid`: success and what it printed.
+fn exec_cid(cid: &str, cmd: &[&str]) -> (bool, String) {
     let out = Command::new("docker")
         .arg("exec")
-        .arg(&cid)
+        .arg(cid)
         .args(cmd)
         .output()
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// `docker exec` in the container of service `service`'s first task.
+fn exec_in(lab: &Lab, service: &str, cmd: &[&str]) -> (bool, String) {
+    exec_cid(&container_of(lab, service), cmd)
 }
 
 #[test]

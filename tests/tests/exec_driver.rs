@@ -359,7 +359,7 @@ fn the_task_sees_its_own_resolv_conf() {
             d.logs("dns", &Default::default()).unwrap().stdout.data
         })
         .unwrap();
-    assert_eq!(out, "nameserver 10.96.0.2\n");
+    assert_eq!(out, "nameserver 10.96.0.2\noptions timeout:1 attempts:5\n");
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     assert_ne!(host, out, "the host's file is untouched");
 }

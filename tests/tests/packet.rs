@@ -51,6 +51,21 @@ impl Fixture {
         }
     }
 
+    /// A second task link, `link2`, whose task holds 10.201.1.7 (a host
+    /// route more specific than the subnet on link0).
+    fn second_task_link(&self) {
+        self.ns
+            .ip(&[
+                "link", "add", "link2", "type", "veth", "peer", "name", "link3",
+            ])
+            .unwrap();
+        self.ns.ip(&["link", "set", "link2", "up"]).unwrap();
+        self.ns.ip(&["link", "set", "link3", "up"]).unwrap();
+        self.ns
+            .ip(&["route", "add", "10.201.1.7/32", "dev", "link2"])
+            .unwrap();
+    }
+
     /// Runs `f` with a data plane programmed for `proto`, inside the namespace.
     fn run<R: Send + 'static>(
         &self,
@@ -348,18 +363,7 @@ fn with_tcp_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
 #[test]
 fn a_task_sending_with_another_source_is_dropped_and_counted() {
     let fx = Fixture::new("s");
-    // A second task link, whose task holds 10.201.1.7 (a host route more
-    // specific than the subnet on link0).
-    fx.ns
-        .ip(&[
-            "link", "add", "link2", "type", "veth", "peer", "name", "link3",
-        ])
-        .unwrap();
-    fx.ns.ip(&["link", "set", "link2", "up"]).unwrap();
-    fx.ns.ip(&["link", "set", "link3", "up"]).unwrap();
-    fx.ns
-        .ip(&["route", "add", "10.201.1.7/32", "dev", "link2"])
-        .unwrap();
+    fx.second_task_link();
     fx.run(Protocol::Udp, |dp| {
         let spoofed = |dp: &Dataplane| counter(dp, STAT_DROP_SPOOFED);
         let task7 = Ipv4Addr::new(10, 201, 1, 7);
@@ -537,16 +541,7 @@ const TASK7: Ipv4Addr = Ipv4Addr::new(10, 201, 1, 7);
 fn tasks_reach_only_tasks_and_vips_of_a_shared_network() {
     let fx = Fixture::new("n");
     // Task 10.201.1.7 sends from its own link (see the source check).
-    fx.ns
-        .ip(&[
-            "link", "add", "link2", "type", "veth", "peer", "name", "link3",
-        ])
-        .unwrap();
-    fx.ns.ip(&["link", "set", "link2", "up"]).unwrap();
-    fx.ns.ip(&["link", "set", "link3", "up"]).unwrap();
-    fx.ns
-        .ip(&["route", "add", "10.201.1.7/32", "dev", "link2"])
-        .unwrap();
+    fx.second_task_link();
     let (pin, data) = (fx.pin.clone(), fx.data.clone());
     fx.run(Protocol::Tcp, move |dp| {
         let drops = |dp: &Dataplane| counter(dp, STAT_DROP_NET_ISOLATED);

@@ -267,9 +267,11 @@ impl Attacher {
                 .map(|d| format!("nameserver {d}"))
                 .collect()
         };
+        // One-second tries, five of them: a lookup made while the node's
+        // agent (its DNS server) restarts is answered once it is back.
+        let text = servers.join("\n") + "\noptions timeout:1 attempts:5\n";
         // A task running as any user reads it.
-        control::private_fs::write_task_readable(&path, (servers.join("\n") + "\n").as_bytes())
-            .map_err(io)?;
+        control::private_fs::write_task_readable(&path, text.as_bytes()).map_err(io)?;
         Ok(path)
     }
 

@@ -129,7 +129,10 @@ fn a_container_serves_on_its_task_address_and_is_adopted_by_a_new_agent() {
         logs.stderr.data.contains("listening on 0.0.0.0:80"),
         "{logs:?}"
     );
-    assert_eq!(resolv_inside, "nameserver 10.96.0.2\n");
+    assert_eq!(
+        resolv_inside,
+        "nameserver 10.96.0.2\noptions timeout:1 attempts:5\n"
+    );
     assert!(
         hosts_inside.starts_with("127.0.0.1\tlocalhost\n"),
         "{hosts_inside:?}"

@@ -53,6 +53,9 @@ pub const PROG_OVERLAY_INGRESS: &str = "apiary_overlay_ingress";
 /// Program attached at TC ingress of the host side of every task veth
 /// (packets leaving a task).
 pub const PROG_TASK_INGRESS: &str = "apiary_task_ingress";
+/// Program attached at TC egress of the host side of every task veth
+/// (packets going to a task).
+pub const PROG_TASK_EGRESS: &str = "apiary_task_egress";
 
 /// The node's encapsulation is opened when it arrives on the underlay.
 pub const NODE_F_UNDERLAY: u32 = 1 << 0;

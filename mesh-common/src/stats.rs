@@ -66,7 +66,11 @@ counters! {
     /// A task's packet to another task (directly or through a VIP) with
     /// which it shares no network.
     STAT_DROP_NET_ISOLATED = 22, "drop_network_isolation", true;
+    /// The host's "port unreachable" for a task's DNS query while no agent
+    /// serves DNS (restarting): held back, so the task's resolver waits and
+    /// asks again instead of failing at once.
+    STAT_DNS_UNREACH_HELD = 23, "dns_unreachable_held", true;
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STAT_MAX: u32 = 23;
+pub const STAT_MAX: u32 = 24;

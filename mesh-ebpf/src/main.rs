@@ -158,6 +158,58 @@ fn task_ingress(ctx: &TcContext) -> Verdict {
     Ok(TC_ACT_OK)
 }
 
+/// Packets the host sends to a task: the only one changed is the host's
+/// ICMP "port unreachable" about a DNS query, sent while the agent (the
+/// task's DNS server) is away. Dropped, the task's resolver times out and
+/// asks again a second later (its resolv.conf allows five tries); passed,
+/// it would give up at once.
+#[classifier]
+pub fn apiary_task_egress(ctx: TcContext) -> i32 {
+    finish(task_egress(&ctx))
+}
+
+const ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const DNS_PORT: u16 = 53;
+
+#[inline(always)]
+fn task_egress(ctx: &TcContext) -> Verdict {
+    let eth_proto: u16 = ctx.load(12).map_err(|_| STAT_DROP_MALFORMED)?;
+    if u16::from_be(eth_proto) != hdr::ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let Ok(ip) = ctx.load::<hdr::Ipv4Hdr>(hdr::ETH_LEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    if ip.proto != ICMP {
+        return Ok(TC_ACT_OK);
+    }
+    let icmp = hdr::ETH_LEN + ((ip.vihl & 0x0f) as usize) * 4;
+    let Ok(kind) = ctx.load::<[u8; 2]>(icmp) else {
+        return Ok(TC_ACT_OK);
+    };
+    if kind != [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH] {
+        return Ok(TC_ACT_OK);
+    }
+    // The quoted datagram: the task's query, to port 53 of this host.
+    let quoted = icmp + 8;
+    let Ok(inner) = ctx.load::<hdr::Ipv4Hdr>(quoted) else {
+        return Ok(TC_ACT_OK);
+    };
+    if inner.proto != PROTO_UDP || inner.daddr != ip.saddr {
+        return Ok(TC_ACT_OK);
+    }
+    let udp = quoted + ((inner.vihl & 0x0f) as usize) * 4;
+    let Ok(dport) = ctx.load::<u16>(udp + 2) else {
+        return Ok(TC_ACT_OK);
+    };
+    if u16::from_be(dport) == DNS_PORT {
+        return Err(STAT_DNS_UNREACH_HELD);
+    }
+    Ok(TC_ACT_OK)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

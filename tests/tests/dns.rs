@@ -286,3 +286,55 @@ fn tasks_reach_each_other_only_on_a_shared_network_and_each_refusal_is_counted()
         "refusals not counted as drop_network_isolation"
     );
 }
+
+#[test]
+fn a_lookup_made_while_the_agent_restarts_is_answered_once_it_is_back() {
+    let mut lab = swarm(1, 0).unwrap();
+    let create = |args: &[&str]| {
+        let out = lab
+            .apiary(0, &[&["service", "create"], args].concat())
+            .out();
+        assert!(out.contains("converged"), "{args:?}: {out}");
+    };
+    create(&["--name", "web", "apiary/whoami:dev"]);
+    // glibc's resolver (Python's), which reads resolv.conf's options.
+    create(&[
+        "--name",
+        "client",
+        "--entrypoint",
+        "sleep",
+        "apiary/django:dev",
+        "600",
+    ]);
+    let cid = container_of(&lab, "client");
+    let script = r#"
+import socket, time
+ok = failed = 0
+end = time.time() + 6
+while time.time() < end:
+    try:
+        socket.gethostbyname('web'); ok += 1
+    except OSError as e:
+        failed += 1; print('failed', e)
+    time.sleep(0.1)
+print(f'ok={ok} failed={failed}')
+"#;
+    let looker = std::thread::spawn(move || exec_cid(&cid, &["python3", "-c", script]));
+    std::thread::sleep(Duration::from_secs(1));
+    lab.daemon(0).kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.restart_daemon(0).unwrap();
+    let (ran, out) = looker.join().unwrap();
+    assert!(ran, "{out}");
+    assert!(
+        out.contains(" failed=0"),
+        "lookups failed across the restart: {out}"
+    );
+    let held = lab.daemons[0].lb("stats").unwrap()["counters"]["dns_unreachable_held"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        held > 0,
+        "no query met a missing server: the test tested nothing"
+    );
+}

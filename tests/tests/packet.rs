@@ -615,3 +615,48 @@ fn fx_route(addr: Ipv4Addr) {
         .success();
     assert!(ok, "route to {addr}");
 }
+
+/// The host's ICMP "port unreachable" to a task about its UDP datagram to
+/// `port` on the host's address `host`.
+fn port_unreachable(host: Ipv4Addr, task: Ipv4Addr, port: u16) -> Vec<u8> {
+    let ip = |proto: u8, src: Ipv4Addr, dst: Ipv4Addr, len: u16| {
+        let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+        h[2..4].copy_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(&src.octets());
+        h.extend_from_slice(&dst.octets());
+        h
+    };
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&0x0800u16.to_be_bytes());
+    p.extend(ip(1, host, task, 20 + 8 + 28));
+    p.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+    p.extend(ip(17, task, host, 28));
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&[0, 8, 0, 0]);
+    p
+}
+
+#[test]
+fn the_hosts_port_unreachable_for_a_dns_query_is_held_back_and_counted() {
+    let fx = Fixture::new("d");
+    fx.run(Protocol::Udp, |dp| {
+        let held = |dp: &Dataplane| counter(dp, STAT_DNS_UNREACH_HELD);
+        let gw = Ipv4Addr::new(10, 201, 1, 1);
+        let before = held(dp);
+        let dns = port_unreachable(gw, BACKEND, 53);
+        assert_eq!(run_prog(dp, PROG_TASK_EGRESS, &dns).0, TC_ACT_SHOT);
+        assert_eq!(held(dp), before + 1);
+        // Any other port's, and any other ICMP, go to the task.
+        let other = port_unreachable(gw, BACKEND, 5353);
+        assert_eq!(run_prog(dp, PROG_TASK_EGRESS, &other).0, 0);
+        let mut echo = port_unreachable(gw, BACKEND, 53);
+        echo[34] = 0;
+        echo[35] = 0;
+        assert_eq!(run_prog(dp, PROG_TASK_EGRESS, &echo).0, 0);
+        // Or a task's own datagram.
+        let udp = packet(Protocol::Udp, (gw, 53), (BACKEND, 40000), b"answer");
+        assert_eq!(run_prog(dp, PROG_TASK_EGRESS, &udp).0, 0);
+        assert_eq!(held(dp), before + 1);
+    });
+}

@@ -118,7 +118,12 @@ impl Dataplane {
     /// `opts.pin_path`), attaches them and reads back what is programmed.
     pub fn start(opts: Options) -> Result<Self, DataplaneError> {
         let mut dp = Self::load(opts)?;
-        attach(&mut dp.ebpf, PROG_HOST_INGRESS, &dp.opts.host_iface)?;
+        attach(
+            &mut dp.ebpf,
+            PROG_HOST_INGRESS,
+            &dp.opts.host_iface,
+            TcAttachType::Ingress,
+        )?;
         dp.scan_task_links()?;
         Ok(dp)
     }
@@ -146,7 +151,12 @@ impl Dataplane {
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .map_max_entries(MAP_TASK_NETSETS4, opts.max_backends)
             .load(OBJECT)?;
-        for name in [PROG_HOST_INGRESS, PROG_TASK_INGRESS, PROG_OVERLAY_INGRESS] {
+        for name in [
+            PROG_HOST_INGRESS,
+            PROG_TASK_INGRESS,
+            PROG_TASK_EGRESS,
+            PROG_OVERLAY_INGRESS,
+        ] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
@@ -174,7 +184,12 @@ impl Dataplane {
     /// Puts the overlay program on the overlay interface (again after it was
     /// re-created, as a userspace device is when its agent restarts).
     pub fn attach_overlay(&mut self, iface: &str) -> Result<(), DataplaneError> {
-        attach(&mut self.ebpf, PROG_OVERLAY_INGRESS, iface)
+        attach(
+            &mut self.ebpf,
+            PROG_OVERLAY_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+        )
     }
 
     /// A loaded program, by its name in `mesh_common` (`PROG_*`).
@@ -223,7 +238,18 @@ impl Dataplane {
                 continue;
             }
             if !self.task_links.contains(&link) {
-                attach(&mut self.ebpf, PROG_TASK_INGRESS, &link.0)?;
+                attach(
+                    &mut self.ebpf,
+                    PROG_TASK_INGRESS,
+                    &link.0,
+                    TcAttachType::Ingress,
+                )?;
+                attach(
+                    &mut self.ebpf,
+                    PROG_TASK_EGRESS,
+                    &link.0,
+                    TcAttachType::Egress,
+                )?;
                 added.push(link.0.clone());
             }
             present.insert(link);
@@ -251,10 +277,15 @@ fn program<'a>(
         .map_err(|source| DataplaneError::Program { name, source })
 }
 
-/// Puts `name` on `iface`'s TC ingress: replaces our filter in place if one
-/// is there (agent restart), creates it otherwise. The link is left behind
-/// on purpose: traffic keeps flowing when the agent exits.
-fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<(), DataplaneError> {
+/// Puts `name` on `iface`'s TC ingress or egress: replaces our filter in
+/// place if one is there (agent restart), creates it otherwise. The link is
+/// left behind on purpose: traffic keeps flowing when the agent exits.
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    at: TcAttachType,
+) -> Result<(), DataplaneError> {
     let err = |source| DataplaneError::Attach {
         program: name,
         iface: iface.to_string(),
@@ -263,15 +294,14 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<(), Datapl
     // Fails harmlessly when the clsact qdisc already exists.
     let _ = tc::qdisc_add_clsact(iface);
     let prog = program(ebpf, name)?;
-    let existing =
-        SchedClassifierLink::attached(iface, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
-            .map_err(|e| err(ProgramError::IOError(e)))?;
+    let existing = SchedClassifierLink::attached(iface, at, TC_PRIORITY, TC_HANDLE, None)
+        .map_err(|e| err(ProgramError::IOError(e)))?;
     let id = match prog.attach_to_link(existing) {
         Ok(id) => id,
         Err(_) => prog
             .attach_with_options(
                 iface,
-                TcAttachType::Ingress,
+                at,
                 TcAttachOptions::Netlink(NlOptions {
                     priority: TC_PRIORITY,
                     handle: TC_HANDLE,

@@ -6,7 +6,8 @@
 //! shows N/N. Swarm's routing mesh needs IPVS, which this kernel lacks,
 //! so its service runs without a published port (`--endpoint-mode
 //! dnsrr`): its time covers scheduling and starting only, ours also the
-//! LB on every host.
+//! LB on every host. Swarm makes no registry look-up (`--no-resolve-image`,
+//! the engine's offline-image preference), as Apiary makes none.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -86,6 +87,9 @@ fn swarm_round(n: usize) -> anyhow::Result<f64> {
         "--detach",
         "--name",
         "apyconv",
+        // No registry look-up (Apiary makes none), with the engine's
+        // offline-image preference set by `docker()`.
+        "--no-resolve-image",
         "--endpoint-mode",
         "dnsrr",
         "--replicas",
@@ -120,7 +124,7 @@ fn swarm_round(n: usize) -> anyhow::Result<f64> {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let rounds: usize = arg(args, "--rounds", 1);
+    let rounds: usize = arg(args, "--rounds", 3);
     let big: usize = arg(args, "--replicas", 100);
     let mut exec10 = Vec::new();
     let mut exec100 = Vec::new();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::swarmlab::{apiary, backends_everywhere, docker, fresh_swarm_mode, three_hosts, wait};
+use crate::swarmlab::{apiary, backends_everywhere, docker, three_hosts, wait, SwarmMode};
 use crate::{arg, median_spread};
 
 const IMAGE: &str = "apiary/whoami:dev";
@@ -59,26 +59,11 @@ fn apiary_round(n: usize, docker: bool) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Leaves Docker's swarm mode as it found it.
-struct SwarmMode;
-
-impl SwarmMode {
-    fn init() -> anyhow::Result<Self> {
-        fresh_swarm_mode()?;
-        Ok(SwarmMode)
-    }
-}
-
-impl Drop for SwarmMode {
-    fn drop(&mut self) {
-        let _ = docker(&["service", "rm", "apyconv"]);
-        let _ = docker(&["swarm", "leave", "--force"]);
-    }
-}
-
 /// The same service created by Docker Swarm: ms to N/N.
 fn swarm_round(n: usize) -> anyhow::Result<f64> {
-    let _mode = SwarmMode::init()?;
+    let _mode = SwarmMode::fresh(|| {
+        let _ = docker(&["service", "rm", "apyconv"]);
+    })?;
     let replicas = n.to_string();
     let start = Instant::now();
     docker(&[

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::swarmlab::{apiary, backends_everywhere, docker, fresh_swarm_mode, three_hosts, wait};
+use crate::swarmlab::{apiary, backends_everywhere, docker, three_hosts, wait, SwarmMode};
 use crate::{arg, median_spread};
 
 const SEED: &str = "docker-stack.yml";
@@ -94,32 +94,20 @@ fn swarm_file(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Docker's swarm mode, left as it was found (with the stack and its
-/// volume gone).
-struct SwarmMode;
-
-impl SwarmMode {
-    fn init() -> anyhow::Result<Self> {
-        fresh_swarm_mode()?;
-        Ok(SwarmMode)
-    }
-}
-
-impl Drop for SwarmMode {
-    fn drop(&mut self) {
-        let _ = docker(&["stack", "rm", STACK]);
-        let _ = wait(Duration::from_secs(120), "Swarm's tasks stopping", || {
-            docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.stack.namespace={STACK}"),
-            ])
-            .is_ok_and(|o| o.trim().is_empty())
-        });
-        let _ = docker(&["swarm", "leave", "--force"]);
-        let _ = docker(&["volume", "rm", &format!("{STACK}_db-data")]);
-    }
+/// Removes the stack, waits for its containers to go, and removes its
+/// volume (the next round's PostgreSQL starts empty, as Apiary's does).
+fn remove_swarm_stack() {
+    let _ = docker(&["stack", "rm", STACK]);
+    let _ = wait(Duration::from_secs(120), "Swarm's tasks stopping", || {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={STACK}"),
+        ])
+        .is_ok_and(|o| o.trim().is_empty())
+    });
+    let _ = docker(&["volume", "rm", &format!("{STACK}_db-data")]);
 }
 
 /// Whether every service of the stack shows all its replicas.
@@ -159,7 +147,7 @@ fn swarm_web_pids() -> Vec<u32> {
 fn swarm_round(dir: &Path) -> anyhow::Result<f64> {
     let file = swarm_file(dir)?;
     let f = file.to_str().context("utf-8 path")?;
-    let _mode = SwarmMode::init()?;
+    let _mode = SwarmMode::fresh(remove_swarm_stack)?;
     let start = Instant::now();
     docker(&[
         "stack",

@@ -77,14 +77,30 @@ pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Puts the engine in a fresh one-node swarm (a swarm left behind by an
-/// earlier run, or by hand, goes first).
-pub fn fresh_swarm_mode() -> anyhow::Result<()> {
-    wait(Duration::from_secs(60), "leaving an earlier swarm", || {
+/// The engine in a fresh one-node swarm for one round (a swarm left behind
+/// by an earlier run, or by hand, goes first); when dropped, the round's
+/// own clean-up runs and the engine leaves swarm mode.
+pub struct SwarmMode {
+    cleanup: Box<dyn FnMut()>,
+}
+
+impl SwarmMode {
+    pub fn fresh(cleanup: impl FnMut() + 'static) -> anyhow::Result<Self> {
+        wait(Duration::from_secs(60), "leaving an earlier swarm", || {
+            let _ = docker(&["swarm", "leave", "--force"]);
+            docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+                .is_ok_and(|s| s.trim() == "inactive")
+        })?;
+        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+        Ok(SwarmMode {
+            cleanup: Box::new(cleanup),
+        })
+    }
+}
+
+impl Drop for SwarmMode {
+    fn drop(&mut self) {
+        (self.cleanup)();
         let _ = docker(&["swarm", "leave", "--force"]);
-        docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
-            .is_ok_and(|s| s.trim() == "inactive")
-    })?;
-    docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
-    Ok(())
+    }
 }

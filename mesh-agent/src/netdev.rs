@@ -13,6 +13,11 @@ pub fn links() -> io::Result<Vec<(String, u32)>> {
         .collect())
 }
 
+/// Whether a link named `iface` is in the current network namespace.
+pub fn exists(iface: &str) -> bool {
+    links().is_ok_and(|l| l.iter().any(|(name, _)| name == iface))
+}
+
 /// MTU of `iface`.
 pub fn mtu(iface: &str) -> io::Result<u16> {
     mtu_ioctl(iface, libc::SIOCGIFMTU, 0, "reading")

@@ -85,7 +85,7 @@ impl TaskManager {
         want: &[TaskSpecConfig],
     ) -> Result<(Self, Reconciled), TaskError> {
         let data_dir = attach.data_dir.clone();
-        let scope = drivers.cgroup_parent.replace('/', "-");
+        let scope = crate::driver::docker::scope(&drivers.cgroup_parent);
         let mut m = TaskManager {
             attacher: Attacher::open(attach)?,
             exec: ExecDriver::new(&data_dir, drivers.bin, &drivers.cgroup_parent),
@@ -470,7 +470,8 @@ pub fn list(
         });
     }
     if std::path::Path::new(docker_socket).exists() {
-        let mut docker = DockerDriver::connect(docker_socket, &cgroup_parent.replace('/', "-"))?;
+        let mut docker =
+            DockerDriver::connect(docker_socket, &crate::driver::docker::scope(cgroup_parent))?;
         for (id, st) in docker.adopt()? {
             let health = health_text(docker.health(&id));
             out.push(TaskView {
@@ -503,7 +504,8 @@ pub fn logs(
         Err(DriverError::NoTask(_)) => {}
         other => return Ok(other?),
     }
-    let docker = DockerDriver::connect(docker_socket, &cgroup_parent.replace('/', "-"))?;
+    let docker =
+        DockerDriver::connect(docker_socket, &crate::driver::docker::scope(cgroup_parent))?;
     Ok(docker.logs(id, q)?)
 }
 

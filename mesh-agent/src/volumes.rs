@@ -20,10 +20,10 @@ impl LocalVolumes {
         ExecDriver::new(&self.data_dir, PathBuf::from("apiary"), &self.cgroup_parent)
     }
 
-    /// The engine, if this node has one (the node's name in Docker objects
-    /// is its cgroup parent, as the task drivers name it).
+    /// The engine, if this node has one.
     fn docker(&self) -> Option<DockerDriver> {
-        DockerDriver::connect(&self.docker_socket, &self.cgroup_parent.replace('/', "-")).ok()
+        let scope = crate::driver::docker::scope(&self.cgroup_parent);
+        DockerDriver::connect(&self.docker_socket, &scope).ok()
     }
 }
 

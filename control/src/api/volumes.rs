@@ -194,10 +194,11 @@ async fn call(j: &Joined, t: &Target, method: Method, uri: &str) -> Result<bytes
 
 /// `volume ls`: every node's volumes, asked in parallel.
 pub async fn list(j: &Joined, q: NodeQuery) -> Reply {
-    ok(&gather(j, q.node.as_deref()).await?)
+    ok(&gather(j, q.node.as_deref()).await?.0)
 }
 
-async fn gather(j: &Joined, only: Option<&str>) -> Result<VolumeList, ApiError> {
+/// Every asked node's volumes, and the nodes asked.
+async fn gather(j: &Joined, only: Option<&str>) -> Result<(VolumeList, Vec<Target>), ApiError> {
     j.manager().ensure_current().await?;
     let targets = targets(j, only)?;
     let answers = futures::future::join_all(targets.iter().map(|t| list_on(j, t))).await;
@@ -218,13 +219,12 @@ async fn gather(j: &Joined, only: Option<&str>) -> Result<VolumeList, ApiError> 
             });
         }
     }
-    Ok(out)
+    Ok((out, targets))
 }
 
-/// `volume inspect NAME`: the volume on each node that has it.
-pub async fn inspect(j: &Joined, name: &str, q: NodeQuery) -> Reply {
-    check_name(name)?;
-    let all = gather(j, q.node.as_deref()).await?;
+/// The copies of volume `name` in `all`; 404 when no node has one (naming
+/// the nodes that could not be asked).
+fn copies(all: VolumeList, name: &str) -> Result<Vec<VolumeView>, ApiError> {
     let hits: Vec<VolumeView> = all
         .volumes
         .into_iter()
@@ -237,28 +237,24 @@ pub async fn inspect(j: &Joined, name: &str, q: NodeQuery) -> Reply {
         }
         return Err(ApiError::NotFound(why));
     }
-    ok(&hits)
+    Ok(hits)
+}
+
+/// `volume inspect NAME`: the volume on each node that has it.
+pub async fn inspect(j: &Joined, name: &str, q: NodeQuery) -> Reply {
+    check_name(name)?;
+    let (all, _) = gather(j, q.node.as_deref()).await?;
+    ok(&copies(all, name)?)
 }
 
 /// `volume rm NAME [--node N]`: on the one node that has it (or the one
 /// named); refused while a task there uses it, as Docker refuses.
 pub async fn remove(j: &Joined, name: &str, q: NodeQuery) -> Reply {
     check_name(name)?;
-    let all = gather(j, q.node.as_deref()).await?;
-    let hits: Vec<&VolumeView> = all
-        .volumes
-        .iter()
-        .filter(|v| v.volume.name == name)
-        .collect();
+    let (all, targets) = gather(j, q.node.as_deref()).await?;
+    let hits = copies(all, name)?;
     let v = match hits.as_slice() {
-        [] => {
-            let mut why = format!("no such volume: {name}");
-            if !all.unreachable.is_empty() {
-                why += &format!(" (not asked: {})", all.unreachable.join("; "));
-            }
-            return Err(ApiError::NotFound(why));
-        }
-        [one] => *one,
+        [one] => one,
         many => {
             let nodes: Vec<&str> = many.iter().map(|v| v.node.as_str()).collect();
             return Err(ApiError::Conflict(format!(
@@ -274,11 +270,11 @@ pub async fn remove(j: &Joined, name: &str, q: NodeQuery) -> Reply {
             v.in_use_by.join(", ")
         )));
     }
-    let target = targets(j, Some(&v.node))?
-        .into_iter()
-        .next()
+    let target = targets
+        .iter()
+        .find(|t| t.host == v.node)
         .ok_or_else(|| ApiError::NotFound(format!("node {} not found", v.node)))?;
-    remove_on(j, &target, name)
+    remove_on(j, target, name)
         .await
         .map_err(ApiError::Conflict)?;
     ok(&serde_json::json!({"node": v.node, "name": name}))

@@ -40,6 +40,12 @@ pub struct DockerDriver {
     node: String,
 }
 
+/// The name a node's objects carry in the engine (containers, volumes):
+/// its cgroup parent, `/` made `-` (one engine may serve several nodes).
+pub fn scope(cgroup_parent: &str) -> String {
+    cgroup_parent.replace('/', "-")
+}
+
 /// The Docker volume behind a task's named volume on node `node`.
 pub fn volume_name(node: &str, name: &str) -> String {
     format!("{node}_{name}")

@@ -123,31 +123,28 @@ impl Overlay {
             iface: spec.iface.clone(),
             source,
         };
-        let existed = crate::netdev::links()
-            .unwrap_or_default()
-            .iter()
-            .any(|(n, _)| *n == spec.iface);
-        // An earlier agent's userspace device first: asked as a kernel
-        // one, the existing (TUN) interface would be an error.
-        let userspace_running = process::running(&spec.iface);
-        let kernel = if userspace_running {
-            Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        // An earlier agent's userspace device is taken on as it is (asked
+        // as a kernel one, its TUN link would be an error).
+        let (kind, adopted) = if process::running(&spec.iface) {
+            (Kind::Userspace, true)
         } else {
-            base().apply(&name, Backend::Kernel)
-        };
-        let (kind, adopted) = match kernel {
-            Ok(()) => (Kind::Kernel, existed),
-            // EOPNOTSUPP: no WireGuard in this kernel.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                let log = spec.key_path.with_file_name(format!("{}.log", spec.iface));
-                let adopted = process::ensure(&spec.iface, spec.mtu, &log)?;
-                // The same key and port again: nothing changes (sessions
-                // stay) on a device that had them.
-                base().apply(&name, Backend::Userspace).map_err(configure)?;
-                (Kind::Userspace, adopted)
+            let existed = crate::netdev::exists(&spec.iface);
+            match base().apply(&name, Backend::Kernel) {
+                Ok(()) => (Kind::Kernel, existed),
+                // EOPNOTSUPP: no WireGuard in this kernel.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    let log = spec.key_path.with_file_name(format!("{}.log", spec.iface));
+                    process::start(&spec.iface, spec.mtu, &log)?;
+                    (Kind::Userspace, false)
+                }
+                Err(e) => return Err(configure(e)),
             }
-            Err(e) => return Err(configure(e)),
         };
+        if kind == Kind::Userspace {
+            // The same key and port again: nothing changes (sessions stay)
+            // on a device that had them.
+            base().apply(&name, Backend::Userspace).map_err(configure)?;
+        }
         let mut o = Overlay {
             kind,
             adopted,

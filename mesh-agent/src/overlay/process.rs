@@ -23,21 +23,15 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 /// the interface exists in this network namespace (socket files are shared
 /// by all namespaces).
 pub fn running(iface: &str) -> bool {
-    let here = crate::netdev::links()
-        .unwrap_or_default()
-        .iter()
-        .any(|(name, _)| name == iface);
-    here && iface
-        .parse::<InterfaceName>()
-        .is_ok_and(|n| Device::get(&n, Backend::Userspace).is_ok())
+    crate::netdev::exists(iface)
+        && iface
+            .parse::<InterfaceName>()
+            .is_ok_and(|n| Device::get(&n, Backend::Userspace).is_ok())
 }
 
-/// Starts the device for `iface` unless one runs already; `Ok(true)` when
-/// an earlier agent's was found. Its output goes to `log` (0600).
-pub fn ensure(iface: &str, mtu: u16, log: &Path) -> Result<bool, OverlayError> {
-    if running(iface) {
-        return Ok(true);
-    }
+/// Starts the device for `iface` (none runs: see [`running`]) and waits
+/// until it answers. Its output goes to `log` (0600).
+pub fn start(iface: &str, mtu: u16, log: &Path) -> Result<(), OverlayError> {
     let io_err = |what: String| move |source| OverlayError::Io { what, source };
     let exe = std::env::current_exe().map_err(io_err("finding the apiary binary".into()))?;
     let out = private_log(log).map_err(io_err(format!("opening {}", log.display())))?;
@@ -88,7 +82,7 @@ pub fn ensure(iface: &str, mtu: u16, log: &Path) -> Result<bool, OverlayError> {
     std::thread::spawn(move || {
         let _ = child.wait();
     });
-    Ok(false)
+    Ok(())
 }
 
 fn private_log(path: &Path) -> io::Result<std::fs::File> {

@@ -184,6 +184,22 @@ fn an_exec_tasks_volume_is_a_directory_of_its_node_seen_only_by_the_task() {
     lab.apiary(0, &["service", "rm", "ex"]).out();
 }
 
+/// One request to host 1's API over its local socket (an admin), as curl
+/// sends it: (status, body).
+fn api(lab: &Lab, method: &str, path: &str) -> (u16, String) {
+    let sock = lab.daemons[0].socket.clone().unwrap();
+    let o = std::process::Command::new("curl")
+        .args(["-s", "--path-as-is", "-X", method, "-w", "\n%{http_code}"])
+        .arg("--unix-socket")
+        .arg(&sock)
+        .arg(format!("http://apiary{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 #[test]
 fn volumes_are_listed_inspected_and_removed_per_node() {
     let lab = swarm(1, 1).unwrap();
@@ -282,6 +298,35 @@ fn volumes_are_listed_inspected_and_removed_per_node() {
     ] {
         let e = lab.apiary(0, &args).err();
         assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // The same refusals from the API itself, past the CLI's checks: names
+    // that are no volume's (a path outside the volumes included), on the
+    // managers' routes and on a node's own.
+    for (method, path, code, want) in [
+        ("DELETE", "/v1/volumes/.hidden", 400, "invalid volume name"),
+        ("GET", "/v1/volumes/-x", 400, "invalid volume name"),
+        (
+            "DELETE",
+            "/v1/node/volumes/..%2F..%2Fetc",
+            400,
+            "invalid volume name",
+        ),
+        (
+            "DELETE",
+            "/v1/node/volumes/a%20b",
+            400,
+            "invalid volume name",
+        ),
+        (
+            "GET",
+            "/v1/volumes?node=nosuch",
+            404,
+            "node nosuch not found",
+        ),
+    ] {
+        let (got, body) = api(&lab, method, path);
+        assert_eq!(got, code, "{method} {path}: {body}");
+        assert!(body.contains(want), "{method} {path}: {body}");
     }
     assert_eq!(
         lab.apiary(0, &["volume", "ls", "-q"]).out().lines().count(),

@@ -4,7 +4,8 @@
 //! tasks, and still resolves names outside the swarm through the host.
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apiary_tests::swarm::{swarm, until};
@@ -307,34 +308,53 @@ fn a_lookup_made_while_the_agent_restarts_is_answered_once_it_is_back() {
         "600",
     ]);
     let cid = container_of(&lab, "client");
+    // Looks up until told to stop, so the agent's absence is sure to fall
+    // inside the loop however slow `docker exec` and Python are to start.
     let script = r#"
-import socket, time
+import os, socket, sys, time
 ok = failed = 0
-end = time.time() + 6
-while time.time() < end:
+end = time.time() + 60
+while time.time() < end and not os.path.exists('/tmp/stop-lookups'):
     try:
         socket.gethostbyname('web'); ok += 1
+        if ok == 1: print('looking', flush=True)
     except OSError as e:
-        failed += 1; print('failed', e)
+        failed += 1; print('failed', e, flush=True)
     time.sleep(0.1)
-print(f'ok={ok} failed={failed}')
+print(f'ok={ok} failed={failed}', flush=True)
 "#;
-    let looker = std::thread::spawn(move || exec_cid(&cid, &["python3", "-c", script]));
-    std::thread::sleep(Duration::from_secs(1));
+    let mut looker = Command::new("docker")
+        .args(["exec", &cid, "python3", "-u", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(looker.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "looking", "the lookup loop did not start");
+    let held = |lab: &Lab| {
+        lab.daemons[0].lb("stats").unwrap()["counters"]["dns_unreachable_held"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = held(&lab);
     lab.daemon(0).kill9();
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent stays away until a query has met its missing server.
+    assert!(
+        until(Duration::from_secs(10), || (held(&lab) > before)
+            .then_some(()))
+        .is_some(),
+        "no query met a missing server: the test tested nothing"
+    );
     lab.restart_daemon(0).unwrap();
-    let (ran, out) = looker.join().unwrap();
-    assert!(ran, "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (stopped, out) = exec_cid(&cid, &["touch", "/tmp/stop-lookups"]);
+    assert!(stopped, "{out}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = rest.join("\n");
+    assert!(looker.wait().unwrap().success(), "{out}");
     assert!(
         out.contains(" failed=0"),
         "lookups failed across the restart: {out}"
-    );
-    let held = lab.daemons[0].lb("stats").unwrap()["counters"]["dns_unreachable_held"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        held > 0,
-        "no query met a missing server: the test tested nothing"
     );
 }

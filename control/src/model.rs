@@ -226,6 +226,10 @@ pub struct Node {
     /// The UDP port its overlay (WireGuard) listens on.
     #[serde(default)]
     pub overlay_port: Option<u16>,
+    /// Its overlay is Apiary's L2 userspace WireGuard, which takes the
+    /// routing mesh's packets without encapsulation (docs/overlay.md).
+    #[serde(default)]
+    pub mesh_plain: bool,
 }
 
 impl Node {
@@ -245,6 +249,7 @@ impl Node {
             wg_public_key: None,
             resources: Resources::default(),
             overlay_port: None,
+            mesh_plain: false,
         }
     }
 

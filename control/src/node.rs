@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     /// The UDP port this node's overlay listens on (published ports may
     /// not take it).
     pub overlay_port: Option<u16>,
+    /// This node's overlay takes the mesh's packets without encapsulation
+    /// (published in the cluster state; see `Node::mesh_plain`).
+    pub mesh_plain: bool,
 }
 
 /// Snapshots copy the whole state: not too often (etcd: 100k entries).

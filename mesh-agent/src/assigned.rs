@@ -539,6 +539,7 @@ impl Node {
             .iter()
             .filter_map(|p| Some((p.node_id.as_str(), gateway(p.task_subnet?))))
             .collect();
+        let local_l2 = self.net.overlay.as_ref().is_some_and(|o| o.l2);
         let mut services = BTreeMap::new();
         for e in &self.state.services {
             // Published ports sharing a target share the VIP's frontend:
@@ -627,11 +628,22 @@ impl Node {
         let ct = crate::config::Conntrack::default();
         Desired {
             node_addr: gateway(self.subnet),
-            // Swarm mode always runs the overlay: other nodes' encapsulation
-            // comes through WireGuard, from their overlay addresses.
-            nodes: gateways
-                .values()
-                .map(|g| (*g, mesh_common::NODE_F_OVERLAY))
+            // Swarm mode always runs the overlay: other nodes' packets come
+            // through WireGuard, from their overlay addresses; the mesh goes
+            // to them without encapsulation when both ends run the L2
+            // userspace device.
+            nodes: self
+                .state
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    let plain = if local_l2 && p.mesh_plain {
+                        mesh_common::NODE_F_PLAIN
+                    } else {
+                        0
+                    };
+                    Some((gateway(p.task_subnet?), mesh_common::NODE_F_OVERLAY | plain))
+                })
                 .collect(),
             task_nets: self
                 .state

@@ -116,6 +116,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         snapshot_every: args.raft_snapshot_every,
         wg_public_key: Some(wg_key.get_public().to_base64()),
         overlay_port: Some(args.overlay_port),
+        mesh_plain: crate::overlay::mesh_plain(&args.overlay_interface),
         limits: control::server::Limits {
             max_connections: args.max_connections,
             max_per_peer: args.max_connections_per_peer,
@@ -264,10 +265,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     log_tasks(&adopted);
     log_tasks(&rt.tasks.reconcile(&cfg.my_tasks()));
     let mut not_ready = rt.tasks.not_ready(&cfg.my_tasks());
+    let plain = rt.net.overlay.as_ref().is_some_and(|o| o.l2);
     let report = rt
         .net
         .dp
-        .apply(&desired_without(&cfg, mtu, &not_ready))
+        .apply(&desired_without(&cfg, mtu, plain, &not_ready))
         .context("programming the data plane")?;
     tracing::info!(?report, "data plane programmed");
     // New task links get their program before the node says it is ready.
@@ -325,7 +327,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             match rt
                 .net
                 .dp
-                .apply(&desired_without(&current, mtu, &now_not_ready))
+                .apply(&desired_without(&current, mtu, plain, &now_not_ready))
             {
                 Ok(report) if reloaded => tracing::info!(?report, "reloaded"),
                 Ok(report) => tracing::info!(?report, "backends follow task health"),
@@ -340,12 +342,23 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
 }
 
 /// The data plane `cfg` asks for, less the local tasks in `not_ready`.
+/// With `plain` (this node's overlay is the L2 userspace device), the mesh
+/// goes to every other node without encapsulation: a static config names
+/// no overlay kinds, so all its nodes are taken to run the same one.
 fn desired_without(
     cfg: &StaticConfig,
     mtu: u16,
+    plain: bool,
     not_ready: &HashSet<Ipv4Addr>,
 ) -> crate::dataplane::desired::Desired {
     let mut want = cfg.desired(mtu);
+    if plain {
+        for flags in want.nodes.values_mut() {
+            if *flags & mesh_common::NODE_F_OVERLAY != 0 {
+                *flags |= mesh_common::NODE_F_PLAIN;
+            }
+        }
+    }
     if !not_ready.is_empty() {
         for s in want.services.values_mut() {
             s.backends.retain(|b| !not_ready.contains(&b.addr));

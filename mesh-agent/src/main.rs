@@ -180,6 +180,12 @@ enum ToolCmd {
         /// MTU to give it (WireGuard over IPv4 on a 1500-byte link: 1440).
         #[arg(long, default_value_t = 1420)]
         mtu: u16,
+        /// A TAP device for Apiary's routing mesh: frames carry the peer in
+        /// their MAC addresses, and packets from outside a peer's
+        /// allowed-ips are accepted for the data plane to judge (what the
+        /// agent runs; not for use with plain `wg`).
+        #[arg(long)]
+        l2: bool,
     },
     /// Parent of one exec task (started by the agent, not by hand).
     #[command(hide = true)]
@@ -324,8 +330,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &command,
         ),
         Cmd::Tool {
-            cmd: ToolCmd::Wireguard { interface, mtu },
-        } => tool_wireguard(&interface, mtu),
+            cmd: ToolCmd::Wireguard { interface, mtu, l2 },
+        } => tool_wireguard(&interface, mtu, l2),
         Cmd::Tool {
             cmd: ToolCmd::Whoami { listen, name },
         } => {
@@ -341,7 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn tool_wireguard(interface: &str, mtu: u16) -> anyhow::Result<()> {
+fn tool_wireguard(interface: &str, mtu: u16, l2: bool) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     // Blocked before the device's threads start (they inherit the mask), so
     // the signal reaches `wait` here and the device is stopped cleanly.
@@ -353,7 +359,7 @@ fn tool_wireguard(interface: &str, mtu: u16) -> anyhow::Result<()> {
         .context("blocking SIGINT and SIGTERM")?;
     let socket = mesh_agent::overlay::uapi_socket(interface);
     let device =
-        mesh_agent::overlay::wg::Device::start(interface, mtu, &socket).with_context(|| {
+        mesh_agent::overlay::wg::Device::start(interface, mtu, &socket, l2).with_context(|| {
             format!("creating the WireGuard interface `{interface}` (needs root and /dev/net/tun)")
         })?;
     eprintln!(

@@ -30,6 +30,32 @@ pub fn set_mtu(iface: &str, mtu: u16) -> io::Result<()> {
 
 /// SIOCGIFMTU or SIOCSIFMTU on `iface`; the MTU after the call.
 fn mtu_ioctl(iface: &str, request: libc::Ioctl, mtu: u16, doing: &str) -> io::Result<u16> {
+    let req = ifreq_ioctl(iface, request, |r| {
+        r.ifr_ifru.ifru_mtu = libc::c_int::from(mtu)
+    })
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{doing} the MTU of interface `{iface}`: {e}"),
+        )
+    })?;
+    // SAFETY: ifru_mtu is the member both requests use.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u16)
+}
+
+/// Whether `iface` is an Ethernet-like link (a TAP device, not an L3 TUN).
+pub fn is_ethernet(iface: &str) -> bool {
+    ifreq_ioctl(iface, libc::SIOCGIFHWADDR, |_| {})
+        // SAFETY: SIOCGIFHWADDR filled the hardware-address member.
+        .is_ok_and(|r| unsafe { r.ifr_ifru.ifru_hwaddr.sa_family } == libc::ARPHRD_ETHER)
+}
+
+/// One `ifreq` request on `iface` (after `fill`), through a throwaway socket.
+fn ifreq_ioctl(
+    iface: &str,
+    request: libc::Ioctl,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> io::Result<libc::ifreq> {
     if iface.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -46,18 +72,15 @@ fn mtu_ioctl(iface: &str, request: libc::Ioctl, mtu: u16, doing: &str) -> io::Re
     for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
         *dst = src as libc::c_char;
     }
-    req.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
-    // SAFETY: both requests read the name and read or write ifru_mtu of `req`.
+    fill(&mut req);
+    // SAFETY: the requests used here read the name and read or write one
+    // member of `req`'s union.
     let rc = unsafe { libc::ioctl(fd, request, &mut req) };
     let err = io::Error::last_os_error();
     // SAFETY: closing the fd we opened.
     unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(io::Error::new(
-            err.kind(),
-            format!("{doing} the MTU of interface `{iface}`: {err}"),
-        ));
+        return Err(err);
     }
-    // SAFETY: ifru_mtu is the member both requests use.
-    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u16)
+    Ok(req)
 }

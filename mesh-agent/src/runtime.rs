@@ -61,7 +61,7 @@ impl Runtime {
         let overlay = match cfg.overlay {
             Some(spec) => {
                 let o = Overlay::start(spec).context("starting the overlay")?;
-                dp.attach_overlay(o.iface())
+                dp.attach_overlay(o.iface(), o.l2)
                     .context("attaching the overlay program")?;
                 tracing::info!(interface = o.iface(), backend = ?o.kind, adopted = o.adopted, "overlay up");
                 Some(o)

@@ -20,7 +20,7 @@ pub const MAP_CONFIG: &str = "apiary_config";
 /// Global counters and drop reasons. Per-CPU array: [`crate::stats`] index
 /// → u64 (each version adds drop reasons: `_v2` three more than
 /// `apiary_stats`, `_v3` the network isolation drop).
-pub const MAP_STATS: &str = "apiary_stats_v3";
+pub const MAP_STATS: &str = "apiary_stats_v4";
 /// The other nodes the encapsulation may come from. Hash: tunnel address
 /// (network order: the underlay address, or the overlay address when the
 /// overlay is on) → `NODE_F_*`. A packet to the encapsulation port from
@@ -50,6 +50,10 @@ pub const PROG_HOST_INGRESS: &str = "apiary_host_ingress";
 /// Program attached at TC ingress of the node's overlay (WireGuard)
 /// interface, an L3 device.
 pub const PROG_OVERLAY_INGRESS: &str = "apiary_overlay_ingress";
+/// Program attached instead at TC ingress of Apiary's userspace WireGuard
+/// in its L2 form (a TAP device): frames whose source MAC names the
+/// sending peer ([`PEER_MAC_PREFIX`]).
+pub const PROG_OVERLAY_INGRESS_L2: &str = "apiary_overlay_ingress_l2";
 /// Program attached at TC ingress of the host side of every task veth
 /// (packets leaving a task).
 pub const PROG_TASK_INGRESS: &str = "apiary_task_ingress";
@@ -61,6 +65,19 @@ pub const PROG_TASK_EGRESS: &str = "apiary_task_egress";
 pub const NODE_F_UNDERLAY: u32 = 1 << 0;
 /// … when it arrives on the overlay (WireGuard authenticated the peer).
 pub const NODE_F_OVERLAY: u32 = 1 << 1;
+
+/// The node's overlay is Apiary's L2 userspace WireGuard, as this node's
+/// is: the mesh's packets go to it without encapsulation, addressed by a
+/// [`PEER_MAC_PREFIX`] MAC, and its device names this node as their sender.
+pub const NODE_F_PLAIN: u32 = 1 << 2;
+
+/// The first two bytes of a MAC address that carries an IPv4 address in
+/// its last four, on the L2 userspace WireGuard's TAP device: written by
+/// the data plane as a destination, it picks the peer whose allowed-ips
+/// hold that address; written by the device as the source of what it
+/// decrypted, it names the peer the packet came from (an address in its
+/// allowed-ips). Locally administered, unicast.
+pub const PEER_MAC_PREFIX: [u8; 2] = [0x02, 0xa9];
 
 /// Entries of [`MAP_NODES4`].
 pub const MAX_NODES: u32 = 16_384;

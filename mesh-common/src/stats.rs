@@ -70,7 +70,13 @@ counters! {
     /// serves DNS (restarting): held back, so the task's resolver waits and
     /// asks again instead of failing at once.
     STAT_DNS_UNREACH_HELD = 23, "dns_unreachable_held", true;
+    /// A packet sent to another node without encapsulation, through the
+    /// L2 userspace WireGuard (the device names the sender).
+    STAT_PLAIN_SENT = 24, "plain_sent", false;
+    /// A packet that entered the mesh at another node, received without
+    /// encapsulation through the L2 userspace WireGuard.
+    STAT_PLAIN_RECEIVED = 25, "plain_received", false;
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STAT_MAX: u32 = 24;
+pub const STAT_MAX: u32 = 26;

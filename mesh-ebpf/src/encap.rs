@@ -49,6 +49,9 @@ fn ip_checksum(h: &Ipv4Hdr) -> u16 {
 /// Wraps `p` for `node` and sends it there.
 #[inline(always)]
 pub fn send(ctx: &TcContext, p: &Packet, cfg: &NodeConfig, node: u32) -> Verdict {
+    if crate::maps::node_sends(node, NODE_F_PLAIN) {
+        return crate::plain::send(ctx, p, cfg, node);
+    }
     let outer_len = p.ip_len as u32 + ENCAP_OVERHEAD as u32;
     if !route::is_gso(ctx) && outer_len > cfg.underlay_mtu as u32 {
         return Err(STAT_DROP_TOO_BIG);

@@ -20,6 +20,7 @@ mod hdr;
 mod lb;
 mod maps;
 mod nat;
+mod plain;
 mod route;
 
 use aya_ebpf::{
@@ -121,6 +122,60 @@ fn overlay_ingress(ctx: &TcContext) -> Verdict {
         return Ok(TC_ACT_OK);
     };
     opened(ctx, &cfg, ingress_node)
+}
+
+/// On Apiary's L2 userspace WireGuard (a TAP device): every frame's source
+/// MAC names the node whose WireGuard peer sent it (see `plain`). The
+/// mesh's packets come as they are (their source an outside client, or a
+/// task of the sender answering a flow that entered here), or encapsulated
+/// from a node whose overlay is not this kind; the sender's own tasks'
+/// traffic passes.
+#[classifier]
+pub fn apiary_overlay_ingress_l2(ctx: TcContext) -> i32 {
+    finish(overlay_ingress_l2(&ctx))
+}
+
+#[inline(always)]
+fn overlay_ingress_l2(ctx: &TcContext) -> Verdict {
+    let Some(cfg) = maps::config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let eth_proto: u16 = ctx.load(12).map_err(|_| STAT_DROP_MALFORMED)?;
+    if u16::from_be(eth_proto) != hdr::ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let sender = plain::sender(ctx)?;
+    let saddr: u32 = ctx
+        .load(hdr::IP_SADDR_OFF)
+        .map_err(|_| STAT_DROP_MALFORMED)?;
+    let own = match maps::task_owner(saddr) {
+        Some(owner) if owner != sender => return Err(STAT_DROP_DECAP_INNER),
+        owner => owner.is_some(),
+    };
+    let Some(pkt) = Packet::parse(ctx)? else {
+        // Only the mesh's TCP and UDP come from outside the sender.
+        return if own {
+            Ok(TC_ACT_OK)
+        } else {
+            Err(STAT_DROP_DECAP_INNER)
+        };
+    };
+    if pkt.proto == PROTO_UDP && pkt.daddr == cfg.node_addr && pkt.dport == cfg.encap_port {
+        if pkt.saddr != sender {
+            return Err(STAT_DROP_DECAP_UNKNOWN);
+        }
+        encap::decap(ctx, &pkt)?;
+        return opened(ctx, &cfg, sender);
+    }
+    if own {
+        // A reply to a flow balanced here, or the sender's tasks' own traffic.
+        if let Some(action) = nat::reply(ctx, &pkt)? {
+            return Ok(action);
+        }
+        return Ok(TC_ACT_OK);
+    }
+    maps::count(STAT_PLAIN_RECEIVED);
+    opened(ctx, &cfg, sender)
 }
 
 #[inline(always)]

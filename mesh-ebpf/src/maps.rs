@@ -34,7 +34,7 @@ pub static CT4: LruHashMap<Ct4Key, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ENTR
 #[map(name = "apiary_config")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-#[map(name = "apiary_stats_v3")]
+#[map(name = "apiary_stats_v4")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_MAX, 0);
 
 #[map(name = "apiary_nodes4")]

@@ -1258,3 +1258,112 @@ fn hole5_a_task_can_neither_forge_its_source_nor_open_another_nodes_encapsulatio
     );
     assert!(stat(&lab, 1, "drop_spoofed_source") >= spoofed + 5);
 }
+
+/// Sends each Ethernet frame 5 times out of `iface` in the namespace at
+/// `netns` (a packet socket: what root on that host can do).
+fn send_frames(netns: String, iface: String, frames: Vec<Vec<u8>>) {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).unwrap();
+        // SAFETY: plain socket call; checked below and closed at the end.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        for frame in frames {
+            to.sll_addr[..6].copy_from_slice(&frame[..6]);
+            for _ in 0..5 {
+                // SAFETY: the frame and address outlive the call.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&to as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(
+                    n,
+                    frame.len() as isize,
+                    "{}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        // SAFETY: closing the socket opened above.
+        unsafe { libc::close(fd) };
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn hole5_root_on_a_node_speaks_through_its_overlay_only_for_its_tasks_and_outside_clients() {
+    let lab = swarm(1, 1).unwrap();
+    create_whoami(
+        &lab,
+        &["--name", "victim", "--constraint", "node.hostname==h1"],
+    )
+    .out();
+    let state = as_manager(&lab, "/v1/node/state");
+    let victim: std::net::Ipv4Addr = state["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "victim")
+        .unwrap()["backends"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let h1_net: ipnet::Ipv4Net = node(&nodes(&lab, 0).unwrap(), "h1")["task_subnet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let h1_overlay = h1_net.hosts().next().unwrap();
+    // Root on h2 writes frames into its own overlay device, addressed as
+    // the data plane addresses the mesh's packets for h1: h2's WireGuard
+    // peer carries them, and h1 knows they come from h2.
+    let to_h1 = |packet: Vec<u8>| {
+        let mut f = vec![0x02, 0xa9];
+        f.extend_from_slice(&h1_overlay.octets());
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x08, 0x00]);
+        f.extend(packet);
+        f
+    };
+    let send = |packets: Vec<Vec<u8>>| {
+        send_frames(
+            format!("/run/netns/{}", lab.hosts[1].ns.name),
+            format!("{}w2", lab.id),
+            packets.into_iter().map(to_h1).collect(),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let client: std::net::Ipv4Addr = "192.0.2.66".parse().unwrap();
+
+    // As an outside client to h1's task: what the mesh does, delivered
+    // (this shows the frames get there).
+    let received = stat(&lab, 0, "plain_received");
+    send(vec![ipv4_udp(client, victim, 5555, 80, b"mesh")]);
+    assert!(stat(&lab, 0, "plain_received") >= received + 5);
+
+    // As h1's own task, as h1 itself, or on to elsewhere (h1 relays
+    // nothing): refused by h1's data plane and counted.
+    let refused = stat(&lab, 0, "drop_decap_inner_address");
+    send(vec![
+        ipv4_udp(victim, victim, 5555, 80, b"as the victim"),
+        ipv4_udp(h1_overlay, victim, 5555, 80, b"as h1"),
+        ipv4_udp(client, "192.0.2.99".parse().unwrap(), 5555, 80, b"relay"),
+    ]);
+    assert!(
+        stat(&lab, 0, "drop_decap_inner_address") >= refused + 15,
+        "h1 took packets h2 sent as h1 or its task, or to no task of h1's"
+    );
+}

@@ -660,3 +660,102 @@ fn the_hosts_port_unreachable_for_a_dns_query_is_held_back_and_counted() {
         assert_eq!(held(dp), before + 1);
     });
 }
+
+/// `frame` as the L2 overlay device writes it: its source MAC names an
+/// address of the sending peer's allowed-ips.
+fn from_peer(mut frame: Vec<u8>, peer_addr: Ipv4Addr) -> Vec<u8> {
+    frame[6..8].copy_from_slice(&PEER_MAC_PREFIX);
+    frame[8..12].copy_from_slice(&peer_addr.octets());
+    frame
+}
+
+#[test]
+fn on_the_l2_overlay_the_sender_is_the_peer_the_device_names() {
+    let fx = Fixture::new("l");
+    fx.run(Protocol::Tcp, |dp| {
+        let (a, b, c) = (
+            Ipv4Addr::new(198, 51, 100, 2),
+            Ipv4Addr::new(198, 51, 100, 3),
+            Ipv4Addr::new(198, 51, 100, 4),
+        );
+        let (a_net, b_net, c_net) = (
+            Ipv4Addr::new(10, 201, 2, 0),
+            Ipv4Addr::new(10, 201, 3, 0),
+            Ipv4Addr::new(10, 201, 4, 0),
+        );
+        let mut want = desired(Protocol::Tcp);
+        want.nodes.insert(a, NODE_F_OVERLAY | NODE_F_PLAIN);
+        want.nodes.insert(b, NODE_F_OVERLAY);
+        want.nodes.insert(c, NODE_F_UNDERLAY);
+        want.task_nets.insert("10.201.2.0/24".parse().unwrap(), a);
+        want.task_nets.insert("10.201.3.0/24".parse().unwrap(), b);
+        want.task_nets.insert("10.201.4.0/24".parse().unwrap(), c);
+        dp.apply(&want).unwrap();
+        let stat = |dp: &Dataplane, slot| counter(dp, slot);
+        let run = |dp: &Dataplane, f: &[u8]| run_prog(dp, PROG_OVERLAY_INGRESS_L2, f);
+        let syn = packet(Protocol::Tcp, (CLIENT, 42000), (BACKEND, 80), b"");
+        let ack = with_tcp_flags(syn.clone(), 0x10);
+
+        // A frame naming no peer, an address no node owns, or a node whose
+        // packets do not come by the overlay: from no known node.
+        let unknown = stat(dp, STAT_DROP_DECAP_UNKNOWN);
+        for f in [
+            syn.clone(),
+            from_peer(syn.clone(), Ipv4Addr::new(10, 9, 9, 0)),
+            from_peer(syn.clone(), c_net),
+        ] {
+            assert_eq!(run(dp, &f).0, TC_ACT_SHOT);
+        }
+        assert_eq!(stat(dp, STAT_DROP_DECAP_UNKNOWN), unknown + 3);
+
+        // From a: an outside client's flow to this node's task is
+        // delivered as it is; a's own task's packet goes to the stack.
+        let received = stat(dp, STAT_PLAIN_RECEIVED);
+        let (rc, out) = run(dp, &from_peer(syn.clone(), a_net));
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(inspect(&out, Protocol::Tcp).src, (CLIENT, 42000));
+        assert_eq!(run(dp, &from_peer(ack.clone(), a_net)).0, TC_ACT_REDIRECT);
+        assert_eq!(stat(dp, STAT_PLAIN_RECEIVED), received + 2);
+        let own = packet(
+            Protocol::Tcp,
+            (Ipv4Addr::new(10, 201, 2, 5), 43000),
+            (BACKEND, 80),
+            b"",
+        );
+        assert_eq!(run(dp, &from_peer(own, a_net)).0, 0);
+
+        // As b's task or one of ours, or to what is not our task: refused.
+        let inner = stat(dp, STAT_DROP_DECAP_INNER);
+        let as_src = |src: Ipv4Addr| packet(Protocol::Tcp, (src, 43000), (BACKEND, 80), b"");
+        let to_dst = |dst: Ipv4Addr| packet(Protocol::Tcp, (CLIENT, 43000), (dst, 80), b"");
+        for f in [
+            as_src(Ipv4Addr::new(10, 201, 3, 5)),
+            as_src(Ipv4Addr::new(10, 201, 1, 9)),
+            to_dst(Ipv4Addr::new(10, 201, 3, 5)),
+            to_dst(Ipv4Addr::new(192, 0, 2, 99)),
+        ] {
+            assert_eq!(run(dp, &from_peer(f, a_net)).0, TC_ACT_SHOT);
+        }
+        assert_eq!(stat(dp, STAT_DROP_DECAP_INNER), inner + 4);
+
+        // b cannot take the flow that entered at a over.
+        let moved = stat(dp, STAT_DROP_TUNNEL_MOVE);
+        assert_eq!(run(dp, &from_peer(ack, b_net)).0, TC_ACT_SHOT);
+        assert_eq!(stat(dp, STAT_DROP_TUNNEL_MOVE), moved + 1);
+
+        // The backend's reply goes back to a as it is (no encapsulation),
+        // its destination MAC naming a for the device.
+        let sent = stat(dp, STAT_PLAIN_SENT);
+        let reply = with_tcp_flags(
+            packet(Protocol::Tcp, (BACKEND, 80), (CLIENT, 42000), b""),
+            0x12,
+        );
+        let (rc, out) = run_prog(dp, PROG_TASK_INGRESS, &reply);
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(out.len(), reply.len(), "encapsulated");
+        assert_eq!(out[..2], PEER_MAC_PREFIX);
+        assert_eq!(out[2..6], a.octets());
+        assert_eq!(inspect(&out, Protocol::Tcp).src, (BACKEND, 80));
+        assert_eq!(stat(dp, STAT_PLAIN_SENT), sent + 1);
+    });
+}

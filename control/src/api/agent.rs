@@ -28,6 +28,9 @@ pub struct Peer {
     pub task_subnet: Option<ipnet::Ipv4Net>,
     pub wg_public_key: Option<String>,
     pub ready: bool,
+    /// See `Node::mesh_plain`.
+    #[serde(default)]
+    pub mesh_plain: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -197,6 +200,7 @@ pub async fn state(j: &Joined, node: NodeId, q: StateQuery) -> Reply {
                 task_subnet: n.task_subnet,
                 wg_public_key: n.wg_public_key.clone(),
                 ready: n.status == Status::Ready,
+                mesh_plain: n.mesh_plain,
             })
             .collect();
         let services = s

@@ -208,6 +208,7 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         wg_public_key: d.cfg.wg_public_key.clone(),
         resources: crate::model::Resources::of_this_machine(),
         overlay_port: d.cfg.overlay_port,
+        mesh_plain: d.cfg.mesh_plain,
         ..Node::new(
             node_id,
             d.cfg.hostname.clone(),
@@ -347,6 +348,9 @@ pub struct JoinRequest {
     /// The UDP port its overlay listens on (reserved for published ports).
     #[serde(default)]
     pub overlay_port: Option<u16>,
+    /// See `Node::mesh_plain`.
+    #[serde(default)]
+    pub mesh_plain: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -435,6 +439,7 @@ pub async fn join_local(d: &Arc<Daemon>, req: LocalJoinRequest) -> Reply {
         wg_public_key: d.cfg.wg_public_key.clone(),
         resources: crate::model::Resources::of_this_machine(),
         overlay_port: d.cfg.overlay_port,
+        mesh_plain: d.cfg.mesh_plain,
     })
     .expect("serializable");
     let join_tls = tls::join_config(&ca_pem)?;
@@ -572,6 +577,7 @@ pub async fn join(j: &Joined, req: JoinRequest, peer: Option<std::net::IpAddr>) 
         wg_public_key: req.wg_public_key,
         resources: req.resources,
         overlay_port: req.overlay_port,
+        mesh_plain: req.mesh_plain,
         ..Node::new(node_id, req.hostname, req.addr, role, now_ms())
     };
     // Checked before a certificate is issued; again when applied.

@@ -156,6 +156,7 @@ impl Dataplane {
             PROG_TASK_INGRESS,
             PROG_TASK_EGRESS,
             PROG_OVERLAY_INGRESS,
+            PROG_OVERLAY_INGRESS_L2,
         ] {
             program(&mut ebpf, name)?
                 .load()
@@ -183,13 +184,13 @@ impl Dataplane {
 
     /// Puts the overlay program on the overlay interface (again after it was
     /// re-created, as a userspace device is when its agent restarts).
-    pub fn attach_overlay(&mut self, iface: &str) -> Result<(), DataplaneError> {
-        attach(
-            &mut self.ebpf,
-            PROG_OVERLAY_INGRESS,
-            iface,
-            TcAttachType::Ingress,
-        )
+    pub fn attach_overlay(&mut self, iface: &str, l2: bool) -> Result<(), DataplaneError> {
+        let program = if l2 {
+            PROG_OVERLAY_INGRESS_L2
+        } else {
+            PROG_OVERLAY_INGRESS
+        };
+        attach(&mut self.ebpf, program, iface, TcAttachType::Ingress)
     }
 
     /// A loaded program, by its name in `mesh_common` (`PROG_*`).

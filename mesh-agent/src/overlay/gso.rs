@@ -248,6 +248,9 @@ fn tcp_data(p: &[u8]) -> Option<TcpData> {
 pub struct Coalescer<P> {
     /// virtio-net header, then the first packet's IP and TCP headers.
     head: Vec<u8>,
+    /// Written between the virtio-net header and each packet (an L2
+    /// device's Ethernet header; empty on a TUN).
+    link: Vec<u8>,
     segments: Vec<P>,
     ihl: usize,
     hl: usize,
@@ -263,6 +266,7 @@ impl<P> Default for Coalescer<P> {
     fn default() -> Self {
         Coalescer {
             head: Vec::new(),
+            link: Vec::new(),
             segments: Vec::new(),
             ihl: 0,
             hl: 0,
@@ -278,6 +282,13 @@ impl<P> Default for Coalescer<P> {
 impl<P: AsRef<[u8]>> Coalescer<P> {
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
+    }
+
+    /// What goes in front of the packets from now on (flush first: pending
+    /// segments would go with it too).
+    pub fn set_link(&mut self, link: &[u8]) {
+        self.link.clear();
+        self.link.extend_from_slice(link);
     }
 
     /// Takes `p` in when it starts or continues the pending flow; gives it
@@ -337,9 +348,10 @@ impl<P: AsRef<[u8]>> Coalescer<P> {
     ) -> std::io::Result<()> {
         const PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
         let hl = self.hl;
+        let link = self.link.as_slice();
         let result = if self.segments.len() < 2 {
             let whole = self.segments.first().map(|p| p.as_ref()).unwrap_or(&[]);
-            write(&[&PLAIN, whole])
+            write(&[&PLAIN, link, whole])
         } else {
             let ihl = self.ihl;
             let ip = &mut self.head[VNET_HDR_LEN..];
@@ -351,14 +363,16 @@ impl<P: AsRef<[u8]>> Coalescer<P> {
             VnetHdr {
                 flags: F_NEEDS_CSUM,
                 gso_type: GSO_TCPV4,
-                hdr_len: hl as u16,
+                hdr_len: (link.len() + hl) as u16,
                 gso_size: self.mss as u16,
-                csum_start: ihl as u16,
+                csum_start: (link.len() + ihl) as u16,
                 csum_offset: 16,
             }
             .write(&mut self.head[..VNET_HDR_LEN]);
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + self.segments.len());
-            parts.push(&self.head);
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + self.segments.len());
+            parts.push(&self.head[..VNET_HDR_LEN]);
+            parts.push(link);
+            parts.push(&self.head[VNET_HDR_LEN..]);
             parts.extend(self.segments.iter().map(|p| &p.as_ref()[hl..]));
             match write(&parts) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -366,7 +380,7 @@ impl<P: AsRef<[u8]>> Coalescer<P> {
                     self.refused = true;
                     self.segments
                         .iter()
-                        .try_for_each(|p| write(&[&PLAIN, p.as_ref()]))
+                        .try_for_each(|p| write(&[&PLAIN, link, p.as_ref()]))
                 }
                 other => other,
             }

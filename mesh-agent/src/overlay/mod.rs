@@ -88,10 +88,45 @@ pub enum Kind {
 
 pub struct Overlay {
     pub kind: Kind,
+    /// Apiary's L2 userspace device (a TAP): the mesh's packets go to and
+    /// come from it without encapsulation (`apiary_overlay_ingress_l2`). A
+    /// userspace device an older agent started is an L3 TUN.
+    pub l2: bool,
     /// The device was there already (an earlier agent's) and was taken on.
     pub adopted: bool,
     name: InterfaceName,
     spec: OverlaySpec,
+}
+
+/// Whether this node's overlay on `iface` is (or, started now, will be)
+/// Apiary's L2 userspace device, which takes the routing mesh's packets
+/// without encapsulation: asked before the node joins, so the cluster state
+/// tells the other nodes how to send to it.
+pub fn mesh_plain(iface: &str) -> bool {
+    if process::running(iface) {
+        return crate::netdev::is_ethernet(iface);
+    }
+    if crate::netdev::exists(iface) {
+        // The kernel's device, kept from before.
+        return false;
+    }
+    !kernel_wireguard()
+}
+
+/// Whether the kernel has WireGuard: a throwaway interface is made and
+/// removed.
+fn kernel_wireguard() -> bool {
+    let Ok(name) = format!("apyprobe{}", std::process::id() % 1_000_000).parse::<InterfaceName>()
+    else {
+        return false;
+    };
+    if DeviceUpdate::new().apply(&name, Backend::Kernel).is_err() {
+        return false;
+    }
+    if let Ok(d) = Device::get(&name, Backend::Kernel) {
+        let _ = d.delete();
+    }
+    true
 }
 
 /// Where a userspace WireGuard's UAPI socket is (as `wg` looks for it).
@@ -147,6 +182,7 @@ impl Overlay {
         }
         let mut o = Overlay {
             kind,
+            l2: kind == Kind::Userspace && crate::netdev::is_ethernet(&spec.iface),
             adopted,
             name,
             spec: spec.clone(),

@@ -39,10 +39,17 @@ pub fn start(iface: &str, mtu: u16, log: &Path) -> Result<(), OverlayError> {
         .try_clone()
         .map_err(io_err(format!("opening {}", log.display())))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["tool", "wireguard", iface, "--mtu", &mtu.to_string()])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.args([
+        "tool",
+        "wireguard",
+        iface,
+        "--l2",
+        "--mtu",
+        &mtu.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err);
     // SAFETY: setsid is async-signal-safe; it puts the device in a session
     // of its own, out of the agent's process group (a signal to the group,
     // such as a terminal's Ctrl-C, leaves it running).

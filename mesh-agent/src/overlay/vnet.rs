@@ -1,12 +1,21 @@
 //! The userspace WireGuard's TUN device, opened with virtio-net headers and
 //! TCP segmentation offload so packets cross the kernel in 64 KiB pieces
-//! (see `gso`).
+//! (see `gso`). In its L2 form (for the routing mesh) it is a TAP device
+//! that never ARPs: every frame carries the MAC addresses of `Link`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Opens (creating) the TUN device `name`, non-blocking, with offloads on.
-pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+/// The L2 device's own MAC: the destination of every frame it writes (the
+/// stack takes only frames for its address). Not of the
+/// `PEER_MAC_PREFIX` form, so frames the stack routes are told from
+/// frames the data plane addressed to a peer.
+pub const OWN_MAC: [u8; 6] = [0x02, 0xa8, 0, 0, 0, 1];
+pub const ETH_LEN: usize = 14;
+
+/// Opens (creating) the TUN device `name` (a TAP device if `l2`),
+/// non-blocking, with offloads on.
+pub fn open_tun(name: &str, l2: bool) -> io::Result<OwnedFd> {
     let path = c"/dev/net/tun";
     // SAFETY: a valid NUL-terminated path; the result is checked.
     let raw = unsafe {
@@ -31,11 +40,66 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    let kind = if l2 { libc::IFF_TAP } else { libc::IFF_TUN };
+    req.ifr_ifru.ifru_flags = (kind | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
     ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut _ as usize)?;
     let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
     ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as usize)?;
+    if l2 {
+        set_l2(&req)?;
+    }
     Ok(fd)
+}
+
+/// Gives the TAP device its fixed MAC and turns ARP off: the stack then
+/// sends every frame to `OWN_MAC` (the device routes by IP), and only the
+/// data plane writes peer MACs.
+fn set_l2(named: &libc::ifreq) -> io::Result<()> {
+    // SAFETY: plain socket creation; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req = *named;
+    // SAFETY: writing the hardware-address member of the request union.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(OWN_MAC) {
+            *d = s as libc::c_char;
+        }
+    }
+    ioctl(
+        sock.as_raw_fd(),
+        libc::SIOCSIFHWADDR,
+        &mut req as *mut _ as usize,
+    )?;
+    let mut req = *named;
+    ioctl(
+        sock.as_raw_fd(),
+        libc::SIOCGIFFLAGS,
+        &mut req as *mut _ as usize,
+    )?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_NOARP as i16 };
+    ioctl(
+        sock.as_raw_fd(),
+        libc::SIOCSIFFLAGS,
+        &mut req as *mut _ as usize,
+    )
+}
+
+/// The Ethernet header of a frame the device writes: to the device, from
+/// the peer whose allowed-ips hold `from` (see `PEER_MAC_PREFIX`).
+pub fn link_header(from: u32, ipv6: bool) -> [u8; ETH_LEN] {
+    let p = mesh_common::PEER_MAC_PREFIX;
+    let a = from.to_be_bytes();
+    let t: [u8; 2] = if ipv6 { [0x86, 0xdd] } else { [0x08, 0x00] };
+    [
+        OWN_MAC[0], OWN_MAC[1], OWN_MAC[2], OWN_MAC[3], OWN_MAC[4], OWN_MAC[5], p[0], p[1], a[0],
+        a[1], a[2], a[3], t[0], t[1],
+    ]
 }
 
 fn ioctl(fd: RawFd, request: libc::Ioctl, arg: usize) -> io::Result<()> {

@@ -3,6 +3,7 @@
 //! Changed only through `apply`, which takes a whole validated request.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gotatun::noise::index_table::IndexTable;
@@ -19,6 +20,10 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 pub struct Peer {
     pub key: [u8; 32],
     pub state: Mutex<PeerState>,
+    /// The first IPv4 address of its allowed-ips (octets as a big-endian
+    /// u32, 0 for none): what the L2 device writes in the source MAC of
+    /// the packets it decrypted from this peer.
+    pub mac_addr: AtomicU32,
 }
 
 pub struct PeerState {
@@ -226,6 +231,7 @@ impl Config {
                             keepalive: None,
                             preshared: p.preshared.flatten(),
                         }),
+                        mac_addr: AtomicU32::new(0),
                     }),
                     allowed: Vec::new(),
                 });
@@ -276,6 +282,13 @@ impl Config {
             .collect();
         routes.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
         self.routes = routes;
+        for e in &self.peers {
+            let first = e.allowed.iter().find_map(|n| match n {
+                IpNet::V4(v4) => Some(u32::from(v4.network())),
+                IpNet::V6(_) => None,
+            });
+            e.peer.mac_addr.store(first.unwrap_or(0), Ordering::Relaxed);
+        }
     }
 }
 

@@ -91,6 +91,21 @@ fn ip_len(p: &[u8]) -> Option<usize> {
     (len <= p.len()).then_some(len)
 }
 
+/// On the L2 device: the peer address a frame's destination MAC names (the
+/// data plane's mesh packets), `Some(None)` for a frame the stack sent (to
+/// be routed by its IP destination), `None` for what is not IP.
+fn link_destination(frame: &[u8]) -> Option<Option<IpAddr>> {
+    if frame.len() < vnet::ETH_LEN || !matches!(frame[12..14], [0x08, 0x00] | [0x86, 0xdd]) {
+        return None;
+    }
+    if frame[..2] == mesh_common::PEER_MAC_PREFIX {
+        return Some(Some(
+            Ipv4Addr::new(frame[2], frame[3], frame[4], frame[5]).into(),
+        ));
+    }
+    Some(None)
+}
+
 /// TUN → peers. Each read is cut into packets, which are grouped by peer,
 /// encrypted and sent as trains.
 pub fn outgoing(shared: &Shared) {
@@ -129,11 +144,23 @@ pub fn outgoing(shared: &Shared) {
                     return;
                 }
             };
-            let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
+            let Some(mut hdr) = VnetHdr::parse(&buf[..n]) else {
                 continue;
             };
-            let result = gso::split(&hdr, &mut buf[VNET_HDR_LEN..n], |head, payload| {
-                let Some(dst) = destination(head) else {
+            let mut start = VNET_HDR_LEN;
+            let mut via = None;
+            if shared.l2 {
+                let Some(to) = link_destination(&buf[start..n]) else {
+                    continue;
+                };
+                via = to;
+                start += vnet::ETH_LEN;
+                let l2 = vnet::ETH_LEN as u16;
+                hdr.csum_start = hdr.csum_start.saturating_sub(l2);
+                hdr.hdr_len = hdr.hdr_len.saturating_sub(l2);
+            }
+            let result = gso::split(&hdr, &mut buf[start..n], |head, payload| {
+                let Some(dst) = via.or_else(|| destination(head)) else {
                     return;
                 };
                 let peer = match &last {
@@ -302,10 +329,18 @@ fn write_joined(shared: &Shared, joined: &mut Coalescer<Packet>) {
     }
 }
 
-fn write_one(shared: &Shared, p: &[u8]) {
-    if let Err(e) = vnet::write_all(shared.tun.as_raw_fd(), &[&[0u8; VNET_HDR_LEN], p]) {
+/// Writes one packet as it is, behind the Ethernet header naming the peer
+/// `link` holds on the L2 device.
+fn write_one(shared: &Shared, link: Option<u32>, p: &[u8]) {
+    let eth = link.map(|from| vnet::link_header(from, is_ipv6(p)));
+    let eth: &[u8] = eth.as_ref().map_or(&[], |e| &e[..]);
+    if let Err(e) = vnet::write_all(shared.tun.as_raw_fd(), &[&[0u8; VNET_HDR_LEN], eth, p]) {
         tracing::trace!("TUN write: {e}");
     }
+}
+
+fn is_ipv6(p: &[u8]) -> bool {
+    p.first().is_some_and(|b| b >> 4 == 6)
 }
 
 fn decrypt_batch(
@@ -321,6 +356,16 @@ fn decrypt_batch(
     while let Some((peer, first)) = it.next() {
         let mut next = Some(first);
         let mut heard = false;
+        // On the L2 device each frame names its peer: a run of another
+        // peer's packets is never joined to the last one's.
+        let link = shared.l2.then(|| {
+            if !joined.is_empty() {
+                write_joined(shared, joined);
+            }
+            let from = peer.mac_addr.load(std::sync::atomic::Ordering::Relaxed);
+            joined.set_link(&vnet::link_header(from, false)[..]);
+            from
+        });
         while let Some(p) = next.take() {
             // Per packet, as in `send_batch`.
             let result = lock(&peer).tunn.handle_incoming_packet(WgKind::Data(p));
@@ -332,17 +377,23 @@ fn decrypt_batch(
                         p.truncate(len);
                     }
                     // Empty: a keepalive. Otherwise the inner source must
-                    // be one this peer may send from (its allowed-ips).
-                    let allowed = source(&p)
-                        .and_then(|ip| cfg.route(ip))
-                        .is_some_and(|owner| Arc::ptr_eq(owner, &peer));
+                    // be one this peer may send from (its allowed-ips); on
+                    // the L2 device also one that is no peer's (the routing
+                    // mesh's clients: the frame names the peer, and the data
+                    // plane decides).
+                    let allowed = source(&p).is_some_and(|ip| match cfg.route(ip) {
+                        Some(owner) => Arc::ptr_eq(owner, &peer),
+                        None => shared.l2,
+                    });
                     if !p.is_empty() && allowed {
-                        if let Err(p) = joined.push(p) {
+                        if is_ipv6(&p) {
+                            write_one(shared, link, &p);
+                        } else if let Err(p) = joined.push(p) {
                             if !joined.is_empty() {
                                 write_joined(shared, joined);
                             }
                             if let Err(p) = joined.push(p) {
-                                write_one(shared, &p);
+                                write_one(shared, link, &p);
                             }
                         }
                     }

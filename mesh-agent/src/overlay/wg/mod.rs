@@ -36,6 +36,9 @@ pub struct Shared {
     by_idx: Mutex<HashMap<u32, Arc<Peer>>>,
     index_table: IndexTable,
     tun: OwnedFd,
+    /// A TAP device for the routing mesh (see `vnet`): frames, peer MACs,
+    /// and packets from outside its allowed-ips accepted from a peer.
+    l2: bool,
     mtu: u16,
     stopping: AtomicBool,
     /// Readable once the device is stopping (an eventfd never read).
@@ -112,10 +115,11 @@ pub struct Device {
 }
 
 impl Device {
-    /// Creates the TUN device `iface` and its UAPI socket at `uapi_path`
-    /// and starts the device's threads; it is configured over the socket.
-    pub fn start(iface: &str, mtu: u16, uapi_path: &Path) -> io::Result<Device> {
-        let tun = super::vnet::open_tun(iface)?;
+    /// Creates the TUN device `iface` (TAP if `l2`) and its UAPI socket at
+    /// `uapi_path` and starts the device's threads; it is configured over
+    /// the socket.
+    pub fn start(iface: &str, mtu: u16, uapi_path: &Path, l2: bool) -> io::Result<Device> {
+        let tun = super::vnet::open_tun(iface, l2)?;
         crate::netdev::set_mtu(iface, mtu)?;
         // SAFETY: plain eventfd creation; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -131,6 +135,7 @@ impl Device {
             by_idx: Mutex::new(HashMap::new()),
             index_table: IndexTable::from_os_rng(),
             tun,
+            l2,
             mtu,
             stopping: AtomicBool::new(false),
             stop_fd,

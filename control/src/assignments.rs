@@ -129,17 +129,25 @@ pub async fn follow(j: Arc<Joined>, link: Arc<AgentLink>) {
             Some(v) => format!("/v1/node/state?since={v}"),
             None => "/v1/node/state".to_string(),
         };
-        let got = match c
-            .call(Method::GET, &uri, None, &[], Duration::from_secs(10))
-            .await
-        {
-            Ok((s, b)) if s.is_success() => serde_json::from_slice::<NodeState>(&b).ok(),
-            Ok((s, b)) => {
-                tracing::debug!(status = %s, body = %String::from_utf8_lossy(&b), "assignment refused");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "asking for the assignment");
+        let mut trouble = j.manager_trouble.subscribe();
+        trouble.borrow_and_update();
+        let got = tokio::select! {
+            r = c.call(Method::GET, &uri, None, &[], Duration::from_secs(10)) => match r {
+                Ok((s, b)) if s.is_success() => serde_json::from_slice::<NodeState>(&b).ok(),
+                Ok((s, b)) => {
+                    tracing::debug!(status = %s, body = %String::from_utf8_lossy(&b), "assignment refused");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "asking for the assignment");
+                    None
+                }
+            },
+            // The heartbeats found the managers in trouble (a host died
+            // without closing its connections): a long poll on a dead one
+            // would wait out its whole time.
+            _ = trouble.changed() => {
+                tracing::debug!("heartbeats failed: asking another manager for the assignment");
                 None
             }
         };

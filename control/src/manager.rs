@@ -172,6 +172,20 @@ impl Manager {
         Some((id, addr))
     }
 
+    /// Resolves once this member knows of a leader other than `from` (or
+    /// of none).
+    pub async fn leader_changed(&self, from: NodeId) {
+        let mut metrics = self.raft.metrics();
+        if metrics
+            .wait_for(|m| m.current_leader != Some(from))
+            .await
+            .is_err()
+        {
+            // Raft stopped: no other leader will come from here.
+            std::future::pending::<()>().await;
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }

@@ -120,6 +120,14 @@ pub struct Joined {
     pub manager_ids: Mutex<Vec<NodeId>>,
     /// On the leader: when each node last reported.
     pub last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// On a follower: the leader and when its last Raft message came. A
+    /// follower that becomes leader holds the old leader to that time, not
+    /// to its own start: the election already waited out its silence.
+    pub leader_contact: Mutex<Option<(NodeId, Instant)>>,
+    /// Bumped when this node's heartbeats fail (its manager is gone or
+    /// cut off): requests waiting on that manager, such as the
+    /// assignment's long poll, give up and ask another at once.
+    pub manager_trouble: tokio::sync::watch::Sender<u64>,
     /// On the leader: the images each node's Docker Engine has, as its
     /// heartbeats say (nodes without an engine are absent).
     pub images: Mutex<HashMap<NodeId, std::collections::BTreeSet<String>>>,
@@ -400,6 +408,8 @@ impl Daemon {
             managers: Mutex::new(p.managers.clone()),
             manager_ids: Mutex::new(Vec::new()),
             last_seen: Mutex::new(HashMap::new()),
+            leader_contact: Mutex::new(None),
+            manager_trouble: tokio::sync::watch::Sender::new(0),
             images: Mutex::new(HashMap::new()),
             cert_roles: Mutex::new(HashMap::new()),
             snapshot_rx: Mutex::new(None),
@@ -770,9 +780,11 @@ async fn session(j: Arc<Joined>) {
             }
         };
         let Some(r) = reply else {
-            // Another manager, a fresh connection.
+            // Another manager, a fresh connection; and whatever else waits
+            // on this one stops waiting.
             next += 1;
             conn = None;
+            j.manager_trouble.send_modify(|n| *n = n.wrapping_add(1));
             if last_ok.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(
                     "no manager answered heartbeats for {:.0?}",
@@ -950,10 +962,16 @@ async fn monitor(j: Arc<Joined>) {
             seen.insert(j.node_id, Instant::now());
             if !was_leader {
                 // A new leader gives every node time to find it: their
-                // sessions may be trying the old one first.
+                // sessions may be trying the old one first. Not the old
+                // leader: its silence began at its last Raft message, and
+                // the election has already waited part of it out.
                 let now = Instant::now() + NEW_LEADER_GRACE;
                 for (id, _) in &ids {
                     seen.insert(*id, now);
+                }
+                let contact = *j.leader_contact.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((old, at)) = contact.filter(|(old, _)| *old != j.node_id) {
+                    seen.insert(old, at);
                 }
             }
             // A shorter heartbeat (`swarm update`) reaches each node with its

@@ -55,6 +55,8 @@ pub struct LocalConfig {
     pub docker_socket: String,
     pub overlay_interface: String,
     pub overlay_port: u16,
+    /// Where names outside the swarm go (empty: the host's resolv.conf).
+    pub dns_resolvers: Vec<SocketAddr>,
 }
 
 impl LocalConfig {
@@ -240,7 +242,12 @@ impl Node {
         let worker = TaskWorker::spawn(rt.tasks).context("starting the task worker")?;
         let names = Names::default();
         let dns_at = SocketAddr::from((gateway(subnet), 53));
-        if let Err(e) = crate::dns::serve(dns_at, names.clone(), host_resolvers(gateway(subnet))) {
+        let resolvers = if cfg.dns_resolvers.is_empty() {
+            host_resolvers(gateway(subnet))
+        } else {
+            cfg.dns_resolvers.clone()
+        };
+        if let Err(e) = crate::dns::serve(dns_at, names.clone(), resolvers) {
             tracing::error!(
                 "serving DNS for the tasks on {dns_at}: {e}; service names will not resolve"
             );

@@ -44,6 +44,11 @@ pub struct DaemonArgs {
     /// Swarm mode: the overlay's UDP port (the same on every node).
     #[arg(long, default_value_t = 51820)]
     pub overlay_port: u16,
+    /// Swarm mode: where the tasks' DNS server sends names outside the
+    /// swarm (`IP` or `IP:PORT`, repeatable) [default: the host's
+    /// /etc/resolv.conf nameservers].
+    #[arg(long = "dns-resolver", value_name = "ADDR", value_parser = parse_resolver)]
+    pub dns_resolvers: Vec<std::net::SocketAddr>,
     /// Swarm mode: Raft entries between snapshots of the state.
     #[arg(long, hide = true, default_value_t = control::node::DEFAULT_SNAPSHOT_EVERY)]
     pub raft_snapshot_every: u64,
@@ -107,6 +112,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         docker_socket: args.docker_socket.clone(),
         overlay_interface: args.overlay_interface.clone(),
         overlay_port: args.overlay_port,
+        dns_resolvers: args.dns_resolvers.clone(),
     };
     let cfg = control::node::DaemonConfig {
         data_dir,
@@ -339,6 +345,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         links.drain();
         rt.net.scan_task_links();
     }
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+fn parse_resolver(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("`{s}` is not a resolver address: give IP or IP:PORT"))
 }
 
 /// The data plane `cfg` asks for, less the local tasks in `not_ready`.

@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apiary_tests::swarm::{swarm, until};
@@ -96,11 +98,6 @@ fn a_task_finds_another_service_by_name_and_reaches_it_through_its_vip() {
         .filter(|l| l.starts_with("Address") && l.contains("10.200.") && !l.ends_with(":53"))
         .count();
     assert!(ok && addrs == 2, "tasks.db → both tasks: {text}");
-    let (ok, text) = exec_in(&lab, "client", &["nslookup", "nope-no-such-service"]);
-    assert!(
-        !ok || text.contains("NXDOMAIN") || text.contains("can't resolve"),
-        "{text}"
-    );
 
     // Through the VIP by name, balanced over both tasks.
     let (names, _) = until(Duration::from_secs(10), || {
@@ -357,4 +354,115 @@ print(f'ok={ok} failed={failed}', flush=True)
         out.contains(" failed=0"),
         "lookups failed across the restart: {out}"
     );
+}
+
+/// A resolver of the lab's own, on `addr` in `ns`: `outside.example` is
+/// 192.0.2.55, every other name does not exist. Counts the questions it
+/// was asked; stops when dropped.
+struct LabResolver {
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LabResolver {
+    fn start(ns: &apiary_tests::Ns, addr: &str) -> LabResolver {
+        use hickory_proto::op::{Message, MessageType, ResponseCode};
+        use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
+        let addr = addr.to_string();
+        let sock = ns
+            .run_in(move || std::net::UdpSocket::bind(addr))
+            .unwrap()
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (asked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(query) = q.queries.first().cloned() else {
+                    continue;
+                };
+                let name = query.name().to_ascii().to_lowercase();
+                a.lock().unwrap().push(name.clone());
+                let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+                r.metadata.recursion_desired = q.metadata.recursion_desired;
+                r.metadata.recursion_available = true;
+                r.add_query(query.clone());
+                if name == "outside.example." {
+                    if query.query_type() == RecordType::A {
+                        r.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            60,
+                            RData::A(A::new(192, 0, 2, 55)),
+                        ));
+                    }
+                } else {
+                    r.metadata.response_code = ResponseCode::NXDomain;
+                }
+                let _ = sock.send_to(&r.to_vec().unwrap(), from);
+            }
+        });
+        LabResolver {
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn was_asked(&self, name: &str) -> bool {
+        self.asked.lock().unwrap().iter().any(|n| n == name)
+    }
+}
+
+impl Drop for LabResolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn names_outside_the_swarm_go_to_the_nodes_resolvers_and_unknown_names_are_nxdomain() {
+    let mut lab = Lab::up(1).unwrap();
+    let resolver = LabResolver::start(&lab.hosts[0].ns, "10.99.0.1:5300");
+    lab.start_swarm_daemon_with(0, &["--dns-resolver", "10.99.0.1:5300"])
+        .unwrap();
+    assert!(lab.apiary(0, &["swarm", "init"]).ok);
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "client",
+                "apiary/busybox:dev",
+                "sleep",
+                "600",
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+
+    let (ok, text) = exec_in(&lab, "client", &["nslookup", "outside.example"]);
+    assert!(ok && text.contains("192.0.2.55"), "outside.example: {text}");
+    assert!(resolver.was_asked("outside.example."));
+
+    let (ok, text) = exec_in(&lab, "client", &["nslookup", "nope-no-such-service"]);
+    assert!(
+        !ok && text.contains("NXDOMAIN"),
+        "an unknown name must be NXDOMAIN: {text}"
+    );
+    assert!(resolver.was_asked("nope-no-such-service."));
 }

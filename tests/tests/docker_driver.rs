@@ -196,3 +196,95 @@ fn exit_status_and_bad_input() {
         "nothing may be created for a bad image: {names:?}"
     );
 }
+
+/// The memory limit (bytes) and CPU quota (µs per period, period µs) the
+/// kernel holds the container `cid` to, from its cgroups (v2, or v1's
+/// memory and cpu controllers, as Docker Engine uses either).
+fn cgroup_limits(cid: &str) -> (u64, (u64, u64)) {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", cid])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let read = |path: String| -> String {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let num = |s: String| -> u64 { s.parse().unwrap_or_else(|_| panic!("not a number: {s}")) };
+    // v1: `N:memory:/docker/ID`, `N:cpu,cpuacct:/docker/ID` (or `cpu`).
+    let v1 = |controller: &str| {
+        cgroups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+            names
+                .split(',')
+                .any(|n| n == controller)
+                .then(|| path.to_string())
+        })
+    };
+    if let (Some(mem), Some(cpu)) = (v1("memory"), v1("cpu")) {
+        let dir = if std::path::Path::new("/sys/fs/cgroup/cpu").exists() {
+            "cpu"
+        } else {
+            "cpu,cpuacct"
+        };
+        let memory = num(read(format!(
+            "/sys/fs/cgroup/memory{mem}/memory.limit_in_bytes"
+        )));
+        let quota = num(read(format!("/sys/fs/cgroup/{dir}{cpu}/cpu.cfs_quota_us")));
+        let period = num(read(format!("/sys/fs/cgroup/{dir}{cpu}/cpu.cfs_period_us")));
+        return (memory, (quota, period));
+    }
+    let path = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 path");
+    let memory = num(read(format!("/sys/fs/cgroup{path}/memory.max")));
+    let cpu = read(format!("/sys/fs/cgroup{path}/cpu.max"));
+    let (q, p) = cpu.split_once(' ').expect("cpu.max: QUOTA PERIOD");
+    (memory, (num(q.to_string()), num(p.to_string())))
+}
+
+#[test]
+fn a_services_limits_are_its_containers_cgroup_limits() {
+    let lab = apiary_tests::swarm::swarm(1, 0).unwrap();
+    let out = lab
+        .apiary(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "limited",
+                "--limit-memory",
+                "96M",
+                "--limit-cpu",
+                "0.25",
+                "apiary/busybox:dev",
+                "sleep",
+                "600",
+            ],
+        )
+        .out();
+    assert!(out.contains("converged"), "{out}");
+    let ps = lab.apiary(0, &["service", "ps", "limited"]).out();
+    let task = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a task")
+        .to_string();
+    let cid = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name={task}")])
+        .output()
+        .unwrap();
+    let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
+    assert!(!cid.is_empty(), "no container for task {task}");
+    let (memory, (quota, period)) = cgroup_limits(&cid);
+    assert_eq!(memory, 96 << 20);
+    // A quarter of a CPU: a quarter of every period.
+    assert_eq!(quota * 4, period, "quota {quota} of {period} µs");
+}

@@ -552,7 +552,7 @@ async fn forward(
     parts: &Parts,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Some((_, addr)) = j.manager().leader() else {
+    let Some((leader, addr)) = j.manager().leader() else {
         return Err(ApiError::NoQuorum(
             "the swarm has no leader: a majority of managers must be running and reachable".into(),
         ));
@@ -563,23 +563,28 @@ async fn forward(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| parts.uri.path().to_string());
     let b = (!body.is_empty()).then(|| body.to_vec());
-    let (status, bytes) = j
-        .call_leader(
-            &addr,
-            parts.method.clone(),
-            &uri,
-            b,
-            &[(FORWARDED_FOR, caller.header())]
-                .into_iter()
-                .chain(peer.map(|p| (FORWARDED_PEER, p.to_string())))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .map_err(|e| {
+    let headers: Vec<(&str, String)> = [(FORWARDED_FOR, caller.header())]
+        .into_iter()
+        .chain(peer.map(|p| (FORWARDED_PEER, p.to_string())))
+        .collect();
+    let call = j.call_leader(&addr, parts.method.clone(), &uri, b, &headers);
+    let m = j.manager();
+    let replaced = m.leader_changed(leader);
+    // A leader that died without closing its connections would hold the
+    // request (a node's long poll, its heartbeat) for its whole time: once
+    // another leader is elected, the caller hears so and asks again.
+    let (status, bytes) = tokio::select! {
+        r = call => r.map_err(|e| {
             ApiError::NoQuorum(format!(
                 "cannot reach the leader at {addr} ({e}): if a majority of managers is down, the swarm has no quorum and nothing can change until they return"
             ))
-        })?;
+        })?,
+        () = replaced => {
+            return Err(ApiError::NoQuorum(format!(
+                "the leader at {addr} was replaced while this request waited on it: ask again"
+            )));
+        }
+    };
     Ok(hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")

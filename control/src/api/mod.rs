@@ -246,23 +246,26 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 volumes::node_remove(&m.j, &n).await
             }),
         );
-    let raft =
-        Router::new()
-            .route(
-                "/v1/raft/append",
-                post(|p: RaftPeer, Json(r)| async move {
-                    ok(&p.j.manager().raft.append_entries(r).await)
-                }),
-            )
-            .route(
-                "/v1/raft/vote",
-                post(|p: RaftPeer, Json(r)| async move { ok(&p.j.manager().raft.vote(r).await) }),
-            )
-            .route(
-                "/v1/raft/snapshot",
-                post(|p: RaftPeer, Json(r)| async move { auth::install_snapshot(&p, r).await }),
-            )
-            .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
+    let raft = Router::new()
+        .route(
+            "/v1/raft/append",
+            post(|p: RaftPeer, Json(r)| async move {
+                // Proof of life of the leader that sent it (named by its
+                // manager certificate).
+                *p.j.leader_contact.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((p.id, std::time::Instant::now()));
+                ok(&p.j.manager().raft.append_entries(r).await)
+            }),
+        )
+        .route(
+            "/v1/raft/vote",
+            post(|p: RaftPeer, Json(r)| async move { ok(&p.j.manager().raft.vote(r).await) }),
+        )
+        .route(
+            "/v1/raft/snapshot",
+            post(|p: RaftPeer, Json(r)| async move { auth::install_snapshot(&p, r).await }),
+        )
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     // Cluster requests: [`auth::cluster_gate`] forwards them to the leader
     // or lets the leader answer.
     let join = Router::new()

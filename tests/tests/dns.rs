@@ -3,6 +3,8 @@
 //! the task addresses), reaches it through the VIP balanced over its
 //! tasks, and still resolves names outside the swarm through the host.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -12,25 +14,8 @@ use std::time::Duration;
 
 use apiary_tests::swarm::{swarm, until};
 use apiary_tests::Lab;
+use common::container_of;
 use serde_json::Value;
-
-/// The container of service `service`'s first task.
-fn container_of(lab: &Lab, service: &str) -> String {
-    let ps = lab.apiary(0, &["service", "ps", service]).out();
-    let id = ps
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next())
-        .expect("a task")
-        .to_string();
-    let cid = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("name={id}")])
-        .output()
-        .unwrap();
-    let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
-    assert!(!cid.is_empty(), "no container for task {id}");
-    cid
-}
 
 /// `docker exec` in container `cid`: success and what it printed.
 fn exec_cid(cid: &str, cmd: &[&str]) -> (bool, String) {

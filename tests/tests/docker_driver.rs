@@ -270,19 +270,7 @@ fn a_services_limits_are_its_containers_cgroup_limits() {
         )
         .out();
     assert!(out.contains("converged"), "{out}");
-    let ps = lab.apiary(0, &["service", "ps", "limited"]).out();
-    let task = ps
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next())
-        .expect("a task")
-        .to_string();
-    let cid = std::process::Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("name={task}")])
-        .output()
-        .unwrap();
-    let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
-    assert!(!cid.is_empty(), "no container for task {task}");
+    let cid = container_of(&lab, "limited");
     let (memory, (quota, period)) = cgroup_limits(&cid);
     assert_eq!(memory, 96 << 20);
     // A quarter of a CPU: a quarter of every period.

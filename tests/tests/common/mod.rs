@@ -296,3 +296,21 @@ pub fn wait_exited(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The container of service `service`'s first task.
+pub fn container_of(lab: &Lab, service: &str) -> String {
+    let ps = lab.apiary(0, &["service", "ps", service]).out();
+    let id = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a task")
+        .to_string();
+    let cid = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name={id}")])
+        .output()
+        .unwrap();
+    let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
+    assert!(!cid.is_empty(), "no container for task {id}");
+    cid
+}

@@ -2,12 +2,17 @@
 //! nftables DNAT and HAProxy, in the same lab and the same run, rounds
 //! alternating; then the agent's programming times.
 //!
-//! Topology (one bridge): client → h1 (the backend tasks, Apiary daemon),
-//! h3 (Apiary daemon, no backend: forwards to h1), h2 (no Apiary: nftables
-//! DNAT + masquerade and HAProxy). Every path has its own backend task on
-//! h1 (same program, same CPU), so the paths do not share the backends'
+//! Topology (one bridge): client → h1 (the backend tasks, Apiary daemon,
+//! nftables and HAProxy for the local pair), h3 (Apiary daemon, no backend:
+//! forwards to h1 through the overlay), h2 (no Apiary: nftables DNAT +
+//! masquerade and HAProxy, forwarding to h1). Pairs compared have the same
+//! hops: client → h1 → backend (local), client → h2 or h3 → h1 → backend
+//! (remote; h2 and h3 are alike). Every path has its own backend task on h1
+//! (same program, CPU 0), so the paths do not share the backends'
 //! TIME_WAIT state: a client port reused across paths would otherwise meet
-//! another path's TIME_WAIT with different TCP timestamps and stall.
+//! another path's TIME_WAIT with different TCP timestamps and stall. wrk,
+//! HAProxy and Apiary's own processes (daemons, the userspace WireGuard) run
+//! on CPU 1, the core the backends do not use.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,8 +36,15 @@ const LOCAL: &str = "10.201.1.3";
 const REMOTE: &str = "10.201.1.4";
 const NFT: &str = "10.201.1.5";
 const HAPROXY: &str = "10.201.1.6";
+const NFT_LOCAL: &str = "10.201.1.7";
+const HAPROXY_LOCAL: &str = "10.201.1.8";
+const HAPROXY_HTTP: &str = "10.201.1.9";
 
-const VARIANTS: [Variant; 5] = [
+/// The CPU of the backends; everything else that serves runs on the other.
+const BACKEND_CPU: u32 = 0;
+const OTHER_CPU: u32 = 1;
+
+const VARIANTS: [Variant; 8] = [
     Variant {
         key: "direct",
         what: "direct to the backend (routed through h1)",
@@ -40,25 +52,65 @@ const VARIANTS: [Variant; 5] = [
     },
     Variant {
         key: "apiary_local",
-        what: "Apiary published port, backend on the same host",
+        what: "Apiary published port on h1, backend on h1",
         url: "http://10.99.0.1:8080/",
     },
     Variant {
+        key: "nft_local",
+        what: "nftables DNAT on h1, backend on h1",
+        url: "http://10.99.0.1:8092/",
+    },
+    Variant {
+        key: "haproxy_local",
+        what: "HAProxy `mode tcp` on h1, backend on h1",
+        url: "http://10.99.0.1:8093/",
+    },
+    Variant {
         key: "apiary_remote",
-        what: "Apiary published port, backend on another host",
+        what: "Apiary published port on h3, backend on h1 (mesh + WireGuard overlay)",
         url: "http://10.99.0.3:8081/",
     },
     Variant {
         key: "nft",
-        what: "nftables DNAT + masquerade (kube-proxy style)",
+        what: "nftables DNAT + masquerade on h2, backend on h1 (kube-proxy style)",
         url: "http://10.99.0.2:8090/",
     },
     Variant {
         key: "haproxy",
-        what: "HAProxy round-robin (1 thread)",
+        what: "HAProxy `mode tcp` on h2, backend on h1",
         url: "http://10.99.0.2:8091/",
     },
+    Variant {
+        key: "haproxy_http",
+        what: "HAProxy `mode http` on h2, backend on h1",
+        url: "http://10.99.0.2:8094/",
+    },
 ];
+
+/// nftables DNAT of `port` on this host to `backend:80`, with masquerade.
+fn nft_rules(port: u16, backend: &str) -> String {
+    format!(
+        "table ip apiarybench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  tcp dport {port} dnat to {backend}:80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ip daddr {backend} tcp dport 80 masquerade\n }}\n}}\n"
+    )
+}
+
+/// A one-thread HAProxy: each `(mode, bind, backend)` a frontend.
+fn haproxy_cfg(frontends: &[(&str, &str, &str)]) -> String {
+    let mut c = String::from(
+        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+    );
+    for (i, (mode, bind, backend)) in frontends.iter().enumerate() {
+        let keep = if *mode == "http" {
+            "  option http-keep-alive\n"
+        } else {
+            ""
+        };
+        c += &format!(
+            "frontend f{i}\n  mode {mode}\n{keep}  bind {bind}\n  default_backend b{i}\nbackend b{i}\n  mode {mode}\n  balance roundrobin\n  server web1 {backend}:80\n"
+        );
+    }
+    c
+}
 
 fn setup() -> anyhow::Result<Lab> {
     let mut lab = Lab::up(3)?;
@@ -68,6 +120,9 @@ fn setup() -> anyhow::Result<Lab> {
         ("remote", REMOTE),
         ("nft", NFT),
         ("haproxy", HAPROXY),
+        ("nftlocal", NFT_LOCAL),
+        ("haplocal", HAPROXY_LOCAL),
+        ("haphttp", HAPROXY_HTTP),
     ] {
         let t = lab.add_task(0, name)?;
         anyhow::ensure!(
@@ -75,46 +130,85 @@ fn setup() -> anyhow::Result<Lab> {
             "task {name} got {}",
             lab.tasks[t].addr
         );
-        lab.whoami_on_cpu(t, 80, Some(0))?;
+        lab.whoami_on_cpu(t, 80, Some(BACKEND_CPU))?;
     }
     let svc = format!(
         "  - name: local\n    ports:\n      - published: 8080\n        target: 80\n    backends:\n      - address: {LOCAL}\n\
          \x20 - name: remote\n    ports:\n      - published: 8081\n        target: 80\n    backends:\n      - address: {REMOTE}\n"
     );
+    // The remote path crosses the overlay, as in swarm mode.
+    let keys: Vec<String> = (0..3)
+        .map(|h| lab.overlay_key(h))
+        .collect::<Result<_, _>>()?;
     for h in [0, 2] {
-        let cfg = lab.static_config(h, &svc);
+        let mut cfg = lab.static_config(h, &svc);
+        for (i, k) in keys.iter().enumerate() {
+            let needle = format!("    task_subnet: 10.201.{}.0/24\n", i + 1);
+            cfg = cfg.replace(&needle, &format!("{needle}    public_key: {k}\n"));
+        }
+        cfg += &format!("overlay:\n  interface: {}w{}\n", lab.id, h + 1);
         lab.start_daemon(h, &cfg)?;
+    }
+    // Apiary's processes (daemons, userspace WireGuard) off the backends' CPU.
+    let pids = std::process::Command::new("pgrep")
+        .args(["-f", &lab.dir.to_string_lossy()])
+        .output()?;
+    let wg = std::process::Command::new("pgrep")
+        .args(["-f", &format!("tool wireguard {}w", lab.id)])
+        .output()?;
+    for pid in String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .chain(String::from_utf8_lossy(&wg.stdout).split_whitespace())
+    {
+        let _ = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &OTHER_CPU.to_string(), pid])
+            .output();
     }
     // Direct: the client routes task addresses through h1.
     lab.client
         .ip(&["route", "add", "10.201.1.0/24", "via", "10.99.0.1"])?;
-    // h2: the baselines, forwarding to web1 through h1.
+    // h2: the remote baselines, forwarding to h1's tasks through h1.
     let h2 = lab.hosts[1].ns.clone();
     h2.ip(&["route", "add", "10.201.1.0/24", "via", "10.99.0.1"])?;
-    let nft = format!(
-        "table ip apiarybench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  tcp dport 8090 dnat to {NFT}:80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ip daddr {NFT} tcp dport 80 masquerade\n }}\n}}\n"
-    );
-    let nft_file = lab.dir.join("bench.nft");
-    std::fs::write(&nft_file, nft)?;
-    h2.run("nft", &["-f", nft_file.to_str().expect("utf-8")])
-        .context("loading nftables rules")?;
-    let haproxy = format!(
-        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\nfrontend f\n  bind 10.99.0.2:8091\n  default_backend b\nbackend b\n  balance roundrobin\n  server web1 {HAPROXY}:80\n"
-    );
-    let cfg = lab.dir.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy)?;
-    lab.spawn_in(
-        &h2,
-        "taskset",
-        &[
-            "-c",
-            "0",
-            "haproxy",
-            "-db",
-            "-f",
-            cfg.to_str().expect("utf-8"),
-        ],
-    )?;
+    let h1 = lab.hosts[0].ns.clone();
+    for (ns, port, backend, file) in [(&h2, 8090, NFT, "h2.nft"), (&h1, 8092, NFT_LOCAL, "h1.nft")]
+    {
+        let path = lab.dir.join(file);
+        std::fs::write(&path, nft_rules(port, backend))?;
+        ns.run("nft", &["-f", path.to_str().expect("utf-8")])
+            .context("loading nftables rules")?;
+    }
+    let cpu = OTHER_CPU.to_string();
+    for (ns, frontends, file) in [
+        (
+            &h2,
+            vec![
+                ("tcp", "10.99.0.2:8091", HAPROXY),
+                ("http", "10.99.0.2:8094", HAPROXY_HTTP),
+            ],
+            "h2-haproxy.cfg",
+        ),
+        (
+            &h1,
+            vec![("tcp", "10.99.0.1:8093", HAPROXY_LOCAL)],
+            "h1-haproxy.cfg",
+        ),
+    ] {
+        let cfg = lab.dir.join(file);
+        std::fs::write(&cfg, haproxy_cfg(&frontends))?;
+        lab.spawn_in(
+            ns,
+            "taskset",
+            &[
+                "-c",
+                &cpu,
+                "haproxy",
+                "-db",
+                "-f",
+                cfg.to_str().expect("utf-8"),
+            ],
+        )?;
+    }
     std::thread::sleep(std::time::Duration::from_millis(500));
     Ok(lab)
 }
@@ -153,7 +247,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let s10k = sync::measure(10_000, 10, 200)?;
 
     eprintln!(
-        "== lab: client, h1 (web1 + apiary), h2 (nftables, haproxy), h3 (apiary, no backend)"
+        "== lab: client, h1 (backends, apiary, nftables, haproxy), h2 (nftables, haproxy), h3 (apiary, no backend)"
     );
     let lab = setup()?;
     let mut results: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
@@ -182,17 +276,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let med = |k: &str, m: &str| median_spread(&results[&(k, m)]).0;
-    let ka_local = med("apiary_local", "keep-alive");
-    let nc_local = med("apiary_local", "new-conn");
-    let direct_ratio = ka_local / med("direct", "keep-alive");
-    let new_conn_ratio = nc_local / med("direct", "new-conn");
-    let nft_ratio = ka_local / med("nft", "keep-alive");
-    let haproxy_ratio = ka_local / med("haproxy", "keep-alive");
+    let (ka, nc) = ("keep-alive", "new-conn");
+    let local = med("apiary_local", ka);
+    let remote = med("apiary_remote", ka);
+    let direct_ratio = local / med("direct", ka);
+    let new_conn_ratio = med("apiary_local", nc) / med("direct", nc);
+    let remote_ratio = remote / med("direct", ka);
+    let remote_new_conn_ratio = med("apiary_remote", nc) / med("direct", nc);
+    let nft_ratio = remote / med("nft", ka);
+    let haproxy_ratio = remote / med("haproxy", ka);
+    let haproxy_http_ratio = remote / med("haproxy_http", ka);
+    let nft_ratio_local = local / med("nft_local", ka);
+    let haproxy_ratio_local = local / med("haproxy_local", ka);
     let (one_change_us, _) = median_spread(&s10k.one_change_us);
 
     let mut t = String::new();
     let kernel = version("uname", &["-r"]);
-    let _ = writeln!(t, "machine: {} cores, Linux {kernel}; wrk ({}) 1 thread, {} connections, {seconds} s per run, {rounds} rounds alternating, pinned to CPU 1; backend `apiary tool whoami` and HAProxy pinned to CPU 0", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), wrk::version(), load.connections);
+    let _ = writeln!(t, "machine: {} cores, Linux {kernel}; wrk ({}) 1 thread, {} connections, {seconds} s per run, {rounds} rounds alternating; CPU {BACKEND_CPU}: the backends (`apiary tool whoami`); CPU {OTHER_CPU}: wrk, HAProxy, Apiary's daemons and userspace WireGuard", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), wrk::version(), load.connections);
     let _ = writeln!(
         t,
         "baselines: {}; {}\n",
@@ -230,9 +330,29 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             m
         );
     }
+    let _ = writeln!(
+        t,
+        "\n| pair (same hops; keep-alive unless said) | ratio |\n|---|---|"
+    );
+    for (what, r) in [
+        ("local: Apiary ÷ direct", direct_ratio),
+        ("local: Apiary ÷ direct, new connections", new_conn_ratio),
+        ("local: Apiary ÷ nftables", nft_ratio_local),
+        ("local: Apiary ÷ HAProxy tcp", haproxy_ratio_local),
+        ("remote: Apiary ÷ direct", remote_ratio),
+        (
+            "remote: Apiary ÷ direct, new connections",
+            remote_new_conn_ratio,
+        ),
+        ("remote: Apiary ÷ nftables", nft_ratio),
+        ("remote: Apiary ÷ HAProxy tcp", haproxy_ratio),
+        ("remote: Apiary ÷ HAProxy http", haproxy_http_ratio),
+    ] {
+        let _ = writeln!(t, "| {what} | {r:.2} |");
+    }
     println!("{t}");
     println!(
-        "RESULT lb direct_ratio={direct_ratio:.2} new_conn_ratio={new_conn_ratio:.2} nft_ratio={nft_ratio:.2} haproxy_ratio={haproxy_ratio:.2} sync_10k_ms={:.0} one_change_us={one_change_us:.0}",
+        "RESULT lb direct_ratio={direct_ratio:.2} new_conn_ratio={new_conn_ratio:.2} nft_ratio={nft_ratio:.2} haproxy_ratio={haproxy_ratio:.2} haproxy_http_ratio={haproxy_http_ratio:.2} nft_ratio_local={nft_ratio_local:.2} haproxy_ratio_local={haproxy_ratio_local:.2} remote_ratio={remote_ratio:.2} remote_new_conn_ratio={remote_new_conn_ratio:.2} sync_10k_ms={:.0} one_change_us={one_change_us:.0}",
         s10k.full_ms
     );
     drop(lab);

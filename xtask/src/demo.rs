@@ -189,8 +189,46 @@ fn tour(lab: &Lab, failures: &mut Vec<String>) -> anyhow::Result<()> {
     println!(
         "\n== docker node update --availability drain h3: its tasks move, the service stays up"
     );
+    // New connections to every host's :8080, round robin, all through the
+    // drain: h3's tasks stop taking new ones, finish, and run elsewhere.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let hosts: Vec<SocketAddr> = lab
+        .hosts
+        .iter()
+        .map(|h| SocketAddr::from((h.addr, 8080)))
+        .collect();
+    let client = lab.client.clone();
+    let during = std::thread::spawn(move || {
+        client.run_in(move || {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            for to in hosts.iter().cycle() {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match get(*to) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{to} during the drain: {e:#}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
     sh(lab, 0, &["node", "update", "--availability", "drain", "h3"])?;
     wait_running(lab, "my_nginx", 5, Some("h3"))?;
+    // The retired tasks' two seconds of draining, and a little after.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = during
+        .join()
+        .map_err(|_| anyhow::anyhow!("the request loop panicked"))??;
+    println!(
+        "   {ok} requests to the three hosts during the drain, {} failed",
+        failed.len()
+    );
+    failures.extend(failed);
     sh(lab, 0, &["service", "ps", "my_nginx"])?;
     call_every_host(lab, 4, failures)?;
     sh(

@@ -328,11 +328,15 @@ pub struct ClusterState {
     pub networks: BTreeMap<String, crate::networks::Network>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeUpdate {
     pub availability: Option<Availability>,
     pub label_add: BTreeMap<String, String>,
     pub label_rm: Vec<String>,
+    /// What the node's heartbeat says of its overlay (`Node::mesh_plain`);
+    /// absent in entries older agents wrote.
+    #[serde(default)]
+    pub mesh_plain: Option<bool>,
 }
 
 /// A change to the cluster state, as written to the Raft log.
@@ -474,6 +478,9 @@ impl ClusterState {
                 Some(n) => {
                     if let Some(a) = update.availability {
                         n.availability = a;
+                    }
+                    if let Some(p) = update.mesh_plain {
+                        n.mesh_plain = p;
                     }
                     for k in &update.label_rm {
                         n.labels.remove(k);
@@ -1351,6 +1358,32 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_corrects_the_overlay_kind_and_leaves_the_rest() {
+        let mut s = ClusterState::default();
+        s.apply(Command::AddNode(node(1, "h1")));
+        let before = s.nodes[&1].clone();
+        let out = s.apply(Command::UpdateNode {
+            id: 1,
+            update: NodeUpdate {
+                mesh_plain: Some(true),
+                ..Default::default()
+            },
+            at: 9,
+        });
+        assert!(out.error.is_none());
+        let after = &s.nodes[&1];
+        assert!(after.mesh_plain && !before.mesh_plain);
+        assert_eq!(
+            (&after.labels, after.availability),
+            (&before.labels, before.availability)
+        );
+        // An entry an older agent wrote has no such field: nothing changes.
+        let old: NodeUpdate =
+            serde_json::from_str(r#"{"availability":null,"label_add":{},"label_rm":[]}"#).unwrap();
+        assert_eq!(old.mesh_plain, None);
+    }
+
+    #[test]
     fn unknown_node_changes_nothing() {
         let mut s = ClusterState::default();
         s.apply(Command::AddNode(node(1, "h1")));
@@ -1361,6 +1394,7 @@ mod tests {
                 availability: Some(Availability::Drain),
                 label_add: BTreeMap::new(),
                 label_rm: vec![],
+                mesh_plain: None,
             },
             at: 1,
         });

@@ -138,6 +138,9 @@ pub struct Joined {
     pub snapshot_rx: Mutex<Option<(String, u64)>>,
     /// What this node's runtime says about itself (heartbeats carry it).
     agent: Option<Arc<crate::assignments::AgentLink>>,
+    /// This daemon's overlay takes the mesh's packets plain (heartbeats
+    /// carry it, so the record follows a node whose kind changed).
+    mesh_plain: bool,
     pool: Mutex<Vec<(tls::Expect, Conn)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The key that seals secrets, read from [`DATA_KEY_FILE`] when first
@@ -398,6 +401,7 @@ impl Daemon {
             cluster_id: p.cluster_id.clone(),
             dir,
             snapshot_every: self.cfg.snapshot_every,
+            mesh_plain: self.cfg.mesh_plain,
             identity: RwLock::new(id),
             own_role: Mutex::new(own_role),
             client_tls,
@@ -752,8 +756,11 @@ async fn session(j: Arc<Joined>) {
             continue;
         };
         let body = j.agent.as_ref().map(|a| {
-            serde_json::to_vec(&api::HeartbeatRequest { images: a.images() })
-                .expect("heartbeat serializes")
+            serde_json::to_vec(&api::HeartbeatRequest {
+                images: a.images(),
+                mesh_plain: Some(j.mesh_plain),
+            })
+            .expect("heartbeat serializes")
         });
         let res = c
             .call(

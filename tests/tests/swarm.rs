@@ -15,6 +15,12 @@ fn three_managers_two_workers_agree_on_node_ls() {
     assert_eq!(views[0], views[2]);
     let v = &views[0];
     assert_eq!(node(v, "h1")["manager_status"], "leader");
+    // Every node says what overlay it runs: the L2 userspace WireGuard
+    // (mesh packets plain) where the kernel has no WireGuard.
+    let kernel_wg = std::path::Path::new("/sys/module/wireguard").exists();
+    for n in v {
+        assert_eq!(n["mesh_plain"], !kernel_wg, "{n}");
+    }
     for h in ["h2", "h3"] {
         assert_eq!(node(v, h)["manager_status"], "reachable");
         assert_eq!(node(v, h)["role"], "manager");

@@ -28,6 +28,10 @@ pub struct NodeView {
     pub updated_at: u64,
     pub task_subnet: Option<ipnet::Ipv4Net>,
     pub wg_public_key: Option<String>,
+    /// Its overlay takes the routing mesh's packets without encapsulation
+    /// (Apiary's L2 userspace WireGuard; docs/overlay.md).
+    #[serde(default)]
+    pub mesh_plain: bool,
 }
 
 /// What a node's manager status is judged by: read once per request.
@@ -70,6 +74,7 @@ fn view(r: &Raft, n: &Node) -> NodeView {
         updated_at: n.updated_at,
         task_subnet: n.task_subnet,
         wg_public_key: n.wg_public_key.clone(),
+        mesh_plain: n.mesh_plain,
     }
 }
 
@@ -133,6 +138,7 @@ pub async fn update(j: &Joined, name: &str, req: UpdateRequest) -> Reply {
                 availability,
                 label_add: req.label_add,
                 label_rm: req.label_rm,
+                mesh_plain: None,
             },
             at: now_ms(),
         })

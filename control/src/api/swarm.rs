@@ -656,6 +656,11 @@ pub struct HeartbeatRequest {
     /// The images its Docker Engine has (`None`: no engine).
     #[serde(default)]
     pub images: Option<Vec<String>>,
+    /// Its overlay takes the mesh's packets plain (`Node::mesh_plain`);
+    /// the record is corrected when it differs (an agent restarted on
+    /// another kind of overlay). `None`: a node that runs no overlay.
+    #[serde(default)]
+    pub mesh_plain: Option<bool>,
 }
 
 pub async fn heartbeat(j: &Joined, id: u64, cert: tls::CertRole, req: HeartbeatRequest) -> Reply {
@@ -675,9 +680,10 @@ pub async fn heartbeat(j: &Joined, id: u64, cert: tls::CertRole, req: HeartbeatR
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, images.into_iter().collect());
     }
-    let (down, role, managers, manager_ids, settings) = j.manager().sm.read(|a| {
+    let (down, plain, role, managers, manager_ids, settings) = j.manager().sm.read(|a| {
         (
             a.state.nodes.get(&id).map(|n| n.status) == Some(Status::Down),
+            a.state.nodes.get(&id).map(|n| n.mesh_plain),
             a.state
                 .nodes
                 .get(&id)
@@ -695,6 +701,21 @@ pub async fn heartbeat(j: &Joined, id: u64, cert: tls::CertRole, req: HeartbeatR
                 .unwrap_or_default(),
         )
     });
+    if let Some(says) = req
+        .mesh_plain
+        .filter(|says| plain.is_some_and(|p| p != *says))
+    {
+        j.manager()
+            .write(Command::UpdateNode {
+                id,
+                update: crate::model::NodeUpdate {
+                    mesh_plain: Some(says),
+                    ..Default::default()
+                },
+                at: now_ms(),
+            })
+            .await?;
+    }
     if down {
         j.manager()
             .write(Command::SetStatus {

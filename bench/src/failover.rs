@@ -5,7 +5,9 @@
 //! worker's daemon `kill -9` with its tasks (one manager), and the Raft
 //! leader's whole host (three managers; daemon, tasks and its link gone at
 //! once, so nothing answers or resets a connection), which needs an
-//! election first.
+//! election first. Then an agent restarted (`kill -9`, started again) on
+//! the host a client enters by: the time of a request while it is away and
+//! of the first one after it is back, against the steady state.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -101,6 +103,67 @@ fn round(dies: Dies) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
+/// One request from the client to `to` (a new connection): its time.
+fn timed_get(to: std::net::SocketAddr) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    anyhow::ensure!(body.starts_with("HTTP/1."), "no HTTP answer: {body:?}");
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// h1's agent restarted while its published port serves tasks on h2 and
+/// h3: (steady median, a request while the agent is away, the first
+/// request once it is back), in ms.
+fn restart_round() -> anyhow::Result<(f64, f64, f64)> {
+    let mut lab = apiary_tests::swarm::swarm(1, 2).context("setting up a 3-host swarm")?;
+    let bin = apiary_tests::apiary_bin();
+    apiary(
+        &lab,
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            "-p",
+            "8080:80",
+            "--driver",
+            "exec",
+            bin.to_str().context("utf-8 path")?,
+            "tool",
+            "whoami",
+            "--listen",
+            "0.0.0.0:80",
+        ],
+    )?;
+    wait(Duration::from_secs(30), "h1's LB full", || {
+        backends_at(&lab.daemons[0].pin_path, 8080) == Some(2)
+    })?;
+    let to = std::net::SocketAddr::from((lab.hosts[0].addr, 8080));
+    let client = lab.client.clone();
+    let steady = client.run_in(move || -> anyhow::Result<f64> {
+        let mut t = (0..21)
+            .map(|_| timed_get(to))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    })??;
+    lab.daemon(0).kill9();
+    let away = client.run_in(move || timed_get(to))??;
+    lab.restart_daemon(0)?;
+    let back = client.run_in(move || timed_get(to))??;
+    Ok((steady, away, back))
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let rounds: usize = arg(args, "--rounds", 3);
     let mut t = String::new();
@@ -146,6 +209,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             " {key}lb_exclusion_ms={e:.0} {key}replaced_ms={r:.0}"
         )?;
     }
+    let (mut st, mut aw, mut bk) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 1..=rounds {
+        let (s, a, b) = restart_round()?;
+        eprintln!("agent restart, round {i}: steady {s:.2} ms, agent away {a:.2} ms, first after restart {b:.2} ms");
+        st.push(s);
+        aw.push(a);
+        bk.push(b);
+    }
+    writeln!(t, "h1's agent restarted (kill -9, started again), requests through h1's published port to tasks on h2 and h3:")?;
+    for (what, v) in [
+        ("  a request, steady (median of 21 per round)", &st),
+        ("  a request while the agent is away", &aw),
+        ("  the first request once it is back", &bk),
+    ] {
+        let (m, sp) = median_spread(v);
+        writeln!(t, "{what:<58} {m:>10.2} {sp:>10.2}")?;
+    }
+    write!(
+        result,
+        " steady_request_ms={:.2} agent_away_request_ms={:.2} restart_first_request_ms={:.2}",
+        median_spread(&st).0,
+        median_spread(&aw).0,
+        median_spread(&bk).0
+    )?;
     print!("{t}");
     println!("{result}");
     Ok(())

@@ -39,15 +39,9 @@ fn apiary_round(n: usize, docker: bool) -> anyhow::Result<f64> {
     if docker {
         args.push(IMAGE);
     } else {
-        args.extend([
-            "--driver",
-            "exec",
+        args.extend(crate::swarmlab::exec_whoami(
             bin.to_str().context("utf-8 path")?,
-            "tool",
-            "whoami",
-            "--listen",
-            "0.0.0.0:80",
-        ]);
+        ));
     }
     let start = Instant::now();
     apiary(&lab, 0, &args)?;

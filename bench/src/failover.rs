@@ -14,10 +14,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::swarmlab::{apiary, backends_at, wait};
+use crate::swarmlab::{apiary, backends_at, exec_whoami, wait};
 use crate::{arg, median_spread};
 
 const REPLICAS: usize = 6;
+
+/// `service create --name web ARGS… -p 8080:80` of exec whoami tasks.
+fn create_web(lab: &apiary_tests::Lab, args: &[&str]) -> anyhow::Result<()> {
+    let bin = apiary_tests::apiary_bin();
+    let mut all = vec!["service", "create", "--name", "web"];
+    all.extend_from_slice(args);
+    all.extend(["-p", "8080:80"]);
+    all.extend(exec_whoami(bin.to_str().context("utf-8 path")?));
+    apiary(lab, 0, &all)?;
+    Ok(())
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Dies {
@@ -37,29 +48,8 @@ fn round(dies: Dies) -> anyhow::Result<(f64, f64)> {
         Dies::Worker => 1,
         Dies::Leader => 0,
     };
-    let bin = apiary_tests::apiary_bin();
     let replicas = REPLICAS.to_string();
-    apiary(
-        &lab,
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            &replicas,
-            "-p",
-            "8080:80",
-            "--driver",
-            "exec",
-            bin.to_str().context("utf-8 path")?,
-            "tool",
-            "whoami",
-            "--listen",
-            "0.0.0.0:80",
-        ],
-    )?;
+    create_web(&lab, &["--replicas", &replicas])?;
     wait(Duration::from_secs(30), "every LB full", || {
         crate::swarmlab::backends_everywhere(&lab, 8080)
             .iter()
@@ -121,29 +111,9 @@ fn timed_get(to: std::net::SocketAddr) -> anyhow::Result<f64> {
 /// request once it is back), in ms.
 fn restart_round() -> anyhow::Result<(f64, f64, f64)> {
     let mut lab = apiary_tests::swarm::swarm(1, 2).context("setting up a 3-host swarm")?;
-    let bin = apiary_tests::apiary_bin();
-    apiary(
+    create_web(
         &lab,
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "2",
-            "--constraint",
-            "node.role==worker",
-            "-p",
-            "8080:80",
-            "--driver",
-            "exec",
-            bin.to_str().context("utf-8 path")?,
-            "tool",
-            "whoami",
-            "--listen",
-            "0.0.0.0:80",
-        ],
+        &["--replicas", "2", "--constraint", "node.role==worker"],
     )?;
     wait(Duration::from_secs(30), "h1's LB full", || {
         backends_at(&lab.daemons[0].pin_path, 8080) == Some(2)

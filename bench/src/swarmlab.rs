@@ -54,6 +54,20 @@ pub fn apiary(lab: &Lab, h: usize, args: &[&str]) -> anyhow::Result<String> {
     Ok(out.stdout)
 }
 
+/// The end of a `service create` whose tasks are `apiary tool whoami`
+/// (exec driver) on port 80; `bin` is the apiary binary's path.
+pub fn exec_whoami(bin: &str) -> [&str; 7] {
+    [
+        "--driver",
+        "exec",
+        bin,
+        "tool",
+        "whoami",
+        "--listen",
+        "0.0.0.0:80",
+    ]
+}
+
 /// A swarm of one manager and two workers on three lab hosts.
 pub fn three_hosts() -> anyhow::Result<Lab> {
     apiary_tests::swarm::swarm(1, 2).context("setting up a 3-host swarm")

@@ -51,7 +51,7 @@ pub fn is_ethernet(iface: &str) -> bool {
 }
 
 /// One `ifreq` request on `iface` (after `fill`), through a throwaway socket.
-fn ifreq_ioctl(
+pub(crate) fn ifreq_ioctl(
     iface: &str,
     request: libc::Ioctl,
     fill: impl FnOnce(&mut libc::ifreq),

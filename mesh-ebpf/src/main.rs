@@ -87,12 +87,20 @@ fn opened(ctx: &TcContext, cfg: &NodeConfig, ingress_node: u32) -> Verdict {
     let Some(pkt) = Packet::parse(ctx)? else {
         return Err(STAT_DROP_DECAP);
     };
+    from_node(ctx, cfg, ingress_node, &pkt)
+}
+
+/// A packet `ingress_node` sent us (opened, or plain from the L2 overlay):
+/// a reply to a flow that entered here, or a flow that entered there for a
+/// task here.
+#[inline(always)]
+fn from_node(ctx: &TcContext, cfg: &NodeConfig, ingress_node: u32, pkt: &Packet) -> Verdict {
     // The sender speaks for its own tasks and for outside clients, never
     // for another node's tasks.
     if maps::task_owner(pkt.saddr).is_some_and(|owner| owner != ingress_node) {
         return Err(STAT_DROP_DECAP_INNER);
     }
-    if let Some(action) = nat::reply(ctx, &pkt)? {
+    if let Some(action) = nat::reply(ctx, pkt)? {
         return Ok(action);
     }
     // Not a reply: a flow for one of this node's tasks, nowhere else (the
@@ -100,8 +108,8 @@ fn opened(ctx: &TcContext, cfg: &NodeConfig, ingress_node: u32) -> Verdict {
     if maps::task_owner(pkt.daddr) != Some(cfg.node_addr) {
         return Err(STAT_DROP_DECAP_INNER);
     }
-    ct::note_tunnel(&pkt, ingress_node, cfg)?;
-    route::forward(ctx, &pkt)
+    ct::note_tunnel(pkt, ingress_node, cfg)?;
+    route::forward(ctx, pkt)
 }
 
 /// On the overlay (WireGuard) interface, an L3 device: packets start at
@@ -175,7 +183,7 @@ fn overlay_ingress_l2(ctx: &TcContext) -> Verdict {
         return Ok(TC_ACT_OK);
     }
     maps::count(STAT_PLAIN_RECEIVED);
-    opened(ctx, &cfg, sender)
+    from_node(ctx, &cfg, sender, &pkt)
 }
 
 #[inline(always)]

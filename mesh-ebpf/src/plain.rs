@@ -7,50 +7,24 @@
 //! written by the device from the WireGuard peer that sent it, which no
 //! task and no other node can forge.
 
-use aya_ebpf::{
-    bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, helpers::bpf_redirect,
-    programs::TcContext, EbpfContext,
-};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use mesh_common::*;
 
-use crate::{hdr::Packet, maps, Verdict};
-
-const AF_INET: u8 = 2;
-const BPF_FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
-const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
-const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 6;
+use crate::{hdr::Packet, maps, route, Verdict};
 
 /// Sends `p` (rewritten, still with its own addresses) to `node` through
 /// the overlay device, its destination MAC naming `node`.
 #[inline(always)]
 pub fn send(ctx: &TcContext, p: &Packet, cfg: &NodeConfig, node: u32) -> Verdict {
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = p.proto;
-    fib.__bindgen_anon_1.tot_len = if crate::route::is_gso(ctx) {
-        0
-    } else {
-        p.ip_len
-    };
-    // SAFETY: TC programs may read `ifindex` from their context.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    fib.__bindgen_anon_3.ipv4_src = cfg.node_addr;
-    fib.__bindgen_anon_4.ipv4_dst = node;
-    // SAFETY: `fib` is a properly sized lookup struct on our stack.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(STAT_DROP_TOO_BIG),
-        _ => return Err(STAT_DROP_FIB),
-    }
+    let fib = route::fib(
+        ctx,
+        cfg.node_addr,
+        node,
+        p.proto,
+        p.sport,
+        p.dport,
+        p.ip_len,
+    )?;
     let to = node.to_ne_bytes();
     let from = cfg.node_addr.to_ne_bytes();
     let p0 = PEER_MAC_PREFIX;

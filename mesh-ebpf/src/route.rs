@@ -80,8 +80,11 @@ pub fn is_gso(ctx: &TcContext) -> bool {
     unsafe { (*ctx.skb.skb).gso_size != 0 }
 }
 
+/// The route for a packet of `ip_len` bytes (ignored for a GSO packet)
+/// from `saddr` to `daddr`: the lookup's answer (egress interface, next
+/// hop), or the drop reason (too big, no route).
 #[inline(always)]
-pub fn redirect(
+pub fn fib(
     ctx: &TcContext,
     saddr: u32,
     daddr: u32,
@@ -89,7 +92,7 @@ pub fn redirect(
     sport: u16,
     dport: u16,
     ip_len: u16,
-) -> Verdict {
+) -> Result<bpf_fib_lookup, u32> {
     // SAFETY: all-zero is a valid value of this plain C struct.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -102,10 +105,23 @@ pub fn redirect(
     fib.__bindgen_anon_3.ipv4_src = saddr;
     fib.__bindgen_anon_4.ipv4_dst = daddr;
     match lookup(ctx, &mut fib) {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(STAT_DROP_TOO_BIG),
-        _ => return Err(STAT_DROP_FIB),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(fib),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(STAT_DROP_TOO_BIG),
+        _ => Err(STAT_DROP_FIB),
     }
+}
+
+#[inline(always)]
+pub fn redirect(
+    ctx: &TcContext,
+    saddr: u32,
+    daddr: u32,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    ip_len: u16,
+) -> Verdict {
+    let fib = fib(ctx, saddr, daddr, proto, sport, dport, ip_len)?;
     // SAFETY: zeroed plain C struct, then filled.
     let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
     nh.nh_family = AF_INET as u32;

@@ -157,32 +157,10 @@ fn the_overlay_outlives_its_agent_with_no_request_lost_and_no_new_handshake() {
     let mut lab = apiary_tests::swarm::swarm(1, 2).unwrap();
     // Backends on h2 and h3 only: every request entering at h1 crosses
     // the overlay.
-    let bin = apiary_tests::apiary_bin();
-    let out = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "web",
-                "--driver",
-                "exec",
-                "--replicas",
-                "2",
-                "--constraint",
-                "node.role==worker",
-                "-p",
-                "8080:80",
-                bin.to_str().unwrap(),
-                "tool",
-                "whoami",
-                "--listen",
-                "0.0.0.0:80",
-            ],
-        )
-        .out();
-    assert!(out.contains("converged"), "{out}");
+    create_exec_web(
+        &lab,
+        &["--replicas", "2", "--constraint", "node.role==worker"],
+    );
     let to = addr(host_addr(0), 8080);
     let warm = lab.client.clone();
     // Twenty flows through h1, spread over both backends (so h1 has a

@@ -1262,9 +1262,7 @@ fn hole5_a_task_can_neither_forge_its_source_nor_open_another_nodes_encapsulatio
 /// Sends each Ethernet frame 5 times out of `iface` in the namespace at
 /// `netns` (a packet socket: what root on that host can do).
 fn send_frames(netns: String, iface: String, frames: Vec<Vec<u8>>) {
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    apiary_tests::net::run_in_netns(&netns, move || {
         let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).unwrap();
         // SAFETY: plain socket call; checked below and closed at the end.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
@@ -1299,7 +1297,6 @@ fn send_frames(netns: String, iface: String, frames: Vec<Vec<u8>>) {
         // SAFETY: closing the socket opened above.
         unsafe { libc::close(fd) };
     })
-    .join()
     .unwrap();
 }
 
@@ -1366,4 +1363,35 @@ fn hole5_root_on_a_node_speaks_through_its_overlay_only_for_its_tasks_and_outsid
         stat(&lab, 0, "drop_decap_inner_address") >= refused + 15,
         "h1 took packets h2 sent as h1 or its task, or to no task of h1's"
     );
+}
+
+#[test]
+fn hole6_a_node_speaks_only_for_its_own_overlay_kind() {
+    let lab = swarm(1, 1).unwrap();
+    let kind = |h: &str| node(&nodes(&lab, 0).unwrap(), h)["mesh_plain"].clone();
+    let (h1, h2) = (kind("h1"), kind("h2"));
+    let (c, k) = node_cert(&lab, 1);
+    let beat = |body: &str| {
+        curl(
+            &lab.client,
+            "POST",
+            &url(&lab, 0, "/v1/heartbeat"),
+            Some(body),
+            Some((&c, &k)),
+        )
+    };
+    // Not a bool: refused, nothing changed.
+    for bad in [r#"{"mesh_plain":"yes"}"#, r#"{"mesh_plain":1}"#, "{"] {
+        let (code, body) = beat(bad);
+        assert!((400..500).contains(&code), "{bad}: {code} {body}");
+    }
+    assert_eq!((kind("h1"), kind("h2")), (h1.clone(), h2.clone()));
+    // A claim moves h2's own record, no one else's, and h2's daemon's next
+    // heartbeats put back what it runs.
+    let flipped = !h2.as_bool().unwrap();
+    let (code, body) = beat(&format!(r#"{{"mesh_plain":{flipped}}}"#));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(kind("h2"), flipped);
+    assert_eq!(kind("h1"), h1);
+    until_ok(Duration::from_secs(10), || (kind("h2") == h2).then_some(()));
 }

@@ -44,30 +44,7 @@ fn ip_of(backend: &str) -> std::net::Ipv4Addr {
 #[test]
 fn the_leaders_host_dies_and_requests_fail_only_until_its_backends_are_out() {
     let mut lab = swarm(3, 0).unwrap();
-    let bin = apiary_tests::apiary_bin();
-    let out = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "web",
-                "--driver",
-                "exec",
-                "--replicas",
-                "6",
-                "-p",
-                "8080:80",
-                bin.to_str().unwrap(),
-                "tool",
-                "whoami",
-                "--listen",
-                "0.0.0.0:80",
-            ],
-        )
-        .out();
-    assert!(out.contains("converged"), "{out}");
+    create_exec_web(&lab, &["--replicas", "6"]);
     let on_h1 = lab
         .apiary(0, &["service", "ps", "web"])
         .out()

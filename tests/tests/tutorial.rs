@@ -217,31 +217,7 @@ fn the_swarm_tutorial_runs_on_apiary() {
 #[test]
 fn a_dead_host_leaves_every_lb_and_its_tasks_run_elsewhere() {
     let mut lab = swarm(1, 2).unwrap();
-    let bin = apiary_tests::lab::apiary_bin();
-    let bin = bin.to_str().unwrap();
-    let out = lab
-        .apiary(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                "web",
-                "--driver",
-                "exec",
-                "--replicas",
-                "6",
-                "-p",
-                "8080:80",
-                bin,
-                "tool",
-                "whoami",
-                "--listen",
-                "0.0.0.0:80",
-            ],
-        )
-        .out();
-    assert!(out.contains("converged"), "{out}");
+    create_exec_web(&lab, &["--replicas", "6"]);
     let on_h2 = tasks(&lab, "web")
         .iter()
         .filter(|(_, n, _)| n == "h2")

@@ -46,7 +46,7 @@ pub fn open_tun(name: &str, l2: bool) -> io::Result<OwnedFd> {
     let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
     ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as usize)?;
     if l2 {
-        set_l2(&req)?;
+        set_l2(name)?;
     }
     Ok(fd)
 }
@@ -54,40 +54,21 @@ pub fn open_tun(name: &str, l2: bool) -> io::Result<OwnedFd> {
 /// Gives the TAP device its fixed MAC and turns ARP off: the stack then
 /// sends every frame to `OWN_MAC` (the device routes by IP), and only the
 /// data plane writes peer MACs.
-fn set_l2(named: &libc::ifreq) -> io::Result<()> {
-    // SAFETY: plain socket creation; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut req = *named;
-    // SAFETY: writing the hardware-address member of the request union.
-    unsafe {
-        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
-        for (d, s) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(OWN_MAC) {
-            *d = s as libc::c_char;
+fn set_l2(name: &str) -> io::Result<()> {
+    use crate::netdev::ifreq_ioctl;
+    ifreq_ioctl(name, libc::SIOCSIFHWADDR, |r| {
+        // SAFETY: writing the hardware-address member of the request union.
+        unsafe {
+            r.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+            for (d, s) in r.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(OWN_MAC) {
+                *d = s as libc::c_char;
+            }
         }
-    }
-    ioctl(
-        sock.as_raw_fd(),
-        libc::SIOCSIFHWADDR,
-        &mut req as *mut _ as usize,
-    )?;
-    let mut req = *named;
-    ioctl(
-        sock.as_raw_fd(),
-        libc::SIOCGIFFLAGS,
-        &mut req as *mut _ as usize,
-    )?;
+    })?;
+    let got = ifreq_ioctl(name, libc::SIOCGIFFLAGS, |_| {})?;
     // SAFETY: SIOCGIFFLAGS filled the flags member.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_NOARP as i16 };
-    ioctl(
-        sock.as_raw_fd(),
-        libc::SIOCSIFFLAGS,
-        &mut req as *mut _ as usize,
-    )
+    let flags = unsafe { got.ifr_ifru.ifru_flags } | libc::IFF_NOARP as i16;
+    ifreq_ioctl(name, libc::SIOCSIFFLAGS, |r| r.ifr_ifru.ifru_flags = flags).map(|_| ())
 }
 
 /// The Ethernet header of a frame the device writes: to the device, from

@@ -314,3 +314,22 @@ pub fn container_of(lab: &Lab, service: &str) -> String {
     assert!(!cid.is_empty(), "no container for task {id}");
     cid
 }
+
+/// `service create --name web --driver exec ARGS… -p 8080:80` of
+/// `apiary tool whoami` on host 0, waited for until it converged.
+pub fn create_exec_web(lab: &Lab, args: &[&str]) {
+    let bin = apiary_tests::apiary_bin();
+    let mut all = vec!["service", "create", "--name", "web", "--driver", "exec"];
+    all.extend_from_slice(args);
+    all.extend([
+        "-p",
+        "8080:80",
+        bin.to_str().expect("utf-8 path"),
+        "tool",
+        "whoami",
+        "--listen",
+        "0.0.0.0:80",
+    ]);
+    let out = lab.apiary(0, &all).out();
+    assert!(out.contains("converged"), "{out}");
+}

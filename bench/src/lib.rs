@@ -2,10 +2,12 @@
 //! report ratios (see `BENCH.md` of the project notes and `bench/RESULTS.md`).
 
 pub mod converge;
+pub mod etcd_grpc;
 pub mod failover;
 pub mod lb;
 pub mod overlay;
 pub mod raft;
+pub mod raft_group;
 pub mod raftload;
 pub mod scheduler;
 pub mod stack;

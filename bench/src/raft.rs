@@ -1,7 +1,8 @@
 //! `cargo xtask bench raft`: write throughput and commit latency of the
 //! managers' Raft group (3 managers in lab namespaces) against etcd 3.4
 //! (3 members in the same namespaces, fsync on commit as Apiary), with 1
-//! and with 64 concurrent clients, alternating, in the same run.
+//! and with 64 concurrent clients, alternating, in the same run. Each
+//! system is driven through its own clients' way in (see `raftload`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -272,7 +273,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     writeln!(
         table,
-        "raft: 3 managers vs {} (3 members, peer mutual TLS as Apiary's), same namespaces and disk (fsync on commit); {cores} cores, Linux {}; {rounds} rounds x {seconds} s; 64-byte values; clients on each leader's host",
+        "raft: 3 managers vs {} (3 members, peer mutual TLS as Apiary's), same namespaces and disk (fsync on commit); {cores} cores, Linux {}; {rounds} rounds x {seconds} s; 64-byte values; clients on each leader's host, one connection each: Apiary over its unix socket (HTTP/1.1, its CLI's way in), etcd over its native gRPC API (HTTP/2)",
         etcd_version(),
         kernel.trim()
     )?;

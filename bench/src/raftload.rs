@@ -1,7 +1,8 @@
 //! The write load of `bench raft`: N clients, each with one keep-alive
-//! HTTP/1.1 connection, writing distinct keys as fast as answers come, for
+//! connection of its own, writing distinct keys as fast as answers come, for
 //! a fixed time. The same loop drives Apiary (`PUT /v1/kv/…` on the
-//! daemon's unix socket) and etcd (`POST /v3/kv/put` on its JSON gateway).
+//! daemon's unix socket, its CLI's own way in) and etcd (`KV/Put` over its
+//! native gRPC API, one HTTP/2 connection per client).
 
 use std::time::{Duration, Instant};
 
@@ -32,40 +33,11 @@ pub struct LoadResult {
 
 const VALUE: &str = "apiary-bench-value-0123456789abcdef0123456789abcdef0123456789abcd";
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-async fn connect(t: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    match t {
-        Target::Apiary(sock) => {
-            let s = tokio::net::UnixStream::connect(sock)
-                .await
-                .with_context(|| format!("connecting to {sock}"))?;
-            handshake(s).await
-        }
-        Target::Etcd(addr) => {
-            let s = tokio::net::TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("connecting to {addr}"))?;
-            s.set_nodelay(true)?;
-            handshake(s).await
-        }
-    }
+async fn connect(sock: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let s = tokio::net::UnixStream::connect(sock)
+        .await
+        .with_context(|| format!("connecting to {sock}"))?;
+    handshake(s).await
 }
 
 async fn handshake<S>(s: S) -> anyhow::Result<SendRequest<Full<Bytes>>>
@@ -77,46 +49,59 @@ where
     Ok(sender)
 }
 
-fn request(t: &Target, key: &str) -> Request<Full<Bytes>> {
-    let (method, uri, body) = match t {
-        Target::Apiary(_) => (
-            "PUT",
-            format!("/v1/kv/{key}"),
-            format!("{{\"value\":\"{VALUE}\"}}"),
-        ),
-        Target::Etcd(_) => (
-            "POST",
-            "/v3/kv/put".to_string(),
-            format!(
-                "{{\"key\":\"{}\",\"value\":\"{}\"}}",
-                b64(key.as_bytes()),
-                b64(VALUE.as_bytes())
-            ),
-        ),
-    };
+fn request(key: &str) -> Request<Full<Bytes>> {
     Request::builder()
-        .method(method)
-        .uri(uri)
+        .method("PUT")
+        .uri(format!("/v1/kv/{key}"))
         .header("host", "bench")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(format!("{{\"value\":\"{VALUE}\"}}"))))
         .expect("valid request")
 }
 
+/// One connection of either system, writing one key at a time.
+enum Writer {
+    Apiary(SendRequest<Full<Bytes>>),
+    Etcd(crate::etcd_grpc::Kv),
+}
+
+impl Writer {
+    async fn connect(t: &Target) -> anyhow::Result<Self> {
+        Ok(match t {
+            Target::Apiary(sock) => Self::Apiary(connect(sock).await?),
+            Target::Etcd(addr) => Self::Etcd(crate::etcd_grpc::Kv::connect(addr).await?),
+        })
+    }
+
+    /// Whether the write was committed; `Err` for a broken connection.
+    async fn put(&mut self, key: &str) -> anyhow::Result<bool> {
+        match self {
+            Self::Apiary(s) => {
+                s.ready().await?;
+                let resp = s.send_request(request(key)).await?;
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await?;
+                Ok(ok)
+            }
+            Self::Etcd(kv) => match kv.put(key, VALUE).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.downcast_ref::<tonic::Status>().is_some() => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
 async fn client(t: Target, id: usize, until: Instant) -> anyhow::Result<(Vec<Duration>, u64)> {
-    let mut s = connect(&t).await?;
+    let mut w = Writer::connect(&t).await?;
     let mut lat = Vec::new();
     let mut errors = 0;
     let mut i = 0u64;
     while Instant::now() < until {
         let key = format!("bench-{id}-{i}");
         i += 1;
-        s.ready().await?;
         let start = Instant::now();
-        let resp = s.send_request(request(&t, &key)).await?;
-        let ok = resp.status().is_success();
-        let _ = resp.into_body().collect().await?;
-        if ok {
+        if w.put(&key).await? {
             lat.push(start.elapsed());
         } else {
             errors += 1;
@@ -157,14 +142,4 @@ pub fn run(t: Target, clients: usize, seconds: f64) -> anyhow::Result<LoadResult
             p99_ms: q(0.99),
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(super::b64(b"foo"), "Zm9v");
-        assert_eq!(super::b64(b"fo"), "Zm8=");
-        assert_eq!(super::b64(b"f"), "Zg==");
-    }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench failover`: a host of a 3-host swarm dies while a
 //! service has tasks on it. Measured from the kill: until no other host's
-//! LB (pinned BPF maps) lists its backends, and until replacements run
-//! elsewhere (every surviving host's LB back to N backends). Two cases: a
+//! LB (pinned BPF maps) lists a backend of its task subnet, and until
+//! replacements run elsewhere (every surviving host's LB back to N
+//! backends, none of them the dead host's). Two cases: a
 //! worker's daemon `kill -9` with its tasks (one manager), and the Raft
 //! leader's whole host (three managers; daemon, tasks and its link gone at
 //! once, so nothing answers or resets a connection), which needs an
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::swarmlab::{apiary, backends_at, exec_whoami, wait};
+use crate::swarmlab::{apiary, backend_addrs_at, backends_at, exec_whoami, wait};
 use crate::{arg, median_spread};
 
 const REPLICAS: usize = 6;
@@ -57,6 +58,13 @@ fn round(dies: Dies) -> anyhow::Result<(f64, f64)> {
     })?;
     let ps = apiary(&lab, 0, &["service", "ps", "web"])?;
     let victim_name = format!("h{}", victim + 1);
+    let victim_net: ipnet::Ipv4Net = apiary_tests::swarm::node(
+        &apiary_tests::swarm::nodes(&lab, 0).context("node ls")?,
+        &victim_name,
+    )["task_subnet"]
+        .as_str()
+        .context("the dead host's task subnet")?
+        .parse()?;
     let on_victim = ps
         .lines()
         .filter(|l| l.split_whitespace().nth(3) == Some(victim_name.as_str()))
@@ -73,18 +81,27 @@ fn round(dies: Dies) -> anyhow::Result<(f64, f64)> {
         .iter()
         .map(|&h| lab.daemons[h].pin_path.clone())
         .collect();
-    let left = REPLICAS - on_victim;
-    let count = |pins: &[std::path::PathBuf]| -> Vec<Option<usize>> {
-        pins.iter().map(|p| backends_at(p, 8080)).collect()
+    anyhow::ensure!(on_victim > 0, "no task on the host that dies");
+    // By address: a replacement may enter an LB before the dead backends
+    // leave it, so a count could be right at the wrong time.
+    let lbs = |pins: &[std::path::PathBuf]| -> Vec<Vec<std::net::Ipv4Addr>> {
+        pins.iter()
+            .map(|p| backend_addrs_at(p, 8080).unwrap_or_default())
+            .collect()
+    };
+    let dead_gone = |lbs: &[Vec<std::net::Ipv4Addr>]| {
+        lbs.iter()
+            .all(|b| !b.is_empty() && b.iter().all(|a| !victim_net.contains(a)))
     };
     wait(
         Duration::from_secs(60),
         "the dead host's backends out of the LBs",
-        || count(&pins).iter().all(|b| *b == Some(left)),
+        || dead_gone(&lbs(&pins)),
     )?;
     let excluded = killed.elapsed();
     wait(Duration::from_secs(60), "replacements in every LB", || {
-        count(&pins).iter().all(|b| *b == Some(REPLICAS))
+        let now = lbs(&pins);
+        dead_gone(&now) && now.iter().all(|b| b.len() == REPLICAS)
     })?;
     let replaced = killed.elapsed();
     Ok((

@@ -236,15 +236,38 @@ fn version(cmd: &str, args: &[&str]) -> String {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let rounds: usize = arg(args, "--rounds", 3);
     let seconds: u32 = arg(args, "--seconds", 5);
+    // `--only direct,apiary_remote`: those paths alone, no ratios (to
+    // look at one path; the tables need every path).
+    let only: String = arg(args, "--only", String::new());
+    let only: Vec<&str> = only.split(',').filter(|k| !k.is_empty()).collect();
+    let variants: Vec<&Variant> = VARIANTS
+        .iter()
+        .filter(|v| only.is_empty() || only.contains(&v.key))
+        .collect();
+    anyhow::ensure!(
+        !variants.is_empty(),
+        "--only names no path; the paths are: {}",
+        VARIANTS
+            .iter()
+            .map(|v| v.key)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let load = Load {
         connections: 32,
         seconds,
         cpu: 1,
     };
 
-    eprintln!("== programming times (in-process, maps only)");
-    let s1k = sync::measure(1_000, 10, 200)?;
-    let s10k = sync::measure(10_000, 10, 200)?;
+    let timings = if only.is_empty() {
+        eprintln!("== programming times (in-process, maps only)");
+        Some((
+            sync::measure(1_000, 10, 200)?,
+            sync::measure(10_000, 10, 200)?,
+        ))
+    } else {
+        None
+    };
 
     eprintln!(
         "== lab: client, h1 (backends, apiary, nftables, haproxy), h2 (nftables, haproxy), h3 (apiary, no backend)"
@@ -258,9 +281,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for round in 0..rounds {
             // Alternate the order so drift does not favour one variant.
             let order: Vec<&Variant> = if round % 2 == 0 {
-                VARIANTS.iter().collect()
+                variants.clone()
             } else {
-                VARIANTS.iter().rev().collect()
+                variants.iter().rev().copied().collect()
             };
             for v in order {
                 let rps = wrk::run(&lab.client, v.url, mode, &load)
@@ -275,6 +298,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             }
         }
     }
+    let Some((s1k, s10k)) = timings else {
+        for ((k, m), v) in &results {
+            let (med, spread) = median_spread(v);
+            println!("{k:<14} {m:<10} {med:>10.0} req/s (±{spread:.0})");
+        }
+        return Ok(());
+    };
     let med = |k: &str, m: &str| median_spread(&results[&(k, m)]).0;
     let (ka, nc) = ("keep-alive", "new-conn");
     let local = med("apiary_local", ka);

@@ -1,28 +1,38 @@
 //! What the swarm benchmarks share: a 3-host swarm lab and reading how many
 //! backends a published port has in each host's pinned BPF maps.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use apiary_tests::Lab;
 
-/// Backends behind `port` (published) in the maps pinned at `pin`
-/// (active ones only with `active_only`); `None` while the port has no
-/// frontend there.
-pub fn backends_at(pin: &Path, port: u16) -> Option<usize> {
+/// Addresses of the backends behind `port` (published) in the maps pinned
+/// at `pin`; `None` while the port has no frontend there.
+pub fn backend_addrs_at(pin: &Path, port: u16) -> Option<Vec<Ipv4Addr>> {
     let maps = mesh_agent::dataplane::maps::Maps::open_pinned(pin).ok()?;
-    maps.services
+    let svc = maps
+        .services
         .iter()
         .filter_map(|r| r.ok())
         .find(|(k, v)| u16::from_be(k.port) == port && v.flags & mesh_common::SVC_F_PUBLISHED != 0)
-        .map(|(_, v)| {
-            if v.flags & mesh_common::SVC_F_EMPTY != 0 {
-                0
-            } else {
-                usize::from(v.count)
-            }
-        })
+        .map(|(_, v)| v)?;
+    if svc.flags & mesh_common::SVC_F_EMPTY != 0 {
+        return Some(Vec::new());
+    }
+    Some(
+        maps.svc_backends
+            .read(svc.svc_id, svc.count)
+            .into_iter()
+            .map(|id| Ipv4Addr::from(u32::from_be(maps.backends.get(id).addr[0])))
+            .collect(),
+    )
+}
+
+/// How many backends are behind `port` (published) at `pin`.
+pub fn backends_at(pin: &Path, port: u16) -> Option<usize> {
+    backend_addrs_at(pin, port).map(|v| v.len())
 }
 
 /// Backends behind `port` on every host of the lab.

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod assignments;
 pub mod client;
+pub mod engine;
 pub mod http;
 pub mod manager;
 pub mod model;

@@ -27,6 +27,9 @@ use crate::tls::{self, Identity};
 pub struct DaemonConfig {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    /// Where the Docker Engine API is served (root only, as `socket`);
+    /// `None`: not served.
+    pub engine_socket: Option<PathBuf>,
     /// Where the TLS API listens once the node is in a swarm.
     pub listen: SocketAddr,
     pub hostname: String,
@@ -1096,22 +1099,19 @@ pub async fn run(
         );
         d.set_broken(Some(why));
     }
-    if let Some(parent) = cfg.socket.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let _ = std::fs::remove_file(&cfg.socket);
-    // Created owner-only from the start: no moment where others may connect.
-    // SAFETY: umask only changes this process's file-creation mask.
-    let old_mask = unsafe { libc::umask(0o077) };
-    let unix = UnixListener::bind(&cfg.socket);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old_mask) };
-    let unix = unix.with_context(|| format!("binding {}", cfg.socket.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let unix = bind_private(&cfg.socket)?;
+    let engine = match &cfg.engine_socket {
+        Some(path) => {
+            let l = bind_private(path)?;
+            tracing::info!(socket = %path.display(), "serving the Docker Engine API");
+            Some(tokio::spawn(crate::server::serve_unix(
+                crate::engine::router(d.clone()),
+                l,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(socket = %cfg.socket.display(), "ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
@@ -1122,8 +1122,42 @@ pub async fn run(
     };
     crate::server::serve_unix(crate::api::router(d.clone()), unix, stop).await;
     let _ = std::fs::remove_file(&cfg.socket);
+    if let Some(engine) = engine {
+        engine.abort();
+    }
+    if let Some(path) = &cfg.engine_socket {
+        let _ = std::fs::remove_file(path);
+    }
     d.stop().await;
     Ok(())
+}
+
+/// A unix socket only root may use: created owner-only (no moment where
+/// others may connect), in a directory made if missing.
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    // A socket someone still answers on is theirs (another daemon, or the
+    // Docker Engine's own socket named by mistake); one left by a process
+    // that died is replaced.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "{} is in use by another process: give this daemon a socket of its own",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old_mask = unsafe { libc::umask(0o077) };
+    let unix = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old_mask) };
+    let unix = unix.with_context(|| format!("binding {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(unix)
 }
 
 #[cfg(test)]

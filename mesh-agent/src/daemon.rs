@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// Swarm mode: where the mutual-TLS API listens once in a swarm.
     #[arg(long, default_value = "0.0.0.0:2377")]
     pub listen_addr: std::net::SocketAddr,
+    /// Where the Docker Engine API is served, root only
+    /// (`DOCKER_HOST=unix://PATH docker node ls`); `none`: not served.
+    #[arg(long, default_value = "/run/apiary/docker.sock")]
+    pub engine_socket: PathBuf,
     /// Swarm mode: the name `node ls` shows [default: the host name].
     #[arg(long)]
     pub hostname: Option<String>,
@@ -97,6 +101,13 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/apiary"));
+    let engine = args.docker_socket.trim_start_matches("unix://");
+    if args.engine_socket == Path::new(engine) {
+        anyhow::bail!(
+            "--engine-socket {} is the Docker Engine this daemon drives (--docker-socket): give the API Apiary serves another path, e.g. /run/apiary/docker.sock",
+            args.engine_socket.display()
+        );
+    }
     // The overlay key is made once per node; the cluster learns its public
     // half at init/join.
     private_data_dir(&data_dir)?;
@@ -117,6 +128,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
     let cfg = control::node::DaemonConfig {
         data_dir,
         socket: args.socket,
+        engine_socket: (args.engine_socket != Path::new("none")).then_some(args.engine_socket),
         listen: args.listen_addr,
         hostname,
         snapshot_every: args.raft_snapshot_every,

@@ -659,6 +659,8 @@ impl Lab {
             Some(sock) => cmd
                 .arg("--socket")
                 .arg(sock)
+                .arg("--engine-socket")
+                .arg(sock.with_file_name("docker.sock"))
                 .arg("--hostname")
                 .arg(format!("h{}", d.host + 1)),
             None => cmd.arg("--static-config").arg(&d.config),

@@ -1,0 +1,248 @@
+//! Apiary's views → Docker's bodies, and Docker's list filters.
+
+use crate::api::{NodeView, ServiceView};
+use crate::model::{Availability, Role, Status};
+use crate::node::Info;
+use crate::services::{EndpointMode, Mode};
+
+use super::types;
+
+/// Docker's name for this machine's architecture (`GOARCH`).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// RFC 3339 in UTC with nanoseconds, as Docker writes times.
+pub fn time(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Manager => "manager",
+        Role::Worker => "worker",
+    }
+}
+
+fn availability(a: Availability) -> &'static str {
+    match a {
+        Availability::Active => "active",
+        Availability::Pause => "pause",
+        Availability::Drain => "drain",
+    }
+}
+
+/// The address without its port.
+fn host(addr: &str) -> String {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|s| s.ip().to_string())
+        .unwrap_or_else(|_| addr.to_string())
+}
+
+pub fn node(n: &NodeView) -> types::Node {
+    types::Node {
+        id: n.id.clone(),
+        version: types::ObjectVersion {
+            index: n.updated_at,
+        },
+        created_at: time(n.created_at),
+        updated_at: time(n.updated_at),
+        spec: types::NodeSpec {
+            labels: n.labels.clone(),
+            role: role(n.role).into(),
+            availability: availability(n.availability).into(),
+        },
+        description: types::NodeDescription {
+            hostname: n.hostname.clone(),
+            platform: types::NodePlatform {
+                architecture: std::env::consts::ARCH.into(),
+                os: "linux".into(),
+            },
+            engine: types::EngineDescription {
+                engine_version: format!("apiary {}", env!("CARGO_PKG_VERSION")),
+            },
+        },
+        status: types::NodeStatus {
+            state: match n.status {
+                Status::Ready => "ready",
+                Status::Down => "down",
+            }
+            .into(),
+            addr: host(&n.addr),
+        },
+        manager_status: n.manager_status.as_ref().map(|s| types::ManagerStatus {
+            leader: s == "leader",
+            reachability: if s == "unreachable" {
+                "unreachable"
+            } else {
+                "reachable"
+            }
+            .into(),
+            addr: n.addr.clone(),
+        }),
+    }
+}
+
+/// A label filter `k` or `k=v` against `labels`.
+fn label_matches(labels: &std::collections::BTreeMap<String, String>, want: &str) -> bool {
+    match want.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(want),
+    }
+}
+
+/// Docker's semantics: values of one key are alternatives (any), keys
+/// must all hold.
+fn all_keys(f: &[(String, String)], holds: impl Fn(&str, &str) -> bool) -> bool {
+    let mut keys: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+    keys.dedup();
+    keys.iter()
+        .all(|k| f.iter().filter(|(x, _)| x == k).any(|(_, v)| holds(k, v)))
+}
+
+pub fn node_matches(n: &NodeView, f: &[(String, String)]) -> bool {
+    all_keys(f, |k, v| match k {
+        "id" => n.id.starts_with(v),
+        "name" => n.hostname.starts_with(v),
+        "role" => role(n.role) == v,
+        "membership" => v == "accepted",
+        "node.label" | "label" => label_matches(&n.labels, v),
+        _ => false,
+    })
+}
+
+pub fn service_matches(s: &ServiceView, f: &[(String, String)]) -> bool {
+    all_keys(f, |k, v| match k {
+        "id" => s.id.starts_with(v),
+        "name" => s.spec.name.starts_with(v),
+        "label" => label_matches(&s.spec.labels, v),
+        "mode" => matches!(
+            (&s.spec.mode, v),
+            (Mode::Replicated { .. }, "replicated") | (Mode::Global, "global")
+        ),
+        _ => false,
+    })
+}
+
+pub fn service(s: &ServiceView, status: bool) -> types::Service {
+    let ports: Vec<types::PortConfig> = s
+        .spec
+        .ports
+        .iter()
+        .map(|p| types::PortConfig {
+            protocol: format!("{:?}", p.protocol).to_lowercase(),
+            target_port: p.target,
+            published_port: p.published,
+            publish_mode: "ingress".into(),
+        })
+        .collect();
+    let endpoint_spec = types::EndpointSpec {
+        mode: match s.spec.endpoint_mode {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        }
+        .into(),
+        ports: ports.clone(),
+    };
+    let spec = types::ServiceSpec {
+        name: s.spec.name.clone(),
+        labels: s.spec.labels.clone(),
+        task_template: types::TaskTemplate {
+            container_spec: types::ContainerSpec {
+                image: s.spec.image.clone(),
+                args: s.spec.command.clone(),
+                env: s.spec.env.clone(),
+            },
+            placement: (!s.spec.constraints.is_empty()).then(|| types::Placement {
+                constraints: s.spec.constraints.clone(),
+            }),
+        },
+        mode: match s.spec.mode {
+            Mode::Replicated { replicas } => types::ServiceMode::Replicated { replicas },
+            Mode::Global => types::ServiceMode::Global {},
+        },
+        endpoint_spec: endpoint_spec.clone(),
+    };
+    let vip = s.spec.endpoint_mode == EndpointMode::Vip;
+    types::Service {
+        id: s.id.clone(),
+        version: types::ObjectVersion { index: s.version },
+        created_at: time(s.created_at),
+        updated_at: time(s.updated_at),
+        spec,
+        endpoint: types::Endpoint {
+            spec: endpoint_spec,
+            ports,
+            virtual_ips: if vip {
+                vec![types::VirtualIp {
+                    network_id: "ingress".into(),
+                    addr: format!("{}/32", s.vip),
+                }]
+            } else {
+                Vec::new()
+            },
+        },
+        service_status: status.then_some(types::ServiceStatus {
+            running_tasks: s.running,
+            desired_tasks: s.desired,
+            completed_tasks: 0,
+        }),
+    }
+}
+
+pub fn info(i: &Info, nodes: Option<&[NodeView]>, kernel: String) -> types::Info {
+    let managers: Vec<&NodeView> = nodes
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n.role == Role::Manager)
+        .collect();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    types::Info {
+        id: i.node_id.clone().unwrap_or_default(),
+        name: i.hostname.clone(),
+        server_version: format!("apiary {}", env!("CARGO_PKG_VERSION")),
+        operating_system: "Linux".into(),
+        os_type: "linux".into(),
+        architecture: std::env::consts::ARCH.into(),
+        ncpu: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        mem_total: mem,
+        kernel_version: kernel,
+        swarm: types::SwarmInfo {
+            node_id: i.node_id.clone().unwrap_or_default(),
+            node_addr: i.addr.as_deref().map(host).unwrap_or_default(),
+            local_node_state: match i.swarm.as_str() {
+                "active" | "locked" | "error" => i.swarm.clone(),
+                _ => "inactive".into(),
+            },
+            control_available: i.is_manager,
+            error: i.error.clone().unwrap_or_default(),
+            remote_managers: managers
+                .iter()
+                .map(|n| types::Peer {
+                    node_id: n.id.clone(),
+                    addr: n.addr.clone(),
+                })
+                .collect(),
+            nodes: nodes.map(|n| n.len()),
+            managers: nodes.map(|_| managers.len()),
+            cluster: i.cluster_id.clone().map(|id| types::ClusterInfo { id }),
+        },
+    }
+}

@@ -1,0 +1,348 @@
+//! The Docker Engine API's swarm-mode endpoints (docs/engine-api.md), so
+//! the unmodified `docker` CLI drives Apiary. A second front door to the
+//! same operations: each handler calls Apiary's own API (`crate::api`) in
+//! process, as the local administrator, and translates the answer to
+//! Docker's JSON, so who may do what, forwarding to the leader and every
+//! check stay in one place.
+
+mod convert;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tower::ServiceExt;
+
+use crate::api::{Caller, NodeView, ServiceView};
+use crate::node::Daemon;
+
+/// The API version served: what current CLIs ask for (28.x: 1.47+ is
+/// negotiated down to this), and the oldest one answered.
+pub const API_VERSION: &str = "1.47";
+pub const MIN_API_VERSION: &str = "1.24";
+
+#[derive(Clone)]
+struct Engine {
+    d: Arc<Daemon>,
+    /// Apiary's own API, called in process.
+    api: Router,
+}
+
+/// An error as Docker's API gives it: a status and `{"message": …}`.
+#[derive(Debug)]
+pub struct EngineError {
+    status: StatusCode,
+    message: String,
+}
+
+impl EngineError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for EngineError {
+    fn into_response(self) -> Response {
+        crate::http::error_response(self.status, self.message).into_response()
+    }
+}
+
+type Reply = Result<Response, EngineError>;
+
+impl Engine {
+    /// `method path` on Apiary's API as the node's administrator; the
+    /// answer's JSON, or its error with Apiary's status and message.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, EngineError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.unwrap_or_default()))
+            .map_err(|e| EngineError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        req.extensions_mut().insert(Caller::Local);
+        let resp = self
+            .api
+            .clone()
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let status = resp.status();
+        let bytes: Bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            #[derive(serde::Deserialize)]
+            struct Msg {
+                message: String,
+            }
+            let message = serde_json::from_slice::<Msg>(&bytes)
+                .map(|m| m.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(EngineError::new(status, message));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{path}: unexpected answer: {e}"),
+            )
+        })
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Reply {
+    Ok(crate::http::json_response(StatusCode::OK, v).into_response())
+}
+
+/// `/v1.41/nodes` → `/nodes`: the version prefix is optional, as in
+/// Docker's API.
+fn strip_version(mut req: Request) -> Request {
+    let uri = req.uri();
+    let Some(rest) = uri.path().strip_prefix("/v") else {
+        return req;
+    };
+    let (ver, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let is_version = ver.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
+    });
+    if !is_version {
+        return req;
+    }
+    let path = format!("/{tail}");
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if let Ok(new) = pq.parse() {
+        *req.uri_mut() = new;
+    }
+    req
+}
+
+async fn add_api_version(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("api-version", HeaderValue::from_static(API_VERSION));
+    h.insert("ostype", HeaderValue::from_static("linux"));
+    h.insert("docker-experimental", HeaderValue::from_static("false"));
+    resp
+}
+
+/// Every endpoint served; anything else answers 501 naming it.
+pub fn router(d: Arc<Daemon>) -> Router {
+    let engine = Engine {
+        api: crate::api::router(d.clone()),
+        d,
+    };
+    let inner = Router::new()
+        .route("/_ping", get(ping).head(ping))
+        .route("/version", get(version))
+        .route("/info", get(info))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{id}", get(node))
+        .route("/services", get(services))
+        .route("/services/{id}", get(service))
+        .fallback(not_served)
+        .with_state(engine);
+    let inner = inner.map_request(strip_version);
+    Router::new()
+        .fallback_service(inner)
+        .layer(axum::middleware::map_response(add_api_version))
+}
+
+async fn not_served(method: Method, uri: hyper::Uri) -> EngineError {
+    EngineError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "Apiary does not serve {method} {} of the Docker Engine API (docs/engine-api.md lists what it serves)",
+            uri.path()
+        ),
+    )
+}
+
+/// `Swarm` of `/_ping`: `inactive`, `active/manager` or `active/worker`.
+async fn swarm_state(d: &Daemon) -> &'static str {
+    let i = d.info().await;
+    match (i.swarm.as_str(), i.is_manager) {
+        ("active", true) => "active/manager",
+        ("active", false) => "active/worker",
+        ("locked", _) => "locked",
+        ("error", _) => "error",
+        _ => "inactive",
+    }
+}
+
+async fn ping(State(e): State<Engine>, method: Method) -> Response {
+    let body = if method == Method::HEAD { "" } else { "OK" };
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert("swarm", HeaderValue::from_static(swarm_state(&e.d).await));
+    h.insert(
+        "cache-control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert("pragma", HeaderValue::from_static("no-cache"));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn version() -> Reply {
+    let v = env!("CARGO_PKG_VERSION").to_string();
+    let commit = option_env!("APIARY_GIT_COMMIT")
+        .unwrap_or("unknown")
+        .to_string();
+    json(&types::Version {
+        platform: types::Platform {
+            name: "Apiary".into(),
+        },
+        components: vec![types::Component {
+            name: "Engine".into(),
+            version: v.clone(),
+            details: [
+                ("ApiVersion".to_string(), API_VERSION.to_string()),
+                ("MinAPIVersion".to_string(), MIN_API_VERSION.to_string()),
+                ("GitCommit".to_string(), commit.clone()),
+                ("Os".to_string(), "linux".to_string()),
+                ("Arch".to_string(), convert::go_arch().to_string()),
+                ("KernelVersion".to_string(), kernel()),
+            ]
+            .into(),
+        }],
+        version: v,
+        api_version: API_VERSION.into(),
+        min_api_version: MIN_API_VERSION.into(),
+        git_commit: commit,
+        go_version: "n/a (Rust)".into(),
+        os: "linux".into(),
+        arch: convert::go_arch().into(),
+        kernel_version: kernel(),
+    })
+}
+
+async fn info(State(e): State<Engine>) -> Reply {
+    let i = e.d.info().await;
+    let nodes: Option<Vec<NodeView>> = if i.is_manager {
+        e.call(Method::GET, "/v1/nodes", None).await.ok()
+    } else {
+        None
+    };
+    json(&convert::info(&i, nodes.as_deref(), kernel()))
+}
+
+/// `filters` of a list request: `{"key":{"value":true}}` (or the older
+/// `{"key":["value"]}`), as key → values.
+fn filters(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<Vec<(String, String)>, EngineError> {
+    let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let bad = |e: String| {
+        EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid filters {raw:?}: {e}"),
+        )
+    };
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("not a JSON object".into()))?;
+    let mut out = Vec::new();
+    for (k, vals) in obj {
+        match vals {
+            serde_json::Value::Object(m) => out.extend(m.keys().map(|x| (k.clone(), x.clone()))),
+            serde_json::Value::Array(a) => out.extend(
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(|x| (k.clone(), x.to_string())),
+            ),
+            _ => return Err(bad(format!("the values of {k:?} are not a set"))),
+        }
+    }
+    Ok(out)
+}
+
+async fn nodes(
+    State(e): State<Engine>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let f = filters(&q)?;
+    let all: Vec<NodeView> = e.call(Method::GET, "/v1/nodes", None).await?;
+    let keep = |n: &NodeView| convert::node_matches(n, &f);
+    json(
+        &all.iter()
+            .filter(|n| keep(n))
+            .map(convert::node)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// An id, a name or a unique id prefix, kept to what a path segment holds.
+fn segment(id: &str) -> Result<&str, EngineError> {
+    if id.is_empty() || id.len() > 128 || id.contains(['/', '?', '#', '%']) {
+        return Err(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid name or id {id:?}"),
+        ));
+    }
+    Ok(id)
+}
+
+async fn node(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+    let n: NodeView = e
+        .call(Method::GET, &format!("/v1/nodes/{}", segment(&id)?), None)
+        .await?;
+    json(&convert::node(&n))
+}
+
+async fn services(
+    State(e): State<Engine>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let f = filters(&q)?;
+    let status = q.get("status").is_some_and(|s| s == "true" || s == "1");
+    let all: Vec<ServiceView> = e.call(Method::GET, "/v1/services", None).await?;
+    json(
+        &all.iter()
+            .filter(|s| convert::service_matches(s, &f))
+            .map(|s| convert::service(s, status))
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn service(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+    let s: ServiceView = e
+        .call(
+            Method::GET,
+            &format!("/v1/services/{}", segment(&id)?),
+            None,
+        )
+        .await?;
+    json(&convert::service(&s, false))
+}

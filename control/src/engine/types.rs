@@ -1,0 +1,255 @@
+//! Docker Engine API bodies (swarm mode), as the `docker` CLI reads them:
+//! field names and casing from Docker's API reference, empty fields left
+//! out where Docker leaves them out.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Version {
+    pub platform: Platform,
+    pub components: Vec<Component>,
+    pub version: String,
+    pub api_version: String,
+    #[serde(rename = "MinAPIVersion")]
+    pub min_api_version: String,
+    pub git_commit: String,
+    pub go_version: String,
+    pub os: String,
+    pub arch: String,
+    pub kernel_version: String,
+}
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Platform {
+    pub name: String,
+}
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Component {
+    pub name: String,
+    pub version: String,
+    pub details: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ObjectVersion {
+    pub index: u64,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub version: ObjectVersion,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: NodeSpec,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_status: Option<ManagerStatus>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeSpec {
+    pub labels: BTreeMap<String, String>,
+    pub role: String,
+    pub availability: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeDescription {
+    pub hostname: String,
+    pub platform: NodePlatform,
+    pub engine: EngineDescription,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodePlatform {
+    pub architecture: String,
+    #[serde(rename = "OS")]
+    pub os: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct EngineDescription {
+    pub engine_version: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeStatus {
+    pub state: String,
+    pub addr: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct ManagerStatus {
+    pub leader: bool,
+    pub reachability: String,
+    pub addr: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Service {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub version: ObjectVersion,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: ServiceSpec,
+    pub endpoint: Endpoint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_status: Option<ServiceStatus>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub task_template: TaskTemplate,
+    pub mode: ServiceMode,
+    pub endpoint_spec: EndpointSpec,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskTemplate {
+    pub container_spec: ContainerSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSpec {
+    pub image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct Placement {
+    pub constraints: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub enum ServiceMode {
+    Replicated {
+        #[serde(rename = "Replicas")]
+        replicas: u64,
+    },
+    Global {},
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSpec {
+    pub mode: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortConfig {
+    pub protocol: String,
+    pub target_port: u16,
+    pub published_port: u16,
+    pub publish_mode: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Endpoint {
+    pub spec: EndpointSpec,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    #[serde(rename = "VirtualIPs", skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<VirtualIp>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct VirtualIp {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    pub addr: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceStatus {
+    pub running_tasks: u64,
+    pub desired_tasks: u64,
+    pub completed_tasks: u64,
+}
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Info {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub server_version: String,
+    pub operating_system: String,
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    pub architecture: String,
+    #[serde(rename = "NCPU")]
+    pub ncpu: usize,
+    pub mem_total: u64,
+    pub kernel_version: String,
+    pub swarm: SwarmInfo,
+}
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct SwarmInfo {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub node_addr: String,
+    pub local_node_state: String,
+    pub control_available: bool,
+    pub error: String,
+    pub remote_managers: Vec<Peer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Peer {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub addr: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClusterInfo {
+    #[serde(rename = "ID")]
+    pub id: String,
+}

@@ -1,0 +1,218 @@
+//! The unmodified `docker` CLI against the Docker Engine API every daemon
+//! serves (`--engine-socket`): Debian's CLI (API 1.41) and, where the
+//! machine has it, a current one (28.x, negotiating down from its own
+//! version). What it prints is checked against the cluster as Apiary's own
+//! CLI shows it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apiary_tests::swarm::{nodes, swarm, until};
+use apiary_tests::Lab;
+use common::*;
+
+/// The CLIs to run: Debian's, and a newer one where installed.
+fn clis() -> Vec<PathBuf> {
+    ["/usr/bin/docker", "/usr/local/bin/docker"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `docker ARGS…` against host `h`'s engine socket, with a config
+/// directory of its own (nothing read from or written to the user's).
+fn docker(lab: &Lab, cli: &Path, h: usize, args: &[&str]) -> Out {
+    let sock = lab.daemons[h]
+        .socket
+        .as_ref()
+        .expect("a swarm daemon")
+        .with_file_name("docker.sock");
+    let config = lab.dir.join("docker-cli-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let o = std::process::Command::new(cli)
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .env("DOCKER_CONFIG", &config)
+        .env_remove("DOCKER_CONTEXT")
+        .output()
+        .unwrap();
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(lab: &Lab, cli: &Path, h: usize, args: &[&str]) -> String {
+    let o = docker(lab, cli, h, args);
+    assert!(
+        o.ok,
+        "{} {args:?} failed:\n{}{}",
+        cli.display(),
+        o.stdout,
+        o.stderr
+    );
+    o.stdout
+}
+
+#[test]
+fn the_docker_cli_reads_the_swarm_its_nodes_and_services() {
+    let lab = swarm(1, 2).unwrap();
+    create_exec_web(&lab, &["--replicas", "2"]);
+    let apiary_nodes = nodes(&lab, 0).unwrap();
+    let id_of = |host: &str| {
+        apiary_nodes
+            .iter()
+            .find(|n| n["hostname"] == host)
+            .and_then(|n| n["id"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    // Root only, as the CLI's socket.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let sock = lab.daemons[0]
+            .socket
+            .as_ref()
+            .unwrap()
+            .with_file_name("docker.sock");
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", sock.display());
+    }
+    assert!(!clis().is_empty(), "no docker CLI installed");
+    for cli in clis() {
+        let c = cli.as_path();
+        // Negotiated: the older CLI speaks its own 1.41, the newer one the
+        // server's version.
+        let v = ok(&lab, c, 0, &["version", "--format", "{{json .Server}}"]);
+        let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+        assert_eq!(v["Os"], "linux", "{v}");
+        assert_eq!(v["MinAPIVersion"], "1.24", "{v}");
+
+        let info = ok(&lab, c, 0, &["info", "--format", "{{json .Swarm}}"]);
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["LocalNodeState"], "active", "{info}");
+        assert_eq!(info["ControlAvailable"], true, "{info}");
+        assert_eq!(info["NodeID"], id_of("h1"), "{info}");
+        assert_eq!(info["Nodes"], 3, "{info}");
+        assert_eq!(info["Managers"], 1, "{info}");
+
+        // The table Swarm prints: this node starred, the leader named.
+        let table = ok(&lab, c, 0, &["node", "ls"]);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 3, "{table}");
+        let h1 = rows.iter().find(|r| r.contains(&"h1")).expect("h1 listed");
+        assert_eq!(
+            h1[..6],
+            [id_of("h1").as_str(), "*", "h1", "Ready", "Active", "Leader"],
+            "{table}"
+        );
+        for host in ["h2", "h3"] {
+            let r = rows.iter().find(|r| r.contains(&host)).expect("listed");
+            assert_eq!(
+                r[..4],
+                [id_of(host).as_str(), host, "Ready", "Active"],
+                "{table}"
+            );
+        }
+        let managers = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "node",
+                "ls",
+                "--filter",
+                "role=manager",
+                "--format",
+                "{{.Hostname}}",
+            ],
+        );
+        assert_eq!(managers.trim(), "h1");
+        let h2 = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "node",
+                "inspect",
+                "h2",
+                "--format",
+                "{{.Spec.Role}} {{.Status.State}} {{.Status.Addr}}",
+            ],
+        );
+        assert_eq!(h2.trim(), format!("worker ready {}", lab.hosts[1].addr));
+
+        // Services: what the CLI's table shows once the tasks run.
+        let (line, _) = until(Duration::from_secs(30), || {
+            let l = ok(&lab, c, 0, &["service", "ls", "--format", "{{json .}}"]);
+            l.contains("\"2/2\"").then_some(l)
+        })
+        .expect("web listed with 2/2 replicas");
+        let s: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(s["Name"], "web", "{s}");
+        assert_eq!(s["Mode"], "replicated", "{s}");
+        assert_eq!(s["Ports"], "*:8080->80/tcp", "{s}");
+        let replicas = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "service",
+                "inspect",
+                "web",
+                "--format",
+                "{{.Spec.Mode.Replicated.Replicas}}",
+            ],
+        );
+        assert_eq!(replicas.trim(), "2");
+        let missing = docker(&lab, c, 0, &["service", "inspect", "nosuch"]);
+        assert!(
+            !missing.ok && missing.stderr.contains("nosuch"),
+            "{}",
+            missing.stderr
+        );
+
+        // A worker answers as a Swarm worker does.
+        let w = docker(&lab, c, 1, &["node", "ls"]);
+        assert!(
+            !w.ok && w.stderr.contains("This node is not a swarm manager"),
+            "{}{}",
+            w.stdout,
+            w.stderr
+        );
+        let winfo = ok(
+            &lab,
+            c,
+            1,
+            &[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+            ],
+        );
+        assert_eq!(winfo.trim(), "active false");
+
+        // What is not served says so, by endpoint.
+        let ps = docker(&lab, c, 0, &["container", "ls"]);
+        assert!(
+            !ps.ok && ps.stderr.contains("does not serve GET /containers/json"),
+            "{}{}",
+            ps.stdout,
+            ps.stderr
+        );
+    }
+}

@@ -179,6 +179,38 @@ fn the_docker_cli_reads_the_swarm_its_nodes_and_services() {
             ],
         );
         assert_eq!(replicas.trim(), "2");
+        // Tasks as `service ps` shows them: names by slot, nodes by name.
+        let apiary_ps = lab.apiary(0, &["service", "ps", "web"]).out();
+        let ps = ok(
+            &lab,
+            c,
+            0,
+            &["service", "ps", "web", "--format", "{{json .}}"],
+        );
+        let tasks: Vec<serde_json::Value> = ps
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(tasks.len(), 2, "{ps}");
+        let mut names: Vec<&str> = tasks.iter().map(|t| t["Name"].as_str().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["web.1", "web.2"], "{ps}");
+        for t in &tasks {
+            assert_eq!(t["DesiredState"], "Running", "{t}");
+            assert!(
+                t["CurrentState"].as_str().unwrap().starts_with("Running"),
+                "{t}"
+            );
+            let node = t["Node"].as_str().unwrap();
+            let id = t["ID"].as_str().unwrap();
+            // The same task on the same node as Apiary's own CLI says.
+            assert!(
+                apiary_ps
+                    .lines()
+                    .any(|l| l.contains(&id[..10]) && l.split_whitespace().any(|w| w == node)),
+                "{t} not in\n{apiary_ps}"
+            );
+        }
         let missing = docker(&lab, c, 0, &["service", "inspect", "nosuch"]);
         assert!(
             !missing.ok && missing.stderr.contains("nosuch"),

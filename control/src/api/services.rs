@@ -40,6 +40,18 @@ pub struct TaskView {
     pub state: TaskState,
     pub message: String,
     pub updated_at: u64,
+    #[serde(default)]
+    pub service_id: String,
+    /// 1.. for replicated services; 0 for global ones.
+    #[serde(default)]
+    pub slot: u64,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub created_at: u64,
+    /// Made from the service's current spec (not one a rollout replaces).
+    #[serde(default)]
+    pub up_to_date: bool,
 }
 
 fn view(s: &ClusterState, svc: &Service) -> ServiceView {
@@ -301,6 +313,11 @@ pub async fn tasks(j: &Joined, name: &str) -> Reply {
                         state: t.state,
                         message: t.message.clone(),
                         updated_at: t.updated_at,
+                        service_id: svc.id.clone(),
+                        slot: t.slot,
+                        node_id: t.node.map(show_id),
+                        created_at: t.created_at,
+                        up_to_date: t.spec_version >= svc.task_version,
                     },
                 )
             })

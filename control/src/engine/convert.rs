@@ -1,9 +1,9 @@
 //! Apiary's views → Docker's bodies, and Docker's list filters.
 
-use crate::api::{NodeView, ServiceView};
+use crate::api::{NodeView, ServiceView, TaskView};
 use crate::model::{Availability, Role, Status};
 use crate::node::Info;
-use crate::services::{EndpointMode, Mode};
+use crate::services::{EndpointMode, Mode, TaskState};
 
 use super::types;
 
@@ -245,4 +245,71 @@ pub fn info(i: &Info, nodes: Option<&[NodeView]>, kernel: String) -> types::Info
             cluster: i.cluster_id.clone().map(|id| types::ClusterInfo { id }),
         },
     }
+}
+
+fn task_state(s: TaskState) -> String {
+    format!("{s:?}").to_lowercase()
+}
+
+pub fn task(t: &TaskView) -> types::Task {
+    let failed = matches!(t.state, TaskState::Failed | TaskState::Rejected);
+    types::Task {
+        id: t.id.clone(),
+        version: types::ObjectVersion {
+            index: t.updated_at,
+        },
+        created_at: time(t.created_at),
+        updated_at: time(t.updated_at),
+        spec: types::TaskSpec {
+            container_spec: types::ContainerSpec {
+                image: t.image.clone(),
+                args: Vec::new(),
+                env: Vec::new(),
+            },
+        },
+        service_id: t.service_id.clone(),
+        slot: (t.slot > 0).then_some(t.slot),
+        node_id: t.node_id.clone().unwrap_or_default(),
+        status: types::TaskStatus {
+            timestamp: time(t.updated_at),
+            state: task_state(t.state),
+            message: if failed {
+                "task failed".into()
+            } else {
+                t.message.clone()
+            },
+            err: if failed {
+                t.message.clone()
+            } else {
+                String::new()
+            },
+        },
+        desired_state: task_state(t.desired),
+    }
+}
+
+/// `service` is matched by the caller (it picks the services to list).
+pub fn task_matches(t: &TaskView, f: &[(String, String)]) -> bool {
+    all_keys(f, |k, v| match k {
+        "service" => true,
+        "id" => t.id.starts_with(v),
+        "name" => t.name.starts_with(v),
+        "node" => t.node_id.as_deref() == Some(v) || t.node.as_deref() == Some(v),
+        "desired-state" => task_state(t.desired) == v,
+        "_up-to-date" => t.up_to_date == (v == "true" || v == "1"),
+        _ => false,
+    })
+}
+
+/// The `service` filter: the services' ids or names (or id prefixes).
+pub fn service_selected(s: &ServiceView, f: &[(String, String)]) -> bool {
+    let wanted: Vec<&str> = f
+        .iter()
+        .filter(|(k, _)| k == "service")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| s.spec.name == *w || s.id.starts_with(w))
 }

@@ -21,7 +21,7 @@ use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 
-use crate::api::{Caller, NodeView, ServiceView};
+use crate::api::{Caller, NodeView, ServiceView, TaskView};
 use crate::node::Daemon;
 
 /// The API version served: what current CLIs ask for (28.x: 1.47+ is
@@ -159,6 +159,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/nodes/{id}", get(node))
         .route("/services", get(services))
         .route("/services/{id}", get(service))
+        .route("/tasks", get(tasks))
+        .route("/tasks/{id}", get(task))
         .fallback(not_served)
         .with_state(engine);
     let inner = inner.map_request(strip_version);
@@ -345,4 +347,54 @@ async fn service(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
         )
         .await?;
     json(&convert::service(&s, false))
+}
+
+/// The tasks of the services `f` selects (all without a `service` filter).
+async fn all_tasks(e: &Engine, f: &[(String, String)]) -> Result<Vec<TaskView>, EngineError> {
+    let services: Vec<ServiceView> = e.call(Method::GET, "/v1/services", None).await?;
+    let mut out = Vec::new();
+    for s in services.iter().filter(|s| convert::service_selected(s, f)) {
+        let path = format!("/v1/services/{}/tasks", s.id);
+        match e.call::<Vec<TaskView>>(Method::GET, &path, None).await {
+            Ok(t) => out.extend(t),
+            // Removed since it was listed.
+            Err(err) if err.status == StatusCode::NOT_FOUND => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(out)
+}
+
+async fn tasks(
+    State(e): State<Engine>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let f = filters(&q)?;
+    let all = all_tasks(&e, &f).await?;
+    json(
+        &all.iter()
+            .filter(|t| convert::task_matches(t, &f))
+            .map(convert::task)
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn task(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+    let id = segment(&id)?;
+    let all = all_tasks(&e, &[]).await?;
+    let hits: Vec<&TaskView> = all.iter().filter(|t| t.id.starts_with(id)).collect();
+    match hits.as_slice() {
+        [t] => json(&convert::task(t)),
+        [] => Err(EngineError::new(
+            StatusCode::NOT_FOUND,
+            format!("task {id} not found"),
+        )),
+        _ => Err(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "task {id} is ambiguous ({} matches): give more of its id",
+                hits.len()
+            ),
+        )),
+    }
 }

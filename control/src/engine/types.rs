@@ -253,3 +253,38 @@ pub struct ClusterInfo {
     #[serde(rename = "ID")]
     pub id: String,
 }
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Task {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub version: ObjectVersion,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: TaskSpec,
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    #[serde(rename = "NodeID", skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+    pub status: TaskStatus,
+    pub desired_state: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskSpec {
+    pub container_spec: ContainerSpec,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskStatus {
+    pub timestamp: String,
+    pub state: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub err: String,
+}

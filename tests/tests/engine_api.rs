@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use apiary_tests::lab::client_addr;
 use apiary_tests::swarm::{nodes, swarm, until};
 use apiary_tests::Lab;
 use common::*;
@@ -246,5 +247,94 @@ fn the_docker_cli_reads_the_swarm_its_nodes_and_services() {
             ps.stdout,
             ps.stderr
         );
+    }
+}
+
+/// The tutorial's own line through the docker CLI, progress bars and all,
+/// then the service answers on every host and `docker service rm` removes it.
+#[test]
+fn docker_service_create_and_rm_drive_the_cluster() {
+    let lab = swarm(1, 2).unwrap();
+    for cli in clis() {
+        let c = cli.as_path();
+        let out = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "my_nginx",
+                "-p",
+                "8080:80",
+                "--replicas",
+                "2",
+                "apiary/whoami:dev",
+            ],
+        );
+        // The CLI's own progress monitor, fed by /services and /tasks
+        // ("verify: Service converged"; 28.x names the service's id).
+        assert!(
+            out.contains("overall progress: 2 out of 2 tasks")
+                && out.contains("verify: Service")
+                && out.trim_end().ends_with("converged"),
+            "{}: {out}",
+            c.display()
+        );
+        let apiary_ls = lab.apiary(0, &["service", "ls"]).out();
+        assert!(
+            apiary_ls
+                .lines()
+                .any(|l| l.contains("my_nginx") && l.contains("2/2")),
+            "{apiary_ls}"
+        );
+        for h in &lab.hosts {
+            let to = addr(h.addr, 8080);
+            let a = client(&lab)
+                .run_in(move || http_retry(to, 60))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{to} does not answer"));
+            assert_eq!(a.client.ip(), client_addr(), "the client's own address");
+        }
+        // Refused, by field, rather than run without what was asked.
+        let host_mode = docker(
+            &lab,
+            c,
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                "hostmode",
+                "--publish",
+                "mode=host,target=80,published=8090",
+                "apiary/whoami:dev",
+            ],
+        );
+        assert!(
+            !host_mode.ok
+                && host_mode
+                    .stderr
+                    .contains("EndpointSpec.Ports[0].PublishMode"),
+            "{}{}",
+            host_mode.stdout,
+            host_mode.stderr
+        );
+        assert!(!lab.apiary(0, &["service", "ls"]).out().contains("hostmode"));
+
+        ok(&lab, c, 0, &["service", "rm", "my_nginx"]);
+        let apiary_ls = lab.apiary(0, &["service", "ls"]).out();
+        assert!(!apiary_ls.contains("my_nginx"), "{apiary_ls}");
+        // Gone from the data plane too, so the next CLI can publish 8080.
+        until(Duration::from_secs(20), || {
+            let to = addr(lab.hosts[0].addr, 8080);
+            client(&lab)
+                .run_in(move || http_retry(to, 1))
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .expect("8080 stops answering");
     }
 }

@@ -6,6 +6,7 @@
 //! check stay in one place.
 
 mod convert;
+mod spec_in;
 pub mod types;
 
 use std::sync::Arc;
@@ -28,6 +29,9 @@ use crate::node::Daemon;
 /// negotiated down to this), and the oldest one answered.
 pub const API_VERSION: &str = "1.47";
 pub const MIN_API_VERSION: &str = "1.24";
+
+/// The largest service spec accepted (Docker's are a few KiB).
+const SPEC_LIMIT: usize = 1 << 20;
 
 #[derive(Clone)]
 struct Engine {
@@ -158,7 +162,13 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/services", get(services))
-        .route("/services/{id}", get(service))
+        .route(
+            "/services/create",
+            axum::routing::post(create_service)
+                .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
+        .route("/services/{id}", get(service).delete(remove_service))
+        .route("/distribution/{*image}", get(distribution))
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task))
         .fallback(not_served)
@@ -397,4 +407,52 @@ async fn task(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
             ),
         )),
     }
+}
+
+async fn create_service(State(e): State<Engine>, body: Bytes) -> Reply {
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|err| {
+        EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the service spec is not JSON: {err}"),
+        )
+    })?;
+    let spec = spec_in::service_spec(v).map_err(|err| {
+        EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid service spec: {err}"),
+        )
+    })?;
+    let body = serde_json::to_vec(&spec)
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let made: ServiceView = e.call(Method::POST, "/v1/services", Some(body)).await?;
+    #[derive(serde::Serialize)]
+    struct Created {
+        #[serde(rename = "ID")]
+        id: String,
+    }
+    Ok(crate::http::json_response(StatusCode::CREATED, &Created { id: made.id }).into_response())
+}
+
+async fn remove_service(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+    let _: serde_json::Value = e
+        .call(
+            Method::DELETE,
+            &format!("/v1/services/{}", segment(&id)?),
+            None,
+        )
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Apiary reaches no registry: each node runs the image its engine has.
+/// A 404 is what the CLI expects of an image no registry knows (it warns
+/// and goes on without pinning a digest, as Swarm does offline).
+async fn distribution(Path(image): Path<String>) -> EngineError {
+    let image = image.strip_suffix("/json").unwrap_or(&image);
+    EngineError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no registry is consulted for {image}: each node runs the image its own engine has"
+        ),
+    )
 }

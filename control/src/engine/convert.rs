@@ -203,15 +203,7 @@ pub fn info(i: &Info, nodes: Option<&[NodeView]>, kernel: String) -> types::Info
         .iter()
         .filter(|n| n.role == Role::Manager)
         .collect();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
+    let machine = crate::model::Resources::of_this_machine();
     types::Info {
         id: i.node_id.clone().unwrap_or_default(),
         name: i.hostname.clone(),
@@ -219,10 +211,8 @@ pub fn info(i: &Info, nodes: Option<&[NodeView]>, kernel: String) -> types::Info
         operating_system: "Linux".into(),
         os_type: "linux".into(),
         architecture: std::env::consts::ARCH.into(),
-        ncpu: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        mem_total: mem,
+        ncpu: usize::try_from(machine.nano_cpus / 1_000_000_000).unwrap_or(0),
+        mem_total: machine.memory_bytes,
         kernel_version: kernel,
         swarm: types::SwarmInfo {
             node_id: i.node_id.clone().unwrap_or_default(),

@@ -323,6 +323,60 @@ fn docker_service_create_and_rm_drive_the_cluster() {
         );
         assert!(!lab.apiary(0, &["service", "ls"]).out().contains("hostmode"));
 
+        // scale, update, rollback: the CLI reads the spec, changes it and
+        // sends it back at the version it read.
+        let inspect = |lab: &Lab| -> serde_json::Value {
+            serde_json::from_str(&lab.apiary(0, &["service", "inspect", "my_nginx"]).out()).unwrap()
+        };
+        let out = ok(&lab, c, 0, &["service", "scale", "my_nginx=3"]);
+        assert!(out.contains("converged"), "{out}");
+        assert_eq!(inspect(&lab)[0]["spec"]["mode"]["replicas"], 3);
+        assert_eq!(inspect(&lab)[0]["running"], 3);
+        let out = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "service",
+                "update",
+                "--env-add",
+                "GREETING=hi",
+                "--publish-add",
+                "8081:80",
+                "my_nginx",
+            ],
+        );
+        assert!(out.contains("converged"), "{out}");
+        let v = inspect(&lab);
+        assert_eq!(
+            v[0]["spec"]["env"],
+            serde_json::json!(["GREETING=hi"]),
+            "{v}"
+        );
+        assert_eq!(v[0]["spec"]["mode"]["replicas"], 3, "{v}");
+        let to = addr(lab.hosts[2].addr, 8081);
+        client(&lab)
+            .run_in(move || http_retry(to, 60))
+            .unwrap()
+            .expect("8081 answers after --publish-add");
+        // A spec read before that update is refused, not applied over it.
+        let stale = std::process::Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(lab.daemons[0].socket.as_ref().unwrap().with_file_name("docker.sock"))
+            .args(["-X", "POST", "-H", "content-type: application/json", "-d"])
+            .arg(r#"{"Name":"my_nginx","TaskTemplate":{"ContainerSpec":{"Image":"apiary/whoami:dev"}},"Mode":{"Replicated":{"Replicas":1}}}"#)
+            .arg("http://engine/v1.41/services/my_nginx/update?version=1")
+            .output()
+            .unwrap();
+        let stale = String::from_utf8_lossy(&stale.stdout);
+        assert!(stale.contains("update out of sequence"), "{stale}");
+        assert_eq!(inspect(&lab)[0]["spec"]["mode"]["replicas"], 3);
+        let out = ok(&lab, c, 0, &["service", "rollback", "my_nginx"]);
+        assert!(out.contains("rollback"), "{out}");
+        let v = inspect(&lab);
+        assert_eq!(v[0]["spec"]["env"], serde_json::json!([]), "{v}");
+        assert_eq!(v[0]["spec"]["ports"].as_array().unwrap().len(), 1, "{v}");
+
         ok(&lab, c, 0, &["service", "rm", "my_nginx"]);
         let apiary_ls = lab.apiary(0, &["service", "ls"]).out();
         assert!(!apiary_ls.contains("my_nginx"), "{apiary_ls}");

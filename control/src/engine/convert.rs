@@ -131,6 +131,13 @@ pub fn service_matches(s: &ServiceView, f: &[(String, String)]) -> bool {
     })
 }
 
+fn resources(r: &crate::model::Resources) -> types::Resources {
+    types::Resources {
+        nano_cpus: r.nano_cpus,
+        memory_bytes: r.memory_bytes,
+    }
+}
+
 pub fn service(s: &ServiceView, status: bool) -> types::Service {
     let ports: Vec<types::PortConfig> = s
         .spec
@@ -157,12 +164,21 @@ pub fn service(s: &ServiceView, status: bool) -> types::Service {
         task_template: types::TaskTemplate {
             container_spec: types::ContainerSpec {
                 image: s.spec.image.clone(),
+                command: s.spec.entrypoint.clone().unwrap_or_default(),
                 args: s.spec.command.clone(),
                 env: s.spec.env.clone(),
+                labels: s.spec.container_labels.clone(),
+                stop_grace_period: s.spec.stop_grace_ms.map(|ms| ms * 1_000_000),
             },
-            placement: (!s.spec.constraints.is_empty()).then(|| types::Placement {
-                constraints: s.spec.constraints.clone(),
-            }),
+            resources: types::ResourceRequirements {
+                limits: resources(&s.spec.limit),
+                reservations: resources(&s.spec.reserve),
+            },
+            placement: (!s.spec.constraints.is_empty() || s.spec.replicas_max_per_node.is_some())
+                .then(|| types::Placement {
+                    constraints: s.spec.constraints.clone(),
+                    max_replicas: s.spec.replicas_max_per_node.unwrap_or(0),
+                }),
         },
         mode: match s.spec.mode {
             Mode::Replicated { replicas } => types::ServiceMode::Replicated { replicas },
@@ -189,6 +205,15 @@ pub fn service(s: &ServiceView, status: bool) -> types::Service {
                 Vec::new()
             },
         },
+        update_status: s.update_status.as_ref().map(|u| types::UpdateStatus {
+            state: serde_json::to_value(u.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            started_at: time(u.started_at),
+            completed_at: u.completed_at.map(time),
+            message: u.message.clone(),
+        }),
         service_status: status.then_some(types::ServiceStatus {
             running_tasks: s.running,
             desired_tasks: s.desired,
@@ -253,8 +278,7 @@ pub fn task(t: &TaskView) -> types::Task {
         spec: types::TaskSpec {
             container_spec: types::ContainerSpec {
                 image: t.image.clone(),
-                args: Vec::new(),
-                env: Vec::new(),
+                ..Default::default()
             },
         },
         service_id: t.service_id.clone(),

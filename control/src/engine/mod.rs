@@ -168,6 +168,11 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
         )
         .route("/services/{id}", get(service).delete(remove_service))
+        .route(
+            "/services/{id}/update",
+            axum::routing::post(update_service)
+                .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
         .route("/distribution/{*image}", get(distribution))
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task))
@@ -455,4 +460,75 @@ async fn distribution(Path(image): Path<String>) -> EngineError {
             "no registry is consulted for {image}: each node runs the image its own engine has"
         ),
     )
+}
+
+/// `docker service update|scale|rollback`: the whole spec the CLI read
+/// and changed, at the version it read (`?version=`), or `?rollback=previous`.
+async fn update_service(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: Bytes,
+) -> Reply {
+    let id = segment(&id)?;
+    let current: ServiceView = e
+        .call(Method::GET, &format!("/v1/services/{id}"), None)
+        .await?;
+    let version: u64 = q
+        .get("version")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            EngineError::new(
+                StatusCode::BAD_REQUEST,
+                "an update needs the service's version (?version=N, from its inspect)",
+            )
+        })?;
+    if version != current.version {
+        // Someone else changed it since the caller read it.
+        return Err(EngineError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "update out of sequence: service {} is at version {}, not {version}; inspect it again and retry",
+                current.spec.name, current.version
+            ),
+        ));
+    }
+    let path = match q.get("rollback").map(String::as_str) {
+        Some("previous") => {
+            let _: ServiceView = e
+                .call(
+                    Method::POST,
+                    &format!("/v1/services/{}/rollback", current.id),
+                    None,
+                )
+                .await?;
+            return Ok(
+                crate::http::json_response(StatusCode::OK, &serde_json::json!({})).into_response(),
+            );
+        }
+        None | Some("") => format!("/v1/services/{}/update", current.id),
+        Some(other) => return Err(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "rollback={other:?}: the only rollback is to the previous spec (rollback=previous)"
+            ),
+        )),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|err| {
+        EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the service spec is not JSON: {err}"),
+        )
+    })?;
+    let docker = spec_in::service_spec(v).map_err(|err| {
+        EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid service spec: {err}"),
+        )
+    })?;
+    let spec = spec_in::merge(&current.spec, docker);
+    let body = serde_json::to_vec(&serde_json::json!({ "spec": spec }))
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let _: ServiceView = e.call(Method::POST, &path, Some(body)).await?;
+    Ok(crate::http::json_response(StatusCode::OK, &serde_json::json!({})).into_response())
 }

@@ -247,6 +247,30 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
     Ok(spec)
 }
 
+/// `current` with what a Docker spec sets (everything `service_spec` reads,
+/// so what `docker service inspect` shows round-trips); Apiary's own
+/// settings Docker's spec does not carry here (restart and update
+/// policies, secrets, mounts, networks, health check, driver) are kept.
+pub fn merge(current: &ServiceSpec, docker: ServiceSpec) -> ServiceSpec {
+    let mut s = current.clone();
+    s.name = docker.name;
+    s.labels = docker.labels;
+    s.image = docker.image;
+    s.command = docker.command;
+    s.entrypoint = docker.entrypoint;
+    s.env = docker.env;
+    s.container_labels = docker.container_labels;
+    s.stop_grace_ms = docker.stop_grace_ms;
+    s.limit = docker.limit;
+    s.reserve = docker.reserve;
+    s.constraints = docker.constraints;
+    s.replicas_max_per_node = docker.replicas_max_per_node;
+    s.mode = docker.mode;
+    s.endpoint_mode = docker.endpoint_mode;
+    s.ports = docker.ports;
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

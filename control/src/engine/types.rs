@@ -113,7 +113,19 @@ pub struct Service {
     pub spec: ServiceSpec,
     pub endpoint: Endpoint,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_status: Option<ServiceStatus>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateStatus {
+    pub state: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub message: String,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -130,24 +142,54 @@ pub struct ServiceSpec {
 #[serde(rename_all = "PascalCase")]
 pub struct TaskTemplate {
     pub container_spec: ContainerSpec,
+    pub resources: ResourceRequirements,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 }
 
-#[derive(Serialize, Debug, Clone)]
+#[derive(Serialize, Debug, Clone, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerSpec {
     pub image: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<u64>,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResourceRequirements {
+    pub limits: Resources,
+    pub reservations: Resources,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Resources {
+    #[serde(rename = "NanoCPUs", skip_serializing_if = "is_zero")]
+    pub nano_cpus: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Debug, Clone)]
 #[serde(rename_all = "PascalCase")]
 pub struct Placement {
     pub constraints: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_replicas: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]

@@ -392,3 +392,85 @@ fn docker_service_create_and_rm_drive_the_cluster() {
         .expect("8080 stops answering");
     }
 }
+
+/// The swarm itself made with `docker swarm` commands only.
+#[test]
+fn docker_swarm_init_join_and_leave_make_the_cluster() {
+    let mut lab = Lab::up(3).unwrap();
+    for h in 0..3 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    let debian = Path::new("/usr/bin/docker");
+    let leader_addr = lab.hosts[0].addr.to_string();
+    let out = ok(
+        &lab,
+        debian,
+        0,
+        &["swarm", "init", "--advertise-addr", &leader_addr],
+    );
+    assert!(out.contains("Swarm initialized: current node"), "{out}");
+    assert!(
+        out.contains(&format!("docker swarm join --token APIARY-"))
+            && out.contains(&format!("{leader_addr}:2377")),
+        "{out}"
+    );
+    // Tokens as every CLI reads them, the same as Apiary's.
+    let apiary_worker = lab
+        .apiary(0, &["swarm", "join-token", "-q", "worker"])
+        .out();
+    for cli in clis() {
+        let w = ok(&lab, &cli, 0, &["swarm", "join-token", "-q", "worker"]);
+        assert_eq!(w.trim(), apiary_worker.trim());
+    }
+    let worker = apiary_worker.trim().to_string();
+    let manager = ok(&lab, debian, 0, &["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    let remote = format!("{leader_addr}:2377");
+    let out = ok(
+        &lab,
+        debian,
+        1,
+        &["swarm", "join", "--token", &worker, &remote],
+    );
+    assert!(
+        out.contains("This node joined a swarm as a worker."),
+        "{out}"
+    );
+    let out = ok(
+        &lab,
+        debian,
+        2,
+        &["swarm", "join", "--token", &manager, &remote],
+    );
+    assert!(
+        out.contains("This node joined a swarm as a manager."),
+        "{out}"
+    );
+    let table = ok(&lab, debian, 0, &["node", "ls"]);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let h3 = table.lines().find(|l| l.contains(" h3 ")).unwrap();
+    assert!(h3.contains("Reachable"), "{table}");
+    // Settings Apiary cannot honour are refused by field, before anything.
+    let bad = docker(
+        &lab,
+        debian,
+        0,
+        &["swarm", "init", "--listen-addr", "0.0.0.0:2999"],
+    );
+    assert!(
+        !bad.ok && bad.stderr.contains("ListenAddr"),
+        "{}",
+        bad.stderr
+    );
+
+    let out = ok(&lab, debian, 1, &["swarm", "leave"]);
+    assert!(out.contains("Node left the swarm."), "{out}");
+    let info = ok(
+        &lab,
+        debian,
+        1,
+        &["info", "--format", "{{.Swarm.LocalNodeState}}"],
+    );
+    assert_eq!(info.trim(), "inactive");
+}

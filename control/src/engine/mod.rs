@@ -7,6 +7,7 @@
 
 mod convert;
 mod spec_in;
+mod swarm;
 pub mod types;
 
 use std::sync::Arc;
@@ -159,6 +160,16 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/_ping", get(ping).head(ping))
         .route("/version", get(version))
         .route("/info", get(info))
+        .route("/swarm", get(swarm_inspect))
+        .route(
+            "/swarm/init",
+            axum::routing::post(swarm_init).layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
+        .route(
+            "/swarm/join",
+            axum::routing::post(swarm_join).layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
+        .route("/swarm/leave", axum::routing::post(swarm_leave))
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/services", get(services))
@@ -507,12 +518,14 @@ async fn update_service(
             );
         }
         None | Some("") => format!("/v1/services/{}/update", current.id),
-        Some(other) => return Err(EngineError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Some(other) => {
+            return Err(EngineError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
                 "rollback={other:?}: the only rollback is to the previous spec (rollback=previous)"
             ),
-        )),
+            ))
+        }
     };
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|err| {
         EngineError::new(
@@ -531,4 +544,54 @@ async fn update_service(
         .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     let _: ServiceView = e.call(Method::POST, &path, Some(body)).await?;
     Ok(crate::http::json_response(StatusCode::OK, &serde_json::json!({})).into_response())
+}
+
+fn body_json(body: &[u8], what: &str) -> Result<serde_json::Value, EngineError> {
+    serde_json::from_slice(body).map_err(|err| {
+        EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the {what} is not JSON: {err}"),
+        )
+    })
+}
+
+fn refused(what: &str) -> impl FnOnce(spec_in::SpecError) -> EngineError + '_ {
+    move |err| EngineError::new(StatusCode::BAD_REQUEST, format!("invalid {what}: {err}"))
+}
+
+async fn swarm_inspect(State(e): State<Engine>) -> Reply {
+    let s: crate::api::SwarmView = e.call(Method::GET, "/v1/swarm", None).await?;
+    json(&swarm::view(&s))
+}
+
+/// Answers the new node's id, as Docker does.
+async fn swarm_init(State(e): State<Engine>, body: Bytes) -> Reply {
+    let req = swarm::init(body_json(&body, "swarm init request")?, e.d.cfg.listen)
+        .map_err(refused("swarm init request"))?;
+    let body = serde_json::to_vec(&req)
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let made: crate::api::InitReply = e.call(Method::POST, "/v1/swarm/init", Some(body)).await?;
+    json(&made.node_id)
+}
+
+async fn swarm_join(State(e): State<Engine>, body: Bytes) -> Reply {
+    let req = swarm::join(body_json(&body, "swarm join request")?, e.d.cfg.listen)
+        .map_err(refused("swarm join request"))?;
+    let body = serde_json::to_vec(&req)
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let _: serde_json::Value = e
+        .call(Method::POST, "/v1/swarm/join-local", Some(body))
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn swarm_leave(
+    State(e): State<Engine>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
+    let body = serde_json::to_vec(&serde_json::json!({ "force": force }))
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/leave", Some(body)).await?;
+    Ok(StatusCode::OK.into_response())
 }

@@ -15,7 +15,7 @@ pub struct SpecError {
     pub why: String,
 }
 
-fn err(path: &str, why: impl Into<String>) -> SpecError {
+pub(super) fn err(path: &str, why: impl Into<String>) -> SpecError {
     SpecError {
         path: path.into(),
         why: why.into(),
@@ -23,11 +23,11 @@ fn err(path: &str, why: impl Into<String>) -> SpecError {
 }
 
 /// Removes `key` from `obj`: absent and null are `None`.
-fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+pub(super) fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
     obj.remove(key).filter(|v| !v.is_null())
 }
 
-fn object(v: Option<Value>, path: &str) -> Result<Map<String, Value>, SpecError> {
+pub(super) fn object(v: Option<Value>, path: &str) -> Result<Map<String, Value>, SpecError> {
     match v {
         None => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m),
@@ -35,7 +35,7 @@ fn object(v: Option<Value>, path: &str) -> Result<Map<String, Value>, SpecError>
     }
 }
 
-fn string(v: Option<Value>, path: &str) -> Result<Option<String>, SpecError> {
+pub(super) fn string(v: Option<Value>, path: &str) -> Result<Option<String>, SpecError> {
     match v {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -43,14 +43,14 @@ fn string(v: Option<Value>, path: &str) -> Result<Option<String>, SpecError> {
     }
 }
 
-fn strings(v: Option<Value>, path: &str) -> Result<Vec<String>, SpecError> {
+pub(super) fn strings(v: Option<Value>, path: &str) -> Result<Vec<String>, SpecError> {
     match v {
         None => Ok(Vec::new()),
         Some(v) => serde_json::from_value(v).map_err(|_| err(path, "must be a list of strings")),
     }
 }
 
-fn number(v: Option<Value>, path: &str) -> Result<u64, SpecError> {
+pub(super) fn number(v: Option<Value>, path: &str) -> Result<u64, SpecError> {
     match v {
         None => Ok(0),
         Some(v) => v
@@ -61,7 +61,7 @@ fn number(v: Option<Value>, path: &str) -> Result<u64, SpecError> {
 
 /// Empty, zero, false, or only such things: what the CLI sends for a
 /// flag not given.
-fn is_default(v: &Value) -> bool {
+pub(super) fn is_default(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Bool(b) => !b,
@@ -73,11 +73,11 @@ fn is_default(v: &Value) -> bool {
 }
 
 /// Refuses whatever is left in `obj` that is not a default.
-fn rest(obj: &Map<String, Value>, path: &str) -> Result<(), SpecError> {
+pub(super) fn rest(obj: &Map<String, Value>, path: &str) -> Result<(), SpecError> {
     match obj.iter().find(|(_, v)| !is_default(v)) {
         Some((k, _)) => Err(err(
             &format!("{path}.{k}"),
-            "not supported by Apiary's Engine API yet (docs/engine-api.md); use `apiary service create` for what it offers",
+            "not supported by Apiary's Engine API yet (docs/engine-api.md); the `apiary` CLI offers what Apiary runs",
         )),
         None => Ok(()),
     }

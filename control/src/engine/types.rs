@@ -330,3 +330,53 @@ pub struct TaskStatus {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub err: String,
 }
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Swarm {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub version: ObjectVersion,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: SwarmSpec,
+    pub subnet_size: u32,
+    pub join_tokens: JoinTokens,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct SwarmSpec {
+    pub name: String,
+    pub orchestration: Orchestration,
+    pub dispatcher: Dispatcher,
+    #[serde(rename = "CAConfig")]
+    pub ca_config: CaConfig,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Orchestration {
+    pub task_history_retention_limit: u64,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Dispatcher {
+    /// Nanoseconds.
+    pub heartbeat_period: u64,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaConfig {
+    /// Nanoseconds.
+    pub node_cert_expiry: u64,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct JoinTokens {
+    pub worker: String,
+    pub manager: String,
+}

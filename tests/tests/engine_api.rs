@@ -410,7 +410,7 @@ fn docker_swarm_init_join_and_leave_make_the_cluster() {
     );
     assert!(out.contains("Swarm initialized: current node"), "{out}");
     assert!(
-        out.contains(&format!("docker swarm join --token APIARY-"))
+        out.contains("docker swarm join --token APIARY-")
             && out.contains(&format!("{leader_addr}:2377")),
         "{out}"
     );

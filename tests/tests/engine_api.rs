@@ -464,6 +464,60 @@ fn docker_swarm_init_join_and_leave_make_the_cluster() {
         bad.stderr
     );
 
+    // Node verbs: the CLI reads the node, changes its spec, sends it back.
+    let apiary_node = |lab: &Lab, host: &str| -> serde_json::Value {
+        nodes(lab, 0)
+            .unwrap()
+            .into_iter()
+            .find(|n| n["hostname"] == host)
+            .unwrap()
+    };
+    for cli in clis() {
+        ok(
+            &lab,
+            &cli,
+            0,
+            &[
+                "node",
+                "update",
+                "--availability",
+                "drain",
+                "--label-add",
+                "zone=a",
+                "h2",
+            ],
+        );
+        let n = apiary_node(&lab, "h2");
+        assert_eq!(n["availability"], "drain", "{n}");
+        assert_eq!(n["labels"]["zone"], "a", "{n}");
+        ok(
+            &lab,
+            &cli,
+            0,
+            &[
+                "node",
+                "update",
+                "--availability",
+                "active",
+                "--label-rm",
+                "zone",
+                "h2",
+            ],
+        );
+        let n = apiary_node(&lab, "h2");
+        assert_eq!(n["availability"], "active", "{n}");
+        assert!(n["labels"].get("zone").is_none(), "{n}");
+        let out = ok(&lab, &cli, 0, &["node", "promote", "h2"]);
+        assert!(
+            out.contains("Node h2 promoted to a manager in the swarm."),
+            "{out}"
+        );
+        assert_eq!(apiary_node(&lab, "h2")["role"], "manager");
+        let out = ok(&lab, &cli, 0, &["node", "demote", "h2"]);
+        assert!(out.contains("Manager h2 demoted in the swarm."), "{out}");
+        assert_eq!(apiary_node(&lab, "h2")["role"], "worker");
+    }
+
     let out = ok(&lab, debian, 1, &["swarm", "leave"]);
     assert!(out.contains("Node left the swarm."), "{out}");
     let info = ok(

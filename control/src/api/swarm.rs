@@ -940,6 +940,17 @@ pub async fn leave(d: &Arc<Daemon>, req: LeaveRequest) -> Reply {
                 }),
             None => Err("the swarm has no leader".into()),
         };
+        // A leader that no longer takes this node for a manager has demoted
+        // it, which took it out of the Raft group already (a member that
+        // was removed does not learn it from the group, so this node may
+        // still think itself a voter).
+        let res = res.or_else(|why| {
+            if why == super::NOT_MANAGER {
+                Ok(())
+            } else {
+                Err(why)
+            }
+        });
         if let Err(why) = res {
             return Err(ApiError::Conflict(format!(
                 "You are attempting to leave the swarm on a node that is participating as a manager, and taking it out of the Raft group failed: {why}. Use `--force` to leave anyway (the remaining managers may lose their quorum)."

@@ -171,7 +171,12 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route("/swarm/leave", axum::routing::post(swarm_leave))
         .route("/nodes", get(nodes))
-        .route("/nodes/{id}", get(node))
+        .route("/nodes/{id}", get(node).delete(remove_node))
+        .route(
+            "/nodes/{id}/update",
+            axum::routing::post(update_node)
+                .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
         .route("/services", get(services))
         .route(
             "/services/create",
@@ -593,5 +598,84 @@ async fn swarm_leave(
     let body = serde_json::to_vec(&serde_json::json!({ "force": force }))
         .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/leave", Some(body)).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `docker node update|promote|demote`: the node's spec the CLI read and
+/// changed (`Role`, `Availability`, `Labels`) at the version it read.
+async fn update_node(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: Bytes,
+) -> Reply {
+    let id = segment(&id)?;
+    let current: NodeView = e
+        .call(Method::GET, &format!("/v1/nodes/{id}"), None)
+        .await?;
+    let version: Option<u64> = q.get("version").and_then(|v| v.parse().ok());
+    if version != Some(current.updated_at) {
+        return Err(EngineError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "update out of sequence: node {} is at version {}, not {}; inspect it again and retry",
+                current.hostname,
+                current.updated_at,
+                q.get("version").map_or("(none)", String::as_str)
+            ),
+        ));
+    }
+    let want = spec_in::node_spec(body_json(&body, "node spec")?).map_err(refused("node spec"))?;
+    let name = current.id.clone();
+    if want.role != current.role {
+        let verb = match want.role {
+            crate::model::Role::Manager => "promote",
+            crate::model::Role::Worker => "demote",
+        };
+        let _: serde_json::Value = e
+            .call(Method::POST, &format!("/v1/nodes/{name}/{verb}"), None)
+            .await?;
+    }
+    let label_rm: Vec<&String> = current
+        .labels
+        .keys()
+        .filter(|k| !want.labels.contains_key(*k))
+        .collect();
+    let label_add: std::collections::BTreeMap<&String, &String> = want
+        .labels
+        .iter()
+        .filter(|(k, v)| current.labels.get(*k) != Some(*v))
+        .collect();
+    if want.availability != current.availability || !label_rm.is_empty() || !label_add.is_empty() {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "availability": serde_json::to_value(want.availability).ok(),
+            "label_add": label_add,
+            "label_rm": label_rm,
+        }))
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+        let _: serde_json::Value = e
+            .call(
+                Method::POST,
+                &format!("/v1/nodes/{name}/update"),
+                Some(body),
+            )
+            .await?;
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn remove_node(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Reply {
+    let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
+    let _: serde_json::Value = e
+        .call(
+            Method::DELETE,
+            &format!("/v1/nodes/{}?force={force}", segment(&id)?),
+            None,
+        )
+        .await?;
     Ok(StatusCode::OK.into_response())
 }

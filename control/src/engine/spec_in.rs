@@ -271,6 +271,39 @@ pub fn merge(current: &ServiceSpec, docker: ServiceSpec) -> ServiceSpec {
     s
 }
 
+/// A Docker `NodeSpec`: what `docker node update|promote|demote` may set.
+pub struct NodeSpec {
+    pub role: crate::model::Role,
+    pub availability: crate::model::Availability,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+pub fn node_spec(body: Value) -> Result<NodeSpec, SpecError> {
+    let mut o = object(Some(body), "NodeSpec")?;
+    let role = match string(take(&mut o, "Role"), "Role")?.as_deref() {
+        Some("manager") => crate::model::Role::Manager,
+        Some("worker") => crate::model::Role::Worker,
+        other => return Err(err("Role", format!("{other:?}: use manager or worker"))),
+    };
+    let availability = string(take(&mut o, "Availability"), "Availability")?
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| err("Availability", e))?;
+    let labels = match take(&mut o, "Labels") {
+        None => Default::default(),
+        Some(v) => {
+            serde_json::from_value(v).map_err(|_| err("Labels", "must map strings to strings"))?
+        }
+    };
+    take(&mut o, "Name");
+    rest(&o, "NodeSpec")?;
+    Ok(NodeSpec {
+        role,
+        availability,
+        labels,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,6 +333,24 @@ fn a_manager_leaves_by_stepping_out_of_raft_first() {
         .contains("not part of a swarm"));
 }
 
+/// A demoted manager is out of Raft, though it is not told so by the
+/// group it was removed from: it leaves like a worker (it was refused
+/// with "participating as a manager").
+#[test]
+fn a_node_demoted_a_moment_ago_leaves_without_force() {
+    let lab = swarm(1, 1).unwrap();
+    lab.apiary(0, &["node", "promote", "h2"]).out();
+    lab.apiary(0, &["node", "demote", "h2"]).out();
+    let out = lab.apiary(1, &["swarm", "leave"]).out();
+    assert!(out.contains("left the swarm"), "{out}");
+    assert!(lab
+        .apiary(1, &["node", "ls"])
+        .err()
+        .contains("not part of a swarm"));
+    // The one manager keeps its quorum.
+    lab.apiary(0, &["kv", "put", "after", "leave"]).out();
+}
+
 #[test]
 fn a_manager_leave_that_would_cost_the_quorum_is_refused() {
     let mut lab = swarm(3, 0).unwrap();

@@ -32,6 +32,12 @@ struct Out {
 /// `docker ARGS…` against host `h`'s engine socket, with a config
 /// directory of its own (nothing read from or written to the user's).
 fn docker(lab: &Lab, cli: &Path, h: usize, args: &[&str]) -> Out {
+    docker_stdin(lab, cli, h, args, b"")
+}
+
+/// [`docker`] with `input` on its standard input.
+fn docker_stdin(lab: &Lab, cli: &Path, h: usize, args: &[&str], input: &[u8]) -> Out {
+    use std::io::Write;
     let sock = lab.daemons[h]
         .socket
         .as_ref()
@@ -39,13 +45,18 @@ fn docker(lab: &Lab, cli: &Path, h: usize, args: &[&str]) -> Out {
         .with_file_name("docker.sock");
     let config = lab.dir.join("docker-cli-config");
     std::fs::create_dir_all(&config).unwrap();
-    let o = std::process::Command::new(cli)
+    let mut child = std::process::Command::new(cli)
         .args(args)
         .env("DOCKER_HOST", format!("unix://{}", sock.display()))
         .env("DOCKER_CONFIG", &config)
         .env_remove("DOCKER_CONTEXT")
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    let o = child.wait_with_output().unwrap();
     Out {
         ok: o.status.success(),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -238,6 +249,45 @@ fn the_docker_cli_reads_the_swarm_its_nodes_and_services() {
             ],
         );
         assert_eq!(winfo.trim(), "active false");
+
+        // Secrets and configs: a secret's data never comes back.
+        let n = clis().iter().position(|x| x == &cli).unwrap();
+        let (secret, config) = (format!("my_password_{n}"), format!("my_config_{n}"));
+        let o = docker_stdin(&lab, c, 0, &["secret", "create", &secret, "-"], b"s3cret");
+        assert!(o.ok, "{}{}", o.stdout, o.stderr);
+        assert!(lab.apiary(0, &["secret", "ls"]).out().contains(&secret));
+        let ls = ok(&lab, c, 0, &["secret", "ls", "--format", "{{.Name}}"]);
+        assert!(ls.lines().any(|l| l == secret), "{ls}");
+        let spec = ok(
+            &lab,
+            c,
+            0,
+            &["secret", "inspect", &secret, "--format", "{{json .Spec}}"],
+        );
+        assert!(spec.contains(&secret) && !spec.contains("Data"), "{spec}");
+        let o = docker_stdin(
+            &lab,
+            c,
+            0,
+            &["config", "create", &config, "-"],
+            b"key=value\n",
+        );
+        assert!(o.ok, "{}{}", o.stdout, o.stderr);
+        let data = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "config",
+                "inspect",
+                &config,
+                "--format",
+                "{{printf \"%s\" .Spec.Data}}",
+            ],
+        );
+        assert_eq!(data.trim(), "key=value");
+        ok(&lab, c, 0, &["secret", "rm", &secret]);
+        assert!(!lab.apiary(0, &["secret", "ls"]).out().contains(&secret));
 
         // What is not served says so, by endpoint.
         let ps = docker(&lab, c, 0, &["container", "ls"]);

@@ -6,6 +6,7 @@
 //! check stay in one place.
 
 mod convert;
+mod objects;
 mod spec_in;
 mod swarm;
 pub mod types;
@@ -192,6 +193,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/distribution/{*image}", get(distribution))
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task))
+        .merge(objects::routes("secrets"))
+        .merge(objects::routes("configs"))
         .fallback(not_served)
         .with_state(engine);
     let inner = inner.map_request(strip_version);

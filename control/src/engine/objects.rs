@@ -1,0 +1,144 @@
+//! `docker secret|config create|ls|inspect|rm`: Apiary's objects as Docker's
+//! (a secret's data is never returned; a config's is, as Docker does).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+
+use super::spec_in::{err, object, rest, string, take, SpecError};
+use super::{body_json, filters, json, refused, segment, Engine, Reply, SPEC_LIMIT};
+use crate::api::objects::ObjectView;
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+struct DockerObject {
+    #[serde(rename = "ID")]
+    id: String,
+    version: super::types::ObjectVersion,
+    created_at: String,
+    updated_at: String,
+    spec: ObjectSpec,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+struct ObjectSpec {
+    name: String,
+    labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+}
+
+fn view(o: &ObjectView) -> DockerObject {
+    DockerObject {
+        id: o.id.clone(),
+        version: super::types::ObjectVersion { index: o.version },
+        created_at: super::convert::time(o.created_at),
+        updated_at: super::convert::time(o.updated_at),
+        spec: ObjectSpec {
+            name: o.name.clone(),
+            labels: o.labels.clone(),
+            data: o.data.clone(),
+        },
+    }
+}
+
+/// Docker's create body: name, labels, data (base64); a driver or
+/// templating is refused.
+fn create_request(body: serde_json::Value) -> Result<serde_json::Value, SpecError> {
+    let mut o = object(Some(body), "Spec")?;
+    let name = string(take(&mut o, "Name"), "Name")?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| err("Name", "a name is required"))?;
+    let labels: BTreeMap<String, String> = match take(&mut o, "Labels") {
+        None => BTreeMap::new(),
+        Some(v) => {
+            serde_json::from_value(v).map_err(|_| err("Labels", "must map strings to strings"))?
+        }
+    };
+    let data = string(take(&mut o, "Data"), "Data")?.unwrap_or_default();
+    rest(&o, "Spec")?;
+    Ok(serde_json::json!({ "name": name, "labels": labels, "data": data }))
+}
+
+/// The routes of one kind (`secrets` or `configs`).
+pub(super) fn routes(kind: &'static str) -> Router<Engine> {
+    Router::new()
+        .route(
+            &format!("/{kind}"),
+            get(move |State(e): State<Engine>, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                list(e, kind, q).await
+            }),
+        )
+        .route(
+            &format!("/{kind}/create"),
+            post(move |State(e): State<Engine>, body: Bytes| async move { create(e, kind, body).await })
+                .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
+        .route(
+            &format!("/{kind}/{{id}}"),
+            get(move |State(e): State<Engine>, Path(id): Path<String>| async move {
+                inspect(e, kind, id).await
+            })
+            .delete(move |State(e): State<Engine>, Path(id): Path<String>| async move {
+                remove(e, kind, id).await
+            }),
+        )
+}
+
+async fn list(e: Engine, kind: &str, q: std::collections::HashMap<String, String>) -> Reply {
+    let f = filters(&q)?;
+    let all: Vec<ObjectView> = e.call(Method::GET, &format!("/v1/{kind}"), None).await?;
+    let keep = |o: &ObjectView| {
+        f.iter().all(|(k, v)| match k.as_str() {
+            "id" => o.id.starts_with(v.as_str()),
+            "name" => o.name.starts_with(v.as_str()),
+            "label" => match v.split_once('=') {
+                Some((lk, lv)) => o.labels.get(lk).is_some_and(|x| x == lv),
+                None => o.labels.contains_key(v),
+            },
+            _ => false,
+        })
+    };
+    json(&all.iter().filter(|o| keep(o)).map(view).collect::<Vec<_>>())
+}
+
+async fn create(e: Engine, kind: &str, body: Bytes) -> Reply {
+    let what = format!("{} spec", kind.trim_end_matches('s'));
+    let req = create_request(body_json(&body, &what)?).map_err(refused(&what))?;
+    let body = serde_json::to_vec(&req)
+        .map_err(|x| super::EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, x.to_string()))?;
+    let id: String = e
+        .call(Method::POST, &format!("/v1/{kind}"), Some(body))
+        .await?;
+    #[derive(Serialize)]
+    struct Created {
+        #[serde(rename = "ID")]
+        id: String,
+    }
+    Ok(crate::http::json_response(StatusCode::CREATED, &Created { id }).into_response())
+}
+
+async fn inspect(e: Engine, kind: &str, id: String) -> Reply {
+    let o: ObjectView = e
+        .call(Method::GET, &format!("/v1/{kind}/{}", segment(&id)?), None)
+        .await?;
+    json(&view(&o))
+}
+
+async fn remove(e: Engine, kind: &str, id: String) -> Reply {
+    let _: serde_json::Value = e
+        .call(
+            Method::DELETE,
+            &format!("/v1/{kind}/{}", segment(&id)?),
+            None,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -289,6 +289,47 @@ fn the_docker_cli_reads_the_swarm_its_nodes_and_services() {
         ok(&lab, c, 0, &["secret", "rm", &secret]);
         assert!(!lab.apiary(0, &["secret", "ls"]).out().contains(&secret));
 
+        // Overlay networks; a bridge is the node's engine's, not Apiary's.
+        let net = format!("backend_{n}");
+        ok(
+            &lab,
+            c,
+            0,
+            &[
+                "network", "create", "--driver", "overlay", "--label", "tier=db", &net,
+            ],
+        );
+        assert!(lab.apiary(0, &["network", "ls"]).out().contains(&net));
+        let ls = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "network",
+                "ls",
+                "--filter",
+                "driver=overlay",
+                "--format",
+                "{{.Name}} {{.Scope}}",
+            ],
+        );
+        assert!(ls.lines().any(|l| l == format!("{net} swarm")), "{ls}");
+        let labels = ok(
+            &lab,
+            c,
+            0,
+            &["network", "inspect", &net, "--format", "{{json .Labels}}"],
+        );
+        assert_eq!(labels.trim(), r#"{"tier":"db"}"#);
+        let bridge = docker(&lab, c, 0, &["network", "create", "localnet"]);
+        assert!(
+            !bridge.ok && bridge.stderr.contains("Driver"),
+            "{}",
+            bridge.stderr
+        );
+        ok(&lab, c, 0, &["network", "rm", &net]);
+        assert!(!lab.apiary(0, &["network", "ls"]).out().contains(&net));
+
         // What is not served says so, by endpoint.
         let ps = docker(&lab, c, 0, &["container", "ls"]);
         assert!(

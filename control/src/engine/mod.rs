@@ -6,6 +6,7 @@
 //! check stay in one place.
 
 mod convert;
+mod networks;
 mod objects;
 mod spec_in;
 mod swarm;
@@ -195,6 +196,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/tasks/{id}", get(task))
         .merge(objects::routes("secrets"))
         .merge(objects::routes("configs"))
+        .merge(networks::routes())
         .fallback(not_served)
         .with_state(engine);
     let inner = inner.map_request(strip_version);

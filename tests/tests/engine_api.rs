@@ -388,6 +388,46 @@ fn docker_service_create_and_rm_drive_the_cluster() {
                 .unwrap_or_else(|| panic!("{to} does not answer"));
             assert_eq!(a.client.ip(), client_addr(), "the client's own address");
         }
+        // Logs: every task's output, named by task and node as the CLI
+        // prints them (it reads the `details` labels of each line).
+        let out = docker(&lab, c, 0, &["service", "logs", "my_nginx"]);
+        assert!(out.ok, "{}", out.stderr);
+        let lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .chain(out.stderr.lines())
+            .filter(|l| l.contains("listening on"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{}{}", out.stdout, out.stderr);
+        for l in &lines {
+            let prefix = l.split_whitespace().next().unwrap();
+            assert!(
+                prefix.starts_with("my_nginx.") && prefix.contains("@h"),
+                "{l}"
+            );
+        }
+        // -f keeps the stream open.
+        let sock = lab.daemons[0]
+            .socket
+            .as_ref()
+            .unwrap()
+            .with_file_name("docker.sock");
+        let mut follow = std::process::Command::new(c)
+            .args(["service", "logs", "-f", "--tail", "1", "my_nginx"])
+            .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+            .env("DOCKER_CONFIG", lab.dir.join("docker-cli-config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            follow.try_wait().unwrap().is_none(),
+            "logs -f ended by itself"
+        );
+        let _ = follow.kill();
+        let _ = follow.wait();
+
         // Refused, by field, rather than run without what was asked.
         let host_mode = docker(
             &lab,

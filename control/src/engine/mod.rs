@@ -6,6 +6,7 @@
 //! check stay in one place.
 
 mod convert;
+mod logs;
 mod networks;
 mod objects;
 mod spec_in;
@@ -192,6 +193,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
         )
         .route("/distribution/{*image}", get(distribution))
+        .route("/services/{id}/logs", get(logs::service_logs))
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task))
         .merge(objects::routes("secrets"))

@@ -146,8 +146,11 @@ pub(super) async fn service_logs(
                 return;
             }
         }
-        // Until the client goes (a send fails) or the service does.
-        while follow {
+        if !follow {
+            return;
+        }
+        // Until the client goes (a send fails).
+        loop {
             tokio::time::sleep(FOLLOW_EVERY).await;
             for r in &mut readers {
                 let Ok(lines) = r.poll(&e, &service).await else {

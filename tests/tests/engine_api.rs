@@ -659,3 +659,99 @@ fn docker_swarm_init_join_and_leave_make_the_cluster() {
     );
     assert_eq!(info.trim(), "inactive");
 }
+
+/// The tutorial's secrets stack through the docker CLI's own compose
+/// parser: `docker secret create`, `docker stack deploy`, then PostgreSQL
+/// and Django (Debian's, built here) answer with the secret's password;
+/// `stack ls|services|ps|rm` read and remove it.
+#[test]
+fn docker_stack_deploy_runs_the_tutorials_secrets_stack() {
+    let lab = swarm(1, 1).unwrap();
+    let debian = Path::new("/usr/bin/docker");
+    let pw = format!("pw-{}", std::process::id());
+    let o = docker_stdin(
+        &lab,
+        debian,
+        0,
+        &["secret", "create", "my_password", "-"],
+        pw.as_bytes(),
+    );
+    assert!(o.ok, "{}", o.stderr);
+    let file = apiary_tests::seed::with_images(&lab.dir, "docker-stack-secrets.yml", &|seed| {
+        apiary_tests::seed::local_image(seed).to_string()
+    })
+    .unwrap();
+    let out = ok(
+        &lab,
+        debian,
+        0,
+        &["stack", "deploy", "-c", file.to_str().unwrap(), "my_app"],
+    );
+    assert!(
+        out.contains("Creating network my_app_backend")
+            && out.contains("Creating service my_app_web"),
+        "{out}"
+    );
+    let to = std::net::SocketAddr::from((lab.hosts[1].addr, 8000));
+    let (r, _) = until(Duration::from_secs(180), || {
+        lab.client.get_json(to, "/rows?add=docker-row")
+    })
+    .unwrap_or_else(|| panic!("{}", lab.apiary(0, &["stack", "ps", "my_app"]).out()));
+    assert_eq!(r["rows"][0]["text"], "docker-row", "{r}");
+    for cli in clis() {
+        let c = cli.as_path();
+        let ls = ok(
+            &lab,
+            c,
+            0,
+            &["stack", "ls", "--format", "{{.Name}} {{.Services}}"],
+        );
+        assert_eq!(ls.trim(), "my_app 2", "{ls}");
+        until(Duration::from_secs(120), || {
+            let out = ok(
+                &lab,
+                c,
+                0,
+                &[
+                    "stack",
+                    "services",
+                    "my_app",
+                    "--format",
+                    "{{.Name}} {{.Replicas}}",
+                ],
+            );
+            let mut services: Vec<&str> = out.lines().collect();
+            services.sort();
+            (services == ["my_app_db 1/1", "my_app_web 4/4"]).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{}", lab.apiary(0, &["stack", "ps", "my_app"]).out()));
+        let ps = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "stack",
+                "ps",
+                "my_app",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Name}}",
+            ],
+        );
+        assert_eq!(ps.lines().count(), 5, "{ps}");
+    }
+    let out = ok(&lab, debian, 0, &["stack", "rm", "my_app"]);
+    assert!(out.contains("Removing service my_app_web"), "{out}");
+    until(Duration::from_secs(60), || {
+        lab.apiary(0, &["service", "ls", "-q"])
+            .out()
+            .is_empty()
+            .then_some(())
+    })
+    .expect("the stack's services gone");
+    assert!(!lab
+        .apiary(0, &["network", "ls"])
+        .out()
+        .contains("my_app_backend"));
+}

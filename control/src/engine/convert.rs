@@ -131,6 +131,56 @@ pub fn service_matches(s: &ServiceView, f: &[(String, String)]) -> bool {
     })
 }
 
+fn update_config(u: &crate::services::UpdateConfig) -> serde_json::Value {
+    serde_json::json!({
+        "Parallelism": u.parallelism,
+        "Delay": u.delay_ms * 1_000_000,
+        "FailureAction": u.failure_action,
+        "Monitor": u.monitor_ms * 1_000_000,
+        "MaxFailureRatio": f64::from(u.max_failure_permille) / 1000.0,
+        "Order": u.order,
+    })
+}
+
+/// A secret or config reference (`kind`: `Secret` or `Config`), named by
+/// the object's name (Apiary resolves names, not ids).
+fn file_ref(f: &crate::objects::FileRef, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "File": { "Name": f.target, "UID": f.uid.to_string(), "GID": f.gid.to_string(), "Mode": f.mode },
+    });
+    v[format!("{kind}Name")] = f.source.clone().into();
+    v
+}
+
+fn mount(m: &crate::services::mounts::Mount) -> serde_json::Value {
+    use crate::services::mounts::MountKind;
+    let mut v = serde_json::json!({ "Target": m.target });
+    if let Some(s) = &m.source {
+        v["Source"] = s.clone().into();
+    }
+    if m.read_only {
+        v["ReadOnly"] = true.into();
+    }
+    match &m.kind {
+        MountKind::Volume { nocopy, labels } => {
+            v["Type"] = "volume".into();
+            v["VolumeOptions"] = serde_json::json!({ "NoCopy": nocopy, "Labels": labels });
+        }
+        MountKind::Bind { propagation } => {
+            v["Type"] = "bind".into();
+            if let Some(p) = propagation {
+                v["BindOptions"] = serde_json::json!({ "Propagation": p });
+            }
+        }
+        MountKind::Tmpfs { size, mode } => {
+            v["Type"] = "tmpfs".into();
+            v["TmpfsOptions"] =
+                serde_json::json!({ "SizeBytes": size.unwrap_or(0), "Mode": mode.unwrap_or(0) });
+        }
+    }
+    v
+}
+
 fn resources(r: &crate::model::Resources) -> types::Resources {
     types::Resources {
         nano_cpus: r.nano_cpus,
@@ -169,7 +219,32 @@ pub fn service(s: &ServiceView, status: bool) -> types::Service {
                 env: s.spec.env.clone(),
                 labels: s.spec.container_labels.clone(),
                 stop_grace_period: s.spec.stop_grace_ms.map(|ms| ms * 1_000_000),
+                mounts: s.spec.mounts.iter().map(mount).collect(),
+                secrets: s
+                    .spec
+                    .secrets
+                    .iter()
+                    .map(|f| file_ref(f, "Secret"))
+                    .collect(),
+                configs: s
+                    .spec
+                    .configs
+                    .iter()
+                    .map(|f| file_ref(f, "Config"))
+                    .collect(),
             },
+            restart_policy: serde_json::json!({
+                "Condition": s.spec.restart.condition,
+                "Delay": s.spec.restart.delay_ms * 1_000_000,
+                "MaxAttempts": s.spec.restart.max_attempts,
+                "Window": s.spec.restart.window_ms * 1_000_000,
+            }),
+            networks: s
+                .spec
+                .networks
+                .iter()
+                .map(|a| serde_json::json!({ "Target": a.target, "Aliases": a.aliases }))
+                .collect(),
             resources: types::ResourceRequirements {
                 limits: resources(&s.spec.limit),
                 reservations: resources(&s.spec.reserve),
@@ -184,6 +259,8 @@ pub fn service(s: &ServiceView, status: bool) -> types::Service {
             Mode::Replicated { replicas } => types::ServiceMode::Replicated { replicas },
             Mode::Global => types::ServiceMode::Global {},
         },
+        update_config: update_config(&s.spec.update),
+        rollback_config: update_config(&s.spec.rollback),
         endpoint_spec: endpoint_spec.clone(),
     };
     let vip = s.spec.endpoint_mode == EndpointMode::Vip;
@@ -305,7 +382,8 @@ pub fn task(t: &TaskView) -> types::Task {
 /// `service` is matched by the caller (it picks the services to list).
 pub fn task_matches(t: &TaskView, f: &[(String, String)]) -> bool {
     all_keys(f, |k, v| match k {
-        "service" => true,
+        // Matched on the tasks' services by the caller.
+        "service" | "label" => true,
         "id" => t.id.starts_with(v),
         "name" => t.name.starts_with(v),
         "node" => t.node_id.as_deref() == Some(v) || t.node.as_deref() == Some(v),
@@ -315,15 +393,21 @@ pub fn task_matches(t: &TaskView, f: &[(String, String)]) -> bool {
     })
 }
 
-/// The `service` filter: the services' ids or names (or id prefixes).
+/// The `service` filter (the services' ids or names, or id prefixes) and
+/// the `label` filter (a task has its service's labels, as a stack's
+/// tasks have `com.docker.stack.namespace`).
 pub fn service_selected(s: &ServiceView, f: &[(String, String)]) -> bool {
     let wanted: Vec<&str> = f
         .iter()
         .filter(|(k, _)| k == "service")
         .map(|(_, v)| v.as_str())
         .collect();
-    wanted.is_empty()
+    let by_name = wanted.is_empty()
         || wanted
             .iter()
-            .any(|w| s.spec.name == *w || s.id.starts_with(w))
+            .any(|w| s.spec.name == *w || s.id.starts_with(w));
+    by_name
+        && f.iter()
+            .filter(|(k, _)| k == "label")
+            .all(|(_, v)| label_matches(&s.spec.labels, v))
 }

@@ -129,6 +129,268 @@ fn port(v: Value, path: &str) -> Result<PortSpec, SpecError> {
     })
 }
 
+const NS_PER_MS: u64 = 1_000_000;
+
+fn ms(v: Option<Value>, path: &str) -> Result<Option<u64>, SpecError> {
+    v.map(|v| {
+        v.as_u64()
+            .map(|ns| ns / NS_PER_MS)
+            .ok_or_else(|| err(path, "must be nanoseconds"))
+    })
+    .transpose()
+}
+
+/// A value of one of Apiary's enums, by the word Docker uses for it.
+fn word<T: serde::de::DeserializeOwned>(
+    v: Option<Value>,
+    path: &str,
+    words: &str,
+) -> Result<Option<T>, SpecError> {
+    match string(v, path)?.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(w) => serde_json::from_value(Value::String(w.clone()))
+            .map(Some)
+            .map_err(|_| err(path, format!("{w:?}: use {words}"))),
+    }
+}
+
+fn restart_policy(v: Option<Value>) -> Result<crate::services::RestartPolicy, SpecError> {
+    let path = "TaskTemplate.RestartPolicy";
+    let mut o = object(v, path)?;
+    let d = crate::services::RestartPolicy::default();
+    let r = crate::services::RestartPolicy {
+        condition: word(
+            take(&mut o, "Condition"),
+            &format!("{path}.Condition"),
+            "none, on-failure or any",
+        )?
+        .unwrap_or(d.condition),
+        delay_ms: ms(take(&mut o, "Delay"), &format!("{path}.Delay"))?.unwrap_or(d.delay_ms),
+        max_attempts: number(take(&mut o, "MaxAttempts"), &format!("{path}.MaxAttempts"))?,
+        window_ms: ms(take(&mut o, "Window"), &format!("{path}.Window"))?.unwrap_or(0),
+    };
+    rest(&o, path)?;
+    Ok(r)
+}
+
+fn update_config(v: Option<Value>, path: &str) -> Result<crate::services::UpdateConfig, SpecError> {
+    let d = crate::services::UpdateConfig::default();
+    if v.is_none() {
+        return Ok(d);
+    }
+    let mut o = object(v, path)?;
+    let ratio = match take(&mut o, "MaxFailureRatio") {
+        None => 0.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                err(
+                    &format!("{path}.MaxFailureRatio"),
+                    "must be between 0 and 1",
+                )
+            })?,
+    };
+    let u = crate::services::UpdateConfig {
+        parallelism: number(take(&mut o, "Parallelism"), &format!("{path}.Parallelism"))?,
+        delay_ms: ms(take(&mut o, "Delay"), &format!("{path}.Delay"))?.unwrap_or(0),
+        failure_action: word(
+            take(&mut o, "FailureAction"),
+            &format!("{path}.FailureAction"),
+            "pause, continue or rollback",
+        )?
+        .unwrap_or(d.failure_action),
+        monitor_ms: ms(take(&mut o, "Monitor"), &format!("{path}.Monitor"))?
+            .filter(|m| *m > 0)
+            .unwrap_or(d.monitor_ms),
+        order: word(
+            take(&mut o, "Order"),
+            &format!("{path}.Order"),
+            "stop-first or start-first",
+        )?
+        .unwrap_or(d.order),
+        max_failure_permille: (ratio * 1000.0).round() as u32,
+    };
+    rest(&o, path)?;
+    Ok(u)
+}
+
+/// `Secrets` or `Configs` (`kind`: `Secret` or `Config`) of a container spec.
+fn file_refs(v: Option<Value>, kind: &str) -> Result<Vec<crate::objects::FileRef>, SpecError> {
+    let list: Vec<Value> = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(err(
+                &format!("TaskTemplate.ContainerSpec.{kind}s"),
+                "must be a list",
+            ))
+        }
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let path = format!("TaskTemplate.ContainerSpec.{kind}s[{i}]");
+            let mut o = object(Some(v), &path)?;
+            let source = string(take(&mut o, &format!("{kind}Name")), &path)?
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| err(&format!("{path}.{kind}Name"), "the name is required"))?;
+            // Apiary resolves names; the id is Docker's lookup of the same.
+            take(&mut o, &format!("{kind}ID"));
+            let mut file = object(take(&mut o, "File"), &format!("{path}.File"))?;
+            let id = |f: &mut serde_json::Map<String, Value>, k: &str| -> Result<u32, SpecError> {
+                match take(f, k) {
+                    None => Ok(0),
+                    Some(Value::String(s)) if s.is_empty() => Ok(0),
+                    Some(Value::String(s)) => s.parse().map_err(|_| {
+                        err(
+                            &format!("{path}.File.{k}"),
+                            format!("{s:?} is not a number"),
+                        )
+                    }),
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| err(&format!("{path}.File.{k}"), "must be a number")),
+                }
+            };
+            let uid = id(&mut file, "UID")?;
+            let gid = id(&mut file, "GID")?;
+            let mode = match take(&mut file, "Mode") {
+                None => 0o444,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|m| u32::try_from(m).ok())
+                    .ok_or_else(|| err(&format!("{path}.File.Mode"), "must be a file mode"))?,
+            };
+            let mut target = string(take(&mut file, "Name"), &format!("{path}.File.Name"))?
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| source.clone());
+            if kind == "Config" && !target.starts_with('/') {
+                target = format!("/{target}");
+            }
+            rest(&file, &format!("{path}.File"))?;
+            rest(&o, &path)?;
+            Ok(crate::objects::FileRef {
+                source,
+                target,
+                uid,
+                gid,
+                mode,
+                version: None,
+            })
+        })
+        .collect()
+}
+
+fn mounts(v: Option<Value>) -> Result<Vec<crate::services::mounts::Mount>, SpecError> {
+    use crate::services::mounts::{Mount, MountKind};
+    let list: Vec<Value> = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(err("TaskTemplate.ContainerSpec.Mounts", "must be a list")),
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let path = format!("TaskTemplate.ContainerSpec.Mounts[{i}]");
+            let mut o = object(Some(v), &path)?;
+            let ty = string(take(&mut o, "Type"), &path)?.unwrap_or_else(|| "volume".into());
+            let source = string(take(&mut o, "Source"), &format!("{path}.Source"))?
+                .filter(|s| !s.is_empty());
+            let target = string(take(&mut o, "Target"), &format!("{path}.Target"))?
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| err(&format!("{path}.Target"), "a target is required"))?;
+            let read_only = take(&mut o, "ReadOnly")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            let kind = match ty.as_str() {
+                "volume" => {
+                    let mut vo = object(
+                        take(&mut o, "VolumeOptions"),
+                        &format!("{path}.VolumeOptions"),
+                    )?;
+                    let nocopy = take(&mut vo, "NoCopy")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false);
+                    let labels = match take(&mut vo, "Labels") {
+                        None => Default::default(),
+                        Some(v) => serde_json::from_value(v).map_err(|_| {
+                            err(
+                                &format!("{path}.VolumeOptions.Labels"),
+                                "must map strings to strings",
+                            )
+                        })?,
+                    };
+                    rest(&vo, &format!("{path}.VolumeOptions"))?;
+                    MountKind::Volume { nocopy, labels }
+                }
+                "bind" => {
+                    let mut bo =
+                        object(take(&mut o, "BindOptions"), &format!("{path}.BindOptions"))?;
+                    let propagation = string(
+                        take(&mut bo, "Propagation"),
+                        &format!("{path}.BindOptions.Propagation"),
+                    )?
+                    .filter(|p| !p.is_empty());
+                    rest(&bo, &format!("{path}.BindOptions"))?;
+                    MountKind::Bind { propagation }
+                }
+                "tmpfs" => {
+                    let mut to = object(
+                        take(&mut o, "TmpfsOptions"),
+                        &format!("{path}.TmpfsOptions"),
+                    )?;
+                    let size = number(
+                        take(&mut to, "SizeBytes"),
+                        &format!("{path}.TmpfsOptions.SizeBytes"),
+                    )?;
+                    let mode = number(take(&mut to, "Mode"), &format!("{path}.TmpfsOptions.Mode"))?;
+                    rest(&to, &format!("{path}.TmpfsOptions"))?;
+                    MountKind::Tmpfs {
+                        size: (size > 0).then_some(size),
+                        mode: u32::try_from(mode).ok().filter(|m| *m > 0),
+                    }
+                }
+                other => {
+                    return Err(err(
+                        &format!("{path}.Type"),
+                        format!("{other:?}: use volume, bind or tmpfs"),
+                    ))
+                }
+            };
+            rest(&o, &path)?;
+            Ok(Mount {
+                kind,
+                source,
+                target,
+                read_only,
+            })
+        })
+        .collect()
+}
+
+fn networks(v: Option<Value>) -> Result<Vec<crate::networks::Attachment>, SpecError> {
+    let list: Vec<Value> = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(err("TaskTemplate.Networks", "must be a list")),
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let path = format!("TaskTemplate.Networks[{i}]");
+            let mut o = object(Some(v), &path)?;
+            let target = string(take(&mut o, "Target"), &format!("{path}.Target"))?
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| err(&format!("{path}.Target"), "a network is required"))?;
+            let aliases = strings(take(&mut o, "Aliases"), &format!("{path}.Aliases"))?;
+            rest(&o, &path)?;
+            Ok(crate::networks::Attachment { target, aliases })
+        })
+        .collect()
+}
+
 /// Docker's spec as Apiary's; `SpecError` names the first field refused.
 pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
     let mut top = object(Some(body), "ServiceSpec")?;
@@ -170,6 +432,9 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
             })
         })
         .transpose()?;
+    let mounts = mounts(take(&mut cs, "Mounts"))?;
+    let secrets = file_refs(take(&mut cs, "Secrets"), "Secret")?;
+    let configs = file_refs(take(&mut cs, "Configs"), "Config")?;
     rest(&cs, "TaskTemplate.ContainerSpec")?;
 
     let mut res = object(take(&mut tt, "Resources"), "TaskTemplate.Resources")?;
@@ -190,6 +455,8 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
         "TaskTemplate.Placement.MaxReplicas",
     )?;
     rest(&pl, "TaskTemplate.Placement")?;
+    let restart = restart_policy(take(&mut tt, "RestartPolicy"))?;
+    let nets = networks(take(&mut tt, "Networks"))?;
     // A forced redeploy counter: nothing to force at creation.
     take(&mut tt, "ForceUpdate");
     rest(&tt, "TaskTemplate")?;
@@ -213,6 +480,8 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
     };
     rest(&mode_o, "Mode")?;
 
+    let update = update_config(take(&mut top, "UpdateConfig"), "UpdateConfig")?;
+    let rollback = update_config(take(&mut top, "RollbackConfig"), "RollbackConfig")?;
     let mut ep = object(take(&mut top, "EndpointSpec"), "EndpointSpec")?;
     let endpoint_mode = match string(take(&mut ep, "Mode"), "EndpointSpec.Mode")?.as_deref() {
         None | Some("") | Some("vip") => EndpointMode::Vip,
@@ -244,13 +513,20 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
     spec.endpoint_mode = endpoint_mode;
     spec.ports = ports;
     spec.stop_grace_ms = grace.map(|ns| ns / 1_000_000);
+    spec.mounts = mounts;
+    spec.secrets = secrets;
+    spec.configs = configs;
+    spec.restart = restart;
+    spec.networks = nets;
+    spec.update = update;
+    spec.rollback = rollback;
     Ok(spec)
 }
 
 /// `current` with what a Docker spec sets (everything `service_spec` reads,
 /// so what `docker service inspect` shows round-trips); Apiary's own
-/// settings Docker's spec does not carry here (restart and update
-/// policies, secrets, mounts, networks, health check, driver) are kept.
+/// settings Docker's spec does not carry here (health check, driver, log
+/// options, placement preferences, dependencies) are kept.
 pub fn merge(current: &ServiceSpec, docker: ServiceSpec) -> ServiceSpec {
     let mut s = current.clone();
     s.name = docker.name;
@@ -268,6 +544,13 @@ pub fn merge(current: &ServiceSpec, docker: ServiceSpec) -> ServiceSpec {
     s.mode = docker.mode;
     s.endpoint_mode = docker.endpoint_mode;
     s.ports = docker.ports;
+    s.mounts = docker.mounts;
+    s.secrets = docker.secrets;
+    s.configs = docker.configs;
+    s.restart = docker.restart;
+    s.networks = docker.networks;
+    s.update = docker.update;
+    s.rollback = docker.rollback;
     s
 }
 

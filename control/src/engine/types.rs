@@ -135,6 +135,8 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
     pub task_template: TaskTemplate,
     pub mode: ServiceMode,
+    pub update_config: serde_json::Value,
+    pub rollback_config: serde_json::Value,
     pub endpoint_spec: EndpointSpec,
 }
 
@@ -143,6 +145,9 @@ pub struct ServiceSpec {
 pub struct TaskTemplate {
     pub container_spec: ContainerSpec,
     pub resources: ResourceRequirements,
+    pub restart_policy: serde_json::Value,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 }
@@ -162,6 +167,12 @@ pub struct ContainerSpec {
     /// Nanoseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]

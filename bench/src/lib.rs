@@ -2,6 +2,7 @@
 //! report ratios (see `BENCH.md` of the project notes and `bench/RESULTS.md`).
 
 pub mod converge;
+pub mod engine_api;
 pub mod etcd_grpc;
 pub mod failover;
 pub mod lb;

@@ -12,13 +12,14 @@ fn main() -> ExitCode {
         Some("overlay") => apiary_bench::overlay::run(&args[1..]),
         Some("raft") => apiary_bench::raft::run(&args[1..]),
         Some("scheduler") => apiary_bench::scheduler::run(&args[1..]),
+        Some("engine-api") => apiary_bench::engine_api::run(&args[1..]),
         Some("stack") => apiary_bench::stack::run(&args[1..]),
         Some("raft-load") => raft_load(&args[1..]),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown benchmark `{other}`: the benchmarks are: converge, failover, lb, overlay, raft, scheduler, stack"
+            "unknown benchmark `{other}`: the benchmarks are: converge, engine-api, failover, lb, overlay, raft, scheduler, stack"
         )),
         None => Err(anyhow::anyhow!(
-            "usage: apiary-bench converge|failover|lb|overlay|raft|scheduler|stack [--rounds N] [--seconds S]"
+            "usage: apiary-bench converge|engine-api|failover|lb|overlay|raft|scheduler|stack [--rounds N] [--seconds S]"
         )),
     };
     match r {

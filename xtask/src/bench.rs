@@ -14,16 +14,17 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
         "overlay" => &["iperf3", "iproute2", "util-linux"],
         "raft" => &["etcd-server", "etcd-client", "iproute2", "util-linux"],
         "scheduler" => &[],
-        "converge" | "failover" | "stack" => &["iproute2", "util-linux"],
+        "converge" | "failover" | "stack" | "engine-api" => &["iproute2", "util-linux"],
         other => {
-            bail!("unknown benchmark `{other}`: the benchmarks are: converge, failover, lb, overlay, raft, scheduler, stack")
+            bail!("unknown benchmark `{other}`: the benchmarks are: converge, engine-api, failover, lb, overlay, raft, scheduler, stack")
         }
     };
     ensure_packages(packages)?;
-    // Containers for `converge` and `stack` (and the images they run):
+    // Containers for `converge`, `stack` and `engine-api` (and the images
+    // they run):
     // Docker Engine started if it is not running, left running for the
     // benchmark.
-    let _dockerd = if name == "converge" || name == "stack" {
+    let _dockerd = if matches!(name, "converge" | "stack" | "engine-api") {
         let d = crate::docker::ensure_dockerd()?;
         crate::docker::build_images()?;
         if name == "stack" {

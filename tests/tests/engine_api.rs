@@ -582,6 +582,41 @@ fn docker_swarm_init_join_and_leave_make_the_cluster() {
     assert_eq!(table.lines().count(), 4, "{table}");
     let h3 = table.lines().find(|l| l.contains(" h3 ")).unwrap();
     assert!(h3.contains("Reachable"), "{table}");
+    // The tutorial's `docker swarm update`, and token rotation.
+    ok(
+        &lab,
+        debian,
+        0,
+        &[
+            "swarm",
+            "update",
+            "--task-history-limit",
+            "1",
+            "--dispatcher-heartbeat",
+            "2s",
+        ],
+    );
+    let out = lab.apiary(0, &["swarm", "inspect", "--json"]).out();
+    let settings = serde_json::from_str::<serde_json::Value>(&out).unwrap()["settings"].clone();
+    assert_eq!(settings["heartbeat_ms"], 2000, "{settings}");
+    assert_eq!(settings["task_history_limit"], 1, "{settings}");
+    let before = lab
+        .apiary(0, &["swarm", "join-token", "-q", "worker"])
+        .out();
+    ok(
+        &lab,
+        debian,
+        0,
+        &["swarm", "join-token", "--rotate", "worker"],
+    );
+    let after = lab
+        .apiary(0, &["swarm", "join-token", "-q", "worker"])
+        .out();
+    assert_ne!(
+        before.trim(),
+        after.trim(),
+        "the worker token was not rotated"
+    );
     // Settings Apiary cannot honour are refused by field, before anything.
     let bad = docker(
         &lab,

@@ -173,6 +173,11 @@ pub fn router(d: Arc<Daemon>) -> Router {
             axum::routing::post(swarm_join).layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
         )
         .route("/swarm/leave", axum::routing::post(swarm_leave))
+        .route(
+            "/swarm/update",
+            axum::routing::post(swarm_update)
+                .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node).delete(remove_node))
         .route(
@@ -571,9 +576,21 @@ fn refused(what: &str) -> impl FnOnce(spec_in::SpecError) -> EngineError + '_ {
     move |err| EngineError::new(StatusCode::BAD_REQUEST, format!("invalid {what}: {err}"))
 }
 
+/// Whether the swarm is autolocked (it has an unlock key).
+async fn autolocked(e: &Engine) -> Result<bool, EngineError> {
+    match e
+        .call::<crate::api::UnlockKeyReply>(Method::GET, "/v1/swarm/unlockkey", None)
+        .await
+    {
+        Ok(k) => Ok(k.unlock_key.is_some()),
+        Err(err) if err.status == StatusCode::NOT_FOUND => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 async fn swarm_inspect(State(e): State<Engine>) -> Reply {
     let s: crate::api::SwarmView = e.call(Method::GET, "/v1/swarm", None).await?;
-    json(&swarm::view(&s))
+    json(&swarm::view(&s, autolocked(&e).await?))
 }
 
 /// Answers the new node's id, as Docker does.
@@ -684,5 +701,45 @@ async fn remove_node(
             None,
         )
         .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `docker swarm update …` and `docker swarm join-token --rotate`.
+async fn swarm_update(
+    State(e): State<Engine>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: Bytes,
+) -> Reply {
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let current: crate::api::SwarmView = e.call(Method::GET, "/v1/swarm", None).await?;
+    let change = swarm::update(
+        body_json(&body, "swarm spec")?,
+        &current,
+        autolocked(&e).await?,
+    )
+    .map_err(refused("swarm spec"))?;
+    if flag("rotateManagerUnlockKey") {
+        return Err(EngineError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "rotating the unlock key through the Docker Engine API is not served yet: use `apiary swarm unlock-key --rotate`",
+        ));
+    }
+    // Checked whole before anything changes.
+    if !change.is_empty() {
+        let body = serde_json::to_vec(&change)
+            .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+        let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/update", Some(body)).await?;
+    }
+    for (param, role) in [
+        ("rotateWorkerToken", "worker"),
+        ("rotateManagerToken", "manager"),
+    ] {
+        if flag(param) {
+            let body = serde_json::to_vec(&serde_json::json!({ "role": role })).map_err(|err| {
+                EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+            })?;
+            let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/rotate", Some(body)).await?;
+        }
+    }
     Ok(StatusCode::OK.into_response())
 }

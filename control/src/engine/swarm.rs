@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::api::{InitRequest, LocalJoinRequest, SwarmView};
+use crate::model::SettingsChange;
 
 use super::spec_in::{err, number, object, rest, string, strings, take, SpecError};
 use super::types;
@@ -125,7 +126,7 @@ pub fn join(body: Value, daemon: std::net::SocketAddr) -> Result<LocalJoinReques
 }
 
 /// Apiary's swarm as Docker's `Swarm` object.
-pub fn view(s: &SwarmView) -> types::Swarm {
+pub fn view(s: &SwarmView, autolock: bool) -> types::Swarm {
     let t = super::convert::time(s.created_at);
     types::Swarm {
         id: s.id.clone(),
@@ -143,6 +144,9 @@ pub fn view(s: &SwarmView) -> types::Swarm {
             ca_config: types::CaConfig {
                 node_cert_expiry: s.settings.cert_expiry_s * 1_000_000_000,
             },
+            encryption_config: types::EncryptionConfig {
+                auto_lock_managers: autolock,
+            },
         },
         subnet_size: 24,
         join_tokens: types::JoinTokens {
@@ -150,4 +154,50 @@ pub fn view(s: &SwarmView) -> types::Swarm {
             manager: s.manager_token.clone(),
         },
     }
+}
+
+/// `POST /swarm/update`'s spec (the one the CLI read, changed) as the
+/// settings that differ from `current`; `autolock` is whether the swarm
+/// is autolocked now (changed only through `apiary swarm update`).
+pub fn update(
+    body: Value,
+    current: &SwarmView,
+    autolock: bool,
+) -> Result<SettingsChange, SpecError> {
+    let mut spec = object(Some(body), "SwarmSpec")?;
+    take(&mut spec, "Name");
+    take(&mut spec, "Labels");
+    let mut disp = object(take(&mut spec, "Dispatcher"), "Dispatcher")?;
+    let heartbeat = number(
+        take(&mut disp, "HeartbeatPeriod"),
+        "Dispatcher.HeartbeatPeriod",
+    )? / NS_PER_MS;
+    rest(&disp, "Dispatcher")?;
+    let mut ca = object(take(&mut spec, "CAConfig"), "CAConfig")?;
+    let expiry =
+        number(take(&mut ca, "NodeCertExpiry"), "CAConfig.NodeCertExpiry")? / 1_000_000_000;
+    rest(&ca, "CAConfig")?;
+    let mut orch = object(take(&mut spec, "Orchestration"), "Orchestration")?;
+    let history = take(&mut orch, "TaskHistoryRetentionLimit")
+        .map(|v| number(Some(v), "Orchestration.TaskHistoryRetentionLimit"))
+        .transpose()?;
+    rest(&orch, "Orchestration")?;
+    let mut enc = object(take(&mut spec, "EncryptionConfig"), "EncryptionConfig")?;
+    let lock = take(&mut enc, "AutoLockManagers")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    if lock != autolock {
+        return Err(err(
+            "EncryptionConfig.AutoLockManagers",
+            "autolock is turned on and off with `apiary swarm update --autolock=true|false`",
+        ));
+    }
+    rest(&enc, "EncryptionConfig")?;
+    rest(&spec, "SwarmSpec")?;
+    let now = &current.settings;
+    Ok(SettingsChange {
+        heartbeat_ms: (heartbeat > 0 && heartbeat != now.heartbeat_ms).then_some(heartbeat),
+        cert_expiry_s: (expiry > 0 && expiry != now.cert_expiry_s).then_some(expiry),
+        task_history_limit: history.filter(|h| *h != now.task_history_limit),
+    })
 }

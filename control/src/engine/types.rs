@@ -363,6 +363,13 @@ pub struct SwarmSpec {
     pub dispatcher: Dispatcher,
     #[serde(rename = "CAConfig")]
     pub ca_config: CaConfig,
+    pub encryption_config: EncryptionConfig,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct EncryptionConfig {
+    pub auto_lock_managers: bool,
 }
 
 #[derive(Serialize, Debug)]

@@ -30,6 +30,9 @@ pub struct DaemonConfig {
     /// Where the Docker Engine API is served (root only, as `socket`);
     /// `None`: not served.
     pub engine_socket: Option<PathBuf>,
+    /// The node's own Docker Engine, which the Engine API's node-local
+    /// endpoints (`/containers`, `/images`, …) are forwarded to.
+    pub docker_socket: PathBuf,
     /// Where the TLS API listens once the node is in a swarm.
     pub listen: SocketAddr,
     pub hostname: String,

@@ -129,6 +129,7 @@ fn run_swarm(args: DaemonArgs) -> anyhow::Result<()> {
         data_dir,
         socket: args.socket,
         engine_socket: (args.engine_socket != Path::new("none")).then_some(args.engine_socket),
+        docker_socket: PathBuf::from(engine),
         listen: args.listen_addr,
         hostname,
         snapshot_every: args.raft_snapshot_every,

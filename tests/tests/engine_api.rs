@@ -330,13 +330,21 @@ fn the_docker_cli_reads_the_swarm_its_nodes_and_services() {
         ok(&lab, c, 0, &["network", "rm", &net]);
         assert!(!lab.apiary(0, &["network", "ls"]).out().contains(&net));
 
-        // What is not served says so, by endpoint.
+        // The node's own engine answers `docker ps`, as on a Swarm node.
         let ps = docker(&lab, c, 0, &["container", "ls"]);
         assert!(
-            !ps.ok && ps.stderr.contains("does not serve GET /containers/json"),
+            ps.ok && ps.stdout.starts_with("CONTAINER ID"),
             "{}{}",
             ps.stdout,
             ps.stderr
+        );
+        // What is not served says so, by endpoint.
+        let plugins = docker(&lab, c, 0, &["plugin", "ls"]);
+        assert!(
+            !plugins.ok && plugins.stderr.contains("does not serve GET /plugins"),
+            "{}{}",
+            plugins.stdout,
+            plugins.stderr
         );
     }
 }
@@ -388,6 +396,9 @@ fn docker_service_create_and_rm_drive_the_cluster() {
                 .unwrap_or_else(|| panic!("{to} does not answer"));
             assert_eq!(a.client.ip(), client_addr(), "the client's own address");
         }
+        // Its containers, as the node's engine lists them.
+        let images = ok(&lab, c, 0, &["ps", "--format", "{{.Image}}"]);
+        assert!(images.lines().any(|l| l == "apiary/whoami:dev"), "{images}");
         // Logs: every task's output, named by task and node as the CLI
         // prints them (it reads the `details` labels of each line).
         let out = docker(&lab, c, 0, &["service", "logs", "my_nginx"]);

@@ -6,6 +6,7 @@
 //! check stay in one place.
 
 mod convert;
+mod forward;
 mod logs;
 mod networks;
 mod objects;
@@ -134,6 +135,7 @@ fn strip_version(mut req: Request) -> Request {
     if !is_version {
         return req;
     }
+    let original = forward::Versioned(uri.clone());
     let path = format!("/{tail}");
     let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -141,6 +143,7 @@ fn strip_version(mut req: Request) -> Request {
     };
     if let Ok(new) = pq.parse() {
         *req.uri_mut() = new;
+        req.extensions_mut().insert(original);
     }
     req
 }
@@ -212,7 +215,16 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .layer(axum::middleware::map_response(add_api_version))
 }
 
-async fn not_served(method: Method, uri: hyper::Uri) -> EngineError {
+/// The node's engine's endpoints are forwarded to it; anything else is
+/// not served, and says so.
+async fn not_served(State(e): State<Engine>, req: Request) -> Response {
+    if forward::is_local(req.uri().path()) {
+        return forward::forward(&e, req).await;
+    }
+    not_served_error(req.method().clone(), req.uri().clone()).into_response()
+}
+
+fn not_served_error(method: Method, uri: hyper::Uri) -> EngineError {
     EngineError::new(
         StatusCode::NOT_IMPLEMENTED,
         format!(

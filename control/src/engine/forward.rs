@@ -1,0 +1,143 @@
+//! The Engine API's node-local endpoints (`docker ps`, `images`, `logs`,
+//! `events`, `volume`) are the node's own Docker Engine's: forwarded to
+//! it, as a Swarm node's engine answers them itself. Connection upgrades
+//! (interactive `attach`/`exec`) are not forwarded yet.
+
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use hyper::{StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+
+use super::{Engine, EngineError};
+
+/// Paths (without the version prefix) the node's engine answers.
+const LOCAL: [&str; 7] = [
+    "/containers",
+    "/images",
+    "/exec",
+    "/events",
+    "/volumes",
+    "/system/df",
+    "/build",
+];
+
+/// The URI as the client sent it, version prefix and all (the engine
+/// answers in the version the client negotiated).
+#[derive(Clone)]
+pub(super) struct Versioned(pub Uri);
+
+pub(super) fn is_local(path: &str) -> bool {
+    LOCAL
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+pub(super) async fn forward(e: &Engine, mut req: Request) -> Response {
+    match send(e, &mut req).await {
+        Ok(r) => r,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn send(e: &Engine, req: &mut Request) -> Result<Response, EngineError> {
+    if req.headers().contains_key(hyper::header::UPGRADE) {
+        return Err(EngineError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "Apiary does not forward interactive streams ({} {}) to the node's Docker Engine yet: use its own socket",
+                req.method(),
+                req.uri().path()
+            ),
+        ));
+    }
+    let sock = &e.d.cfg.docker_socket;
+    let unavailable = |why: String| {
+        EngineError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the node's Docker Engine at {} does not answer: {why}",
+                sock.display()
+            ),
+        )
+    };
+    let stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::UnixStream::connect(sock),
+    )
+    .await
+    .map_err(|_| unavailable("no connection within 2 s".into()))?
+    .map_err(|x| unavailable(x.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|x| unavailable(x.to_string()))?;
+    tokio::spawn(conn);
+    let mut uri = req
+        .extensions()
+        .get::<Versioned>()
+        .map(|v| v.0.clone())
+        .unwrap_or_else(|| req.uri().clone());
+    // A client that negotiated a newer version with Apiary than the
+    // engine speaks is heard in the engine's newest one.
+    if let Some(asked) = version_of(&uri) {
+        let ping = hyper::Request::head("/_ping")
+            .header(hyper::header::HOST, "docker")
+            .body(axum::body::Body::empty())
+            .map_err(|x| unavailable(x.to_string()))?;
+        let pong = sender
+            .send_request(ping)
+            .await
+            .map_err(|x| unavailable(x.to_string()))?;
+        let engine = pong
+            .headers()
+            .get("api-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_version);
+        // Read to its end, so the connection takes the next request.
+        let _ = http_body_util::BodyExt::collect(pong.into_body()).await;
+        if let Some(engine) = engine.filter(|e| *e < asked) {
+            uri = with_version(&uri, engine).unwrap_or(uri);
+        }
+        sender
+            .ready()
+            .await
+            .map_err(|x| unavailable(x.to_string()))?;
+    }
+    let mut out = hyper::Request::builder()
+        .method(req.method().clone())
+        .uri(uri);
+    for (k, v) in req.headers() {
+        out = out.header(k, v);
+    }
+    let body = std::mem::take(req.body_mut());
+    let out = out
+        .body(body)
+        .map_err(|x| EngineError::new(StatusCode::BAD_REQUEST, x.to_string()))?;
+    let resp = sender
+        .send_request(out)
+        .await
+        .map_err(|x| unavailable(x.to_string()))?;
+    Ok(resp.map(axum::body::Body::new))
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The `vMAJOR.MINOR` a path starts with.
+fn version_of(uri: &Uri) -> Option<(u32, u32)> {
+    let rest = uri.path().strip_prefix("/v")?;
+    parse_version(rest.split('/').next()?)
+}
+
+fn with_version(uri: &Uri, (a, b): (u32, u32)) -> Option<Uri> {
+    let rest = uri.path().strip_prefix("/v")?;
+    let tail = rest.split_once('/').map_or("", |(_, t)| t);
+    let pq = match uri.query() {
+        Some(q) => format!("/v{a}.{b}/{tail}?{q}"),
+        None => format!("/v{a}.{b}/{tail}"),
+    };
+    pq.parse().ok()
+}

@@ -91,7 +91,10 @@ pub fn node(n: &NodeView) -> types::Node {
 }
 
 /// A label filter `k` or `k=v` against `labels`.
-fn label_matches(labels: &std::collections::BTreeMap<String, String>, want: &str) -> bool {
+pub(super) fn label_matches(
+    labels: &std::collections::BTreeMap<String, String>,
+    want: &str,
+) -> bool {
     match want.split_once('=') {
         Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
         None => labels.contains_key(want),

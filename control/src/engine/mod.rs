@@ -117,6 +117,33 @@ impl Engine {
     }
 }
 
+/// A request body for Apiary's API.
+fn to_body<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, EngineError> {
+    serde_json::to_vec(v)
+        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))
+}
+
+/// Refuses an update made from a copy older than `at` (Docker's
+/// `update out of sequence`).
+fn check_version(
+    what: &str,
+    name: &str,
+    at: u64,
+    asked: Option<&String>,
+) -> Result<(), EngineError> {
+    match asked {
+        Some(v) if v.parse::<u64>().ok() == Some(at) => Ok(()),
+        Some(v) => Err(EngineError::new(
+            StatusCode::CONFLICT,
+            format!("update out of sequence: {what} {name} is at version {at}, not {v}; inspect it again and retry"),
+        )),
+        None => Err(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            format!("an update needs the {what}'s version (?version=N, from its inspect)"),
+        )),
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Reply {
     Ok(crate::http::json_response(StatusCode::OK, v).into_response())
 }
@@ -467,8 +494,7 @@ async fn create_service(State(e): State<Engine>, body: Bytes) -> Reply {
             format!("invalid service spec: {err}"),
         )
     })?;
-    let body = serde_json::to_vec(&spec)
-        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let body = to_body(&spec)?;
     let made: ServiceView = e.call(Method::POST, "/v1/services", Some(body)).await?;
     #[derive(serde::Serialize)]
     struct Created {
@@ -514,25 +540,13 @@ async fn update_service(
     let current: ServiceView = e
         .call(Method::GET, &format!("/v1/services/{id}"), None)
         .await?;
-    let version: u64 = q
-        .get("version")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            EngineError::new(
-                StatusCode::BAD_REQUEST,
-                "an update needs the service's version (?version=N, from its inspect)",
-            )
-        })?;
-    if version != current.version {
-        // Someone else changed it since the caller read it.
-        return Err(EngineError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "update out of sequence: service {} is at version {}, not {version}; inspect it again and retry",
-                current.spec.name, current.version
-            ),
-        ));
-    }
+    // Someone else may have changed it since the caller read it.
+    check_version(
+        "service",
+        &current.spec.name,
+        current.version,
+        q.get("version"),
+    )?;
     let path = match q.get("rollback").map(String::as_str) {
         Some("previous") => {
             let _: ServiceView = e
@@ -569,8 +583,7 @@ async fn update_service(
         )
     })?;
     let spec = spec_in::merge(&current.spec, docker);
-    let body = serde_json::to_vec(&serde_json::json!({ "spec": spec }))
-        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let body = to_body(&serde_json::json!({ "spec": spec }))?;
     let _: ServiceView = e.call(Method::POST, &path, Some(body)).await?;
     Ok(crate::http::json_response(StatusCode::OK, &serde_json::json!({})).into_response())
 }
@@ -609,8 +622,7 @@ async fn swarm_inspect(State(e): State<Engine>) -> Reply {
 async fn swarm_init(State(e): State<Engine>, body: Bytes) -> Reply {
     let req = swarm::init(body_json(&body, "swarm init request")?, e.d.cfg.listen)
         .map_err(refused("swarm init request"))?;
-    let body = serde_json::to_vec(&req)
-        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let body = to_body(&req)?;
     let made: crate::api::InitReply = e.call(Method::POST, "/v1/swarm/init", Some(body)).await?;
     json(&made.node_id)
 }
@@ -618,8 +630,7 @@ async fn swarm_init(State(e): State<Engine>, body: Bytes) -> Reply {
 async fn swarm_join(State(e): State<Engine>, body: Bytes) -> Reply {
     let req = swarm::join(body_json(&body, "swarm join request")?, e.d.cfg.listen)
         .map_err(refused("swarm join request"))?;
-    let body = serde_json::to_vec(&req)
-        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let body = to_body(&req)?;
     let _: serde_json::Value = e
         .call(Method::POST, "/v1/swarm/join-local", Some(body))
         .await?;
@@ -631,8 +642,7 @@ async fn swarm_leave(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
     let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
-    let body = serde_json::to_vec(&serde_json::json!({ "force": force }))
-        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let body = to_body(&serde_json::json!({ "force": force }))?;
     let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/leave", Some(body)).await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -649,18 +659,12 @@ async fn update_node(
     let current: NodeView = e
         .call(Method::GET, &format!("/v1/nodes/{id}"), None)
         .await?;
-    let version: Option<u64> = q.get("version").and_then(|v| v.parse().ok());
-    if version != Some(current.updated_at) {
-        return Err(EngineError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "update out of sequence: node {} is at version {}, not {}; inspect it again and retry",
-                current.hostname,
-                current.updated_at,
-                q.get("version").map_or("(none)", String::as_str)
-            ),
-        ));
-    }
+    check_version(
+        "node",
+        &current.hostname,
+        current.updated_at,
+        q.get("version"),
+    )?;
     let want = spec_in::node_spec(body_json(&body, "node spec")?).map_err(refused("node spec"))?;
     let name = current.id.clone();
     if want.role != current.role {
@@ -683,12 +687,11 @@ async fn update_node(
         .filter(|(k, v)| current.labels.get(*k) != Some(*v))
         .collect();
     if want.availability != current.availability || !label_rm.is_empty() || !label_add.is_empty() {
-        let body = serde_json::to_vec(&serde_json::json!({
+        let body = to_body(&serde_json::json!({
             "availability": serde_json::to_value(want.availability).ok(),
             "label_add": label_add,
             "label_rm": label_rm,
-        }))
-        .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+        }))?;
         let _: serde_json::Value = e
             .call(
                 Method::POST,
@@ -738,8 +741,7 @@ async fn swarm_update(
     }
     // Checked whole before anything changes.
     if !change.is_empty() {
-        let body = serde_json::to_vec(&change)
-            .map_err(|err| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+        let body = to_body(&change)?;
         let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/update", Some(body)).await?;
     }
     for (param, role) in [
@@ -747,9 +749,7 @@ async fn swarm_update(
         ("rotateManagerToken", "manager"),
     ] {
         if flag(param) {
-            let body = serde_json::to_vec(&serde_json::json!({ "role": role })).map_err(|err| {
-                EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
-            })?;
+            let body = to_body(&serde_json::json!({ "role": role }))?;
             let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/rotate", Some(body)).await?;
         }
     }

@@ -13,7 +13,7 @@ use hyper::{Method, StatusCode};
 use serde::Serialize;
 
 use super::spec_in::{err, object, rest, string, take, SpecError};
-use super::{body_json, filters, json, refused, segment, Engine, EngineError, Reply, SPEC_LIMIT};
+use super::{body_json, filters, json, refused, segment, Engine, Reply, SPEC_LIMIT};
 use crate::api::networks::NetworkView;
 
 #[derive(Serialize, Debug)]
@@ -145,10 +145,7 @@ async fn list(
             "driver" => n.network.driver == *v,
             "scope" => v == "swarm",
             "type" => v == "custom",
-            "label" => match v.split_once('=') {
-                Some((lk, lv)) => n.network.labels.get(lk).is_some_and(|x| x == lv),
-                None => n.network.labels.contains_key(v),
-            },
+            "label" => super::convert::label_matches(&n.network.labels, v),
             _ => false,
         })
     };
@@ -157,8 +154,7 @@ async fn list(
 
 async fn create(State(e): State<Engine>, body: Bytes) -> Reply {
     let req = create_request(body_json(&body, "network spec")?).map_err(refused("network spec"))?;
-    let body = serde_json::to_vec(&req)
-        .map_err(|x| EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, x.to_string()))?;
+    let body = super::to_body(&req)?;
     let id: String = e.call(Method::POST, "/v1/networks", Some(body)).await?;
     #[derive(Serialize)]
     struct Created {

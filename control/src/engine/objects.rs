@@ -99,10 +99,7 @@ async fn list(e: Engine, kind: &str, q: std::collections::HashMap<String, String
         f.iter().all(|(k, v)| match k.as_str() {
             "id" => o.id.starts_with(v.as_str()),
             "name" => o.name.starts_with(v.as_str()),
-            "label" => match v.split_once('=') {
-                Some((lk, lv)) => o.labels.get(lk).is_some_and(|x| x == lv),
-                None => o.labels.contains_key(v),
-            },
+            "label" => super::convert::label_matches(&o.labels, v),
             _ => false,
         })
     };
@@ -112,8 +109,7 @@ async fn list(e: Engine, kind: &str, q: std::collections::HashMap<String, String
 async fn create(e: Engine, kind: &str, body: Bytes) -> Reply {
     let what = format!("{} spec", kind.trim_end_matches('s'));
     let req = create_request(body_json(&body, &what)?).map_err(refused(&what))?;
-    let body = serde_json::to_vec(&req)
-        .map_err(|x| super::EngineError::new(StatusCode::INTERNAL_SERVER_ERROR, x.to_string()))?;
+    let body = super::to_body(&req)?;
     let id: String = e
         .call(Method::POST, &format!("/v1/{kind}"), Some(body))
         .await?;

@@ -210,10 +210,7 @@ impl FileRef {
             }
         }
         let source = source.ok_or_else(|| format!("invalid {flag} {s:?}: source is required"))?;
-        let target = target.unwrap_or_else(|| match kind {
-            Kind::Secret => source.clone(),
-            Kind::Config => format!("/{source}"),
-        });
+        let target = target.unwrap_or_else(|| Self::default_target(kind, &source));
         let r = FileRef {
             source,
             target,
@@ -224,6 +221,15 @@ impl FileRef {
         };
         r.check(kind)?;
         Ok(r.normalized(kind))
+    }
+
+    /// Where an object lands without a target, as Docker puts it: a
+    /// secret under /run/secrets by its name, a config at `/NAME`.
+    pub fn default_target(kind: Kind, source: &str) -> String {
+        match kind {
+            Kind::Secret => source.to_string(),
+            Kind::Config => format!("/{source}"),
+        }
     }
 
     /// A secret's target as a path under /run/secrets (`/run/secrets/x`

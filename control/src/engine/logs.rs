@@ -78,7 +78,7 @@ pub(super) async fn service_logs(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Reply {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let flag = |k: &str| super::flag(&q, k);
     let (want_out, want_err) = (flag("stdout"), flag("stderr"));
     if !want_out && !want_err {
         return Err(EngineError::new(

@@ -144,6 +144,17 @@ fn check_version(
     }
 }
 
+/// Docker's answer to a create: 201 and the new object's `ID`.
+fn created(id: String) -> Reply {
+    let v = serde_json::json!({ "ID": id });
+    Ok(crate::http::json_response(StatusCode::CREATED, &v).into_response())
+}
+
+/// A boolean query parameter as Docker's clients send it (`1`, `true`).
+fn flag(q: &std::collections::HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Reply {
     Ok(crate::http::json_response(StatusCode::OK, v).into_response())
 }
@@ -156,9 +167,10 @@ fn strip_version(mut req: Request) -> Request {
         return req;
     };
     let (ver, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let is_version = ver.split_once('.').is_some_and(|(a, b)| {
-        !a.is_empty() && !b.is_empty() && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
-    });
+    let digits = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit());
+    let is_version = ver
+        .split_once('.')
+        .is_some_and(|(a, b)| digits(a) && digits(b));
     if !is_version {
         return req;
     }
@@ -410,7 +422,7 @@ async fn services(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
     let f = filters(&q)?;
-    let status = q.get("status").is_some_and(|s| s == "true" || s == "1");
+    let status = flag(&q, "status");
     let all: Vec<ServiceView> = e.call(Method::GET, "/v1/services", None).await?;
     json(
         &all.iter()
@@ -482,26 +494,11 @@ async fn task(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
 }
 
 async fn create_service(State(e): State<Engine>, body: Bytes) -> Reply {
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|err| {
-        EngineError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the service spec is not JSON: {err}"),
-        )
-    })?;
-    let spec = spec_in::service_spec(v).map_err(|err| {
-        EngineError::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid service spec: {err}"),
-        )
-    })?;
+    let spec = spec_in::service_spec(body_json(&body, "service spec")?)
+        .map_err(refused("service spec"))?;
     let body = to_body(&spec)?;
     let made: ServiceView = e.call(Method::POST, "/v1/services", Some(body)).await?;
-    #[derive(serde::Serialize)]
-    struct Created {
-        #[serde(rename = "ID")]
-        id: String,
-    }
-    Ok(crate::http::json_response(StatusCode::CREATED, &Created { id: made.id }).into_response())
+    created(made.id)
 }
 
 async fn remove_service(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
@@ -570,18 +567,8 @@ async fn update_service(
             ))
         }
     };
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|err| {
-        EngineError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the service spec is not JSON: {err}"),
-        )
-    })?;
-    let docker = spec_in::service_spec(v).map_err(|err| {
-        EngineError::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid service spec: {err}"),
-        )
-    })?;
+    let docker = spec_in::service_spec(body_json(&body, "service spec")?)
+        .map_err(refused("service spec"))?;
     let spec = spec_in::merge(&current.spec, docker);
     let body = to_body(&serde_json::json!({ "spec": spec }))?;
     let _: ServiceView = e.call(Method::POST, &path, Some(body)).await?;
@@ -641,7 +628,7 @@ async fn swarm_leave(
     State(e): State<Engine>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
-    let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
+    let force = flag(&q, "force");
     let body = to_body(&serde_json::json!({ "force": force }))?;
     let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/leave", Some(body)).await?;
     Ok(StatusCode::OK.into_response())
@@ -708,7 +695,7 @@ async fn remove_node(
     Path(id): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
-    let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
+    let force = flag(&q, "force");
     let _: serde_json::Value = e
         .call(
             Method::DELETE,
@@ -725,7 +712,6 @@ async fn swarm_update(
     Query(q): Query<std::collections::HashMap<String, String>>,
     body: Bytes,
 ) -> Reply {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
     let current: crate::api::SwarmView = e.call(Method::GET, "/v1/swarm", None).await?;
     let change = swarm::update(
         body_json(&body, "swarm spec")?,
@@ -733,7 +719,7 @@ async fn swarm_update(
         autolocked(&e).await?,
     )
     .map_err(refused("swarm spec"))?;
-    if flag("rotateManagerUnlockKey") {
+    if flag(&q, "rotateManagerUnlockKey") {
         return Err(EngineError::new(
             StatusCode::NOT_IMPLEMENTED,
             "rotating the unlock key through the Docker Engine API is not served yet: use `apiary swarm unlock-key --rotate`",
@@ -748,7 +734,7 @@ async fn swarm_update(
         ("rotateWorkerToken", "worker"),
         ("rotateManagerToken", "manager"),
     ] {
-        if flag(param) {
+        if flag(&q, param) {
             let body = to_body(&serde_json::json!({ "role": role }))?;
             let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/rotate", Some(body)).await?;
         }

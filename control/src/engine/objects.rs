@@ -113,12 +113,7 @@ async fn create(e: Engine, kind: &str, body: Bytes) -> Reply {
     let id: String = e
         .call(Method::POST, &format!("/v1/{kind}"), Some(body))
         .await?;
-    #[derive(Serialize)]
-    struct Created {
-        #[serde(rename = "ID")]
-        id: String,
-    }
-    Ok(crate::http::json_response(StatusCode::CREATED, &Created { id }).into_response())
+    super::created(id)
 }
 
 async fn inspect(e: Engine, kind: &str, id: String) -> Reply {

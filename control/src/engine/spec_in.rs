@@ -263,12 +263,21 @@ fn file_refs(v: Option<Value>, kind: &str) -> Result<Vec<crate::objects::FileRef
                     .and_then(|m| u32::try_from(m).ok())
                     .ok_or_else(|| err(&format!("{path}.File.Mode"), "must be a file mode"))?,
             };
-            let mut target = string(take(&mut file, "Name"), &format!("{path}.File.Name"))?
+            let object_kind = if kind == "Config" {
+                crate::objects::Kind::Config
+            } else {
+                crate::objects::Kind::Secret
+            };
+            // A relative config target is taken from `/`, as Docker does.
+            let target = match string(take(&mut file, "Name"), &format!("{path}.File.Name"))?
                 .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| source.clone());
-            if kind == "Config" && !target.starts_with('/') {
-                target = format!("/{target}");
-            }
+            {
+                None => crate::objects::FileRef::default_target(object_kind, &source),
+                Some(t) if object_kind == crate::objects::Kind::Config && !t.starts_with('/') => {
+                    crate::objects::FileRef::default_target(object_kind, &t)
+                }
+                Some(t) => t,
+            };
             rest(&file, &format!("{path}.File"))?;
             rest(&o, &path)?;
             Ok(crate::objects::FileRef {

@@ -806,3 +806,100 @@ fn docker_stack_deploy_runs_the_tutorials_secrets_stack() {
         .out()
         .contains("my_app_backend"));
 }
+
+/// `(status, body)` of a raw request to host `h`'s engine socket.
+fn raw(lab: &Lab, h: usize, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    use std::io::Write;
+    let sock = lab.daemons[h]
+        .socket
+        .as_ref()
+        .unwrap()
+        .with_file_name("docker.sock");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "--path-as-is",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+    ])
+    .arg(&sock)
+    .args(["-X", method, "-H", "content-type: application/json"]);
+    if body.is_some() {
+        cmd.args(["--data-binary", "@-"]);
+    }
+    let mut child = cmd
+        .arg(format!("http://engine{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.unwrap_or_default());
+    let out = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// What no CLI sends: too big, not JSON, bad filters, paths that try to
+/// reach past their segment, a worker asked to change the cluster. Each is
+/// refused with Docker's status and a message, and nothing changes.
+#[test]
+fn hostile_requests_to_the_engine_socket_are_refused_and_change_nothing() {
+    let lab = swarm(1, 1).unwrap();
+    let spec = br#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"apiary/whoami:dev"}}}"#;
+    let mut huge = br#"{"Name":"x","Labels":{"pad":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 2 << 20));
+    huge.extend(br#""}}"#);
+    let (code, _) = raw(&lab, 0, "POST", "/v1.41/services/create", Some(&huge));
+    assert_eq!(code, 413, "a 2 MiB spec");
+    let (code, body) = raw(
+        &lab,
+        0,
+        "POST",
+        "/v1.41/services/create",
+        Some(b"{not json"),
+    );
+    assert!(code == 400 && body.contains("not JSON"), "{code} {body}");
+    let (code, body) = raw(&lab, 0, "POST", "/v1.41/services/create", Some(b"[1,2]"));
+    assert!(
+        code == 400 && body.contains("must be an object"),
+        "{code} {body}"
+    );
+    let (code, body) = raw(&lab, 0, "GET", "/v1.41/services?filters=%7Bnope", None);
+    assert!(
+        code == 400 && body.contains("invalid filters"),
+        "{code} {body}"
+    );
+    let (code, body) = raw(
+        &lab,
+        0,
+        "GET",
+        "/v1.41/nodes?filters=%7B%22role%22%3A5%7D",
+        None,
+    );
+    assert!(code == 400 && body.contains("not a set"), "{code} {body}");
+    // An encoded slash stays inside its segment; `..` names no service.
+    let (code, body) = raw(&lab, 0, "GET", "/v1.41/services/..%2Fnodes", None);
+    assert!(
+        code == 400 && body.contains("invalid name or id"),
+        "{code} {body}"
+    );
+    let (code, _) = raw(&lab, 0, "DELETE", "/v1.41/services/..", None);
+    assert_eq!(code, 404);
+    let long = "a".repeat(300);
+    let (code, _) = raw(&lab, 0, "GET", &format!("/v1.41/nodes/{long}"), None);
+    assert_eq!(code, 400);
+    // A worker's socket does not change the cluster.
+    let (code, body) = raw(&lab, 1, "POST", "/v1.41/services/create", Some(spec));
+    assert!(
+        code == 503 && body.contains("This node is not a swarm manager"),
+        "{code} {body}"
+    );
+    assert_eq!(lab.apiary(0, &["service", "ls", "-q"]).out(), "");
+}

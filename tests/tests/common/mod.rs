@@ -134,7 +134,12 @@ impl KeepAlive {
 }
 
 pub fn udp_once(to: SocketAddr) -> std::io::Result<Answer> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    udp_once_from(0, to)
+}
+
+/// [`udp_once`] from client port `port` (0: any).
+pub fn udp_once_from(port: u16, to: SocketAddr) -> std::io::Result<Answer> {
+    let s = UdpSocket::bind(("0.0.0.0", port))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.send_to(b"hello", to)?;
     let mut buf = [0u8; 1500];

@@ -69,7 +69,11 @@ async fn serve(listener: TcpListener, id: Identity, raft: Raft) {
 
 fn identity(ca: &(String, String), node_id: u64) -> anyhow::Result<Identity> {
     let (key_pem, csr) = tls::new_key_and_csr()?;
-    let cert_pem = tls::sign_node(&ca.0, &ca.1, &csr, node_id, Role::Manager, 86_400)?;
+    let dialled = tls::Dialled {
+        addr: "127.0.0.1",
+        hostname: "localhost",
+    };
+    let cert_pem = tls::sign_node(&ca.0, &ca.1, &csr, node_id, Role::Manager, dialled, 86_400)?;
     Ok(Identity {
         node_id,
         ca_pem: ca.0.clone(),

@@ -113,7 +113,19 @@ mod tests {
 
     fn node_files(dir: &Path, ca: &str, ca_key: &str) -> (String, String) {
         let (key, csr) = tls::new_key_and_csr().unwrap();
-        let cert = tls::sign_node(ca, ca_key, &csr, 7, crate::model::Role::Manager, 3600).unwrap();
+        let cert = tls::sign_node(
+            ca,
+            ca_key,
+            &csr,
+            7,
+            crate::model::Role::Manager,
+            tls::Dialled {
+                addr: "127.0.0.1:2377",
+                hostname: "m1",
+            },
+            3600,
+        )
+        .unwrap();
         std::fs::write(dir.join("ca.pem"), ca).unwrap();
         (cert, key)
     }

@@ -436,7 +436,11 @@ impl Daemon {
         });
         let tasks = vec![
             tokio::spawn(crate::server::serve_tls(
-                crate::api::router(self.clone()),
+                // `--engine-socket none` turns the Engine API off on both doors.
+                match self.cfg.engine_socket {
+                    Some(_) => crate::engine::tls_router(self.clone()),
+                    None => crate::api::router(self.clone()),
+                },
                 j.clone(),
                 listener,
                 self.cfg.limits,
@@ -1172,7 +1176,19 @@ mod tests {
         Identity {
             node_id: id,
             ca_pem: ca.into(),
-            cert_pem: tls::sign_node(ca, ca_key, &csr, id, Role::Worker, 3600).unwrap(),
+            cert_pem: tls::sign_node(
+                ca,
+                ca_key,
+                &csr,
+                id,
+                Role::Worker,
+                tls::Dialled {
+                    addr: "127.0.0.1",
+                    hostname: "test",
+                },
+                3600,
+            )
+            .unwrap(),
             key_pem,
         }
     }

@@ -128,22 +128,78 @@ pub fn new_key_and_csr() -> Result<(String, String), TlsError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Where clients reach a node: its address (`IP` or `IP:PORT`) and
+/// hostname, as the manager's state has them.
+#[derive(Clone, Copy, Debug)]
+pub struct Dialled<'a> {
+    pub addr: &'a str,
+    pub hostname: &'a str,
+}
+
+impl Dialled<'_> {
+    /// The subject alternative names a manager's certificate carries so
+    /// that `docker --tlsverify -H tcp://IP:PORT` (or the hostname)
+    /// verifies it: the address, and the hostname when it is a DNS name.
+    /// A worker's names only [`SERVER_NAME`]: nobody dials a worker, and a
+    /// worker's claims about its address must not become a name others
+    /// trust.
+    fn sans(&self) -> Vec<SanType> {
+        let ip = self
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| self.addr.parse::<std::net::IpAddr>());
+        let mut out = Vec::new();
+        if let Ok(ip) = ip {
+            if !ip.is_unspecified() {
+                out.push(SanType::IpAddress(ip));
+            }
+        }
+        if is_dns_name(self.hostname) {
+            if let Ok(name) = self.hostname.try_into() {
+                out.push(SanType::DnsName(name));
+            }
+        }
+        out
+    }
+}
+
+/// A hostname usable as a certificate's DNS name: labels of letters,
+/// digits and inner hyphens, 253 bytes at most, not all digits and dots
+/// (that would read as an address).
+fn is_dns_name(h: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    h.len() <= 253 && h.split('.').all(label) && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
 /// Signs a node certificate for the CSR's key. The subject (id and role)
-/// comes from the manager's state, never from the CSR.
+/// and a manager's names come from the manager's state, never from the
+/// CSR.
 pub fn sign_node(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     csr_pem: &str,
     node_id: u64,
     role: crate::model::Role,
+    dialled: Dialled<'_>,
     validity_s: u64,
 ) -> Result<String, TlsError> {
+    let names = match role {
+        crate::model::Role::Manager => dialled.sans(),
+        crate::model::Role::Worker => Vec::new(),
+    };
     sign(
         ca_cert_pem,
         ca_key_pem,
         csr_pem,
         &crate::model::show_id(node_id),
         role.into(),
+        names,
         validity_s,
     )
 }
@@ -184,6 +240,7 @@ pub fn sign_client(
         csr_pem,
         name,
         CertRole::Client,
+        Vec::new(),
         validity_s,
     )
 }
@@ -194,6 +251,7 @@ fn sign(
     csr_pem: &str,
     cn: &str,
     role: CertRole,
+    names: Vec<SanType>,
     validity_s: u64,
 ) -> Result<String, TlsError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
@@ -207,6 +265,7 @@ fn sign(
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     } else {
         p.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
+        p.subject_alt_names.extend(names);
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -532,11 +591,75 @@ mod tests {
         assert!(Token::parse("APIARY-1-abc-def").is_err());
     }
 
+    /// The subject alternative names of a PEM certificate, as text.
+    fn sans(cert: &str) -> Vec<String> {
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        x.subject_alternative_name()
+            .unwrap()
+            .map(|e| {
+                e.value
+                    .general_names
+                    .iter()
+                    .map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                        x509_parser::extensions::GeneralName::IPAddress(b) => {
+                            let o: [u8; 4] = (*b).try_into().unwrap();
+                            std::net::Ipv4Addr::from(o).to_string()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_managers_certificate_names_its_address_and_hostname_and_a_workers_does_not() {
+        let (ca, ca_key) = new_ca("c1").unwrap();
+        let sign = |role, addr, hostname| {
+            let (_, csr) = new_key_and_csr().unwrap();
+            let d = Dialled { addr, hostname };
+            sans(&sign_node(&ca, &ca_key, &csr, 1, role, d, 3600).unwrap())
+        };
+        use crate::model::Role::{Manager, Worker};
+        assert_eq!(
+            sign(Manager, "192.0.2.7:2377", "m1.example"),
+            ["apiary-node", "192.0.2.7", "m1.example"]
+        );
+        assert_eq!(
+            sign(Manager, "192.0.2.8", "m2"),
+            ["apiary-node", "192.0.2.8", "m2"]
+        );
+        assert_eq!(sign(Worker, "192.0.2.9:2377", "w1"), ["apiary-node"]);
+        // A hostname that is no DNS name (a wildcard, an address, empty
+        // labels, a control character) is left out; so is 0.0.0.0.
+        for bad in ["*.example", "10.0.0.1", "a..b", "-a", "a\nb", "é", ""] {
+            assert_eq!(
+                sign(Manager, "0.0.0.0:2377", bad),
+                ["apiary-node"],
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn issued_certificate_names_the_node_and_chains_to_the_ca() {
         let (ca, ca_key) = new_ca("c1").unwrap();
         let (key, csr) = new_key_and_csr().unwrap();
-        let cert = sign_node(&ca, &ca_key, &csr, 0xfeed, crate::model::Role::Worker, 3600).unwrap();
+        let cert = sign_node(
+            &ca,
+            &ca_key,
+            &csr,
+            0xfeed,
+            crate::model::Role::Worker,
+            Dialled {
+                addr: "192.0.2.7:2377",
+                hostname: "w1",
+            },
+            3600,
+        )
+        .unwrap();
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         assert_eq!(
             peer_cert(&der),

@@ -417,18 +417,35 @@ fn docker_service_create_and_rm_drive_the_cluster() {
                 "{l}"
             );
         }
-        // -f keeps the stream open.
+        // One task's: `docker service logs TASK`.
+        let ps = ok(
+            &lab,
+            c,
+            0,
+            &["service", "ps", "-q", "--no-trunc", "my_nginx"],
+        );
+        let task = ps.lines().next().unwrap().trim().to_string();
+        let out = docker(&lab, c, 0, &["service", "logs", "--no-trunc", &task]);
+        assert!(out.ok, "{}", out.stderr);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        let lines: Vec<&str> = all.lines().filter(|l| l.contains("listening on")).collect();
+        assert_eq!(lines.len(), 1, "{all}");
+        assert!(lines[0].contains(&task), "{all}");
+        // -f keeps the stream open, and follows tasks that start later
+        // (the scale below).
         let sock = lab.daemons[0]
             .socket
             .as_ref()
             .unwrap()
             .with_file_name("docker.sock");
+        let followed = lab.dir.join("followed.log");
+        let file = std::fs::File::create(&followed).unwrap();
         let mut follow = std::process::Command::new(c)
             .args(["service", "logs", "-f", "--tail", "1", "my_nginx"])
             .env("DOCKER_HOST", format!("unix://{}", sock.display()))
             .env("DOCKER_CONFIG", lab.dir.join("docker-cli-config"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_secs(2));
@@ -436,8 +453,6 @@ fn docker_service_create_and_rm_drive_the_cluster() {
             follow.try_wait().unwrap().is_none(),
             "logs -f ended by itself"
         );
-        let _ = follow.kill();
-        let _ = follow.wait();
 
         // Refused, by field, rather than run without what was asked.
         let host_mode = docker(
@@ -474,6 +489,22 @@ fn docker_service_create_and_rm_drive_the_cluster() {
         assert!(out.contains("converged"), "{out}");
         assert_eq!(inspect(&lab)[0]["spec"]["mode"]["replicas"], 3);
         assert_eq!(inspect(&lab)[0]["running"], 3);
+        let seen = until(Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&followed).unwrap_or_default();
+            let tasks: std::collections::BTreeSet<&str> = text
+                .lines()
+                .filter(|l| l.contains("listening on"))
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            (tasks.len() == 3).then_some(())
+        });
+        let _ = follow.kill();
+        let _ = follow.wait();
+        assert!(
+            seen.is_some(),
+            "logs -f did not show the task the scale added: {}",
+            std::fs::read_to_string(&followed).unwrap_or_default()
+        );
         let out = ok(
             &lab,
             c,
@@ -895,6 +926,42 @@ fn hostile_requests_to_the_engine_socket_are_refused_and_change_nothing() {
     let long = "a".repeat(300);
     let (code, _) = raw(&lab, 0, "GET", &format!("/v1.41/nodes/{long}"), None);
     assert_eq!(code, 400);
+    let (code, _) = raw(
+        &lab,
+        0,
+        "GET",
+        &format!("/v1.41/tasks/{long}/logs?stdout=1"),
+        None,
+    );
+    assert_eq!(code, 400);
+    let (code, body) = raw(&lab, 0, "GET", "/v1.41/tasks/..%2F/logs?stdout=1", None);
+    assert!(
+        code == 400 && body.contains("invalid name or id"),
+        "{code} {body}"
+    );
+    let (code, body) = raw(&lab, 0, "GET", "/v1.41/tasks/abc/logs", None);
+    assert!(
+        code == 400 && body.contains("at least one stream"),
+        "{code} {body}"
+    );
+    // An unlock request is exactly Docker's; an unlocked node has nothing
+    // to unlock.
+    let (code, body) = raw(
+        &lab,
+        0,
+        "POST",
+        "/v1.41/swarm/unlock",
+        Some(br#"{"UnlockKey":"x","Extra":1}"#),
+    );
+    assert!(code == 400 && body.contains("Extra"), "{code} {body}");
+    let (code, body) = raw(
+        &lab,
+        0,
+        "POST",
+        "/v1.41/swarm/unlock",
+        Some(br#"{"UnlockKey":"SWMKEY-1-x"}"#),
+    );
+    assert!(code == 409 && body.contains("not locked"), "{code} {body}");
     // A worker's socket does not change the cluster.
     let (code, body) = raw(&lab, 1, "POST", "/v1.41/services/create", Some(spec));
     assert!(
@@ -902,4 +969,265 @@ fn hostile_requests_to_the_engine_socket_are_refused_and_change_nothing() {
         "{code} {body}"
     );
     assert_eq!(lab.apiary(0, &["service", "ls", "-q"]).out(), "");
+}
+
+/// `docker --tlsverify -H tcp://IP:2377 ARGS…` from the lab's client, with
+/// the certificate files in `certs` (Docker's `ca.pem`, `cert.pem`,
+/// `key.pem`; a missing pair means none).
+fn docker_tls(lab: &Lab, cli: &Path, certs: &Path, ip: &str, args: &[&str]) -> Out {
+    let config = lab.dir.join("docker-cli-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let o = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.client.name))
+        .arg("--")
+        .arg(cli)
+        .args(args)
+        .env("DOCKER_HOST", format!("tcp://{ip}:2377"))
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", certs)
+        .env("DOCKER_CONFIG", &config)
+        .env_remove("DOCKER_CONTEXT")
+        .output()
+        .unwrap();
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A directory holding host `h`'s node certificate as Docker's CLI reads
+/// client certificates.
+fn node_certs_as_docker_reads_them(lab: &Lab, h: usize, name: &str) -> PathBuf {
+    let tls = lab.data_dir(h).join("control/tls");
+    let dir = lab.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("node.pem", "cert.pem"),
+        ("node.key", "key.pem"),
+    ] {
+        std::fs::copy(tls.join(from), dir.join(to)).unwrap();
+    }
+    dir
+}
+
+/// Remote administration as Swarm's users do it: `docker --tlsverify -H
+/// tcp://MANAGER:2377` verifies the manager by its address and shows who
+/// it is with a client certificate; a worker's certificate administers
+/// nothing, no certificate gets nothing, and nobody dials a worker as if
+/// it were a manager.
+#[test]
+fn docker_over_mutual_tls_needs_a_certificate_of_the_swarm() {
+    let lab = swarm(1, 1).unwrap();
+    let ops = lab.dir.join("ops-certs");
+    lab.apiary(
+        0,
+        &[
+            "swarm",
+            "ca",
+            "issue-client",
+            "ops",
+            "--out",
+            ops.to_str().unwrap(),
+        ],
+    )
+    .out();
+    let manager = lab.hosts[0].addr.to_string();
+    let worker = lab.hosts[1].addr.to_string();
+    for cli in clis() {
+        let ls = docker_tls(
+            &lab,
+            &cli,
+            &ops,
+            &manager,
+            &["node", "ls", "--format", "{{.Hostname}}"],
+        );
+        assert!(ls.ok, "{}: {}", cli.display(), ls.stderr);
+        let mut hosts: Vec<&str> = ls.stdout.lines().collect();
+        hosts.sort();
+        assert_eq!(hosts, ["h1", "h2"], "{}", ls.stdout);
+        // A change, checked through Apiary's own CLI.
+        let out = docker_tls(
+            &lab,
+            &cli,
+            &ops,
+            &manager,
+            &["node", "update", "--label-add", "remote=yes", "h2"],
+        );
+        assert!(out.ok, "{}", out.stderr);
+        let h2 = nodes(&lab, 0)
+            .unwrap()
+            .into_iter()
+            .find(|n| n["hostname"] == "h2")
+            .unwrap();
+        assert_eq!(h2["labels"]["remote"], "yes", "{h2}");
+        // Apiary's own API shares the port.
+        let v = docker_tls(
+            &lab,
+            &cli,
+            &ops,
+            &manager,
+            &["version", "--format", "{{.Server.Os}}"],
+        );
+        assert_eq!(v.stdout.trim(), "linux", "{}", v.stderr);
+    }
+    let debian = Path::new("/usr/bin/docker");
+
+    // A worker's own certificate: Docker's answer for a worker, and the
+    // manager's Docker Engine stays out of reach.
+    let w = node_certs_as_docker_reads_them(&lab, 1, "worker-certs");
+    let out = docker_tls(
+        &lab,
+        debian,
+        &w,
+        &manager,
+        &["service", "create", "--name", "evil", "apiary/whoami:dev"],
+    );
+    assert!(
+        !out.ok && out.stderr.contains("not a swarm manager"),
+        "{}",
+        out.stderr
+    );
+    let out = docker_tls(&lab, debian, &w, &manager, &["ps"]);
+    assert!(
+        !out.ok && out.stderr.contains("not a swarm manager"),
+        "{}",
+        out.stderr
+    );
+    assert!(lab.apiary(0, &["service", "ls"]).out().lines().count() <= 1);
+
+    // No certificate: nothing but the refusal, which says what to do.
+    let anon = lab.dir.join("anonymous-certs");
+    std::fs::create_dir_all(&anon).unwrap();
+    std::fs::copy(ops.join("ca.pem"), anon.join("ca.pem")).unwrap();
+    let out = docker_tls(&lab, debian, &anon, &manager, &["node", "ls"]);
+    assert!(
+        !out.ok && out.stderr.contains("apiary swarm ca issue-client"),
+        "{}",
+        out.stderr
+    );
+
+    // The worker's certificate names no address: a client that dials the
+    // worker for a manager is told it is not one.
+    let out = docker_tls(&lab, debian, &ops, &worker, &["node", "ls"]);
+    assert!(
+        !out.ok && out.stderr.contains(&worker) && out.stderr.contains("x509"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `docker swarm update --autolock`, `swarm unlock-key [--rotate]` and
+/// `swarm unlock` on a restarted manager.
+#[test]
+fn docker_swarm_autolock_unlock_key_and_unlock() {
+    let mut lab = Lab::up(2).unwrap();
+    for h in 0..2 {
+        lab.start_swarm_daemon(h).unwrap();
+    }
+    let debian = Path::new("/usr/bin/docker");
+    let m = lab.hosts[0].addr.to_string();
+    lab.apiary(0, &["swarm", "init", "--advertise-addr", &m])
+        .out();
+    let mt = lab
+        .apiary(0, &["swarm", "join-token", "-q", "manager"])
+        .out();
+    lab.apiary(
+        1,
+        &["swarm", "join", "--token", mt.trim(), &format!("{m}:2377")],
+    )
+    .out();
+    let none = docker(&lab, debian, 0, &["swarm", "unlock-key"]);
+    assert!(
+        !none.ok && none.stderr.contains("no unlock key is set"),
+        "{}",
+        none.stderr
+    );
+
+    let out = ok(&lab, debian, 0, &["swarm", "update", "--autolock=true"]);
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("SWMKEY-1-"))
+        .unwrap_or_else(|| panic!("no key printed: {out}"))
+        .to_string();
+    assert_eq!(
+        lab.apiary(0, &["swarm", "unlock-key", "-q"]).out().trim(),
+        key
+    );
+    let sealed_first = until(Duration::from_secs(20), || {
+        let now = std::fs::read_to_string(key_file(&lab, 1)).ok()?;
+        now.starts_with("sealed:").then_some(now)
+    })
+    .expect("h2 seals its data key")
+    .0;
+    for cli in clis() {
+        assert_eq!(
+            ok(&lab, &cli, 1, &["swarm", "unlock-key", "-q"]).trim(),
+            key
+        );
+    }
+    let rotated = ok(&lab, debian, 0, &["swarm", "unlock-key", "--rotate", "-q"]);
+    let rotated = rotated.trim().to_string();
+    assert!(
+        rotated.starts_with("SWMKEY-1-") && rotated != key,
+        "{rotated}"
+    );
+    assert_eq!(
+        lab.apiary(0, &["swarm", "unlock-key", "-q"]).out().trim(),
+        rotated
+    );
+    let on = ok(
+        &lab,
+        debian,
+        0,
+        &[
+            "info",
+            "--format",
+            "{{.Swarm.Cluster.Spec.EncryptionConfig.AutoLockManagers}}",
+        ],
+    );
+    assert_eq!(on.trim(), "true");
+
+    // h2 restarted waits for the key; the old one does not open it.
+    until(Duration::from_secs(20), || {
+        let now = std::fs::read_to_string(key_file(&lab, 1)).ok()?;
+        (now.starts_with("sealed:") && now != sealed_first).then_some(())
+    })
+    .expect("h2 seals its data key with the rotated key");
+    lab.daemon(1).kill9();
+    lab.restart_daemon(1).unwrap();
+    let state = ok(
+        &lab,
+        debian,
+        1,
+        &["info", "--format", "{{.Swarm.LocalNodeState}}"],
+    );
+    assert_eq!(state.trim(), "locked");
+    let wrong = docker_stdin(&lab, debian, 1, &["swarm", "unlock"], key.as_bytes());
+    assert!(
+        !wrong.ok && wrong.stderr.contains("invalid unlock key"),
+        "{}",
+        wrong.stderr
+    );
+    docker_stdin(&lab, debian, 1, &["swarm", "unlock"], rotated.as_bytes());
+    until(Duration::from_secs(30), || {
+        docker(&lab, debian, 1, &["node", "ls"]).ok.then_some(())
+    })
+    .expect("the unlocked manager answers");
+
+    // Off again through the CLI.
+    ok(&lab, debian, 0, &["swarm", "update", "--autolock=false"]);
+    let none = docker(&lab, debian, 0, &["swarm", "unlock-key"]);
+    assert!(
+        !none.ok && none.stderr.contains("no unlock key is set"),
+        "{}",
+        none.stderr
+    );
+}
+
+/// Where host `h`'s daemon keeps the swarm's data key (sealed with the
+/// unlock key under autolock).
+fn key_file(lab: &Lab, h: usize) -> PathBuf {
+    lab.data_dir(h).join("control/data.key")
 }

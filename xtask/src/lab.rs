@@ -94,6 +94,12 @@ pub fn print_swarm(lab: &Lab) -> anyhow::Result<()> {
             bin.display(),
             sock.display()
         );
+        // What `eval $(docker-machine env vm1)` gives Swarm's users.
+        env += &format!(
+            "export DOCKER_{}=unix://{}\n",
+            h.name.to_uppercase(),
+            sock.with_file_name("docker.sock").display()
+        );
     }
     let file = lab.dir.join("env.sh");
     std::fs::write(&file, env)?;
@@ -109,5 +115,7 @@ pub fn print_swarm(lab: &Lab) -> anyhow::Result<()> {
         lab.hosts[0].addr
     );
     println!("  h1 node ls");
+    println!("\nthe docker CLI drives the same daemons (DOCKER_H1, DOCKER_H2, …):\n");
+    println!("  DOCKER_HOST=$DOCKER_H1 docker node ls");
     Ok(())
 }

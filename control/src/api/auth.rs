@@ -257,6 +257,20 @@ fn admit(j: &Joined, class: Class, caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// Whether `caller` may act as this node's administrator beyond the
+/// cluster API: the unix socket's root always; over TLS, on a manager only,
+/// a client's certificate or a manager's (what [`Admin`] admits).
+pub async fn may_administer(d: &Daemon, caller: &Caller) -> Result<(), ApiError> {
+    if *caller == Caller::Local {
+        return Ok(());
+    }
+    let j = joined(d).await?;
+    if !d.info().await.is_manager {
+        return Err(ApiError::Forbidden(NOT_MANAGER.into()));
+    }
+    admit(&j, Class::Admin, caller)
+}
+
 /// A node's session with the managers (heartbeats, assignments, reports,
 /// renewals): a node certificate of a node the state knows.
 pub struct Session {

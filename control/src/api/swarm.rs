@@ -155,6 +155,10 @@ pub async fn init(d: &Arc<Daemon>, req: InitRequest) -> Reply {
         &csr,
         node_id,
         Role::Manager,
+        tls::Dialled {
+            addr: &addr,
+            hostname: &d.cfg.hostname,
+        },
         settings.cert_expiry_s,
     )?;
     let id = Identity {
@@ -595,6 +599,10 @@ pub async fn join(j: &Joined, req: JoinRequest, peer: Option<std::net::IpAddr>) 
         &req.csr_pem,
         node_id,
         role,
+        tls::Dialled {
+            addr: &node.addr,
+            hostname: &node.hostname,
+        },
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;
@@ -756,15 +764,18 @@ pub async fn renew(
     cert_role: crate::tls::CertRole,
     req: RenewRequest,
 ) -> Reply {
-    let (cluster, role) = j.manager().sm.read(|a| {
+    let (cluster, node) = j.manager().sm.read(|a| {
         (
             a.state.cluster.clone(),
-            a.state.nodes.get(&id).map(|n| n.role),
+            a.state
+                .nodes
+                .get(&id)
+                .map(|n| (n.role, n.addr.clone(), n.hostname.clone())),
         )
     });
     let cluster =
         cluster.ok_or_else(|| ApiError::Unavailable("the swarm is not initialized".into()))?;
-    let role = role.ok_or_else(|| {
+    let (role, addr, hostname) = node.ok_or_else(|| {
         ApiError::Forbidden(format!("node {} is not part of this swarm", show_id(id)))
     })?;
     let cert_pem = tls::sign_node(
@@ -773,6 +784,10 @@ pub async fn renew(
         &req.csr_pem,
         id,
         role,
+        tls::Dialled {
+            addr: &addr,
+            hostname: &hostname,
+        },
         cluster.settings.cert_expiry_s,
     )
     .map_err(|e| ApiError::BadRequest(format!("invalid certificate request: {e}")))?;

@@ -302,7 +302,12 @@ pub fn service(s: &ServiceView, status: bool) -> types::Service {
     }
 }
 
-pub fn info(i: &Info, nodes: Option<&[NodeView]>, kernel: String) -> types::Info {
+pub fn info(
+    i: &Info,
+    nodes: Option<&[NodeView]>,
+    cluster: Option<types::Swarm>,
+    kernel: String,
+) -> types::Info {
     let managers: Vec<&NodeView> = nodes
         .unwrap_or_default()
         .iter()
@@ -337,7 +342,7 @@ pub fn info(i: &Info, nodes: Option<&[NodeView]>, kernel: String) -> types::Info
                 .collect(),
             nodes: nodes.map(|n| n.len()),
             managers: nodes.map(|_| managers.len()),
-            cluster: i.cluster_id.clone().map(|id| types::ClusterInfo { id }),
+            cluster,
         },
     }
 }

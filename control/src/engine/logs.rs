@@ -1,4 +1,5 @@
-//! `docker service logs [-f] [--tail N] [--details]`: each task's output,
+//! `docker service logs [-f] [--tail N] [--details] SERVICE|TASK`: each
+//! task's output (with `-f`, also of tasks that start later),
 //! gathered through Apiary's API, in Docker's multiplexed stream framing
 //! (an 8-byte header per frame: stream 1 or 2, three zeros, the length as
 //! a big-endian u32), each line behind the `details` labels the CLI parses
@@ -7,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -73,36 +74,93 @@ impl Reader {
     }
 }
 
+/// What a logs request asked for.
+struct Want {
+    stdout: bool,
+    stderr: bool,
+    follow: bool,
+    details: bool,
+    tail: Option<usize>,
+}
+
+impl Want {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, EngineError> {
+        let flag = |k: &str| super::flag(q, k);
+        let (stdout, stderr) = (flag("stdout"), flag("stderr"));
+        if !stdout && !stderr {
+            return Err(EngineError::new(
+                StatusCode::BAD_REQUEST,
+                "Bad parameters: you must choose at least one stream",
+            ));
+        }
+        let tail = match q.get("tail").map(String::as_str) {
+            None | Some("") | Some("all") => None,
+            Some(n) => Some(n.parse().map_err(|_| {
+                EngineError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("tail={n:?}: a number of lines or all"),
+                )
+            })?),
+        };
+        Ok(Want {
+            stdout,
+            stderr,
+            follow: flag("follow"),
+            details: flag("details"),
+            tail,
+        })
+    }
+
+    fn stream(&self, s: u8) -> bool {
+        (s == 1 && self.stdout) || (s == 2 && self.stderr)
+    }
+}
+
+/// `docker service logs SERVICE`: every task's, and with `-f` those that
+/// start later too.
 pub(super) async fn service_logs(
-    State(e): State<Engine>,
+    e: Engine,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Reply {
-    let flag = |k: &str| super::flag(&q, k);
-    let (want_out, want_err) = (flag("stdout"), flag("stderr"));
-    if !want_out && !want_err {
-        return Err(EngineError::new(
-            StatusCode::BAD_REQUEST,
-            "Bad parameters: you must choose at least one stream",
-        ));
-    }
-    let (follow, details) = (flag("follow"), flag("details"));
-    let tail: Option<usize> = match q.get("tail").map(String::as_str) {
-        None | Some("") | Some("all") => None,
-        Some(n) => Some(n.parse().map_err(|_| {
-            EngineError::new(
-                StatusCode::BAD_REQUEST,
-                format!("tail={n:?}: a number of lines or all"),
-            )
-        })?),
-    };
+    let want = Want::from_query(&q)?;
     let id = segment(&id)?;
     let svc: ServiceView = e
         .call(Method::GET, &format!("/v1/services/{id}"), None)
         .await?;
+    stream(e, svc.id, None, want).await
+}
+
+/// `docker service logs TASK`: one task's.
+pub(super) async fn task_logs(
+    e: Engine,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Reply {
+    let want = Want::from_query(&q)?;
+    let t = super::find_task(&e, segment(&id)?).await?;
+    stream(e, t.service_id, Some(t.id), want).await
+}
+
+/// The service's tasks (or just `only`) that have a node, as readers not
+/// among `known`.
+async fn new_readers(
+    e: &Engine,
+    service: &str,
+    only: Option<&str>,
+    known: &[Reader],
+) -> Result<Vec<Reader>, EngineError> {
     let tasks: Vec<TaskLog> = e
-        .call(Method::GET, &format!("/v1/services/{}/logs", svc.id), None)
+        .call(Method::GET, &format!("/v1/services/{service}/logs"), None)
         .await?;
+    let fresh: Vec<TaskLog> = tasks
+        .into_iter()
+        .filter(|t| only.is_none_or(|o| o == t.id))
+        .filter(|t| known.iter().all(|r| r.task.id != t.id))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(Vec::new());
+    }
     let nodes: Vec<NodeView> = e.call(Method::GET, "/v1/nodes", None).await?;
     let node_id = |host: &str| {
         nodes
@@ -111,54 +169,74 @@ pub(super) async fn service_logs(
             .map(|n| n.id.clone())
             .unwrap_or_default()
     };
-    let mut readers: Vec<Reader> = tasks
+    Ok(fresh
         .into_iter()
         .map(|t| Reader {
             details: format!(
-                "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={}",
+                "com.docker.swarm.node.id={},com.docker.swarm.service.id={service},com.docker.swarm.task.id={}",
                 node_id(&t.node),
-                svc.id,
                 t.id
             ),
             task: t,
             offsets: [0, 0],
             partial: [Vec::new(), Vec::new()],
         })
-        .collect();
+        .collect())
+}
+
+/// Polls between looks for tasks that started since (a follower of a
+/// service sees a scaled-up or replaced task's output too).
+const NEW_TASKS_EVERY: u32 = 8;
+
+async fn stream(e: Engine, service: String, only: Option<String>, want: Want) -> Reply {
+    let mut readers = new_readers(&e, &service, only.as_deref(), &[]).await?;
+    if only.is_some() && readers.is_empty() {
+        return Err(EngineError::new(
+            StatusCode::NOT_FOUND,
+            "the task has not been placed on a node yet: it has no output",
+        ));
+    }
     // What is there now, the last `tail` lines of each task.
     let mut first = Vec::new();
     for r in &mut readers {
-        let mut lines = r.poll(&e, &svc.id).await?;
-        if let Some(n) = tail {
+        let mut lines = r.poll(&e, &service).await?;
+        if let Some(n) = want.tail {
             lines.drain(..lines.len().saturating_sub(n));
         }
         for (s, l) in lines {
-            if (s == 1 && want_out) || (s == 2 && want_err) {
-                first.push(frame(s, &r.render(&l, details)));
+            if want.stream(s) {
+                first.push(frame(s, &r.render(&l, want.details)));
             }
         }
     }
     let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(64);
-    let service = svc.id.clone();
     tokio::spawn(async move {
         for f in first {
             if tx.send(f).await.is_err() {
                 return;
             }
         }
-        if !follow {
+        if !want.follow {
             return;
         }
         // Until the client goes (a send fails).
-        loop {
+        for round in 1u32.. {
             tokio::time::sleep(FOLLOW_EVERY).await;
+            if only.is_none() && round.is_multiple_of(NEW_TASKS_EVERY) {
+                if let Ok(more) = new_readers(&e, &service, None, &readers).await {
+                    readers.extend(more);
+                }
+            }
             for r in &mut readers {
                 let Ok(lines) = r.poll(&e, &service).await else {
                     continue;
                 };
                 for (s, l) in lines {
-                    if ((s == 1 && want_out) || (s == 2 && want_err))
-                        && tx.send(frame(s, &r.render(&l, details))).await.is_err()
+                    if want.stream(s)
+                        && tx
+                            .send(frame(s, &r.render(&l, want.details)))
+                            .await
+                            .is_err()
                     {
                         return;
                     }

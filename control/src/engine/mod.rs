@@ -16,17 +16,19 @@ pub mod types;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
+use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 
+use crate::api::auth::PeerAddr;
 use crate::api::{Caller, NodeView, ServiceView, TaskView};
 use crate::node::Daemon;
 
@@ -38,11 +40,36 @@ pub const MIN_API_VERSION: &str = "1.24";
 /// The largest service spec accepted (Docker's are a few KiB).
 const SPEC_LIMIT: usize = 1 << 20;
 
+/// One request's view of the Engine API: the daemon, Apiary's own API, and
+/// who is asking (the unix socket's root, or a TLS peer's certificate), on
+/// whose behalf every call to Apiary's API is made.
 #[derive(Clone)]
 struct Engine {
     d: Arc<Daemon>,
     /// Apiary's own API, called in process.
     api: Router,
+    caller: Caller,
+    peer: Option<PeerAddr>,
+}
+
+/// Handlers take the router's [`Engine`] with the request's caller filled
+/// in (nobody, unless the transport said who).
+impl FromRequestParts<Engine> for Engine {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Engine,
+    ) -> Result<Self, Self::Rejection> {
+        let mut e = state.clone();
+        e.caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Anonymous);
+        e.peer = parts.extensions.get::<PeerAddr>().copied();
+        Ok(e)
+    }
 }
 
 /// An error as Docker's API gives it: a status and `{"message": …}`.
@@ -84,7 +111,10 @@ impl Engine {
             .header("content-type", "application/json")
             .body(axum::body::Body::from(body.unwrap_or_default()))
             .map_err(|e| EngineError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        req.extensions_mut().insert(Caller::Local);
+        req.extensions_mut().insert(self.caller.clone());
+        if let Some(p) = self.peer {
+            req.extensions_mut().insert(p);
+        }
         let resp = self
             .api
             .clone()
@@ -200,6 +230,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
     let engine = Engine {
         api: crate::api::router(d.clone()),
         d,
+        caller: Caller::Anonymous,
+        peer: None,
     };
     let inner = Router::new()
         .route("/_ping", get(ping).head(ping))
@@ -215,6 +247,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
             axum::routing::post(swarm_join).layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
         )
         .route("/swarm/leave", axum::routing::post(swarm_leave))
+        .route("/swarm/unlockkey", get(unlock_key))
+        .route("/swarm/unlock", axum::routing::post(unlock))
         .route(
             "/swarm/update",
             axum::routing::post(swarm_update)
@@ -243,6 +277,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/services/{id}/logs", get(logs::service_logs))
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task))
+        .route("/tasks/{id}/logs", get(logs::task_logs))
         .merge(objects::routes("secrets"))
         .merge(objects::routes("configs"))
         .merge(networks::routes())
@@ -251,13 +286,48 @@ pub fn router(d: Arc<Daemon>) -> Router {
     let inner = inner.map_request(strip_version);
     Router::new()
         .fallback_service(inner)
+        .layer(axum::middleware::from_fn(door))
         .layer(axum::middleware::map_response(add_api_version))
 }
 
-/// The node's engine's endpoints are forwarded to it; anything else is
-/// not served, and says so.
-async fn not_served(State(e): State<Engine>, req: Request) -> Response {
+/// Apiary's API (`/v1/…`) and the Docker Engine API on one mutual-TLS
+/// port: `docker --tlsverify -H tcp://MANAGER:2377` with a client
+/// certificate (`apiary swarm ca issue-client`) or a manager's. Docker's
+/// paths never start with `/v1/` (theirs carry a minor version).
+pub fn tls_router(d: Arc<Daemon>) -> Router {
+    let api = crate::api::router(d.clone());
+    let engine = router(d);
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let to = if req.uri().path().starts_with("/v1/") {
+            api.clone()
+        } else {
+            engine.clone()
+        };
+        to.oneshot(req)
+    }))
+}
+
+/// A TLS peer without a certificate of the swarm gets nothing here (joins
+/// are Apiary's own API's).
+async fn door(req: Request, next: axum::middleware::Next) -> Response {
+    match req.extensions().get::<Caller>() {
+        Some(Caller::Anonymous) | None => EngineError::new(
+            StatusCode::UNAUTHORIZED,
+            "the Docker Engine API needs a certificate of this swarm: make one with `apiary swarm ca issue-client NAME --out DIR`, then `docker --tlsverify -H tcp://MANAGER:PORT` with DOCKER_CERT_PATH=DIR",
+        )
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// The node's engine's endpoints are forwarded to it (for its root, or an
+/// administrator of the swarm on a manager); anything else is not served,
+/// and says so.
+async fn not_served(e: Engine, req: Request) -> Response {
     if forward::is_local(req.uri().path()) {
+        if let Err(err) = crate::api::auth::may_administer(&e.d, &e.caller).await {
+            return err.into_response();
+        }
         return forward::forward(&e, req).await;
     }
     not_served_error(req.method().clone(), req.uri().clone()).into_response()
@@ -285,7 +355,7 @@ async fn swarm_state(d: &Daemon) -> &'static str {
     }
 }
 
-async fn ping(State(e): State<Engine>, method: Method) -> Response {
+async fn ping(e: Engine, method: Method) -> Response {
     let body = if method == Method::HEAD { "" } else { "OK" };
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
@@ -341,14 +411,24 @@ async fn version() -> Reply {
     })
 }
 
-async fn info(State(e): State<Engine>) -> Reply {
+async fn info(e: Engine) -> Reply {
     let i = e.d.info().await;
-    let nodes: Option<Vec<NodeView>> = if i.is_manager {
-        e.call(Method::GET, "/v1/nodes", None).await.ok()
+    let (nodes, cluster) = if i.is_manager {
+        let nodes: Option<Vec<NodeView>> = e.call(Method::GET, "/v1/nodes", None).await.ok();
+        let swarm: Option<crate::api::SwarmView> =
+            e.call(Method::GET, "/v1/swarm", None).await.ok();
+        let cluster = match swarm {
+            Some(s) => Some(types::Swarm {
+                join_tokens: None,
+                ..swarm::view(&s, autolocked(&e).await.unwrap_or(false))
+            }),
+            None => None,
+        };
+        (nodes, cluster)
     } else {
-        None
+        (None, None)
     };
-    json(&convert::info(&i, nodes.as_deref(), kernel()))
+    json(&convert::info(&i, nodes.as_deref(), cluster, kernel()))
 }
 
 /// `filters` of a list request: `{"key":{"value":true}}` (or the older
@@ -384,10 +464,7 @@ fn filters(
     Ok(out)
 }
 
-async fn nodes(
-    State(e): State<Engine>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Reply {
+async fn nodes(e: Engine, Query(q): Query<std::collections::HashMap<String, String>>) -> Reply {
     let f = filters(&q)?;
     let all: Vec<NodeView> = e.call(Method::GET, "/v1/nodes", None).await?;
     let keep = |n: &NodeView| convert::node_matches(n, &f);
@@ -410,17 +487,14 @@ fn segment(id: &str) -> Result<&str, EngineError> {
     Ok(id)
 }
 
-async fn node(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+async fn node(e: Engine, Path(id): Path<String>) -> Reply {
     let n: NodeView = e
         .call(Method::GET, &format!("/v1/nodes/{}", segment(&id)?), None)
         .await?;
     json(&convert::node(&n))
 }
 
-async fn services(
-    State(e): State<Engine>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Reply {
+async fn services(e: Engine, Query(q): Query<std::collections::HashMap<String, String>>) -> Reply {
     let f = filters(&q)?;
     let status = flag(&q, "status");
     let all: Vec<ServiceView> = e.call(Method::GET, "/v1/services", None).await?;
@@ -432,7 +506,7 @@ async fn services(
     )
 }
 
-async fn service(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+async fn service(e: Engine, Path(id): Path<String>) -> Reply {
     let s: ServiceView = e
         .call(
             Method::GET,
@@ -459,10 +533,7 @@ async fn all_tasks(e: &Engine, f: &[(String, String)]) -> Result<Vec<TaskView>, 
     Ok(out)
 }
 
-async fn tasks(
-    State(e): State<Engine>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Reply {
+async fn tasks(e: Engine, Query(q): Query<std::collections::HashMap<String, String>>) -> Reply {
     let f = filters(&q)?;
     let all = all_tasks(&e, &f).await?;
     json(
@@ -473,13 +544,17 @@ async fn tasks(
     )
 }
 
-async fn task(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
-    let id = segment(&id)?;
-    let all = all_tasks(&e, &[]).await?;
-    let hits: Vec<&TaskView> = all.iter().filter(|t| t.id.starts_with(id)).collect();
-    match hits.as_slice() {
-        [t] => json(&convert::task(t)),
-        [] => Err(EngineError::new(
+async fn task(e: Engine, Path(id): Path<String>) -> Reply {
+    json(&convert::task(&find_task(&e, segment(&id)?).await?))
+}
+
+/// The task whose id is `id` or starts with it.
+async fn find_task(e: &Engine, id: &str) -> Result<TaskView, EngineError> {
+    let all = all_tasks(e, &[]).await?;
+    let mut hits: Vec<TaskView> = all.into_iter().filter(|t| t.id.starts_with(id)).collect();
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => Err(EngineError::new(
             StatusCode::NOT_FOUND,
             format!("task {id} not found"),
         )),
@@ -493,7 +568,7 @@ async fn task(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
     }
 }
 
-async fn create_service(State(e): State<Engine>, body: Bytes) -> Reply {
+async fn create_service(e: Engine, body: Bytes) -> Reply {
     let spec = spec_in::service_spec(body_json(&body, "service spec")?)
         .map_err(refused("service spec"))?;
     let body = to_body(&spec)?;
@@ -501,7 +576,7 @@ async fn create_service(State(e): State<Engine>, body: Bytes) -> Reply {
     created(made.id)
 }
 
-async fn remove_service(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+async fn remove_service(e: Engine, Path(id): Path<String>) -> Reply {
     let _: serde_json::Value = e
         .call(
             Method::DELETE,
@@ -528,7 +603,7 @@ async fn distribution(Path(image): Path<String>) -> EngineError {
 /// `docker service update|scale|rollback`: the whole spec the CLI read
 /// and changed, at the version it read (`?version=`), or `?rollback=previous`.
 async fn update_service(
-    State(e): State<Engine>,
+    e: Engine,
     Path(id): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
     body: Bytes,
@@ -600,13 +675,43 @@ async fn autolocked(e: &Engine) -> Result<bool, EngineError> {
     }
 }
 
-async fn swarm_inspect(State(e): State<Engine>) -> Reply {
+/// `docker swarm unlock-key`: the key, or an empty one when autolock is off
+/// (the CLI says so itself).
+async fn unlock_key(e: Engine) -> Reply {
+    let key = match e
+        .call::<crate::api::UnlockKeyReply>(Method::GET, "/v1/swarm/unlockkey", None)
+        .await
+    {
+        Ok(k) => k.unlock_key.unwrap_or_default(),
+        Err(err) if err.status == StatusCode::NOT_FOUND => String::new(),
+        Err(err) => return Err(err),
+    };
+    json(&types::UnlockKey { unlock_key: key })
+}
+
+/// `docker swarm unlock` on a restarted autolocked manager.
+async fn unlock(e: Engine, body: Bytes) -> Reply {
+    let req: types::UnlockKey = serde_json::from_value(body_json(&body, "unlock request")?)
+        .map_err(|err| {
+            EngineError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid unlock request: {err}"),
+            )
+        })?;
+    let body = to_body(&crate::api::UnlockRequest {
+        key: req.unlock_key,
+    })?;
+    let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/unlock", Some(body)).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn swarm_inspect(e: Engine) -> Reply {
     let s: crate::api::SwarmView = e.call(Method::GET, "/v1/swarm", None).await?;
     json(&swarm::view(&s, autolocked(&e).await?))
 }
 
 /// Answers the new node's id, as Docker does.
-async fn swarm_init(State(e): State<Engine>, body: Bytes) -> Reply {
+async fn swarm_init(e: Engine, body: Bytes) -> Reply {
     let req = swarm::init(body_json(&body, "swarm init request")?, e.d.cfg.listen)
         .map_err(refused("swarm init request"))?;
     let body = to_body(&req)?;
@@ -614,7 +719,7 @@ async fn swarm_init(State(e): State<Engine>, body: Bytes) -> Reply {
     json(&made.node_id)
 }
 
-async fn swarm_join(State(e): State<Engine>, body: Bytes) -> Reply {
+async fn swarm_join(e: Engine, body: Bytes) -> Reply {
     let req = swarm::join(body_json(&body, "swarm join request")?, e.d.cfg.listen)
         .map_err(refused("swarm join request"))?;
     let body = to_body(&req)?;
@@ -625,7 +730,7 @@ async fn swarm_join(State(e): State<Engine>, body: Bytes) -> Reply {
 }
 
 async fn swarm_leave(
-    State(e): State<Engine>,
+    e: Engine,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
     let force = flag(&q, "force");
@@ -637,7 +742,7 @@ async fn swarm_leave(
 /// `docker node update|promote|demote`: the node's spec the CLI read and
 /// changed (`Role`, `Availability`, `Labels`) at the version it read.
 async fn update_node(
-    State(e): State<Engine>,
+    e: Engine,
     Path(id): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
     body: Bytes,
@@ -691,7 +796,7 @@ async fn update_node(
 }
 
 async fn remove_node(
-    State(e): State<Engine>,
+    e: Engine,
     Path(id): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Reply {
@@ -708,7 +813,7 @@ async fn remove_node(
 
 /// `docker swarm update …` and `docker swarm join-token --rotate`.
 async fn swarm_update(
-    State(e): State<Engine>,
+    e: Engine,
     Query(q): Query<std::collections::HashMap<String, String>>,
     body: Bytes,
 ) -> Reply {
@@ -719,16 +824,21 @@ async fn swarm_update(
         autolocked(&e).await?,
     )
     .map_err(refused("swarm spec"))?;
-    if flag(&q, "rotateManagerUnlockKey") {
-        return Err(EngineError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "rotating the unlock key through the Docker Engine API is not served yet: use `apiary swarm unlock-key --rotate`",
-        ));
-    }
     // Checked whole before anything changes.
-    if !change.is_empty() {
-        let body = to_body(&change)?;
+    if !change.settings.is_empty() {
+        let body = to_body(&change.settings)?;
         let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/update", Some(body)).await?;
+    }
+    if let Some(enable) = change.autolock {
+        let body = to_body(&crate::api::AutolockRequest { enable })?;
+        let _: crate::api::UnlockKeyReply = e
+            .call(Method::POST, "/v1/swarm/autolock", Some(body))
+            .await?;
+    }
+    if flag(&q, "rotateManagerUnlockKey") {
+        let _: crate::api::UnlockKeyReply = e
+            .call(Method::POST, "/v1/swarm/unlockkey/rotate", None)
+            .await?;
     }
     for (param, role) in [
         ("rotateWorkerToken", "worker"),

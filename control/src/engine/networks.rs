@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -132,10 +132,7 @@ pub(super) fn routes() -> Router<Engine> {
         .route("/networks/{id}", get(inspect).delete(remove))
 }
 
-async fn list(
-    State(e): State<Engine>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Reply {
+async fn list(e: Engine, Query(q): Query<std::collections::HashMap<String, String>>) -> Reply {
     let f = filters(&q)?;
     let all: Vec<NetworkView> = e.call(Method::GET, "/v1/networks", None).await?;
     let keep = |n: &NetworkView| {
@@ -152,7 +149,7 @@ async fn list(
     json(&all.iter().filter(|n| keep(n)).map(view).collect::<Vec<_>>())
 }
 
-async fn create(State(e): State<Engine>, body: Bytes) -> Reply {
+async fn create(e: Engine, body: Bytes) -> Reply {
     let req = create_request(body_json(&body, "network spec")?).map_err(refused("network spec"))?;
     let body = super::to_body(&req)?;
     let id: String = e.call(Method::POST, "/v1/networks", Some(body)).await?;
@@ -170,7 +167,7 @@ async fn create(State(e): State<Engine>, body: Bytes) -> Reply {
     Ok(crate::http::json_response(StatusCode::CREATED, &created).into_response())
 }
 
-async fn inspect(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+async fn inspect(e: Engine, Path(id): Path<String>) -> Reply {
     let n: NetworkView = e
         .call(
             Method::GET,
@@ -181,7 +178,7 @@ async fn inspect(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
     json(&view(&n))
 }
 
-async fn remove(State(e): State<Engine>, Path(id): Path<String>) -> Reply {
+async fn remove(e: Engine, Path(id): Path<String>) -> Reply {
     let _: serde_json::Value = e
         .call(
             Method::DELETE,

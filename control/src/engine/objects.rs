@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -72,21 +72,21 @@ pub(super) fn routes(kind: &'static str) -> Router<Engine> {
     Router::new()
         .route(
             &format!("/{kind}"),
-            get(move |State(e): State<Engine>, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+            get(move |e: Engine, Query(q): Query<std::collections::HashMap<String, String>>| async move {
                 list(e, kind, q).await
             }),
         )
         .route(
             &format!("/{kind}/create"),
-            post(move |State(e): State<Engine>, body: Bytes| async move { create(e, kind, body).await })
+            post(move |e: Engine, body: Bytes| async move { create(e, kind, body).await })
                 .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
         )
         .route(
             &format!("/{kind}/{{id}}"),
-            get(move |State(e): State<Engine>, Path(id): Path<String>| async move {
+            get(move |e: Engine, Path(id): Path<String>| async move {
                 inspect(e, kind, id).await
             })
-            .delete(move |State(e): State<Engine>, Path(id): Path<String>| async move {
+            .delete(move |e: Engine, Path(id): Path<String>| async move {
                 remove(e, kind, id).await
             }),
         )

@@ -149,21 +149,26 @@ pub fn view(s: &SwarmView, autolock: bool) -> types::Swarm {
             },
         },
         subnet_size: 24,
-        join_tokens: types::JoinTokens {
+        join_tokens: Some(types::JoinTokens {
             worker: s.worker_token.clone(),
             manager: s.manager_token.clone(),
-        },
+        }),
     }
 }
 
+/// What a `POST /swarm/update` changes.
+#[derive(Debug)]
+pub struct Update {
+    /// The settings that differ from the swarm's.
+    pub settings: SettingsChange,
+    /// Autolock turned on (`Some(true)`) or off, when it differs.
+    pub autolock: Option<bool>,
+}
+
 /// `POST /swarm/update`'s spec (the one the CLI read, changed) as the
-/// settings that differ from `current`; `autolock` is whether the swarm
-/// is autolocked now (changed only through `apiary swarm update`).
-pub fn update(
-    body: Value,
-    current: &SwarmView,
-    autolock: bool,
-) -> Result<SettingsChange, SpecError> {
+/// changes from `current`; `autolock` is whether the swarm is autolocked
+/// now.
+pub fn update(body: Value, current: &SwarmView, autolock: bool) -> Result<Update, SpecError> {
     let mut spec = object(Some(body), "SwarmSpec")?;
     take(&mut spec, "Name");
     take(&mut spec, "Labels");
@@ -186,18 +191,15 @@ pub fn update(
     let lock = take(&mut enc, "AutoLockManagers")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    if lock != autolock {
-        return Err(err(
-            "EncryptionConfig.AutoLockManagers",
-            "autolock is turned on and off with `apiary swarm update --autolock=true|false`",
-        ));
-    }
     rest(&enc, "EncryptionConfig")?;
     rest(&spec, "SwarmSpec")?;
     let now = &current.settings;
-    Ok(SettingsChange {
-        heartbeat_ms: (heartbeat > 0 && heartbeat != now.heartbeat_ms).then_some(heartbeat),
-        cert_expiry_s: (expiry > 0 && expiry != now.cert_expiry_s).then_some(expiry),
-        task_history_limit: history.filter(|h| *h != now.task_history_limit),
+    Ok(Update {
+        settings: SettingsChange {
+            heartbeat_ms: (heartbeat > 0 && heartbeat != now.heartbeat_ms).then_some(heartbeat),
+            cert_expiry_s: (expiry > 0 && expiry != now.cert_expiry_s).then_some(expiry),
+            task_history_limit: history.filter(|h| *h != now.task_history_limit),
+        },
+        autolock: (lock != autolock).then_some(lock),
     })
 }

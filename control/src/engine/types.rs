@@ -289,7 +289,9 @@ pub struct SwarmInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub managers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ClusterInfo>,
+    /// Docker's `ClusterInfo`: the swarm without its join tokens (managers
+    /// only, as Docker's).
+    pub cluster: Option<Swarm>,
 }
 
 #[derive(Serialize, Debug)]
@@ -298,13 +300,6 @@ pub struct Peer {
     #[serde(rename = "NodeID")]
     pub node_id: String,
     pub addr: String,
-}
-
-#[derive(Serialize, Debug)]
-#[serde(rename_all = "PascalCase")]
-pub struct ClusterInfo {
-    #[serde(rename = "ID")]
-    pub id: String,
 }
 
 #[derive(Serialize, Debug)]
@@ -352,7 +347,8 @@ pub struct Swarm {
     pub updated_at: String,
     pub spec: SwarmSpec,
     pub subnet_size: u32,
-    pub join_tokens: JoinTokens,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_tokens: Option<JoinTokens>,
 }
 
 #[derive(Serialize, Debug)]
@@ -397,4 +393,11 @@ pub struct CaConfig {
 pub struct JoinTokens {
     pub worker: String,
     pub manager: String,
+}
+
+/// `GET /swarm/unlockkey`'s answer and `POST /swarm/unlock`'s body.
+#[derive(Serialize, serde::Deserialize, Debug)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct UnlockKey {
+    pub unlock_key: String,
 }

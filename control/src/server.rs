@@ -233,6 +233,8 @@ async fn serve_conn<S>(
         .keep_alive(keep_alive)
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, TowerToHyperService::new(svc))
+        // `docker exec`/`attach` through the Engine API switch protocols.
+        .with_upgrades()
         .await;
 }
 

@@ -431,6 +431,47 @@ fn docker_service_create_and_rm_drive_the_cluster() {
         let lines: Vec<&str> = all.lines().filter(|l| l.contains("listening on")).collect();
         assert_eq!(lines.len(), 1, "{all}");
         assert!(lines[0].contains(&task), "{all}");
+        // The tutorial's `docker ps` then `docker exec -it <id> …`: the
+        // node's engine, through Apiary's socket, streams and all.
+        let filter = format!("label=io.apiary.task={task}");
+        let cid = ok(&lab, c, 0, &["ps", "-q", "--filter", &filter]);
+        let cid = cid.trim();
+        assert!(!cid.is_empty(), "no container for task {task}");
+        let echo = docker_stdin(&lab, c, 0, &["exec", "-i", cid, "cat"], b"through apiary\n");
+        assert!(
+            echo.ok && echo.stdout == "through apiary\n",
+            "{:?} {}",
+            echo.stdout,
+            echo.stderr
+        );
+        let code = docker(&lab, c, 0, &["exec", cid, "sh", "-c", "echo out; exit 3"]);
+        assert!(
+            !code.ok && code.stdout == "out\n",
+            "the output and exit status are the command's: {:?} {}",
+            code.stdout,
+            code.stderr
+        );
+        let sock = lab.daemons[0]
+            .socket
+            .as_ref()
+            .unwrap()
+            .with_file_name("docker.sock");
+        let tty = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} exec -it {cid} tty", c.display()),
+                "/dev/null",
+            ])
+            .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+            .env("DOCKER_CONFIG", lab.dir.join("docker-cli-config"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let tty_out = String::from_utf8_lossy(&tty.stdout);
+        assert!(
+            tty.status.success() && tty_out.contains("/dev/pts/"),
+            "exec -it: {tty_out}"
+        );
         // -f keeps the stream open, and follows tasks that start later
         // (the scale below).
         let sock = lab.daemons[0]

@@ -1,7 +1,7 @@
 //! The Engine API's node-local endpoints (`docker ps`, `images`, `logs`,
 //! `events`, `volume`) are the node's own Docker Engine's: forwarded to
-//! it, as a Swarm node's engine answers them itself. Connection upgrades
-//! (interactive `attach`/`exec`) are not forwarded yet.
+//! it, as a Swarm node's engine answers them itself, connection upgrades
+//! (`docker exec`, `attach`) included.
 
 use std::time::Duration;
 
@@ -42,16 +42,12 @@ pub(super) async fn forward(e: &Engine, mut req: Request) -> Response {
 }
 
 async fn send(e: &Engine, req: &mut Request) -> Result<Response, EngineError> {
-    if req.headers().contains_key(hyper::header::UPGRADE) {
-        return Err(EngineError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "Apiary does not forward interactive streams ({} {}) to the node's Docker Engine yet: use its own socket",
-                req.method(),
-                req.uri().path()
-            ),
-        ));
-    }
+    // `docker exec`, `attach`, `run -i`: the engine switches the
+    // connection to a raw stream (101); both sides are then joined.
+    let client_side = req
+        .headers()
+        .contains_key(hyper::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut *req));
     let sock = &e.d.cfg.docker_socket;
     let unavailable = |why: String| {
         EngineError::new(
@@ -72,7 +68,7 @@ async fn send(e: &Engine, req: &mut Request) -> Result<Response, EngineError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|x| unavailable(x.to_string()))?;
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
     let mut uri = req
         .extensions()
         .get::<Versioned>()
@@ -114,11 +110,30 @@ async fn send(e: &Engine, req: &mut Request) -> Result<Response, EngineError> {
     let out = out
         .body(body)
         .map_err(|x| EngineError::new(StatusCode::BAD_REQUEST, x.to_string()))?;
-    let resp = sender
+    let mut resp = sender
         .send_request(out)
         .await
         .map_err(|x| unavailable(x.to_string()))?;
+    if let Some(client_side) = client_side {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let engine_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(join(client_side, engine_side));
+        }
+    }
     Ok(resp.map(axum::body::Body::new))
+}
+
+/// Copies the raw stream both ways until either side closes.
+async fn join(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgrade) {
+    let (client, engine) = match tokio::try_join!(client, engine) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(%err, "an upgraded Docker Engine stream did not start");
+            return;
+        }
+    };
+    let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32)> {

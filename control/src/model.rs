@@ -1057,6 +1057,14 @@ impl ClusterState {
         if svc.spec.stop_grace_ms.is_some_and(|g| g > 24 * 3_600_000) {
             return Err("--stop-grace-period is at most 24h".into());
         }
+        svc.spec.health.check()?;
+        // A Docker task without a command times the image's HEALTHCHECK.
+        if svc.spec.health_cmd.is_none()
+            && !svc.spec.health.is_default()
+            && svc.spec.driver == crate::services::Driver::Exec
+        {
+            return Err("--health-interval, --health-timeout, --health-retries and --health-start-period of an exec task need its --health-cmd".into());
+        }
         for (kind, refs) in [
             (Kind::Secret, &svc.spec.secrets),
             (Kind::Config, &svc.spec.configs),

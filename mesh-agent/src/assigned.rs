@@ -817,6 +817,7 @@ fn task_spec(t: &AssignedTask, data: &[ObjectData]) -> TaskSpecConfig {
         service: Some(t.service_name.clone()),
         memory: (run.limit.memory_bytes > 0).then(|| run.limit.memory_bytes.to_string()),
         health_cmd: run.health_cmd,
+        health: run.health,
         cpus: (run.limit.nano_cpus > 0).then(|| run.limit.nano_cpus as f64 / 1e9),
         log: t.spec.log,
         files,

@@ -115,6 +115,10 @@ pub struct TaskSpecConfig {
     /// pass, the task is no backend of this node.
     #[serde(default)]
     pub health_cmd: Option<String>,
+    /// When it runs: `{interval_ms, timeout_ms, retries, start_period_ms}`,
+    /// each optional.
+    #[serde(default)]
+    pub health: control::services::HealthTimings,
     #[serde(default)]
     pub cpus: Option<f64>,
     /// How much output is kept: `{max_size: BYTES, max_files: N}`.

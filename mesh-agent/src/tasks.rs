@@ -349,6 +349,7 @@ impl TaskManager {
             resolv_conf: Some(self.attacher.resolv_conf_path(&spec.name)),
             memory_max: spec.memory.as_deref().and_then(parse_bytes),
             health_cmd: spec.health_cmd.clone(),
+            health: spec.health,
             cpus: spec.cpus,
             log: spec.log,
             binds: Vec::new(),

@@ -36,6 +36,7 @@ fn spec(lab: &Lab, id: &str, image: &str, command: &[&str]) -> TaskSpec {
         env: Vec::new(),
         resolv_conf: Some(lab.dir.join("agent/net").join(id).join("resolv.conf")),
         health_cmd: None,
+        health: Default::default(),
         memory_max: Some(64 << 20),
         cpus: Some(0.5),
         log: Default::default(),

@@ -557,6 +557,12 @@ fn docker_service_create_and_rm_drive_the_cluster() {
                 "GREETING=hi",
                 "--publish-add",
                 "8081:80",
+                "--health-cmd",
+                "test -e /proc/1",
+                "--health-interval",
+                "2s",
+                "--health-retries",
+                "4",
                 "my_nginx",
             ],
         );
@@ -566,6 +572,29 @@ fn docker_service_create_and_rm_drive_the_cluster() {
             v[0]["spec"]["env"],
             serde_json::json!(["GREETING=hi"]),
             "{v}"
+        );
+        assert_eq!(v[0]["spec"]["health_cmd"], "test -e /proc/1", "{v}");
+        assert_eq!(
+            v[0]["spec"]["health"],
+            serde_json::json!({"interval_ms": 2000, "retries": 4}),
+            "{v}"
+        );
+        let hc = ok(
+            &lab,
+            c,
+            0,
+            &[
+                "service",
+                "inspect",
+                "my_nginx",
+                "--format",
+                "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck}}",
+            ],
+        );
+        let hc: serde_json::Value = serde_json::from_str(hc.trim()).unwrap();
+        assert_eq!(
+            hc,
+            serde_json::json!({"Test": ["CMD-SHELL", "test -e /proc/1"], "Interval": 2_000_000_000u64, "Retries": 4}),
         );
         assert_eq!(v[0]["spec"]["mode"]["replicas"], 3, "{v}");
         let to = addr(lab.hosts[2].addr, 8081);
@@ -589,6 +618,7 @@ fn docker_service_create_and_rm_drive_the_cluster() {
         assert!(out.contains("rollback"), "{out}");
         let v = inspect(&lab);
         assert_eq!(v[0]["spec"]["env"], serde_json::json!([]), "{v}");
+        assert!(v[0]["spec"]["health_cmd"].is_null(), "{v}");
         assert_eq!(v[0]["spec"]["ports"].as_array().unwrap().len(), 1, "{v}");
 
         ok(&lab, c, 0, &["service", "rm", "my_nginx"]);

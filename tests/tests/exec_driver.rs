@@ -34,6 +34,7 @@ fn spec(id: &str, command: &[&str]) -> TaskSpec {
         env: Vec::new(),
         resolv_conf: None,
         health_cmd: None,
+        health: Default::default(),
         memory_max: None,
         cpus: None,
         log: Default::default(),
@@ -362,4 +363,59 @@ fn the_task_sees_its_own_resolv_conf() {
     assert_eq!(out, "nameserver 10.96.0.2\noptions timeout:1 attempts:5\n");
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     assert_ne!(host, out, "the host's file is untouched");
+}
+
+/// The spec's timings rule an exec task's check: failures inside the start
+/// period do not count, a run past its timeout is killed and fails, and
+/// `retries` failures in a row make the task unhealthy.
+#[test]
+fn an_exec_tasks_health_check_keeps_its_start_period_timeout_and_retries() {
+    use mesh_agent::driver::Health;
+    let lab = Lab::up(1).unwrap();
+    let host = lab.hosts[0].ns.clone();
+    let dir = agent_dir(&lab);
+    let bin = apiary_bin();
+    let marker = lab.dir.join("check-ran");
+    let mut task = spec("slow-1", &["sleep", "60"]);
+    // Hangs (past its timeout) and leaves a mark each time it runs.
+    task.health_cmd = Some(format!("touch {}; sleep 30", marker.display()));
+    task.health = control::services::HealthTimings {
+        interval_ms: Some(100),
+        timeout_ms: Some(200),
+        retries: Some(2),
+        start_period_ms: Some(2_000),
+    };
+    let (in_period, after, elapsed) = host
+        .run_in(move || {
+            let mut d = ExecDriver::new(&dir, bin, &cgroup_parent(&dir));
+            let mut at = attacher(&dir);
+            start(&mut d, &mut at, &task).expect("start");
+            let t0 = std::time::Instant::now();
+            let mut in_period = Vec::new();
+            while t0.elapsed() < Duration::from_millis(1_500) {
+                in_period.push(d.health("slow-1").unwrap());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let after = loop {
+                let h = d.health("slow-1").unwrap();
+                if h == Health::Unhealthy || t0.elapsed() > Duration::from_secs(20) {
+                    break h;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let elapsed = t0.elapsed();
+            d.stop("slow-1", Duration::from_secs(3)).unwrap();
+            at.detach("slow-1").unwrap();
+            d.remove("slow-1").unwrap();
+            (in_period, after, elapsed)
+        })
+        .unwrap();
+    assert!(marker.exists(), "the check never ran");
+    assert!(
+        in_period.iter().all(|h| *h == Health::Starting),
+        "failures counted inside the start period: {in_period:?}"
+    );
+    assert_eq!(after, Health::Unhealthy);
+    // Two runs of 200 ms after the 2 s start period, not two of 30 s.
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }

@@ -235,6 +235,7 @@ pub fn service(s: &ServiceView, status: bool) -> types::Service {
                     .iter()
                     .map(|f| file_ref(f, "Config"))
                     .collect(),
+                healthcheck: healthcheck(&s.spec),
             },
             restart_policy: serde_json::json!({
                 "Condition": s.spec.restart.condition,
@@ -418,4 +419,24 @@ pub fn service_selected(s: &ServiceView, f: &[(String, String)]) -> bool {
         && f.iter()
             .filter(|(k, _)| k == "label")
             .all(|(_, v)| label_matches(&s.spec.labels, v))
+}
+
+/// The spec's health check as Docker's `HealthConfig` (none when it sets
+/// neither a command nor timings).
+fn healthcheck(s: &crate::services::ServiceSpec) -> Option<types::HealthConfig> {
+    if s.health_cmd.is_none() && s.health.is_default() {
+        return None;
+    }
+    let ns = |ms: Option<u64>| ms.unwrap_or(0) * 1_000_000;
+    Some(types::HealthConfig {
+        test: s
+            .health_cmd
+            .iter()
+            .flat_map(|c| ["CMD-SHELL".to_string(), c.clone()])
+            .collect(),
+        interval: ns(s.health.interval_ms),
+        timeout: ns(s.health.timeout_ms),
+        retries: s.health.retries.map_or(0, u64::from),
+        start_period: ns(s.health.start_period_ms),
+    })
 }

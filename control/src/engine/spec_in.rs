@@ -154,6 +154,55 @@ fn word<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Docker's `HealthConfig` (`--health-cmd`, `--health-interval`, …, or a
+/// compose file's `healthcheck`) as Apiary's command and timings. `Test`:
+/// `["CMD-SHELL", cmd]`, `["CMD", argv…]` (joined for the shell), or none
+/// (the image's own check, timed as asked); `["NONE"]` is refused, as
+/// Apiary cannot turn an image's check off.
+fn healthcheck(
+    v: Option<Value>,
+) -> Result<(Option<String>, crate::services::HealthTimings), SpecError> {
+    const P: &str = "TaskTemplate.ContainerSpec.Healthcheck";
+    let mut o = object(v, P)?;
+    let test = strings(take(&mut o, "Test"), &format!("{P}.Test"))?;
+    let cmd = match test.split_first() {
+        None => None,
+        Some((k, rest)) if k == "CMD-SHELL" && rest.len() == 1 => Some(rest[0].clone()),
+        Some((k, rest)) if k == "CMD" && !rest.is_empty() => Some(
+            shlex::try_join(rest.iter().map(String::as_str))
+                .map_err(|e| err(&format!("{P}.Test"), e.to_string()))?,
+        ),
+        Some((k, _)) if k == "NONE" => {
+            return Err(err(
+                &format!("{P}.Test"),
+                "Apiary cannot turn an image's HEALTHCHECK off; leave the check out instead",
+            ))
+        }
+        Some(_) => {
+            return Err(err(
+                &format!("{P}.Test"),
+                "use [\"CMD-SHELL\", COMMAND] or [\"CMD\", ARG…]",
+            ))
+        }
+    };
+    let nanos = |o: &mut Map<String, Value>, k: &str| -> Result<Option<u64>, SpecError> {
+        let n = number(take(o, k), &format!("{P}.{k}"))?;
+        Ok((n > 0).then_some(n.div_ceil(1_000_000)))
+    };
+    let timings = crate::services::HealthTimings {
+        interval_ms: nanos(&mut o, "Interval")?,
+        timeout_ms: nanos(&mut o, "Timeout")?,
+        retries: match number(take(&mut o, "Retries"), &format!("{P}.Retries"))? {
+            0 => None,
+            r => Some(u32::try_from(r).map_err(|_| err(&format!("{P}.Retries"), "too large"))?),
+        },
+        start_period_ms: nanos(&mut o, "StartPeriod")?,
+    };
+    timings.check().map_err(|e| err(P, e))?;
+    rest(&o, P)?;
+    Ok((cmd, timings))
+}
+
 fn restart_policy(v: Option<Value>) -> Result<crate::services::RestartPolicy, SpecError> {
     let path = "TaskTemplate.RestartPolicy";
     let mut o = object(v, path)?;
@@ -441,6 +490,7 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
             })
         })
         .transpose()?;
+    let (health_cmd, health) = healthcheck(take(&mut cs, "Healthcheck"))?;
     let mounts = mounts(take(&mut cs, "Mounts"))?;
     let secrets = file_refs(take(&mut cs, "Secrets"), "Secret")?;
     let configs = file_refs(take(&mut cs, "Configs"), "Config")?;
@@ -522,6 +572,8 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
     spec.endpoint_mode = endpoint_mode;
     spec.ports = ports;
     spec.stop_grace_ms = grace.map(|ns| ns / 1_000_000);
+    spec.health_cmd = health_cmd;
+    spec.health = health;
     spec.mounts = mounts;
     spec.secrets = secrets;
     spec.configs = configs;
@@ -534,8 +586,8 @@ pub fn service_spec(body: Value) -> Result<ServiceSpec, SpecError> {
 
 /// `current` with what a Docker spec sets (everything `service_spec` reads,
 /// so what `docker service inspect` shows round-trips); Apiary's own
-/// settings Docker's spec does not carry here (health check, driver, log
-/// options, placement preferences, dependencies) are kept.
+/// settings Docker's spec does not carry here (driver, log options,
+/// placement preferences, dependencies) are kept.
 pub fn merge(current: &ServiceSpec, docker: ServiceSpec) -> ServiceSpec {
     let mut s = current.clone();
     s.name = docker.name;
@@ -546,6 +598,8 @@ pub fn merge(current: &ServiceSpec, docker: ServiceSpec) -> ServiceSpec {
     s.env = docker.env;
     s.container_labels = docker.container_labels;
     s.stop_grace_ms = docker.stop_grace_ms;
+    s.health_cmd = docker.health_cmd;
+    s.health = docker.health;
     s.limit = docker.limit;
     s.reserve = docker.reserve;
     s.constraints = docker.constraints;
@@ -619,6 +673,49 @@ mod tests {
                 protocol: Protocol::Tcp
             }]
         );
+    }
+
+    #[test]
+    fn a_health_check_becomes_apiarys_command_and_timings() {
+        let with = |hc: Value| {
+            let mut v: Value = serde_json::from_str(CLI_20_10).unwrap();
+            v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = hc;
+            service_spec(v)
+        };
+        let s = with(serde_json::json!({"Test": ["CMD", "curl", "-f", "http://x/a b"], "Interval": 2_500_000_000u64, "StartPeriod": 1}))
+            .unwrap();
+        assert_eq!(s.health_cmd.as_deref(), Some("curl -f 'http://x/a b'"));
+        assert_eq!(s.health.interval_ms, Some(2_500));
+        assert_eq!(s.health.start_period_ms, Some(1), "rounded up, not to zero");
+        let s = with(serde_json::json!({"Retries": 3})).unwrap();
+        assert_eq!((s.health_cmd, s.health.retries), (None, Some(3)));
+        for (bad, path) in [
+            (serde_json::json!({"Test": ["NONE"]}), "Healthcheck.Test"),
+            (
+                serde_json::json!({"Test": ["CMD-SHELL"]}),
+                "Healthcheck.Test",
+            ),
+            (
+                serde_json::json!({"Test": ["SHELL", "x"]}),
+                "Healthcheck.Test",
+            ),
+            (serde_json::json!({"Interval": -1}), "Healthcheck.Interval"),
+            (
+                serde_json::json!({"Retries": 5_000_000_000u64}),
+                "Healthcheck.Retries",
+            ),
+            (
+                serde_json::json!({"Timeout": 90_000_000_000_000u64}),
+                "Healthcheck",
+            ),
+            (
+                serde_json::json!({"StartInterval": 5}),
+                "Healthcheck.StartInterval",
+            ),
+        ] {
+            let e = with(bad.clone()).unwrap_err();
+            assert!(e.path.ends_with(path), "{bad}: {e:?}");
+        }
     }
 
     #[test]

@@ -173,6 +173,24 @@ pub struct ContainerSpec {
     pub secrets: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// Docker's `HealthConfig`; durations in nanoseconds, 0 when unset.
+#[derive(Serialize, Debug, Clone, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthConfig {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub interval: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_period: u64,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]

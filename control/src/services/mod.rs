@@ -91,6 +91,9 @@ pub struct ServiceSpec {
     /// traffic (state `starting`), and once it fails it is replaced.
     #[serde(default)]
     pub health_cmd: Option<String>,
+    /// When the health command runs (`--health-interval`, …).
+    #[serde(default, skip_serializing_if = "HealthTimings::is_default")]
+    pub health: HealthTimings,
     /// How a change of what tasks run rolls out (`--update-*`).
     #[serde(default)]
     pub update: UpdateConfig,
@@ -498,6 +501,8 @@ pub struct TaskRun {
     pub driver: Driver,
     #[serde(default)]
     pub health_cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "HealthTimings::is_default")]
+    pub health: HealthTimings,
     #[serde(default)]
     pub limit: crate::model::Resources,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -522,6 +527,7 @@ impl From<&ServiceSpec> for TaskRun {
             env: s.env.clone(),
             driver: s.driver,
             health_cmd: s.health_cmd.clone(),
+            health: s.health,
             limit: s.limit,
             secrets: s.secrets.clone(),
             configs: s.configs.clone(),
@@ -557,6 +563,61 @@ impl Task {
     }
 }
 
+/// When and how a task's health command runs (Docker's `--health-interval`,
+/// `--health-timeout`, `--health-retries`, `--health-start-period`); what is
+/// unset is the driver's default (every second, a second to answer, unhealthy
+/// after two failures in a row for a Docker task and three for an exec
+/// task, no start period).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthTimings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Failures in a row that make a task unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Failures in this time after the start do not count (a pass does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_ms: Option<u64>,
+}
+
+/// The longest interval, timeout or start period accepted.
+const MAX_HEALTH_MS: u64 = 24 * 3_600_000;
+/// The most retries accepted.
+const MAX_HEALTH_RETRIES: u32 = 1000;
+
+impl HealthTimings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Refuses what no check could honour, naming the flag.
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, v) in [
+            ("--health-interval", self.interval_ms),
+            ("--health-timeout", self.timeout_ms),
+        ] {
+            if v.is_some_and(|v| v == 0 || v > MAX_HEALTH_MS) {
+                return Err(format!("{flag} must be between 1ms and 24h"));
+            }
+        }
+        if self.start_period_ms.is_some_and(|v| v > MAX_HEALTH_MS) {
+            return Err("--health-start-period is at most 24h".into());
+        }
+        if self
+            .retries
+            .is_some_and(|r| r == 0 || r > MAX_HEALTH_RETRIES)
+        {
+            return Err(format!(
+                "--health-retries must be between 1 and {MAX_HEALTH_RETRIES}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ServiceSpec {
     /// A spec with Docker's defaults for everything but its name, image and
     /// mode.
@@ -574,6 +635,7 @@ impl ServiceSpec {
             driver: Driver::default(),
             restart: RestartPolicy::default(),
             health_cmd: None,
+            health: HealthTimings::default(),
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             reserve: crate::model::Resources::default(),

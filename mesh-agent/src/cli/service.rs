@@ -17,6 +17,35 @@ use control::services::{
     ServiceSpec, TaskState, UpdateOrder, UpdatePatch, UpdateState,
 };
 
+/// `--health-*` timings (create).
+#[derive(clap::Args, Debug, Default)]
+pub struct HealthArgs {
+    /// Time between two runs of the health command (default 1s).
+    #[arg(long, value_parser = super::parse_duration)]
+    health_interval: Option<Duration>,
+    /// Longest one run may take (default 1s).
+    #[arg(long, value_parser = super::parse_duration)]
+    health_timeout: Option<Duration>,
+    /// Failures in a row that make a task unhealthy (default 3).
+    #[arg(long)]
+    health_retries: Option<u32>,
+    /// Failures this soon after the start do not count.
+    #[arg(long, value_parser = super::parse_duration)]
+    health_start_period: Option<Duration>,
+}
+
+impl HealthArgs {
+    fn timings(&self) -> control::services::HealthTimings {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        control::services::HealthTimings {
+            interval_ms: ms(self.health_interval),
+            timeout_ms: ms(self.health_timeout),
+            retries: self.health_retries,
+            start_period_ms: ms(self.health_start_period),
+        }
+    }
+}
+
 /// `--reserve-*` and `--limit-*` (create and update).
 #[derive(clap::Args, Debug, Default)]
 pub struct ResourceArgs {
@@ -237,6 +266,8 @@ pub enum ServiceCmd {
         /// A shell command run in the task; traffic only once it passes.
         #[arg(long)]
         health_cmd: Option<String>,
+        #[command(flatten)]
+        health: HealthArgs,
         /// How much output each task keeps: max-size=SIZE (10m), max-file=N (3).
         #[arg(long)]
         log_opt: Vec<String>,
@@ -706,6 +737,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                 restart_max_attempts,
                 restart_window,
                 health_cmd,
+                health,
                 log_opt,
                 endpoint_mode,
                 secret,
@@ -780,6 +812,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                         window_ms: restart_window.as_millis() as u64,
                     },
                     health_cmd,
+                    health: health.timings(),
                     update,
                     rollback,
                     reserve,

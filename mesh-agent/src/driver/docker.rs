@@ -28,6 +28,35 @@ use super::{
 /// Health checks of a spec run every second and fail after two misses.
 const HEALTH_INTERVAL_NS: i64 = 1_000_000_000;
 
+/// The container's check: the spec's command (or, without one, the image's
+/// HEALTHCHECK) at the spec's timings, Apiary's defaults for the rest of a
+/// command it sets.
+fn health_config(spec: &TaskSpec) -> Option<HealthConfig> {
+    let t = spec.health;
+    let ns = |ms: Option<u64>| ms.map(|ms| ms as i64 * 1_000_000);
+    let set = HealthConfig {
+        test: spec
+            .health_cmd
+            .as_ref()
+            .map(|cmd| vec!["CMD-SHELL".into(), cmd.clone()]),
+        interval: ns(t.interval_ms),
+        timeout: ns(t.timeout_ms),
+        retries: t.retries.map(i64::from),
+        start_period: ns(t.start_period_ms),
+        ..Default::default()
+    };
+    match spec.health_cmd {
+        Some(_) => Some(HealthConfig {
+            interval: set.interval.or(Some(HEALTH_INTERVAL_NS)),
+            timeout: set.timeout.or(Some(HEALTH_INTERVAL_NS)),
+            retries: set.retries.or(Some(2)),
+            ..set
+        }),
+        None if t.is_default() => None,
+        None => Some(set),
+    }
+}
+
 pub const LABEL_TASK: &str = "io.apiary.task";
 pub const LABEL_NODE: &str = "io.apiary.node";
 
@@ -300,13 +329,7 @@ impl DockerDriver {
             // measured, half of the engine's CPU per container, 100 starts in
             // 12 s instead of 6 s.
             network_disabled: Some(true),
-            healthcheck: spec.health_cmd.as_ref().map(|cmd| HealthConfig {
-                test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
-                interval: Some(HEALTH_INTERVAL_NS),
-                timeout: Some(HEALTH_INTERVAL_NS),
-                retries: Some(2),
-                ..Default::default()
-            }),
+            healthcheck: health_config(spec),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
                 // A real init reaps zombies and passes SIGTERM on (busybox as PID 1 ignores it).

@@ -34,19 +34,96 @@ pub struct ExecDriver {
     checks: std::sync::Mutex<std::collections::HashMap<String, Check>>,
 }
 
-/// A task's health check: run at most every [`CHECK_EVERY`], in the
-/// task's network namespace; healthy once it passes, unhealthy after
-/// [`CHECK_RETRIES`] failures in a row (Docker's rules).
+/// A task's health check: started at most every interval
+/// ([`CHECK_EVERY`] unless the spec says), in the task's network
+/// namespace, and looked at without waiting; healthy once it passes,
+/// unhealthy after `retries` ([`CHECK_RETRIES`]) failures in a row, a run
+/// that outlives its timeout failed, failures in the start period not
+/// counted (Docker's rules).
 struct Check {
+    /// When the agent first looked (the start period counts from there).
+    since: Instant,
     last: Instant,
     failures: u32,
     status: Health,
+    /// The run under way, killed (its whole group) when dropped late.
+    running: Option<std::process::Child>,
 }
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 const CHECK_RETRIES: u32 = 3;
 /// The file in the task directory holding its health command.
 const HEALTH_CMD: &str = "health.cmd";
+/// Beside it, its timings when the spec sets any (JSON).
+const HEALTH_TIMINGS: &str = "health.timings";
+
+impl Check {
+    /// Moves the check on: collects a finished run, kills one past
+    /// `timeout`, starts the next when `every` has passed.
+    fn step(&mut self, pid: i32, cmd: &str, t: &control::services::HealthTimings) {
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        let (every, timeout) = (
+            ms(t.interval_ms, CHECK_EVERY),
+            ms(t.timeout_ms, CHECK_TIMEOUT),
+        );
+        if let Some(child) = &mut self.running {
+            let passed = match child.try_wait() {
+                Ok(Some(status)) => status.success(),
+                Ok(None) if self.last.elapsed() < timeout => return,
+                _ => {
+                    kill_group(child);
+                    false
+                }
+            };
+            self.running = None;
+            self.record(passed, t);
+        }
+        if self.last.elapsed() >= every {
+            self.last = Instant::now();
+            match ExecDriver::start_check(pid, cmd) {
+                Ok(child) => self.running = Some(child),
+                Err(_) => self.record(false, t),
+            }
+        }
+    }
+
+    fn record(&mut self, passed: bool, t: &control::services::HealthTimings) {
+        if passed {
+            self.failures = 0;
+            self.status = Health::Healthy;
+            return;
+        }
+        let start = Duration::from_millis(t.start_period_ms.unwrap_or(0));
+        if self.since.elapsed() < start {
+            return;
+        }
+        self.failures += 1;
+        if self.failures >= t.retries.unwrap_or(CHECK_RETRIES) {
+            self.status = Health::Unhealthy;
+        }
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.running {
+            kill_group(child);
+        }
+    }
+}
+
+/// Kills a check's process group (the shell and whatever it started) and
+/// reaps its leader.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.wait();
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
     let what = what.into();
@@ -182,26 +259,17 @@ impl ExecDriver {
         Ok(out)
     }
 
-    /// Runs task `id`'s health command once (at most 1 s) in its network
-    /// namespace: `true` when it passes.
-    fn run_check(pid: i32, cmd: &str) -> bool {
-        Command::new("timeout")
-            .args([
-                "1",
-                "nsenter",
-                "--target",
-                &pid.to_string(),
-                "--net",
-                "--",
-                "sh",
-                "-c",
-                cmd,
-            ])
+    /// Starts task `id`'s health command in its network namespace, in a
+    /// process group of its own (so a late one is killed whole).
+    fn start_check(pid: i32, cmd: &str) -> std::io::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--net", "--", "sh", "-c", cmd])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .process_group(0)
+            .spawn()
     }
 
     /// The cgroup directories task `id` was put in.
@@ -276,6 +344,12 @@ impl TaskDriver for ExecDriver {
             std::fs::write(dir.join(HEALTH_CMD), cmd)
                 .map_err(io("recording the task's health command"))
                 .map_err(cleanup)?;
+            if !spec.health.is_default() {
+                let t = serde_json::to_vec(&spec.health).expect("timings serialize");
+                std::fs::write(dir.join(HEALTH_TIMINGS), t)
+                    .map_err(io("recording the task's health timings"))
+                    .map_err(cleanup)?;
+            }
         }
         let shim_log = std::fs::File::create(dir.join("shim.log"))
             .map_err(io("creating shim.log"))
@@ -386,24 +460,22 @@ impl TaskDriver for ExecDriver {
         let TaskState::Running(pid) = self.state(id)? else {
             return Ok(Health::Unhealthy);
         };
+        // Written by this agent's start; unreadable means the defaults.
+        let timings: control::services::HealthTimings =
+            std::fs::read(self.task_dir(id).join(HEALTH_TIMINGS))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         let c = checks.entry(id.to_string()).or_insert(Check {
-            last: Instant::now() - CHECK_EVERY,
+            since: now,
+            last: now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
             failures: 0,
             status: Health::Starting,
+            running: None,
         });
-        if c.last.elapsed() >= CHECK_EVERY {
-            c.last = Instant::now();
-            if Self::run_check(pid, &cmd) {
-                c.failures = 0;
-                c.status = Health::Healthy;
-            } else {
-                c.failures += 1;
-                if c.failures >= CHECK_RETRIES {
-                    c.status = Health::Unhealthy;
-                }
-            }
-        }
+        c.step(pid, &cmd, &timings);
         Ok(c.status)
     }
 

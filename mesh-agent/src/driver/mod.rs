@@ -56,6 +56,8 @@ pub struct TaskSpec {
     pub resolv_conf: Option<std::path::PathBuf>,
     /// Health check command run inside the task (docker: `CMD-SHELL`).
     pub health_cmd: Option<String>,
+    /// When it runs (unset: the driver's defaults).
+    pub health: control::services::HealthTimings,
     /// Memory limit in bytes.
     pub memory_max: Option<u64>,
     /// CPU limit in CPUs (0.5 = half of one).

@@ -201,11 +201,33 @@ pub fn plan(stack: &str, p: &Project) -> Result<Plan, String> {
             Some(c::Healthcheck::Check {
                 shell: true, test, ..
             }) => test.first().cloned(),
+            Some(c::Healthcheck::Check { test, .. }) if test.is_empty() => None,
             Some(c::Healthcheck::Check { test, .. }) => Some(
                 shlex::try_join(test.iter().map(String::as_str))
                     .map_err(|e| at("healthcheck", e.to_string()))?,
             ),
         };
+        if let Some(c::Healthcheck::Check {
+            interval,
+            timeout,
+            retries,
+            start_period,
+            ..
+        }) = &s.healthcheck
+        {
+            let ms = |d: &Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+            spec.health = control::services::HealthTimings {
+                interval_ms: ms(interval),
+                timeout_ms: ms(timeout),
+                retries: retries
+                    .map(|r| {
+                        u32::try_from(r).map_err(|_| at("healthcheck.retries", "too large".into()))
+                    })
+                    .transpose()?,
+                start_period_ms: ms(start_period),
+            };
+            spec.health.check().map_err(|e| at("healthcheck", e))?;
+        }
         spec.stop_grace_ms = s.stop_grace_period.map(ms);
         let nets: Vec<String> = if s.networks.is_empty() {
             vec![DEFAULT.to_string()]
@@ -462,6 +484,38 @@ mod tests {
             .unwrap();
         assert_eq!(web.secrets[0].source, "my_password");
         assert_eq!(web.secrets[0].target, "my_password");
+    }
+
+    fn inline(text: &str) -> Project {
+        let input = compose::Input {
+            name: "inline.yml".into(),
+            dir: PathBuf::from("."),
+            text: text.into(),
+        };
+        compose::load(&[input], &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn a_healthchecks_timings_reach_the_service_and_impossible_ones_are_refused() {
+        let p = inline(
+            "services:\n  db:\n    image: postgres\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -U postgres\"]\n      interval: 10s\n      timeout: 5s\n      retries: 5\n      start_period: 30s\n",
+        );
+        let db = plan("s", &p).unwrap().services.remove(0);
+        assert_eq!(db.health_cmd.as_deref(), Some("pg_isready -U postgres"));
+        assert_eq!(
+            db.health,
+            control::services::HealthTimings {
+                interval_ms: Some(10_000),
+                timeout_ms: Some(5_000),
+                retries: Some(5),
+                start_period_ms: Some(30_000),
+            }
+        );
+        let p = inline(
+            "services:\n  db:\n    image: postgres\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 48h\n",
+        );
+        let e = plan("s", &p).unwrap_err();
+        assert!(e.contains("--health-interval"), "{e}");
     }
 
     #[test]

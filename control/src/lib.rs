@@ -7,6 +7,7 @@ pub mod assignments;
 pub mod client;
 pub mod engine;
 pub mod http;
+pub mod logline;
 pub mod manager;
 pub mod model;
 pub mod network;

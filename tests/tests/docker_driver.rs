@@ -185,8 +185,11 @@ fn exit_status_and_bad_input() {
         })
     );
     assert_eq!(
-        (logs.stdout.data.as_str(), logs.stderr.data.as_str()),
-        ("out\n", "err\n")
+        (
+            control::logline::strip(&logs.stdout.data),
+            control::logline::strip(&logs.stderr.data)
+        ),
+        ("out\n".to_string(), "err\n".to_string())
     );
     assert!(
         unknown.contains("unknown image `apiary/no-such-image:dev`"),

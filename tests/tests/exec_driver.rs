@@ -147,7 +147,8 @@ fn exit_status_and_output_are_recorded() {
             )
             .unwrap();
             let s = wait_exited(&d, "job", Duration::from_secs(5));
-            (s, d.logs("job", &Default::default()).unwrap().stdout.data)
+            let out = d.logs("job", &Default::default()).unwrap().stdout.data;
+            (s, control::logline::strip(&out))
         })
         .unwrap();
     assert_eq!(
@@ -357,7 +358,7 @@ fn the_task_sees_its_own_resolv_conf() {
             s.resolv_conf = Some(at.resolv_conf_path("dns"));
             start(&mut d, &mut at, &s).unwrap();
             wait_exited(&d, "dns", Duration::from_secs(5));
-            d.logs("dns", &Default::default()).unwrap().stdout.data
+            control::logline::strip(&d.logs("dns", &Default::default()).unwrap().stdout.data)
         })
         .unwrap();
     assert_eq!(out, "nameserver 10.96.0.2\noptions timeout:1 attempts:5\n");

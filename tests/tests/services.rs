@@ -374,6 +374,40 @@ fn service_logs_gather_every_tasks_output_from_its_node() {
     }
     assert!(nodes.len() >= 2, "{lines:?}");
     assert!(lines.iter().all(|l| l.starts_with("web.")), "{lines:?}");
+    // -t: when each line was written (this test started a minute ago at
+    // most); --since: nothing older.
+    let now = std::time::SystemTime::now();
+    let out = lab.apiary(0, &["service", "logs", "-t", "web"]);
+    let stamped: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("listening on 0.0.0.0:80"))
+        .collect();
+    assert_eq!(stamped.len(), 3, "{}", out.stderr);
+    for l in &stamped {
+        let (_, line) = l.split_once(" | ").unwrap();
+        let (at, rest) = control::logline::split(line.as_bytes());
+        let at = at.unwrap_or_else(|| panic!("no time on {l:?}"));
+        let now_ns = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        assert!((0..120_000_000_000).contains(&(now_ns - at)), "{l}");
+        assert!(
+            String::from_utf8_lossy(rest).contains("listening on"),
+            "{l}"
+        );
+    }
+    let later = control::logline::stamp(now + Duration::from_secs(3600));
+    let out = lab.apiary(0, &["service", "logs", "--since", &later, "web"]);
+    assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+    let out = lab.apiary(0, &["service", "logs", "--since", "1h", "web"]);
+    assert_eq!(
+        out.stderr.matches("listening on 0.0.0.0:80").count(),
+        3,
+        "{}",
+        out.stderr
+    );
     let err = lab.apiary(0, &["service", "logs", "nope"]).err();
     assert!(err.contains("nope"), "{err}");
     // Another node's task output is for managers only.

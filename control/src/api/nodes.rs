@@ -171,6 +171,28 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
         role,
         at: now_ms(),
     };
+    // A node demoted a moment ago still holds its manager's certificate and
+    // runs its old Raft member, whose term rises each time its election
+    // timer fires, until its next heartbeat resets it and renews it as a
+    // worker. Added back before that, its higher term would depose the
+    // leader: wait for the worker's certificate first.
+    let cert_role = |j: &Joined| {
+        j.cert_roles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n.id)
+            .copied()
+    };
+    let deadline = tokio::time::Instant::now() + PROMOTE_CERT_WAIT;
+    while n.role == Role::Worker && cert_role(j) == Some(CertRole::Manager) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Unavailable(format!(
+                "node {} was demoted and has not left the Raft group yet (it still presents a manager's certificate): try again once its daemon has renewed its certificate",
+                n.hostname
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Judged by heartbeats from now on: an entry from before a demotion
     // must not pass for the new certificate.
     j.cert_roles

@@ -1,4 +1,5 @@
-//! `docker service logs [-f] [--tail N] [--details] SERVICE|TASK`: each
+//! `docker service logs [-f] [--tail N] [-t] [--since T] [--details]
+//! SERVICE|TASK`: each
 //! task's output (with `-f`, also of tasks that start later),
 //! gathered through Apiary's API, in Docker's multiplexed stream framing
 //! (an 8-byte header per frame: stream 1 or 2, three zeros, the length as
@@ -16,6 +17,7 @@ use hyper::{Method, StatusCode};
 
 use super::{segment, Engine, EngineError, Reply};
 use crate::api::{NodeLogs, NodeView, ServiceView, TaskLog};
+use crate::logline;
 
 /// How often a follower looks for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
@@ -63,14 +65,28 @@ impl Reader {
         }
     }
 
-    fn render(&self, line: &[u8], details: bool) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.details.len() + 1 + line.len());
-        if details {
+    /// A stored line as Docker sends it (`[TIME ][DETAILS ]LINE`), or
+    /// nothing when it is older than `since`.
+    fn render(&self, line: &[u8], want: &Want) -> Option<Vec<u8>> {
+        let (at, text) = logline::split(line);
+        if !logline::shown_since(at, want.since) {
+            return None;
+        }
+        let mut v = Vec::with_capacity(logline::STAMP_LEN + self.details.len() + 2 + text.len());
+        if want.timestamps {
+            match at {
+                Some(_) => v.extend_from_slice(&line[..logline::STAMP_LEN]),
+                // Kept before lines were stamped: no time is known.
+                None => v.extend_from_slice(logline::stamp(std::time::UNIX_EPOCH).as_bytes()),
+            }
+            v.push(b' ');
+        }
+        if want.details {
             v.extend_from_slice(self.details.as_bytes());
             v.push(b' ');
         }
-        v.extend_from_slice(line);
-        v
+        v.extend_from_slice(text);
+        Some(v)
     }
 }
 
@@ -80,6 +96,9 @@ struct Want {
     stderr: bool,
     follow: bool,
     details: bool,
+    timestamps: bool,
+    /// Nanoseconds since the epoch: older lines are left out.
+    since: Option<i128>,
     tail: Option<usize>,
 }
 
@@ -102,11 +121,22 @@ impl Want {
                 )
             })?),
         };
+        let since = match q.get("since").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(s) => Some(logline::parse_since(s).ok_or_else(|| {
+                EngineError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("since={s:?}: seconds since the epoch (SECONDS[.NANOSECONDS])"),
+                )
+            })?),
+        };
         Ok(Want {
             stdout,
             stderr,
             follow: flag("follow"),
             details: flag("details"),
+            timestamps: flag("timestamps"),
+            since,
             tail,
         })
     }
@@ -199,15 +229,16 @@ async fn stream(e: Engine, service: String, only: Option<String>, want: Want) ->
     // What is there now, the last `tail` lines of each task.
     let mut first = Vec::new();
     for r in &mut readers {
-        let mut lines = r.poll(&e, &service).await?;
+        let lines = r.poll(&e, &service).await?;
+        let mut frames: Vec<Bytes> = lines
+            .into_iter()
+            .filter(|(s, _)| want.stream(*s))
+            .filter_map(|(s, l)| Some(frame(s, &r.render(&l, &want)?)))
+            .collect();
         if let Some(n) = want.tail {
-            lines.drain(..lines.len().saturating_sub(n));
+            frames.drain(..frames.len().saturating_sub(n));
         }
-        for (s, l) in lines {
-            if want.stream(s) {
-                first.push(frame(s, &r.render(&l, want.details)));
-            }
-        }
+        first.extend(frames);
     }
     let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
@@ -232,12 +263,10 @@ async fn stream(e: Engine, service: String, only: Option<String>, want: Want) ->
                     continue;
                 };
                 for (s, l) in lines {
-                    if want.stream(s)
-                        && tx
-                            .send(frame(s, &r.render(&l, want.details)))
-                            .await
-                            .is_err()
-                    {
+                    let Some(line) = r.render(&l, &want).filter(|_| want.stream(s)) else {
+                        continue;
+                    };
+                    if tx.send(frame(s, &line)).await.is_err() {
                         return;
                     }
                 }

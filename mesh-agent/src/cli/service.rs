@@ -404,6 +404,13 @@ pub enum ServiceCmd {
         /// Keep printing what the tasks write.
         #[arg(short, long)]
         follow: bool,
+        /// Show when each line was written.
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Only lines written since: a time ago (10m, 2h) or a time as -t
+        /// prints it (2026-12-08T10:00:00.000000000Z).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i128>,
         service: String,
     },
     /// Remove services.
@@ -422,9 +429,55 @@ struct Printed {
     error_said: bool,
 }
 
+/// `--since`: a duration ago, or a stamp, as nanoseconds since the epoch.
+fn parse_since(s: &str) -> Result<i128, String> {
+    if let (Some(ns), rest) = control::logline::split(format!("{s} ").as_bytes()) {
+        if rest.is_empty() {
+            return Ok(ns);
+        }
+    }
+    let ago = super::parse_duration(s).map_err(|_| {
+        format!("invalid --since {s:?}: a time ago (10m, 2h) or a time such as 2026-12-08T10:00:00.000000000Z")
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(now.saturating_sub(ago).as_nanos() as i128)
+}
+
+/// How `service logs` shows lines.
+#[derive(Clone, Copy)]
+struct LogView {
+    follow: bool,
+    timestamps: bool,
+    since: Option<i128>,
+}
+
+impl LogView {
+    /// Prints one stored line behind its task's name (stdout or stderr as
+    /// the task wrote it), unless it is older than `since`.
+    fn print(&self, who: &str, width: usize, stream: usize, line: &str) {
+        let (at, text) = control::logline::split(line.as_bytes());
+        if !control::logline::shown_since(at, self.since) {
+            return;
+        }
+        let text = String::from_utf8_lossy(text);
+        let stamp = match (self.timestamps, at) {
+            (true, Some(_)) => &line[..control::logline::STAMP_LEN + 1],
+            _ => "",
+        };
+        if stream == 0 {
+            println!("{who:<width$} | {stamp}{text}");
+        } else {
+            eprintln!("{who:<width$} | {stamp}{text}");
+        }
+    }
+}
+
 /// `service logs [-f]`: each task's output in bounded chunks from its node,
 /// line by line; with `follow`, what comes after, once a second.
-async fn print_logs(c: &mut Client, service: &str, follow: bool) -> anyhow::Result<()> {
+async fn print_logs(c: &mut Client, service: &str, view: LogView) -> anyhow::Result<()> {
+    let follow = view.follow;
     let mut printed: std::collections::HashMap<String, Printed> = Default::default();
     loop {
         let tasks: Vec<TaskLog> = c
@@ -469,11 +522,7 @@ async fn print_logs(c: &mut Client, service: &str, follow: bool) -> anyhow::Resu
                         None => ("", text.as_str()),
                     };
                     for line in whole.lines() {
-                        if k == 0 {
-                            println!("{who:<width$} | {line}");
-                        } else {
-                            eprintln!("{who:<width$} | {line}");
-                        }
+                        view.print(&who, width, k, line);
                     }
                     p.partial[k] = rest.to_string();
                 }
@@ -496,11 +545,7 @@ async fn print_logs(c: &mut Client, service: &str, follow: bool) -> anyhow::Resu
                         .find(|t| &t.id == id)
                         .map(|t| format!("{}@{}", t.task, t.node))
                         .unwrap_or_default();
-                    if k == 0 {
-                        println!("{who:<width$} | {rest}");
-                    } else {
-                        eprintln!("{who:<width$} | {rest}");
-                    }
+                    view.print(&who, width, k, rest);
                 }
             }
             return Ok(());
@@ -1023,8 +1068,18 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     follow(&mut c, &v, true).await?;
                 }
             }
-            ServiceCmd::Logs { follow, service } => {
-                print_logs(&mut c, &service, follow).await?;
+            ServiceCmd::Logs {
+                follow,
+                timestamps,
+                since,
+                service,
+            } => {
+                let view = LogView {
+                    follow,
+                    timestamps,
+                    since,
+                };
+                print_logs(&mut c, &service, view).await?;
             }
             ServiceCmd::Rm { services } => {
                 for s in services {

@@ -540,11 +540,14 @@ impl TaskDriver for DockerDriver {
     }
 
     /// Streams the engine's log once, counting each stream's bytes: what
-    /// lies before the offsets asked for is skipped, not kept.
+    /// lies before the offsets asked for is skipped, not kept. Lines come
+    /// behind their times, as the exec driver keeps them
+    /// ([`control::logline`]).
     fn logs(&self, id: &str, q: &LogQuery) -> Result<NodeLogs, DriverError> {
         let opts = LogsOptions {
             stdout: true,
             stderr: true,
+            timestamps: true,
             ..Default::default()
         };
         let name = self.container_name(id);

@@ -3,7 +3,8 @@
 //! oldest dropped. Each file is named after the offset in the whole stream
 //! where it starts (`stdout.00000000000001048576.log`), so a reader asks for
 //! "bytes from offset N" and gets them in bounded chunks, whatever was
-//! rotated away meanwhile.
+//! rotated away meanwhile. Each line is stored behind the time it was
+//! written ([`control::logline`]), as Docker keeps a time with each line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -51,14 +52,19 @@ pub struct Writer {
     /// Where the current file starts in the stream, and its length.
     start: u64,
     len: u64,
+    /// The next byte begins a line (and so gets a stamp first).
+    at_line_start: bool,
 }
 
 impl Writer {
     /// Opens the stream (resuming after its newest file).
     pub fn open(dir: &Path, stream: &str, opts: LogOpts) -> io::Result<Self> {
-        let (start, len) = match files(dir, stream)?.last() {
-            Some((start, path)) => (*start, std::fs::metadata(path)?.len()),
-            None => (0, 0),
+        let (start, len, at_line_start) = match files(dir, stream)?.last() {
+            Some((start, path)) => {
+                let len = std::fs::metadata(path)?.len();
+                (*start, len, ends_a_line(path, len)?)
+            }
+            None => (0, 0, true),
         };
         let file = Self::create(dir, stream, start)?;
         Ok(Self {
@@ -68,6 +74,7 @@ impl Writer {
             file,
             start,
             len,
+            at_line_start,
         })
     }
 
@@ -80,9 +87,29 @@ impl Writer {
             .open(dir.join(name(stream, start)))
     }
 
-    /// Writes `data`, starting a new file (and dropping the oldest) where
+    /// Writes `data`, each line that begins in it behind the time now.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        let now = control::logline::stamp(std::time::SystemTime::now()) + " ";
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.at_line_start {
+                self.put(now.as_bytes())?;
+                self.at_line_start = false;
+            }
+            let end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            self.put(&rest[..end])?;
+            self.at_line_start = rest[end - 1] == b'\n';
+            rest = &rest[end..];
+        }
+        Ok(())
+    }
+
+    /// Appends bytes, starting a new file (and dropping the oldest) where
     /// the current one would pass its size.
-    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+    fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let room = self.opts.max_size.saturating_sub(self.len);
             if room == 0 {
@@ -108,6 +135,18 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Whether a file of `len` bytes is empty or ends with a newline.
+fn ends_a_line(path: &Path, len: u64) -> io::Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8];
+    f.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 /// Bytes of a stream from an offset on.
@@ -172,7 +211,8 @@ mod tests {
         for i in 0..100 {
             w.write(line(i).as_bytes()).unwrap();
         }
-        let total: u64 = (0..100).map(|i| line(i).len() as u64).sum();
+        let stamped = control::logline::STAMP_LEN as u64 + 1;
+        let total: u64 = (0..100).map(|i| stamped + line(i).len() as u64).sum();
         let kept = files(&d, "stdout").unwrap();
         assert_eq!(kept.len(), 2, "{kept:?}");
         let on_disk: u64 = kept
@@ -200,11 +240,44 @@ mod tests {
             at = c.next;
         }
         assert_eq!(got, c.data);
-        // A writer reopened goes on where the stream ended.
+        // Every line behind its time.
+        let text = String::from_utf8(c.data).unwrap();
+        let last = text.lines().last().unwrap();
+        let (at, rest) = control::logline::split(last.as_bytes());
+        assert!(at.is_some(), "{last:?}");
+        assert_eq!(format!("{}\n", String::from_utf8_lossy(rest)), line(99));
+        // A writer reopened goes on where the stream ended; a line written
+        // in pieces is stamped once, a piece after its newline again.
         drop(w);
         let mut w = Writer::open(&d, "stdout", opts).unwrap();
-        w.write(b"more\n").unwrap();
-        assert_eq!(read(&d, "stdout", total, 100).unwrap().data, b"more\n");
+        for piece in ["mo", "re\nand ", "on\n"] {
+            w.write(piece.as_bytes()).unwrap();
+        }
+        let tail = read(&d, "stdout", total, 1000).unwrap().data;
+        let lines: Vec<(bool, String)> = String::from_utf8(tail)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (at, rest) = control::logline::split(l.as_bytes());
+                (at.is_some(), String::from_utf8_lossy(rest).into_owned())
+            })
+            .collect();
+        assert_eq!(lines, [(true, "more".into()), (true, "and on".into())]);
+        // Reopened mid-line: the rest of that line gets no second stamp.
+        drop(w);
+        let mut w = Writer::open(&d, "stdout", opts).unwrap();
+        w.write(b"half").unwrap();
+        drop(w);
+        let mut w = Writer::open(&d, "stdout", opts).unwrap();
+        w.write(b" done\n").unwrap();
+        let all = read(&d, "stdout", 0, 10 << 20).unwrap().data;
+        let last = String::from_utf8(all)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        assert_eq!(control::logline::split(last.as_bytes()).1, b"half done");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

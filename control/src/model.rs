@@ -527,8 +527,17 @@ impl ClusterState {
                 self.services.insert(svc.id.clone(), svc);
             }
             Command::UpdateService(svc) => {
-                if !self.services.contains_key(&svc.id) {
+                let Some(stored) = self.services.get(&svc.id) else {
                     return Outcome::err(format!("service {} not found", svc.spec.name));
+                };
+                // Made from the version it replaces: two updates made from
+                // one version do not both land (the second would undo the
+                // first without knowing).
+                if svc.version <= stored.version {
+                    return Outcome::err(format!(
+                        "update out of sequence: service {} changed meanwhile (now version {}); read it again and retry",
+                        svc.spec.name, stored.version
+                    ));
                 }
                 if let Err(e) = self.service_fits(&svc) {
                     return Outcome::err(e);

@@ -140,6 +140,10 @@ pub struct Joined {
     /// On the leader: the role each node's certificate named at its last
     /// heartbeat (a promotion waits for the manager's).
     pub cert_roles: Mutex<HashMap<NodeId, tls::CertRole>>,
+    /// On the leader: held from reading a service to committing its update,
+    /// so updates of one swarm take turns instead of racing (the state
+    /// machine refuses one made from an older version anyway).
+    pub service_writes: tokio::sync::Mutex<()>,
     /// An install-snapshot transfer under way: (snapshot id, next offset).
     pub snapshot_rx: Mutex<Option<(String, u64)>>,
     /// What this node's runtime says about itself (heartbeats carry it).
@@ -422,6 +426,7 @@ impl Daemon {
             manager_trouble: tokio::sync::watch::Sender::new(0),
             images: Mutex::new(HashMap::new()),
             cert_roles: Mutex::new(HashMap::new()),
+            service_writes: tokio::sync::Mutex::new(()),
             snapshot_rx: Mutex::new(None),
             agent: self.agent.clone(),
             pool: Mutex::new(Vec::new()),

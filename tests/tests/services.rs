@@ -4,6 +4,7 @@
 //! API, and bad input refused. The tutorial's own steps with containers
 //! and traffic are in tutorial.rs.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use apiary_tests::swarm::{swarm, until};
@@ -476,4 +477,39 @@ fn health_checks_of_exec_tasks_gate_them_and_replace_the_unhealthy() {
         v[0]["running"], 0,
         "a task never passing its check gets no traffic"
     );
+}
+
+/// Updates racing on one service, through two managers: each is made from
+/// the version it read, a commit made from an older one is refused by the
+/// state machine, and a relative change (`--env-add`) is made again on the
+/// newer spec. None is lost (on c3bdf1f two updates read at one version
+/// both committed, the second undoing the first).
+#[test]
+fn concurrent_updates_of_one_service_lose_nothing() {
+    let lab = swarm(2, 0).unwrap();
+    create(&lab, &["--name", "web", "--detach"]);
+    let lab = &lab;
+    std::thread::scope(|s| {
+        for i in 0..12 {
+            s.spawn(move || {
+                let env = format!("K{i}=v{i}");
+                let out = lab.apiary(
+                    i % 2,
+                    &["service", "update", "--detach", "--env-add", &env, "web"],
+                );
+                assert!(out.ok, "update {i}: {}", out.stderr);
+            });
+        }
+    });
+    let v: Value =
+        serde_json::from_str(&lab.apiary(0, &["service", "inspect", "web"]).out()).unwrap();
+    let env: BTreeSet<String> = v[0]["spec"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    let want: BTreeSet<String> = (0..12).map(|i| format!("K{i}=v{i}")).collect();
+    assert_eq!(env, want);
+    assert_eq!(v[0]["version"], 13, "{}", v[0]);
 }

@@ -482,7 +482,7 @@ pub async fn scale(j: &Joined, name: &str, req: ScaleRequest) -> Reply {
 }
 
 /// `service update`: each field changes the spec only when given.
-#[derive(Serialize, Deserialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
 pub struct ServiceUpdate {
     pub image: Option<String>,
     pub args: Option<Vec<String>>,
@@ -546,6 +546,10 @@ pub struct ServiceUpdate {
     /// A whole new spec (`stack deploy`): applied first, then the rest.
     #[serde(default)]
     pub spec: Option<ServiceSpec>,
+    /// The version the change was made from (the Engine API's
+    /// `?version=`): refused when the service is past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 fn next_spec(old: &Service, u: ServiceUpdate) -> Result<ServiceSpec, ApiError> {
@@ -743,17 +747,44 @@ async fn replace(
     ok(&m.sm.read(|a| view(&a.state, &next)))
 }
 
+/// How often a change made relative to the current spec (`--env-add`, …)
+/// is made again on the newer spec when another update landed first.
+const RELATIVE_RETRIES: usize = 3;
+
 pub async fn update(j: &Joined, name: &str, u: ServiceUpdate, q: CreateQuery) -> Reply {
-    let old = j
-        .manager()
-        .sm
-        .read(|a| a.state.find_service(name).cloned())
-        .map_err(ApiError::NotFound)?;
-    let spec = next_spec(&old, u)?;
-    replace(j, old, spec, false, q.check).await
+    let mut attempt = 0;
+    loop {
+        // One read and one commit long.
+        let _turn = j.service_writes.lock().await;
+        let old = j
+            .manager()
+            .sm
+            .read(|a| a.state.find_service(name).cloned())
+            .map_err(ApiError::NotFound)?;
+        if let Some(v) = u.version.filter(|v| *v != old.version) {
+            return Err(ApiError::Conflict(format!(
+                "update out of sequence: service {} is at version {}, not {v}; read it again and retry",
+                old.spec.name, old.version
+            )));
+        }
+        let spec = next_spec(&old, u.clone())?;
+        match replace(j, old, spec, false, q.check).await {
+            // The state machine refused it: another update landed between
+            // the read and the commit.
+            Err(ApiError::Conflict(m))
+                if u.version.is_none()
+                    && attempt < RELATIVE_RETRIES
+                    && m.starts_with("update out of sequence") =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 pub async fn rollback(j: &Joined, name: &str) -> Reply {
+    let _turn = j.service_writes.lock().await;
     let old = j
         .manager()
         .sm

@@ -645,7 +645,9 @@ async fn update_service(
     let docker = spec_in::service_spec(body_json(&body, "service spec")?)
         .map_err(refused("service spec"))?;
     let spec = spec_in::merge(&current.spec, docker);
-    let body = to_body(&serde_json::json!({ "spec": spec }))?;
+    // Apiary refuses it too if the service moves past that version before
+    // the change lands.
+    let body = to_body(&serde_json::json!({ "spec": spec, "version": current.version }))?;
     let _: ServiceView = e.call(Method::POST, &path, Some(body)).await?;
     Ok(crate::http::json_response(StatusCode::OK, &serde_json::json!({})).into_response())
 }

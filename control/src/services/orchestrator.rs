@@ -678,6 +678,7 @@ mod tests {
             condition: super::super::Condition::ServiceHealthy,
         }];
         web.updated_at = 1;
+        web.version += 1;
         s.apply(Command::UpdateService(web));
         let tick = |s: &mut ClusterState, now: u64| {
             let plan = reconcile(s, now, &mut || {
@@ -716,6 +717,7 @@ mod tests {
             service: "never".into(),
             condition: super::super::Condition::ServiceStarted,
         }];
+        app.version += 1;
         s.apply(Command::UpdateService(app));
         service(&mut s, "never", Mode::Replicated { replicas: 0 }, &[]);
         tick(&mut s, 1000);
@@ -728,6 +730,25 @@ mod tests {
     }
 
     #[test]
+    fn an_update_made_from_an_older_version_is_refused_whole() {
+        let mut s = state(1);
+        service(&mut s, "web", Mode::Replicated { replicas: 1 }, &[]);
+        let read = s.services["svc-web"].clone();
+        let (mut a, mut b) = (read.clone(), read);
+        a.version += 1;
+        a.spec.env = vec!["A=1".into()];
+        b.version += 1;
+        b.spec.image = "img:2".into();
+        assert!(s.apply(Command::UpdateService(a)).error.is_none());
+        let out = s.apply(Command::UpdateService(b));
+        let e = out.error.expect("a second update from version 1");
+        assert!(e.contains("update out of sequence"), "{e}");
+        let now = &s.services["svc-web"];
+        assert_eq!((now.version, now.spec.image.as_str()), (2, "img"));
+        assert_eq!(now.spec.env, ["A=1"]);
+    }
+
+    #[test]
     fn spreads_replicas_and_follows_scale() {
         let mut s = state(3);
         service(&mut s, "web", Mode::Replicated { replicas: 5 }, &[]);
@@ -735,6 +756,7 @@ mod tests {
         assert_eq!(per_node(&s), vec![1, 2, 2]);
         let mut svc = s.services["svc-web"].clone();
         svc.spec.mode = Mode::Replicated { replicas: 2 };
+        svc.version += 1;
         s.apply(Command::UpdateService(svc));
         settle(&mut s);
         assert_eq!(live(&s).len(), 2);

@@ -1042,6 +1042,7 @@ pub fn run(cmd: ServiceCmd, conn: &Connect) -> anyhow::Result<()> {
                     label_add: super::network::labels(&label_add),
                     label_rm,
                     spec: None,
+                    version: None,
                 };
                 let v: ServiceView = c
                     .call(

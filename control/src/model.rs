@@ -419,6 +419,15 @@ pub enum Command {
         put: Vec<Task>,
         remove: Vec<String>,
     },
+    /// A secret's or config's labels (all that may change of one), made
+    /// from the version `at_updated` of it (its `updated_at`).
+    SetObjectLabels {
+        kind: crate::objects::Kind,
+        id: String,
+        labels: BTreeMap<String, String>,
+        at_updated: u64,
+        at: u64,
+    },
 }
 
 /// One Raft entry: the commands of concurrent requests, committed together
@@ -572,6 +581,31 @@ impl ClusterState {
                     return Outcome::err(e);
                 }
                 self.objects_mut(o.kind).insert(o.id.clone(), o);
+            }
+            Command::SetObjectLabels {
+                kind,
+                id,
+                labels,
+                at_updated,
+                at,
+            } => {
+                if let Err(e) = crate::objects::check_labels(&labels) {
+                    return Outcome::err(e);
+                }
+                let Some(o) = self.objects_mut(kind).get_mut(&id) else {
+                    return Outcome::err(format!("{} {id} not found", kind.word()));
+                };
+                if o.updated_at != at_updated {
+                    return Outcome::err(format!(
+                        "update out of sequence: {} {} changed meanwhile; read it again and retry",
+                        kind.word(),
+                        o.name
+                    ));
+                }
+                o.labels = labels;
+                // Strictly later, so the next change made from this one is
+                // told apart.
+                o.updated_at = at.max(at_updated + 1);
             }
             Command::RemoveObject { kind, id } => {
                 if let Some(o) = self.objects(kind).get(&id) {

@@ -1369,3 +1369,76 @@ fn docker_swarm_autolock_unlock_key_and_unlock() {
 fn key_file(lab: &Lab, h: usize) -> PathBuf {
     lab.data_dir(h).join("control/data.key")
 }
+
+/// `POST /secrets|configs/{id}/update` (what SDKs and Portainer send; no CLI
+/// command does): only the labels change, at the version read.
+#[test]
+fn a_secrets_and_a_configs_labels_change_at_the_version_read() {
+    let lab = swarm(1, 0).unwrap();
+    let debian = Path::new("/usr/bin/docker");
+    for (kind, name, data) in [
+        ("secret", "pw", "s3cret"),
+        ("config", "conf", "listen 80;\n"),
+    ] {
+        let made = docker_stdin(
+            &lab,
+            debian,
+            0,
+            &[kind, "create", name, "-"],
+            data.as_bytes(),
+        );
+        assert!(made.ok, "{}", made.stderr);
+    }
+    for (kind, name) in [("secret", "pw"), ("config", "conf")] {
+        let v = ok(
+            &lab,
+            debian,
+            0,
+            &[kind, "inspect", name, "--format", "{{json .}}"],
+        );
+        let v: serde_json::Value = serde_json::from_str(v.trim()).unwrap();
+        let version = v["Version"]["Index"].as_u64().unwrap();
+        let mut spec = v["Spec"].clone();
+        spec["Labels"] = serde_json::json!({"team": "db"});
+        let path = format!("/v1.41/{kind}s/{name}/update?version={version}");
+        let (code, body) = raw(&lab, 0, "POST", &path, Some(spec.to_string().as_bytes()));
+        assert_eq!(code, 200, "{kind}: {body}");
+        let now = lab.apiary(0, &[kind, "inspect", name]).out();
+        assert!(now.contains("\"team\": \"db\""), "{now}");
+        // The same version again: changed meanwhile.
+        let (code, body) = raw(&lab, 0, "POST", &path, Some(spec.to_string().as_bytes()));
+        assert!(
+            code == 409 && body.contains("out of sequence"),
+            "{kind}: {code} {body}"
+        );
+        // Only labels: not a new name, not new data.
+        let v = ok(
+            &lab,
+            debian,
+            0,
+            &[kind, "inspect", name, "--format", "{{.Version.Index}}"],
+        );
+        let path = format!("/v1.41/{kind}s/{name}/update?version={}", v.trim());
+        let mut renamed = spec.clone();
+        renamed["Name"] = "other".into();
+        let (code, body) = raw(&lab, 0, "POST", &path, Some(renamed.to_string().as_bytes()));
+        assert!(
+            code == 400 && body.contains("Name"),
+            "{kind}: {code} {body}"
+        );
+        let mut data = spec.clone();
+        data["Data"] = "bmV3Cg==".into();
+        let (code, body) = raw(&lab, 0, "POST", &path, Some(data.to_string().as_bytes()));
+        assert!(
+            code == 400 && body.contains("Data"),
+            "{kind}: {code} {body}"
+        );
+    }
+    let out = ok(
+        &lab,
+        debian,
+        0,
+        &["secret", "ls", "--filter", "label=team=db", "-q"],
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

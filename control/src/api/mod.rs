@@ -445,6 +445,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 }),
         )
         .route(
+            "/v1/secrets/{name}/labels",
+            post(|Admin(j), Path(n): Path<String>, Json(r)| async move {
+                objects::set_labels(&j, Kind::Secret, &n, r).await
+            }),
+        )
+        .route(
+            "/v1/configs/{name}/labels",
+            post(|Admin(j), Path(n): Path<String>, Json(r)| async move {
+                objects::set_labels(&j, Kind::Config, &n, r).await
+            }),
+        )
+        .route(
             "/v1/secrets/{name}/same",
             post(|Admin(j), Path(n): Path<String>, Json(r)| async move {
                 objects::same(&j, Kind::Secret, &n, r).await

@@ -200,6 +200,48 @@ pub async fn remove(j: &Joined, kind: Kind, name: &str) -> Reply {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct LabelsRequest {
+    pub labels: BTreeMap<String, String>,
+    /// The `updated_at` the change was made from: refused when the object
+    /// has changed since.
+    #[serde(default)]
+    pub updated_at: Option<u64>,
+}
+
+/// A secret's or config's labels, the one thing of it that may change
+/// (its data makes a new object).
+pub async fn set_labels(j: &Joined, kind: Kind, name: &str, req: LabelsRequest) -> Reply {
+    objects::check_labels(&req.labels).map_err(ApiError::BadRequest)?;
+    let m = j.manager();
+    let o =
+        m.sm.read(|a| a.state.find_object(kind, name).cloned())
+            .map_err(ApiError::NotFound)?;
+    if let Some(at) = req.updated_at.filter(|at| *at != o.updated_at) {
+        return Err(ApiError::Conflict(format!(
+            "update out of sequence: {} {} is at version {}, not {at}; read it again and retry",
+            kind.word(),
+            o.name,
+            o.updated_at
+        )));
+    }
+    m.write(Command::SetObjectLabels {
+        kind,
+        id: o.id.clone(),
+        labels: req.labels,
+        at_updated: o.updated_at,
+        at: now_ms(),
+    })
+    .await?;
+    m.sm.read(|a| match a.state.objects(kind).get(&o.id) {
+        Some(o) => ok(&view(&a.state, o, false)),
+        None => Err(ApiError::NotFound(format!(
+            "{} {name} not found",
+            kind.word()
+        ))),
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct SameRequest {
     /// Base64.
     pub data: String,

@@ -38,7 +38,10 @@ struct ObjectSpec {
 fn view(o: &ObjectView) -> DockerObject {
     DockerObject {
         id: o.id.clone(),
-        version: super::types::ObjectVersion { index: o.version },
+        // Changes with every change of it (its labels), as Docker's.
+        version: super::types::ObjectVersion {
+            index: o.updated_at,
+        },
         created_at: super::convert::time(o.created_at),
         updated_at: super::convert::time(o.updated_at),
         spec: ObjectSpec {
@@ -90,6 +93,71 @@ pub(super) fn routes(kind: &'static str) -> Router<Engine> {
                 remove(e, kind, id).await
             }),
         )
+        .route(
+            &format!("/{kind}/{{id}}/update"),
+            post(
+                move |e: Engine,
+                      Path(id): Path<String>,
+                      Query(q): Query<std::collections::HashMap<String, String>>,
+                      body: Bytes| async move { update(e, kind, id, q, body).await },
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(SPEC_LIMIT)),
+        )
+}
+
+/// `POST /secrets|configs/{id}/update?version=`: Docker lets only the
+/// labels change; the name must stay, and data may only be what a config
+/// already holds (a secret's is never sent back, so none may come).
+async fn update(
+    e: Engine,
+    kind: &str,
+    id: String,
+    q: std::collections::HashMap<String, String>,
+    body: Bytes,
+) -> Reply {
+    let what = format!("{} spec", kind.trim_end_matches('s'));
+    let o: ObjectView = e
+        .call(Method::GET, &format!("/v1/{kind}/{}", segment(&id)?), None)
+        .await?;
+    super::check_version(
+        kind.trim_end_matches('s'),
+        &o.name,
+        o.updated_at,
+        q.get("version"),
+    )?;
+    let mut spec = object(Some(body_json(&body, &what)?), "Spec").map_err(refused(&what))?;
+    let fixed = |path: &str, why: &str| refused(&what)(err(path, why));
+    if string(take(&mut spec, "Name"), "Name")
+        .map_err(refused(&what))?
+        .is_some_and(|n| n != o.name)
+    {
+        return Err(fixed("Name", "a secret or config cannot be renamed"));
+    }
+    if let Some(data) = string(take(&mut spec, "Data"), "Data").map_err(refused(&what))? {
+        if o.data.as_deref() != Some(data.as_str()) {
+            return Err(fixed(
+                "Data",
+                "only the labels can change: new data is a new secret or config",
+            ));
+        }
+    }
+    let labels: BTreeMap<String, String> = match take(&mut spec, "Labels") {
+        None => BTreeMap::new(),
+        Some(v) => {
+            serde_json::from_value(v).map_err(|_| fixed("Labels", "must map strings to strings"))?
+        }
+    };
+    rest(&spec, "Spec").map_err(refused(&what))?;
+    let body =
+        super::to_body(&serde_json::json!({ "labels": labels, "updated_at": o.updated_at }))?;
+    let _: ObjectView = e
+        .call(
+            Method::POST,
+            &format!("/v1/{kind}/{}/labels", o.id),
+            Some(body),
+        )
+        .await?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn list(e: Engine, kind: &str, q: std::collections::HashMap<String, String>) -> Reply {

@@ -419,6 +419,12 @@ pub enum Command {
         put: Vec<Task>,
         remove: Vec<String>,
     },
+    /// A service replaced by the version made from its version `from`
+    /// (refused unless the state still holds `from`).
+    ReplaceService {
+        svc: Service,
+        from: u64,
+    },
     /// A secret's or config's labels (all that may change of one), made
     /// from the version `at_updated` of it (its `updated_at`).
     SetObjectLabels {
@@ -535,18 +541,29 @@ impl ClusterState {
                 }
                 self.services.insert(svc.id.clone(), svc);
             }
-            Command::UpdateService(svc) => {
+            Command::ReplaceService { svc, from } => {
                 let Some(stored) = self.services.get(&svc.id) else {
                     return Outcome::err(format!("service {} not found", svc.spec.name));
                 };
                 // Made from the version it replaces: two updates made from
                 // one version do not both land (the second would undo the
                 // first without knowing).
-                if svc.version <= stored.version {
+                if stored.version != from {
                     return Outcome::err(format!(
                         "update out of sequence: service {} changed meanwhile (now version {}); read it again and retry",
                         svc.spec.name, stored.version
                     ));
+                }
+                if let Err(e) = self.service_fits(&svc) {
+                    return Outcome::err(e);
+                }
+                self.services.insert(svc.id.clone(), svc);
+            }
+            // Written by earlier versions (no check: entries in existing
+            // logs must apply as they did).
+            Command::UpdateService(svc) => {
+                if !self.services.contains_key(&svc.id) {
+                    return Outcome::err(format!("service {} not found", svc.spec.name));
                 }
                 if let Err(e) = self.service_fits(&svc) {
                     return Outcome::err(e);

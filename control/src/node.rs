@@ -847,6 +847,16 @@ async fn session(j: Arc<Joined>) {
         let role_changed = match (r.role, j.own_role()) {
             (Role::Manager, tls::CertRole::Worker) => true,
             (Role::Worker, tls::CertRole::Manager) => !r.voter,
+            // Issued before managers' certificates named their address
+            // (`docker --tlsverify -H tcp://IP:2377` checks it).
+            // A node whose address is no IP (nothing to name) is left be.
+            (Role::Manager, tls::CertRole::Manager) => {
+                j.addr
+                    .rsplit_once(':')
+                    .and_then(|(ip, _)| ip.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|ip| !ip.is_unspecified())
+                    && !tls::names_an_address(&j.identity().cert_pem)
+            }
             _ => false,
         };
         if let Err(e) = renew_if_due(&j, c, r.cert_expiry_s, role_changed).await {

@@ -126,6 +126,12 @@ impl Drop for Slot {
     }
 }
 
+/// A connection's place in its pool, shared with whatever outlives the
+/// HTTP exchange (an upgraded `docker exec` stream), so the connection
+/// counts until that is over too.
+#[derive(Clone)]
+pub struct Held(#[allow(dead_code)] Arc<dyn std::any::Any + Send + Sync>);
+
 /// Serves the API over mutual TLS until the task is aborted.
 pub async fn serve_tls(app: Router, j: Arc<Joined>, listener: TcpListener, limits: Limits) {
     let handshaking = Slots::new(MAX_HANDSHAKES, limits.handshakes_per_peer);
@@ -176,12 +182,21 @@ pub async fn serve_tls(app: Router, j: Arc<Joined>, listener: TcpListener, limit
             } else {
                 known.take(peer.ip())
             };
-            let Some(_slot) = slot else {
+            let Some(slot) = slot else {
                 tracing::debug!(%peer, anonymous = anon, "connection refused: too many open connections");
                 return;
             };
+            let held = Held(Arc::new(slot));
             let io = TokioIo::new(tls);
-            serve_conn(app, caller, Some(peer.ip()), io, limits.headers, !anon).await;
+            serve_conn(
+                app,
+                caller,
+                Some((peer.ip(), held)),
+                io,
+                limits.headers,
+                !anon,
+            )
+            .await;
         });
     }
 }
@@ -210,7 +225,7 @@ pub async fn serve_unix(
 async fn serve_conn<S>(
     app: Router,
     caller: Caller,
-    peer: Option<IpAddr>,
+    peer: Option<(IpAddr, Held)>,
     io: TokioIo<S>,
     headers: Duration,
     keep_alive: bool,
@@ -221,8 +236,9 @@ async fn serve_conn<S>(
         app,
         move |mut req: axum::extract::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(caller.clone());
-            if let Some(ip) = peer {
-                req.extensions_mut().insert(crate::api::auth::PeerAddr(ip));
+            if let Some((ip, held)) = &peer {
+                req.extensions_mut().insert(crate::api::auth::PeerAddr(*ip));
+                req.extensions_mut().insert(held.clone());
             }
             req
         },

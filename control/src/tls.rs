@@ -318,6 +318,27 @@ pub fn cert_role(cert_pem: &str) -> Result<CertRole, TlsError> {
     }
 }
 
+/// Whether a PEM certificate names an address (an IP SAN): a manager's
+/// issued before managers' certificates named theirs does not, and is
+/// renewed for it.
+pub fn names_an_address(cert_pem: &str) -> bool {
+    let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return false;
+    };
+    x.subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value
+                .general_names
+                .iter()
+                .any(|n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(_)))
+        })
+}
+
 /// Seconds since the epoch when the certificate stops being valid.
 pub fn not_after(cert_pem: &str) -> Result<i64, TlsError> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
@@ -632,6 +653,16 @@ mod tests {
             ["apiary-node", "192.0.2.8", "m2"]
         );
         assert_eq!(sign(Worker, "192.0.2.9:2377", "w1"), ["apiary-node"]);
+        let (_, csr) = new_key_and_csr().unwrap();
+        let d = Dialled {
+            addr: "192.0.2.7:2377",
+            hostname: "m1",
+        };
+        let pem = sign_node(&ca, &ca_key, &csr, 1, Manager, d, 3600).unwrap();
+        assert!(names_an_address(&pem));
+        let (_, csr) = new_key_and_csr().unwrap();
+        let w = sign_node(&ca, &ca_key, &csr, 2, Worker, d, 3600).unwrap();
+        assert!(!names_an_address(&w));
         // A hostname that is no DNS name (a wildcard, an address, empty
         // labels, a control character) is left out; so is 0.0.0.0.
         for bad in ["*.example", "10.0.0.1", "a..b", "-a", "a\nb", "é", ""] {

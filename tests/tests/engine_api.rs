@@ -1113,9 +1113,22 @@ fn hostile_requests_to_the_engine_socket_are_refused_and_change_nothing() {
 /// the certificate files in `certs` (Docker's `ca.pem`, `cert.pem`,
 /// `key.pem`; a missing pair means none).
 fn docker_tls(lab: &Lab, cli: &Path, certs: &Path, ip: &str, args: &[&str]) -> Out {
+    docker_tls_stdin(lab, cli, certs, ip, args, b"")
+}
+
+/// [`docker_tls`] with `input` on its standard input.
+fn docker_tls_stdin(
+    lab: &Lab,
+    cli: &Path,
+    certs: &Path,
+    ip: &str,
+    args: &[&str],
+    input: &[u8],
+) -> Out {
+    use std::io::Write;
     let config = lab.dir.join("docker-cli-config");
     std::fs::create_dir_all(&config).unwrap();
-    let o = std::process::Command::new("nsenter")
+    let mut child = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.client.name))
         .arg("--")
         .arg(cli)
@@ -1125,8 +1138,13 @@ fn docker_tls(lab: &Lab, cli: &Path, certs: &Path, ip: &str, args: &[&str]) -> O
         .env("DOCKER_CERT_PATH", certs)
         .env("DOCKER_CONFIG", &config)
         .env_remove("DOCKER_CONTEXT")
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    let o = child.wait_with_output().unwrap();
     Out {
         ok: o.status.success(),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -1211,6 +1229,29 @@ fn docker_over_mutual_tls_needs_a_certificate_of_the_swarm() {
         assert_eq!(v.stdout.trim(), "linux", "{}", v.stderr);
     }
     let debian = Path::new("/usr/bin/docker");
+
+    // A service made and entered remotely: `exec -i` over TLS, with the
+    // command's output after the client's input has ended.
+    let remote = |args: &[&str]| {
+        let o = docker_tls(&lab, debian, &ops, &manager, args);
+        assert!(o.ok, "{args:?}: {}", o.stderr);
+        o.stdout
+    };
+    let out = remote(&["service", "create", "--name", "tlsweb", "apiary/whoami:dev"]);
+    assert!(out.trim_end().ends_with("converged"), "{out}");
+    let task = remote(&["service", "ps", "-q", "--no-trunc", "tlsweb"]);
+    let filter = format!("label=io.apiary.task={}", task.trim());
+    let cid = remote(&["ps", "-q", "--filter", &filter]);
+    let echo = docker_tls_stdin(
+        &lab,
+        debian,
+        &ops,
+        &manager,
+        &["exec", "-i", cid.trim(), "sh", "-c", "cat; echo done"],
+        b"over tls\n",
+    );
+    assert_eq!(echo.stdout, "over tls\ndone\n", "{}", echo.stderr);
+    remote(&["service", "rm", "tlsweb"]);
 
     // A worker's own certificate: Docker's answer for a worker, and the
     // manager's Docker Engine stays out of reach.

@@ -175,7 +175,8 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
     // runs its old Raft member, whose term rises each time its election
     // timer fires, until its next heartbeat resets it and renews it as a
     // worker. Added back before that, its higher term would depose the
-    // leader: wait for the worker's certificate first.
+    // leader: wait for the worker's certificate first (also when this
+    // leader has not heard from the node yet, as after a leader change).
     let cert_role = |j: &Joined| {
         j.cert_roles
             .lock()
@@ -184,11 +185,12 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
             .copied()
     };
     let deadline = tokio::time::Instant::now() + PROMOTE_CERT_WAIT;
-    while n.role == Role::Worker && cert_role(j) == Some(CertRole::Manager) {
+    while n.role == Role::Worker && cert_role(j) != Some(CertRole::Worker) {
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::Unavailable(format!(
-                "node {} was demoted and has not left the Raft group yet (it still presents a manager's certificate): try again once its daemon has renewed its certificate",
-                n.hostname
+                "node {} has not shown a worker's certificate within {} s (demoted a moment ago and not yet out of the Raft group, or not reaching this manager): try again once its daemon has renewed its certificate",
+                n.hostname,
+                PROMOTE_CERT_WAIT.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -743,7 +743,11 @@ async fn replace(
     if check {
         return ok(&m.sm.read(|a| view(&a.state, &next)));
     }
-    m.write(Command::UpdateService(next.clone())).await?;
+    m.write(Command::ReplaceService {
+        svc: next.clone(),
+        from: old.version,
+    })
+    .await?;
     ok(&m.sm.read(|a| view(&a.state, &next)))
 }
 

@@ -117,14 +117,25 @@ async fn send(e: &Engine, req: &mut Request) -> Result<Response, EngineError> {
     if let Some(client_side) = client_side {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let engine_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(join(client_side, engine_side));
+            // The connection's slot goes with the stream: a hijacked
+            // connection still counts against its peer's limits.
+            let held = req.extensions().get::<crate::server::Held>().cloned();
+            tokio::spawn(join(client_side, engine_side, held));
         }
     }
     Ok(resp.map(axum::body::Body::new))
 }
 
-/// Copies the raw stream both ways until either side closes.
-async fn join(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgrade) {
+/// Copies the raw stream both ways. The client's end of input (`exec -i`
+/// after stdin, even a TLS peer that closes without close_notify) only
+/// closes the engine's input: its output goes on to the client until the
+/// engine ends it, which ends the stream.
+async fn join(
+    client: hyper::upgrade::OnUpgrade,
+    engine: hyper::upgrade::OnUpgrade,
+    _held: Option<crate::server::Held>,
+) {
+    use tokio::io::AsyncWriteExt;
     let (client, engine) = match tokio::try_join!(client, engine) {
         Ok(both) => both,
         Err(err) => {
@@ -132,8 +143,22 @@ async fn join(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgra
             return;
         }
     };
-    let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+    let (mut client_rx, mut client_tx) = tokio::io::split(TokioIo::new(client));
+    let (mut engine_rx, mut engine_tx) = tokio::io::split(TokioIo::new(engine));
+    let up = async {
+        let _ = tokio::io::copy(&mut client_rx, &mut engine_tx).await;
+        let _ = engine_tx.shutdown().await;
+        // Then wait for the output to end.
+        std::future::pending::<()>().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut engine_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32)> {

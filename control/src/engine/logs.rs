@@ -172,24 +172,27 @@ pub(super) async fn task_logs(
     stream(e, t.service_id, Some(t.id), want).await
 }
 
-/// The service's tasks (or just `only`) that have a node, as readers not
-/// among `known`.
-async fn new_readers(
+/// Brings `readers` to the service's tasks (or just `only`) that have a
+/// node: new ones added, those gone from the service (ended and pruned by
+/// the task history) dropped.
+async fn follow_tasks(
     e: &Engine,
     service: &str,
     only: Option<&str>,
-    known: &[Reader],
-) -> Result<Vec<Reader>, EngineError> {
+    readers: &mut Vec<Reader>,
+) -> Result<(), EngineError> {
     let tasks: Vec<TaskLog> = e
         .call(Method::GET, &format!("/v1/services/{service}/logs"), None)
         .await?;
+    readers.retain(|r| tasks.iter().any(|t| t.id == r.task.id));
+    let known: &[Reader] = readers;
     let fresh: Vec<TaskLog> = tasks
         .into_iter()
         .filter(|t| only.is_none_or(|o| o == t.id))
         .filter(|t| known.iter().all(|r| r.task.id != t.id))
         .collect();
     if fresh.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let nodes: Vec<NodeView> = e.call(Method::GET, "/v1/nodes", None).await?;
     let node_id = |host: &str| {
@@ -199,19 +202,17 @@ async fn new_readers(
             .map(|n| n.id.clone())
             .unwrap_or_default()
     };
-    Ok(fresh
-        .into_iter()
-        .map(|t| Reader {
+    readers.extend(fresh.into_iter().map(|t| Reader {
             details: format!(
                 "com.docker.swarm.node.id={},com.docker.swarm.service.id={service},com.docker.swarm.task.id={}",
                 node_id(&t.node),
                 t.id
             ),
-            task: t,
-            offsets: [0, 0],
-            partial: [Vec::new(), Vec::new()],
-        })
-        .collect())
+        task: t,
+        offsets: [0, 0],
+        partial: [Vec::new(), Vec::new()],
+    }));
+    Ok(())
 }
 
 /// Polls between looks for tasks that started since (a follower of a
@@ -219,7 +220,8 @@ async fn new_readers(
 const NEW_TASKS_EVERY: u32 = 8;
 
 async fn stream(e: Engine, service: String, only: Option<String>, want: Want) -> Reply {
-    let mut readers = new_readers(&e, &service, only.as_deref(), &[]).await?;
+    let mut readers = Vec::new();
+    follow_tasks(&e, &service, only.as_deref(), &mut readers).await?;
     if only.is_some() && readers.is_empty() {
         return Err(EngineError::new(
             StatusCode::NOT_FOUND,
@@ -254,9 +256,7 @@ async fn stream(e: Engine, service: String, only: Option<String>, want: Want) ->
         for round in 1u32.. {
             tokio::time::sleep(FOLLOW_EVERY).await;
             if only.is_none() && round.is_multiple_of(NEW_TASKS_EVERY) {
-                if let Ok(more) = new_readers(&e, &service, None, &readers).await {
-                    readers.extend(more);
-                }
+                let _ = follow_tasks(&e, &service, None, &mut readers).await;
             }
             for r in &mut readers {
                 let Ok(lines) = r.poll(&e, &service).await else {

@@ -820,13 +820,17 @@ async fn swarm_update(
     body: Bytes,
 ) -> Reply {
     let current: crate::api::SwarmView = e.call(Method::GET, "/v1/swarm", None).await?;
-    let change = swarm::update(
-        body_json(&body, "swarm spec")?,
-        &current,
-        autolocked(&e).await?,
-    )
-    .map_err(refused("swarm spec"))?;
-    // Checked whole before anything changes.
+    let locked = autolocked(&e).await?;
+    let change = swarm::update(body_json(&body, "swarm spec")?, &current, locked)
+        .map_err(refused("swarm spec"))?;
+    if flag(&q, "rotateManagerUnlockKey") && !change.autolock.unwrap_or(locked) {
+        return Err(EngineError::new(
+            StatusCode::BAD_REQUEST,
+            "rotateManagerUnlockKey: autolock is off, so there is no unlock key to rotate (turn it on with --autolock=true)",
+        ));
+    }
+    // Checked whole before anything changes (what fails after this is the
+    // cluster's answer to one step, e.g. no quorum).
     if !change.settings.is_empty() {
         let body = to_body(&change.settings)?;
         let _: serde_json::Value = e.call(Method::POST, "/v1/swarm/update", Some(body)).await?;

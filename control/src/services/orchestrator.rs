@@ -739,8 +739,11 @@ mod tests {
         a.spec.env = vec!["A=1".into()];
         b.version += 1;
         b.spec.image = "img:2".into();
-        assert!(s.apply(Command::UpdateService(a)).error.is_none());
-        let out = s.apply(Command::UpdateService(b));
+        assert!(s
+            .apply(Command::ReplaceService { svc: a, from: 1 })
+            .error
+            .is_none());
+        let out = s.apply(Command::ReplaceService { svc: b, from: 1 });
         let e = out.error.expect("a second update from version 1");
         assert!(e.contains("update out of sequence"), "{e}");
         let now = &s.services["svc-web"];

@@ -26,7 +26,8 @@ pub struct HealthArgs {
     /// Longest one run may take (default 1s).
     #[arg(long, value_parser = super::parse_duration)]
     health_timeout: Option<Duration>,
-    /// Failures in a row that make a task unhealthy (default 3).
+    /// Failures in a row that make a task unhealthy (default 2 for a Docker
+    /// task, 3 for an exec task).
     #[arg(long)]
     health_retries: Option<u32>,
     /// Failures this soon after the start do not count.

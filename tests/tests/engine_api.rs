@@ -37,17 +37,24 @@ fn docker(lab: &Lab, cli: &Path, h: usize, args: &[&str]) -> Out {
 
 /// [`docker`] with `input` on its standard input.
 fn docker_stdin(lab: &Lab, cli: &Path, h: usize, args: &[&str], input: &[u8]) -> Out {
-    use std::io::Write;
     let sock = lab.daemons[h]
         .socket
         .as_ref()
         .expect("a swarm daemon")
         .with_file_name("docker.sock");
+    let mut cmd = std::process::Command::new(cli);
+    cmd.args(args)
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()));
+    run(lab, cmd, input)
+}
+
+/// Runs a `docker` command with a config directory of its own (nothing
+/// read from or written to the user's) and `input` on its standard input.
+fn run(lab: &Lab, mut cmd: std::process::Command, input: &[u8]) -> Out {
+    use std::io::Write;
     let config = lab.dir.join("docker-cli-config");
     std::fs::create_dir_all(&config).unwrap();
-    let mut child = std::process::Command::new(cli)
-        .args(args)
-        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+    let mut child = cmd
         .env("DOCKER_CONFIG", &config)
         .env_remove("DOCKER_CONTEXT")
         .stdin(std::process::Stdio::piped())
@@ -1125,31 +1132,15 @@ fn docker_tls_stdin(
     args: &[&str],
     input: &[u8],
 ) -> Out {
-    use std::io::Write;
-    let config = lab.dir.join("docker-cli-config");
-    std::fs::create_dir_all(&config).unwrap();
-    let mut child = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.client.name))
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", lab.client.name))
         .arg("--")
         .arg(cli)
         .args(args)
         .env("DOCKER_HOST", format!("tcp://{ip}:2377"))
         .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", certs)
-        .env("DOCKER_CONFIG", &config)
-        .env_remove("DOCKER_CONTEXT")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input);
-    let o = child.wait_with_output().unwrap();
-    Out {
-        ok: o.status.success(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+        .env("DOCKER_CERT_PATH", certs);
+    run(lab, cmd, input)
 }
 
 /// A directory holding host `h`'s node certificate as Docker's CLI reads

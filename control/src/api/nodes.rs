@@ -177,23 +177,14 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
     // worker. Added back before that, its higher term would depose the
     // leader: wait for the worker's certificate first (also when this
     // leader has not heard from the node yet, as after a leader change).
-    let cert_role = |j: &Joined| {
-        j.cert_roles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&n.id)
-            .copied()
-    };
-    let deadline = tokio::time::Instant::now() + PROMOTE_CERT_WAIT;
-    while n.role == Role::Worker && cert_role(j) != Some(CertRole::Worker) {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::Unavailable(format!(
+    if n.role == Role::Worker {
+        shows_certificate(j, n.id, CertRole::Worker).await.map_err(|_| {
+            ApiError::Unavailable(format!(
                 "node {} has not shown a worker's certificate within {} s (demoted a moment ago and not yet out of the Raft group, or not reaching this manager): try again once its daemon has renewed its certificate",
                 n.hostname,
                 PROMOTE_CERT_WAIT.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            ))
+        })?;
     }
     // Judged by heartbeats from now on: an entry from before a demotion
     // must not pass for the new certificate.
@@ -203,26 +194,13 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
         .remove(&n.id);
     j.manager().write(set_role(Role::Manager)).await?;
     let joined_raft = async {
-        let deadline = tokio::time::Instant::now() + PROMOTE_CERT_WAIT;
-        loop {
-            let role = j
-                .cert_roles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&n.id)
-                .copied();
-            if role == Some(CertRole::Manager) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::Unavailable(format!(
-                    "node {} did not present a manager's certificate within {} s: is its daemon running and reaching the managers?",
-                    n.hostname,
-                    PROMOTE_CERT_WAIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        shows_certificate(j, n.id, CertRole::Manager).await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "node {} did not present a manager's certificate within {} s: is its daemon running and reaching the managers?",
+                n.hostname,
+                PROMOTE_CERT_WAIT.as_secs()
+            ))
+        })?;
         j.manager().add_voter(n.id, &n.addr).await
     };
     if let Err(e) = joined_raft.await {
@@ -234,6 +212,27 @@ pub async fn promote(j: &Joined, name: &str) -> Reply {
         "Node {} promoted to a manager in the swarm.",
         show_id(n.id)
     ))
+}
+
+/// Waits (up to [`PROMOTE_CERT_WAIT`]) until node `id`'s heartbeats come
+/// with a certificate of `role`.
+async fn shows_certificate(j: &Joined, id: u64, role: CertRole) -> Result<(), ()> {
+    let deadline = tokio::time::Instant::now() + PROMOTE_CERT_WAIT;
+    loop {
+        let now = j
+            .cert_roles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
+        if now == Some(role) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn demote(j: &Joined, name: &str) -> Reply {

@@ -751,6 +751,14 @@ async fn replace(
     ok(&m.sm.read(|a| view(&a.state, &next)))
 }
 
+/// The service named `name` (or its id, or a unique id prefix) now.
+fn find(j: &Joined, name: &str) -> Result<Service, ApiError> {
+    j.manager()
+        .sm
+        .read(|a| a.state.find_service(name).cloned())
+        .map_err(ApiError::NotFound)
+}
+
 /// How often a change made relative to the current spec (`--env-add`, …)
 /// is made again on the newer spec when another update landed first.
 const RELATIVE_RETRIES: usize = 3;
@@ -760,11 +768,7 @@ pub async fn update(j: &Joined, name: &str, u: ServiceUpdate, q: CreateQuery) ->
     loop {
         // One read and one commit long.
         let _turn = j.service_writes.lock().await;
-        let old = j
-            .manager()
-            .sm
-            .read(|a| a.state.find_service(name).cloned())
-            .map_err(ApiError::NotFound)?;
+        let old = find(j, name)?;
         if let Some(v) = u.version.filter(|v| *v != old.version) {
             return Err(ApiError::Conflict(format!(
                 "update out of sequence: service {} is at version {}, not {v}; read it again and retry",
@@ -789,11 +793,7 @@ pub async fn update(j: &Joined, name: &str, u: ServiceUpdate, q: CreateQuery) ->
 
 pub async fn rollback(j: &Joined, name: &str) -> Reply {
     let _turn = j.service_writes.lock().await;
-    let old = j
-        .manager()
-        .sm
-        .read(|a| a.state.find_service(name).cloned())
-        .map_err(ApiError::NotFound)?;
+    let old = find(j, name)?;
     let Some(prev) = old.previous.clone() else {
         return Err(ApiError::Conflict(format!(
             "service {} has no previous spec to roll back to",

@@ -77,28 +77,37 @@ async fn send(e: &Engine, req: &mut Request) -> Result<Response, EngineError> {
     // A client that negotiated a newer version with Apiary than the
     // engine speaks is heard in the engine's newest one.
     if let Some(asked) = version_of(&uri) {
-        let ping = hyper::Request::head("/_ping")
-            .header(hyper::header::HOST, "docker")
-            .body(axum::body::Body::empty())
-            .map_err(|x| unavailable(x.to_string()))?;
-        let pong = sender
-            .send_request(ping)
-            .await
-            .map_err(|x| unavailable(x.to_string()))?;
-        let engine = pong
-            .headers()
-            .get("api-version")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_version);
-        // Read to its end, so the connection takes the next request.
-        let _ = http_body_util::BodyExt::collect(pong.into_body()).await;
+        let engine = match known_version(sock) {
+            Some(v) => Some(v),
+            None => {
+                let ping = hyper::Request::head("/_ping")
+                    .header(hyper::header::HOST, "docker")
+                    .body(axum::body::Body::empty())
+                    .map_err(|x| unavailable(x.to_string()))?;
+                let pong = sender
+                    .send_request(ping)
+                    .await
+                    .map_err(|x| unavailable(x.to_string()))?;
+                let v = pong
+                    .headers()
+                    .get("api-version")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_version);
+                // Read to its end, so the connection takes the next request.
+                let _ = http_body_util::BodyExt::collect(pong.into_body()).await;
+                sender
+                    .ready()
+                    .await
+                    .map_err(|x| unavailable(x.to_string()))?;
+                if let Some(v) = v {
+                    remember_version(sock, v);
+                }
+                v
+            }
+        };
         if let Some(engine) = engine.filter(|e| *e < asked) {
             uri = with_version(&uri, engine).unwrap_or(uri);
         }
-        sender
-            .ready()
-            .await
-            .map_err(|x| unavailable(x.to_string()))?;
     }
     let mut out = hyper::Request::builder()
         .method(req.method().clone())
@@ -159,6 +168,32 @@ async fn join(
         _ = up => {}
         _ = down => {}
     }
+}
+
+/// How long an engine's API version is believed without asking again (an
+/// engine upgraded meanwhile is heard in its old version that long).
+const VERSION_FOR: Duration = Duration::from_secs(60);
+
+type Versions = std::sync::Mutex<
+    std::collections::HashMap<std::path::PathBuf, (std::time::Instant, (u32, u32))>,
+>;
+
+fn versions() -> &'static Versions {
+    static V: std::sync::OnceLock<Versions> = std::sync::OnceLock::new();
+    V.get_or_init(Default::default)
+}
+
+/// The API version the engine at `sock` said it speaks, lately.
+fn known_version(sock: &std::path::Path) -> Option<(u32, u32)> {
+    let m = versions().lock().unwrap_or_else(|p| p.into_inner());
+    m.get(sock)
+        .filter(|(at, _)| at.elapsed() < VERSION_FOR)
+        .map(|(_, v)| *v)
+}
+
+fn remember_version(sock: &std::path::Path, v: (u32, u32)) {
+    let mut m = versions().lock().unwrap_or_else(|p| p.into_inner());
+    m.insert(sock.to_path_buf(), (std::time::Instant::now(), v));
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32)> {

@@ -29,7 +29,7 @@ pub fn stamp(t: SystemTime) -> String {
 }
 
 /// Nanoseconds since the epoch of a stamp, if `s` is exactly one.
-fn parse(s: &[u8]) -> Option<i128> {
+pub fn parse(s: &[u8]) -> Option<i128> {
     if s.len() != STAMP_LEN {
         return None;
     }

@@ -454,6 +454,26 @@ impl Outcome {
 }
 
 impl ClusterState {
+    /// A service replaced by `svc`, which was made from version `from` of
+    /// it when given: two updates made from one version do not both land
+    /// (the second would undo the first without knowing).
+    fn replace_service(&mut self, svc: Service, from: Option<u64>) -> Outcome {
+        let Some(stored) = self.services.get(&svc.id) else {
+            return Outcome::err(format!("service {} not found", svc.spec.name));
+        };
+        if from.is_some_and(|from| stored.version != from) {
+            return Outcome::err(format!(
+                "update out of sequence: service {} changed meanwhile (now version {}); read it again and retry",
+                svc.spec.name, stored.version
+            ));
+        }
+        if let Err(e) = self.service_fits(&svc) {
+            return Outcome::err(e);
+        }
+        self.services.insert(svc.id.clone(), svc);
+        Outcome::default()
+    }
+
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         match cmd {
             Command::Init { cluster, node } => {
@@ -541,35 +561,10 @@ impl ClusterState {
                 }
                 self.services.insert(svc.id.clone(), svc);
             }
-            Command::ReplaceService { svc, from } => {
-                let Some(stored) = self.services.get(&svc.id) else {
-                    return Outcome::err(format!("service {} not found", svc.spec.name));
-                };
-                // Made from the version it replaces: two updates made from
-                // one version do not both land (the second would undo the
-                // first without knowing).
-                if stored.version != from {
-                    return Outcome::err(format!(
-                        "update out of sequence: service {} changed meanwhile (now version {}); read it again and retry",
-                        svc.spec.name, stored.version
-                    ));
-                }
-                if let Err(e) = self.service_fits(&svc) {
-                    return Outcome::err(e);
-                }
-                self.services.insert(svc.id.clone(), svc);
-            }
+            Command::ReplaceService { svc, from } => return self.replace_service(svc, Some(from)),
             // Written by earlier versions (no check: entries in existing
             // logs must apply as they did).
-            Command::UpdateService(svc) => {
-                if !self.services.contains_key(&svc.id) {
-                    return Outcome::err(format!("service {} not found", svc.spec.name));
-                }
-                if let Err(e) = self.service_fits(&svc) {
-                    return Outcome::err(e);
-                }
-                self.services.insert(svc.id.clone(), svc);
-            }
+            Command::UpdateService(svc) => return self.replace_service(svc, None),
             Command::SetUnlockKey { key } => match self.cluster.as_mut() {
                 Some(c) => c.unlock_key = key,
                 None => return Outcome::err("the swarm is not initialized".into()),

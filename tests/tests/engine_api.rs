@@ -437,11 +437,9 @@ fn docker_service_create_and_rm_drive_the_cluster() {
         for l in &stamped {
             // 20.10 prints `TIME my_nginx.1.ID@h2 | …`, 28.x
             // `my_nginx.1.ID@h2 | TIME …`.
-            let stamp = l.split_whitespace().find(|w| {
-                control::logline::split(format!("{w} ").as_bytes())
-                    .0
-                    .is_some()
-            });
+            let stamp = l
+                .split_whitespace()
+                .find(|w| control::logline::parse(w.as_bytes()).is_some());
             assert!(stamp.is_some(), "no time on {l:?}");
         }
         let out = docker(
@@ -1466,6 +1464,24 @@ fn a_secrets_and_a_configs_labels_change_at_the_version_read() {
             "{kind}: {code} {body}"
         );
     }
+    // Too many labels, a body that is no spec: refused, nothing changed.
+    let v = ok(
+        &lab,
+        debian,
+        0,
+        &["secret", "inspect", "pw", "--format", "{{.Version.Index}}"],
+    );
+    let path = format!("/v1.41/secrets/pw/update?version={}", v.trim());
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    let many = serde_json::json!({"Name": "pw", "Labels": labels}).to_string();
+    let (code, body) = raw(&lab, 0, "POST", &path, Some(many.as_bytes()));
+    assert!(code == 400 && body.contains("labels"), "{code} {body}");
+    let (code, body) = raw(&lab, 0, "POST", &path, Some(b"[1]"));
+    assert!(
+        code == 400 && body.contains("must be an object"),
+        "{code} {body}"
+    );
     let out = ok(
         &lab,
         debian,

@@ -432,10 +432,8 @@ struct Printed {
 
 /// `--since`: a duration ago, or a stamp, as nanoseconds since the epoch.
 fn parse_since(s: &str) -> Result<i128, String> {
-    if let (Some(ns), rest) = control::logline::split(format!("{s} ").as_bytes()) {
-        if rest.is_empty() {
-            return Ok(ns);
-        }
+    if let Some(ns) = control::logline::parse(s.as_bytes()) {
+        return Ok(ns);
     }
     let ago = super::parse_duration(s).map_err(|_| {
         format!("invalid --since {s:?}: a time ago (10m, 2h) or a time such as 2026-12-08T10:00:00.000000000Z")

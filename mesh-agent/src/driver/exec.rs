@@ -48,6 +48,7 @@ struct Check {
     status: Health,
     /// The run under way, killed (its whole group) when dropped late.
     running: Option<std::process::Child>,
+    timings: control::services::HealthTimings,
 }
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -61,7 +62,8 @@ const HEALTH_TIMINGS: &str = "health.timings";
 impl Check {
     /// Moves the check on: collects a finished run, kills one past
     /// `timeout`, starts the next when `every` has passed.
-    fn step(&mut self, pid: i32, cmd: &str, t: &control::services::HealthTimings) {
+    fn step(&mut self, pid: i32, cmd: &str) {
+        let t = self.timings;
         let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
         let (every, timeout) = (
             ms(t.interval_ms, CHECK_EVERY),
@@ -77,18 +79,19 @@ impl Check {
                 }
             };
             self.running = None;
-            self.record(passed, t);
+            self.record(passed);
         }
         if self.last.elapsed() >= every {
             self.last = Instant::now();
             match ExecDriver::start_check(pid, cmd) {
                 Ok(child) => self.running = Some(child),
-                Err(_) => self.record(false, t),
+                Err(_) => self.record(false),
             }
         }
     }
 
-    fn record(&mut self, passed: bool, t: &control::services::HealthTimings) {
+    fn record(&mut self, passed: bool) {
+        let t = self.timings;
         if passed {
             self.failures = 0;
             self.status = Health::Healthy;
@@ -460,22 +463,24 @@ impl TaskDriver for ExecDriver {
         let TaskState::Running(pid) = self.state(id)? else {
             return Ok(Health::Unhealthy);
         };
-        // Written by this agent's start; unreadable means the defaults.
-        let timings: control::services::HealthTimings =
-            std::fs::read(self.task_dir(id).join(HEALTH_TIMINGS))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let c = checks.entry(id.to_string()).or_insert(Check {
-            since: now,
-            last: now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
-            failures: 0,
-            status: Health::Starting,
-            running: None,
+        let c = checks.entry(id.to_string()).or_insert_with(|| {
+            let now = Instant::now();
+            Check {
+                since: now,
+                last: now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
+                failures: 0,
+                status: Health::Starting,
+                running: None,
+                // Read once: written with the task and fixed for its life;
+                // unreadable means the defaults.
+                timings: std::fs::read(self.task_dir(id).join(HEALTH_TIMINGS))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default(),
+            }
         });
-        c.step(pid, &cmd, &timings);
+        c.step(pid, &cmd);
         Ok(c.status)
     }
 

@@ -89,11 +89,14 @@ impl Writer {
 
     /// Writes `data`, each line that begins in it behind the time now.
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let now = control::logline::stamp(std::time::SystemTime::now()) + " ";
+        let mut now = None;
         let mut rest = data;
         while !rest.is_empty() {
             if self.at_line_start {
-                self.put(now.as_bytes())?;
+                let stamp = now.get_or_insert_with(|| {
+                    control::logline::stamp(std::time::SystemTime::now()) + " "
+                });
+                self.put(stamp.as_bytes())?;
                 self.at_line_start = false;
             }
             let end = rest
